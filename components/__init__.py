@@ -1,0 +1,25 @@
+"""KFP components: one per stage, thin typed wrappers around ``mushroom.stages``.
+
+Every component runs in the one project image (``components.image.IMAGE``) with the
+``mushroom`` package and kfp preinstalled, so nothing is pip-installed at run time.
+"""
+
+from components.acquire import acquire_dataset
+from components.compare import compare_models
+from components.evaluate import evaluate_model
+from components.publish import publish_bundle
+from components.quantize import quantize_model
+from components.split import split_dataset
+from components.train import train_model
+from components.tune import tune_model
+
+__all__ = [
+    "acquire_dataset",
+    "compare_models",
+    "evaluate_model",
+    "publish_bundle",
+    "quantize_model",
+    "split_dataset",
+    "train_model",
+    "tune_model",
+]

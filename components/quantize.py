@@ -1,0 +1,17 @@
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Metrics, Model, Output
+
+from components.image import IMAGE
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def quantize_model(dataset: Input[Dataset], splits: Input[Dataset], model: Input[Model], model_config: dict,
+                   seed: int, bundle: Output[Model], metrics: Output[Metrics]):
+    """Convert to TFLite float32 and full-integer int8; write the model bundle."""
+    from mushroom import stages
+
+    stages.setup_logging()
+    result = stages.quantize(dataset.path, splits.path, model.path, model_config, seed, bundle.path)
+    bundle.metadata["framework"] = "tflite"
+    for key, value in result.items():
+        metrics.log_metric(key, value)

@@ -1,0 +1,15 @@
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Metrics, Output
+
+from components.image import IMAGE
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def split_dataset(dataset: Input[Dataset], split_config: dict, seed: int, splits: Output[Dataset],
+                  metrics: Output[Metrics]):
+    """Split by observation id, stratified by species."""
+    from mushroom import stages
+
+    stages.setup_logging()
+    for key, value in stages.split(dataset.path, split_config, seed, splits.path).items():
+        metrics.log_metric(f"photos_{key}", value)

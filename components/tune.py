@@ -1,0 +1,16 @@
+from kfp import dsl
+from kfp.dsl import Artifact, Dataset, Input, Metrics, Output
+
+from components.image import IMAGE
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def tune_model(dataset: Input[Dataset], splits: Input[Dataset], model_config: dict, seed: int,
+               hyperparameters: Output[Artifact], metrics: Output[Metrics]):
+    """Search learning rate, dropout and label smoothing with keras-tuner."""
+    from mushroom import stages
+
+    stages.setup_logging()
+    result = stages.tune(dataset.path, splits.path, model_config, seed, hyperparameters.path)
+    for key, value in result.items():
+        metrics.log_metric(key, value)

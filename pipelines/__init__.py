@@ -1,0 +1,1 @@
+"""Pipeline definitions and their compile/run entry points (they only compose components)."""

@@ -1,0 +1,95 @@
+"""The quantized-mushroom pipeline.
+
+acquire -> split -> ParallelFor(model configurations: tune -> train -> quantize -> evaluate)
+-> Collected -> compare -> publish
+"""
+
+# No `from __future__ import annotations`: KFP reads the parameter annotations as types.
+
+from typing import Any
+
+from kfp import dsl
+
+from components import (
+    acquire_dataset,
+    compare_models,
+    evaluate_model,
+    publish_bundle,
+    quantize_model,
+    split_dataset,
+    train_model,
+    tune_model,
+)
+from mushroom.config import RunConfig
+
+PIPELINE_NAME = "quantized-mushroom"
+
+
+def _request_gpu(task: dsl.PipelineTask, accelerator_type: str, count: int) -> None:
+    task.set_cpu_request("4").set_memory_request("16G")
+    if count > 0:
+        task.set_accelerator_type(accelerator_type).set_accelerator_limit(count)
+
+
+def build_pipeline(parallelism: int = 4, accelerator_type: str = "nvidia.com/gpu", accelerator_count: int = 1):
+    """Return the pipeline function.
+
+    Args:
+        parallelism: How many model configurations run at once (ParallelFor limit).
+        accelerator_type: Accelerator resource that tune and train request.
+        accelerator_count: Accelerators per tune/train task (0 for CPU-only clusters).
+    """
+
+    @dsl.pipeline(name=PIPELINE_NAME, description="Train, int8-quantize and evaluate a mushroom classifier.")
+    def mushroom_pipeline(
+        dataset_config: dict,
+        model_configs: list,
+        split_config: dict = {"train": 0.7, "val": 0.15, "test": 0.15},  # noqa: B006 - KFP default value
+        seed: int = 42,
+        publish_destination: str = "outputs/published",
+    ) -> str:
+        acquire = acquire_dataset(dataset_config=dataset_config, seed=seed).set_retry(num_retries=2)
+        acquire.set_display_name("acquire")
+        split = split_dataset(dataset=acquire.outputs["dataset"], split_config=split_config, seed=seed)
+        split.set_display_name("split")
+        dataset, splits = acquire.outputs["dataset"], split.outputs["splits"]
+
+        with dsl.ParallelFor(model_configs, parallelism=parallelism, name="per-model") as config:
+            tune = tune_model(dataset=dataset, splits=splits, model_config=config, seed=seed)
+            _request_gpu(tune.set_display_name("tune"), accelerator_type, accelerator_count)
+            train = train_model(dataset=dataset, splits=splits, hyperparameters=tune.outputs["hyperparameters"],
+                                model_config=config, seed=seed)
+            _request_gpu(train.set_display_name("train"), accelerator_type, accelerator_count)
+            quantize = quantize_model(dataset=dataset, splits=splits, model=train.outputs["model"],
+                                      model_config=config, seed=seed)
+            quantize.set_display_name("quantize").set_cpu_request("2").set_memory_request("8G")
+            evaluate = evaluate_model(dataset=dataset, splits=splits, model=train.outputs["model"],
+                                      bundle=quantize.outputs["bundle"])
+            evaluate.set_display_name("evaluate").set_cpu_request("2").set_memory_request("8G")
+
+        compare = compare_models(evaluations=dsl.Collected(evaluate.outputs["evaluation"]),
+                                 bundles=dsl.Collected(quantize.outputs["bundle"]))
+        compare.set_display_name("compare")
+        publish = publish_bundle(bundle=compare.outputs["best_bundle"], evaluation=compare.outputs["best_evaluation"],
+                                 destination=publish_destination, run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER)
+        publish.set_display_name("publish").set_retry(num_retries=2).set_caching_options(False)
+        return publish.output
+
+    return mushroom_pipeline
+
+
+def pipeline_for(config: RunConfig):
+    """The pipeline function with the cluster settings of ``config``."""
+    return build_pipeline(config.cluster.parallelism, config.cluster.accelerator_type,
+                          config.cluster.accelerator_count)
+
+
+def pipeline_arguments(config: RunConfig) -> dict[str, Any]:
+    """The pipeline's parameters from a validated configuration."""
+    return {
+        "dataset_config": config.dataset.model_dump(mode="json", exclude_none=True),
+        "model_configs": [m.model_dump(mode="json", exclude_none=True) for m in config.models],
+        "split_config": config.split.model_dump(mode="json", exclude_none=True),
+        "seed": config.seed,
+        "publish_destination": config.publish.destination,
+    }

@@ -1,0 +1,145 @@
+"""The model bundle: everything ``identify`` needs, in one folder.
+
+::
+
+    model_float32.tflite, model_int8.tflite   the converted models
+    labels.json        class order: index -> taxon id and scientific name
+    species.csv        the catalog rows of the classes (names, edibility, caution)
+    calibration.json   temperature and edible threshold (the safety policy)
+    metadata.json      architecture, input size, versions, training config hash
+
+Reading a bundle needs only the standard library (no TensorFlow).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from dataclasses import dataclass
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+from mushroom.fileio import read_json, write_bytes_atomic, write_json_atomic, write_text_atomic
+from mushroom.species import Catalog, parse_catalog
+
+LABELS = "labels.json"
+SPECIES = "species.csv"
+CALIBRATION = "calibration.json"
+METADATA = "metadata.json"
+REQUIRED = (LABELS, SPECIES, CALIBRATION, METADATA)
+
+# Until a calibration is fitted: no temperature change and never the verdict "edible".
+DEFAULT_CALIBRATION = {"temperature": 1.0, "edible_threshold": None}
+
+
+class BundleError(ValueError):
+    """A bundle folder is incomplete or inconsistent."""
+
+
+def model_filename(variant: str) -> str:
+    return f"model_{variant}.tflite"
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """A short, stable hash of a configuration dict."""
+    text = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib_metadata.version(package)
+    except importlib_metadata.PackageNotFoundError:
+        return None
+
+
+def write_bundle(
+    out_dir: str | Path,
+    models: dict[str, bytes],
+    catalog: Catalog,
+    model_config: dict[str, Any],
+    extra_metadata: dict[str, Any] | None = None,
+) -> Path:
+    """Write a bundle folder.
+
+    Args:
+        out_dir: Folder to write (created if missing).
+        models: Variant name (``float32``, ``int8``, ...) -> TFLite flatbuffer.
+        catalog: The classes, in model output order.
+        model_config: The model configuration the model was trained with.
+        extra_metadata: Added to ``metadata.json``.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for variant, data in models.items():
+        write_bytes_atomic(out_dir / model_filename(variant), data)
+    labels = [
+        {"index": i, "taxon_id": s.taxon_id, "scientific_name": s.scientific_name}
+        for i, s in enumerate(catalog)
+    ]
+    write_json_atomic(out_dir / LABELS, labels)
+    write_text_atomic(out_dir / SPECIES, catalog.to_csv())
+    if not (out_dir / CALIBRATION).exists():
+        write_json_atomic(out_dir / CALIBRATION, DEFAULT_CALIBRATION)
+    meta = {
+        "model_name": model_config["model_name"],
+        "architecture": model_config["architecture"],
+        "image_size": model_config["image_size"],
+        "input": "float32 RGB pixels in 0-255, resized with padding (mushroom.preprocess.load_image)",
+        "num_classes": len(catalog),
+        "variants": {v: model_filename(v) for v in models},
+        "config_hash": config_hash(model_config),
+        "model_config": model_config,
+        "versions": {
+            "quantized-mushroom": _version("quantized-mushroom"),
+            "tensorflow": _version("tensorflow-cpu") or _version("tensorflow"),
+            "keras": _version("keras"),
+            "python": platform.python_version(),
+        },
+        **(extra_metadata or {}),
+    }
+    write_json_atomic(out_dir / METADATA, meta)
+    return out_dir
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A bundle read from disk."""
+
+    root: Path
+    catalog: Catalog
+    calibration: dict[str, Any]
+    metadata: dict[str, Any]
+
+    def model_path(self, variant: str) -> Path:
+        path = self.root / model_filename(variant)
+        if not path.is_file():
+            have = sorted(p.name for p in self.root.glob("*.tflite"))
+            raise BundleError(f"bundle {self.root} has no {path.name} (it has {have})")
+        return path
+
+    @property
+    def image_size(self) -> int:
+        return int(self.metadata["image_size"])
+
+
+def read_bundle(root: str | Path) -> Bundle:
+    """Read and check a bundle folder: all files present, labels consistent with species."""
+    root = Path(root)
+    if not root.is_dir():
+        raise BundleError(f"bundle {root} is not a folder")
+    missing = [name for name in REQUIRED if not (root / name).is_file()]
+    if missing:
+        raise BundleError(f"bundle {root} is missing {missing}")
+    try:
+        labels = read_json(root / LABELS)
+        catalog = parse_catalog((root / SPECIES).read_text(encoding="utf-8"), str(root / SPECIES))
+        calibration = {**DEFAULT_CALIBRATION, **read_json(root / CALIBRATION)}
+        meta = read_json(root / METADATA)
+    except (ValueError, OSError) as err:
+        raise BundleError(f"bundle {root} has an unreadable file: {err}") from None
+    if [row["taxon_id"] for row in labels] != catalog.taxon_ids:
+        raise BundleError(f"bundle {root}: {LABELS} and {SPECIES} list different classes or orders")
+    return Bundle(root, catalog, calibration, meta)

@@ -1,0 +1,267 @@
+"""Typed run configuration, validated at the boundary.
+
+A configuration file (``pipelines/configs/*.yaml``) is parsed into :class:`RunConfig`.
+Every field is checked before any work starts; a bad value raises :class:`ConfigError`
+naming the field and what is allowed.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from mushroom.species import load_catalog
+
+ARCHITECTURES = (
+    "efficientnetv2-b0",
+    "efficientnetv2-s",
+    "efficientnetv2-m",
+    "resnet50",
+    "mobilenetv3-large",
+)
+Architecture = Literal[
+    "efficientnetv2-b0", "efficientnetv2-s", "efficientnetv2-m", "resnet50", "mobilenetv3-large"
+]
+PHOTO_SIZES = ("square", "small", "medium", "large")
+DEFAULT_LICENSES = ["cc0", "cc-by", "cc-by-nc", "cc-by-sa", "cc-by-nc-sa"]
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field and what is allowed."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _range(lo_name: str):
+    def check(v: list[float]) -> list[float]:
+        if len(v) != 2 or v[0] > v[1]:
+            raise ValueError(f"{lo_name} must be [min, max] with min <= max")
+        return v
+
+    return check
+
+
+class SyntheticSourceConfig(_Strict):
+    photos_per_species: int = Field(120, ge=6)
+    image_size: int = Field(96, ge=32, le=512)
+    photos_per_observation: int = Field(2, ge=1, le=10)
+
+
+class FolderSourceConfig(_Strict):
+    root: str
+    link: bool = Field(True, description="hard-link (or copy) photos into the dataset folder")
+
+    @field_validator("root")
+    @classmethod
+    def _exists(cls, v: str) -> str:
+        if not Path(v).expanduser().is_dir():
+            raise ValueError(f"folder {v!r} does not exist or is not a directory")
+        return str(Path(v).expanduser())
+
+
+class INaturalistSourceConfig(_Strict):
+    api_url: str = "https://api.inaturalist.org/v1"
+    place_id: int = 7207  # Germany
+    quality_grade: Literal["research", "needs_id", "casual"] = "research"
+    photos_per_species: int = Field(1000, ge=1)
+    photo_size: Literal["square", "small", "medium", "large"] = "small"
+    licenses: list[str] = Field(default_factory=lambda: list(DEFAULT_LICENSES))
+    requests_per_minute: int = Field(60, ge=1)
+    concurrency: int = Field(4, ge=1, le=64)
+    timeout_s: float = Field(30.0, gt=0)
+    allow_missing_species: bool = False
+    user_agent: str = "quantized-mushroom/0.1 (+https://github.com/quantized-mushroom)"
+
+    @field_validator("licenses")
+    @classmethod
+    def _licenses(cls, v: list[str]) -> list[str]:
+        allowed = {"cc0", "cc-by", "cc-by-nc", "cc-by-sa", "cc-by-nc-sa", "cc-by-nd", "cc-by-nc-nd"}
+        bad = [x for x in v if x.lower() not in allowed]
+        if bad or not v:
+            raise ValueError(f"licenses {bad or v} not allowed; choose from {sorted(allowed)}")
+        return [x.lower() for x in v]
+
+
+class DatasetConfig(_Strict):
+    source: Literal["synthetic", "folder", "inaturalist"]
+    species: Union[Literal["all"], list[Union[int, str]]] = "all"
+    synthetic: SyntheticSourceConfig = SyntheticSourceConfig()
+    folder: FolderSourceConfig | None = None
+    inaturalist: INaturalistSourceConfig = INaturalistSourceConfig()
+
+    @field_validator("species")
+    @classmethod
+    def _known_species(cls, v):
+        if v == "all":
+            return v
+        if len(v) < 2:
+            raise ValueError("at least two species are needed to train a classifier")
+        catalog = load_catalog()
+        unknown = [k for k in v if catalog.find(k) is None]
+        if unknown:
+            raise ValueError(
+                f"unknown species {unknown}; use taxon ids or scientific names from the catalog "
+                f"(`mushroom species` lists them)"
+            )
+        if len({catalog.find(k).taxon_id for k in v}) != len(v):
+            raise ValueError("species listed twice")
+        return v
+
+    @model_validator(mode="after")
+    def _source_settings(self):
+        if self.source == "folder" and self.folder is None:
+            raise ValueError("source 'folder' needs folder.root (an ImageFolder tree)")
+        return self
+
+    def catalog(self):
+        """The classes of this dataset in catalog order."""
+        catalog = load_catalog()
+        return catalog if self.species == "all" else catalog.subset(list(self.species))
+
+
+class SplitConfig(_Strict):
+    train: float = Field(0.7, gt=0, lt=1)
+    val: float = Field(0.15, gt=0, lt=1)
+    test: float = Field(0.15, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _sum(self):
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"train + val + test must be 1, got {total:g}")
+        return self
+
+
+class TuneConfig(_Strict):
+    max_trials: int = Field(8, ge=1)
+    epochs: int = Field(2, ge=1)
+    learning_rate: list[float] = [1e-4, 1e-2]
+    dropout: list[float] = [0.0, 0.5]
+    label_smoothing: list[float] = [0.0, 0.2]
+
+    _lr = field_validator("learning_rate")(_range("learning_rate"))
+    _do = field_validator("dropout")(_range("dropout"))
+    _ls = field_validator("label_smoothing")(_range("label_smoothing"))
+
+    @field_validator("learning_rate")
+    @classmethod
+    def _positive_lr(cls, v):
+        if v[0] <= 0:
+            raise ValueError("learning_rate bounds must be positive")
+        return v
+
+
+class TrainConfig(_Strict):
+    head_epochs: int = Field(10, ge=1)
+    fine_tune_epochs: int = Field(10, ge=0, description="0 skips phase two (head only)")
+    fine_tune_fraction: float = Field(0.3, gt=0, le=1, description="share of backbone layers unfrozen")
+    fine_tune_lr_factor: float = Field(0.1, gt=0, le=1)
+    patience: int = Field(3, ge=1)
+
+
+class QuantizeConfig(_Strict):
+    representative_samples: int = Field(300, ge=1)
+
+
+class ModelConfig(_Strict):
+    model_name: str
+    architecture: Architecture
+    image_size: int = Field(224, ge=32, le=1024)
+    weights: str = "imagenet"
+    batch_size: int = Field(32, ge=1)
+    tune: TuneConfig = TuneConfig()
+    train: TrainConfig = TrainConfig()
+    quantize: QuantizeConfig = QuantizeConfig()
+
+    @field_validator("model_name")
+    @classmethod
+    def _slug(cls, v: str) -> str:
+        if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,62}", v):
+            raise ValueError("model_name must be lower-case letters, digits, '-' or '_' (max 63)")
+        return v
+
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, v: str) -> str:
+        if v in ("imagenet", "none"):
+            return v
+        if not Path(v).expanduser().is_file():
+            raise ValueError(f"weights must be 'imagenet', 'none' or an existing file; {v!r} is none")
+        return v
+
+
+class PublishConfig(_Strict):
+    destination: str = "outputs/published"
+
+
+class ClusterConfig(_Strict):
+    parallelism: int = Field(4, ge=1)
+    accelerator_type: str = "nvidia.com/gpu"
+    accelerator_count: int = Field(1, ge=0)
+
+
+class RunConfig(_Strict):
+    name: str
+    seed: int = 42
+    dataset: DatasetConfig
+    split: SplitConfig = SplitConfig()
+    models: list[ModelConfig]
+    publish: PublishConfig = PublishConfig()
+    cluster: ClusterConfig = ClusterConfig()
+
+    @field_validator("models")
+    @classmethod
+    def _unique(cls, v: list[ModelConfig]):
+        if not v:
+            raise ValueError("at least one model configuration is needed")
+        names = [m.model_name for m in v]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"model_name must be unique; repeated: {dupes}")
+        return v
+
+
+def _format(err: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration {source}:"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field"
+        lines.append(f"  {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_model_config(data: dict[str, Any]) -> ModelConfig:
+    """Validate one model configuration (as passed to a pipeline component)."""
+    try:
+        return ModelConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format(err, "(model configuration)")) from None
+
+
+def parse_config(data: dict[str, Any], source: str = "(dict)") -> RunConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"invalid configuration {source}: expected a mapping at the top level")
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format(err, source)) from None
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read and validate a YAML run configuration."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"configuration file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"configuration file {path} is not valid YAML: {err}") from None
+    return parse_config(data, str(path))

@@ -1,0 +1,112 @@
+"""tf.data input pipelines over a dataset folder and its split table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mushroom.manifest import SPLIT_NAMES, read_dataset_catalog, read_splits
+from mushroom.preprocess import load_image
+from mushroom.species import Catalog
+
+
+@dataclass(frozen=True)
+class SplitExamples:
+    """The photos of one split: absolute paths and class indices."""
+
+    paths: list[str]
+    labels: np.ndarray
+    catalog: Catalog
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+def load_split(dataset_dir: str | Path, splits_dir: str | Path, split: str) -> SplitExamples:
+    """Read the photos of ``split`` ("train", "val" or "test")."""
+    if split not in SPLIT_NAMES:
+        raise ValueError(f"split {split!r} is not one of {list(SPLIT_NAMES)}")
+    dataset_dir = Path(dataset_dir)
+    catalog = read_dataset_catalog(dataset_dir)
+    index = {t: i for i, t in enumerate(catalog.taxon_ids)}
+    rows = [r for r in read_splits(splits_dir) if r.split == split]
+    if not rows:
+        raise ValueError(f"split {split!r} of {splits_dir} is empty")
+    paths = [str(dataset_dir / r.file) for r in rows]
+    labels = np.array([index[r.taxon_id] for r in rows], dtype=np.int32)
+    return SplitExamples(paths, labels, catalog)
+
+
+def augmentation(seed: int):
+    """Train-time augmentation: flip, rotation, zoom, contrast (on 0-255 pixels)."""
+    import keras
+
+    return keras.Sequential(
+        [
+            keras.layers.RandomFlip("horizontal", seed=seed),
+            keras.layers.RandomRotation(0.1, fill_mode="constant", seed=seed + 1),
+            keras.layers.RandomZoom((-0.2, 0.1), fill_mode="constant", seed=seed + 2),
+            keras.layers.RandomContrast(0.2, value_range=(0, 255), seed=seed + 3),
+        ],
+        name="augmentation",
+    )
+
+
+def make_dataset(
+    examples: SplitExamples,
+    image_size: int,
+    batch_size: int,
+    training: bool,
+    seed: int = 42,
+    one_hot: bool = True,
+):
+    """Build a batched, cached, prefetched ``tf.data.Dataset`` of ``(pixels, label)``.
+
+    Decoding goes through :func:`mushroom.preprocess.load_image`, the same function
+    ``identify`` uses, so training and inference see identical pixels. Decoded images are
+    cached; augmentation (train only) runs after the cache so each epoch differs.
+    """
+    import tensorflow as tf
+
+    num_classes = len(examples.catalog)
+
+    def decode(path):
+        image = tf.numpy_function(lambda p: load_image(p.decode(), image_size), [path], tf.uint8)
+        image.set_shape((image_size, image_size, 3))
+        return image
+
+    ds = tf.data.Dataset.from_tensor_slices((examples.paths, examples.labels))
+    ds = ds.map(lambda p, y: (decode(p), y), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.cache()
+    if training:
+        ds = ds.shuffle(min(len(examples), 10_000), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size)
+    ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
+    if training:
+        aug = augmentation(seed)
+        ds = ds.map(lambda x, y: (aug(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
+    if one_hot:
+        ds = ds.map(lambda x, y: (x, tf.one_hot(y, num_classes)))
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def load_images(paths: list[str], image_size: int) -> np.ndarray:
+    """Preprocess photos into one ``uint8`` array ``(n, size, size, 3)``."""
+    out = np.empty((len(paths), image_size, image_size, 3), dtype=np.uint8)
+    for i, p in enumerate(paths):
+        out[i] = load_image(p, image_size)
+    return out
+
+
+def balanced_sample(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Indices of up to ``n`` examples drawn round-robin across classes (seeded)."""
+    rng = np.random.default_rng(seed)
+    per_class = [rng.permutation(np.flatnonzero(labels == c)).tolist() for c in np.unique(labels)]
+    picked: list[int] = []
+    while len(picked) < min(n, len(labels)):
+        for idx in per_class:
+            if idx and len(picked) < n:
+                picked.append(idx.pop())
+    return np.array(sorted(picked), dtype=np.int64)

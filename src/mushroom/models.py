@@ -1,0 +1,123 @@
+"""Model builder: an ImageNet backbone, pixel scaling inside the graph, a softmax head.
+
+Every model takes ``float32`` RGB pixels in 0-255 at ``(size, size, 3)`` and returns class
+probabilities. The backbone is the nested layer named ``backbone``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+
+BACKBONE_NAME = "backbone"
+
+# keras.applications constructor and whether it has its own ``include_preprocessing``.
+_BACKBONES = {
+    "efficientnetv2-b0": ("EfficientNetV2B0", True),
+    "efficientnetv2-s": ("EfficientNetV2S", True),
+    "efficientnetv2-m": ("EfficientNetV2M", True),
+    "resnet50": ("ResNet50", False),
+    "mobilenetv3-large": ("MobileNetV3Large", True),
+}
+
+
+@keras.saving.register_keras_serializable(package="mushroom")
+class CaffePreprocess(keras.layers.Layer):
+    """ResNet50's ImageNet preprocessing (RGB->BGR, mean subtraction) as a graph layer."""
+
+    MEAN_BGR = (103.939, 116.779, 123.68)
+
+    def call(self, inputs):
+        bgr = keras.ops.flip(inputs, axis=-1)
+        return bgr - keras.ops.convert_to_tensor(self.MEAN_BGR, dtype=inputs.dtype)
+
+
+def _backbone(architecture: str, image_size: int, weights: str | None) -> keras.Model:
+    ctor_name, has_preprocessing = _BACKBONES[architecture]
+    ctor = getattr(keras.applications, ctor_name)
+    kwargs = {"include_top": False, "weights": weights, "input_shape": (image_size, image_size, 3),
+              "pooling": "avg"}
+    if has_preprocessing:
+        kwargs["include_preprocessing"] = True
+    model = ctor(**kwargs)
+    model.name = BACKBONE_NAME
+    if weights is None:
+        # From scratch, moving statistics must catch up within a few hundred steps;
+        # MobileNetV3's 0.999 would leave them at their initial values (chance accuracy).
+        for layer in model.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = min(layer.momentum, 0.9)
+    return model
+
+
+def build_model(
+    architecture: str,
+    num_classes: int,
+    image_size: int,
+    weights: str = "imagenet",
+    dropout: float = 0.2,
+) -> keras.Model:
+    """Build a classifier.
+
+    Args:
+        architecture: One of ``mushroom.config.ARCHITECTURES``.
+        num_classes: Number of species (output units).
+        image_size: Square input size in pixels.
+        weights: ``"imagenet"``, ``"none"`` (random init, trained from scratch) or the path
+            of a ``.weights.h5`` / ``.keras`` file holding weights for this whole model.
+        dropout: Dropout rate before the classifier.
+
+    Returns:
+        An uncompiled model. With pretrained weights the backbone runs in inference mode
+        (BatchNorm statistics frozen) even when unfrozen for fine-tuning; trained from
+        scratch it learns its BatchNorm statistics.
+    """
+    if architecture not in _BACKBONES:
+        raise ValueError(f"architecture {architecture!r} is not one of {sorted(_BACKBONES)}")
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+    pretrained = weights == "imagenet"
+    backbone = _backbone(architecture, image_size, "imagenet" if pretrained else None)
+    inputs = keras.Input((image_size, image_size, 3), name="pixels")
+    x = inputs
+    if architecture == "resnet50":
+        x = CaffePreprocess(name="caffe_preprocess")(x)
+    x = backbone(x, training=False) if pretrained else backbone(x)
+    x = keras.layers.Dropout(dropout, name="dropout")(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name="probabilities", dtype="float32")(x)
+    model = keras.Model(inputs, outputs, name=architecture.replace("-", "_"))
+    if weights not in ("imagenet", "none"):
+        path = Path(weights)
+        if not path.is_file():
+            raise FileNotFoundError(f"weights file {path} does not exist")
+        model.load_weights(path)
+    return model
+
+
+def set_backbone_trainable(model: keras.Model, fraction: float | None) -> int:
+    """Freeze the backbone (``fraction=None``) or unfreeze its top ``fraction`` of layers.
+
+    BatchNormalization layers stay frozen when fine-tuning, as the Keras transfer-learning
+    guide advises, so small batches do not wreck pretrained statistics.
+
+    Returns:
+        The number of backbone layers left trainable.
+    """
+    backbone = model.get_layer(BACKBONE_NAME)
+    if fraction is None:
+        backbone.trainable = False
+        return 0
+    backbone.trainable = True
+    layers = backbone.layers
+    cut = int(round(len(layers) * (1 - fraction)))
+    trainable = 0
+    for i, layer in enumerate(layers):
+        layer.trainable = i >= cut and not isinstance(layer, keras.layers.BatchNormalization)
+        trainable += layer.trainable
+    return trainable
+
+
+def load_model(path: str | Path) -> keras.Model:
+    """Load a model saved by the train stage (``.keras``)."""
+    return keras.models.load_model(path, compile=False)

@@ -1,0 +1,81 @@
+"""The one preprocessing path shared by training, quantization, evaluation and ``identify``.
+
+It needs only numpy and Pillow (``identify`` must run without TensorFlow). The model is
+fed RGB pixels in the 0-255 range at its input size; pixel scaling lives inside the model.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+# Decompression-bomb guard stays on, but phone photos (up to ~100 MP) must open.
+Image.MAX_IMAGE_PIXELS = 200_000_000
+
+
+class ImageError(ValueError):
+    """A photo cannot be used: missing, empty, not an image, or truncated."""
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any Pillow mode (L, P, CMYK, RGBA, I;16, ...) to RGB; transparency over white."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGB", rgba.size, (255, 255, 255))
+        canvas.paste(rgba, mask=rgba.getchannel("A"))
+        return canvas
+    if image.mode.startswith("I;16") or image.mode == "I":
+        arr = np.asarray(image, dtype=np.float64)
+        top = arr.max() or 1.0
+        return Image.fromarray((arr / top * 255).astype(np.uint8)).convert("RGB")
+    return image.convert("RGB")
+
+
+def resize_with_pad(image: Image.Image, size: int) -> np.ndarray:
+    """Scale the longer side to ``size`` (aspect kept) and pad with black to a square.
+
+    Returns:
+        ``uint8`` array of shape ``(size, size, 3)``.
+    """
+    w, h = image.size
+    scale = size / max(w, h)
+    new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
+    resized = image.resize((new_w, new_h), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    canvas = Image.new("RGB", (size, size))
+    canvas.paste(resized, ((size - new_w) // 2, (size - new_h) // 2))
+    return np.asarray(canvas, dtype=np.uint8)
+
+
+def open_image(source: str | Path | bytes) -> Image.Image:
+    """Open and fully decode a photo, with EXIF orientation applied, as RGB."""
+    name = "<bytes>" if isinstance(source, bytes | bytearray) else str(source)
+    if not isinstance(source, bytes | bytearray):
+        path = Path(source)
+        if not path.exists():
+            raise ImageError(f"{name}: file not found")
+        if path.is_dir():
+            raise ImageError(f"{name}: is a directory, not a photo")
+        source = path.read_bytes()
+    if len(source) == 0:
+        raise ImageError(f"{name}: file is empty")
+    try:
+        image = Image.open(io.BytesIO(source))
+        image.load()
+    except OSError as err:  # UnidentifiedImageError is an OSError too
+        raise ImageError(f"{name}: not a readable image ({err})") from None
+    image = ImageOps.exif_transpose(image)
+    return to_rgb(image)
+
+
+def load_image(source: str | Path | bytes, size: int) -> np.ndarray:
+    """Read a photo and return the model input: ``uint8`` RGB, ``(size, size, 3)``, 0-255."""
+    image = open_image(source)
+    if max(image.size) > 4 * size:
+        # Fast pre-shrink for very large photos; the final resize does the exact scaling.
+        image.thumbnail((4 * size, 4 * size), Image.Resampling.BOX)
+    return resize_with_pad(image, size)

@@ -1,0 +1,70 @@
+"""Data sources behind one interface.
+
+Every source writes photos under ``<out_dir>/images/`` and returns one
+:class:`~mushroom.manifest.PhotoRecord` per photo, with ``file`` relative to ``out_dir``.
+:func:`build_dataset` then writes the manifest and ``dataset.json``, so every source
+produces the same dataset folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from mushroom.config import DatasetConfig
+from mushroom.manifest import PhotoRecord, write_dataset_info, write_manifest
+from mushroom.species import Catalog
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("synthetic", "folder", "inaturalist")
+
+
+def collect_photos(config: DatasetConfig, catalog: Catalog, out_dir: Path, seed: int) -> list[PhotoRecord]:
+    """Run the configured source; return its records (files relative to ``out_dir``)."""
+    if config.source == "synthetic":
+        from mushroom.sources.synthetic import generate_synthetic
+
+        return generate_synthetic(config.synthetic, catalog, out_dir, seed)
+    if config.source == "folder":
+        from mushroom.sources.folder import import_folder
+
+        return import_folder(config.folder, catalog, out_dir)
+    if config.source == "inaturalist":
+        from mushroom.sources.inaturalist import acquire_inaturalist
+
+        return acquire_inaturalist(config.inaturalist, catalog, out_dir)
+    raise ValueError(f"dataset.source {config.source!r} is not one of {list(SOURCES)}")
+
+
+def build_dataset(config: DatasetConfig, out_dir: str | Path, seed: int = 42) -> list[PhotoRecord]:
+    """Build a dataset folder at ``out_dir`` from the configured source.
+
+    Args:
+        config: The validated dataset configuration.
+        out_dir: The dataset folder to write (created if missing).
+        seed: Seed for sources that draw at random (synthetic).
+
+    Returns:
+        The manifest records, in a stable order (taxon, then photo id).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    catalog = config.catalog()
+    start = time.monotonic()
+    log.info("building dataset from source %r for %d species into %s", config.source, len(catalog), out_dir)
+    records = collect_photos(config, catalog, out_dir, seed)
+    order = {t: i for i, t in enumerate(catalog.taxon_ids)}
+    records = sorted(records, key=lambda r: (order[r.taxon_id], r.observation_id, r.photo_id))
+    present = {r.taxon_id for r in records}
+    # Classes are the species that actually have photos, in catalog order.
+    classes = Catalog([s for s in catalog if s.taxon_id in present]) if present else None
+    if classes is None or len(classes) < 2:
+        raise ValueError(
+            f"dataset from source {config.source!r} has photos of {len(present)} species; at least 2 are needed"
+        )
+    write_manifest(out_dir, records)
+    write_dataset_info(out_dir, classes, records, source=config.source, seed=seed)
+    log.info("dataset: %d photos of %d species in %.1fs", len(records), len(classes), time.monotonic() - start)
+    return records

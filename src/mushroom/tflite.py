@@ -1,0 +1,81 @@
+"""Run a TFLite classifier with ai-edge-litert (no TensorFlow needed).
+
+Models take RGB pixels in 0-255. A model with an integer input gets them quantized with
+its scale and zero point, rounded and clipped (never wrapped); an integer output is
+dequantized. Callers always see ``float32`` probabilities.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def quantize_input(pixels: np.ndarray, scale: float, zero_point: int, dtype) -> np.ndarray:
+    """Map real values to an integer tensor: round, then clip to the dtype's range."""
+    info = np.iinfo(dtype)
+    q = np.round(pixels.astype(np.float32) / scale) + zero_point
+    return np.clip(q, info.min, info.max).astype(dtype)
+
+
+class TFLiteClassifier:
+    """A loaded ``.tflite`` classifier.
+
+    Args:
+        path: The model file.
+        num_threads: CPU threads for the interpreter (None: the runtime's default).
+    """
+
+    def __init__(self, path: str | Path, num_threads: int | None = None):
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.path = Path(path)
+        self.interpreter = Interpreter(model_path=str(self.path), num_threads=num_threads)
+        self.interpreter.allocate_tensors()
+        self._input = self.interpreter.get_input_details()[0]
+        self._output = self.interpreter.get_output_details()[0]
+        self._batch = 1
+
+    @property
+    def image_size(self) -> int:
+        return int(self._input["shape"][1])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self._output["shape"][-1])
+
+    @property
+    def input_dtype(self):
+        return self._input["dtype"]
+
+    def _resize(self, batch: int) -> None:
+        if batch != self._batch:
+            shape = [batch, *self._input["shape"][1:]]
+            self.interpreter.resize_tensor_input(self._input["index"], shape)
+            self.interpreter.allocate_tensors()
+            self._input = self.interpreter.get_input_details()[0]
+            self._output = self.interpreter.get_output_details()[0]
+            self._batch = batch
+
+    def _prepare(self, pixels: np.ndarray) -> np.ndarray:
+        dtype = self._input["dtype"]
+        if np.issubdtype(dtype, np.integer):
+            scale, zero_point = self._input["quantization"]
+            return quantize_input(pixels, scale, zero_point, dtype)
+        return pixels.astype(dtype)
+
+    def predict(self, pixels: np.ndarray, batch_size: int = 32) -> np.ndarray:
+        """Class probabilities for ``uint8``/float pixels shaped ``(n, size, size, 3)``."""
+        outputs = []
+        for start in range(0, len(pixels), batch_size):
+            chunk = pixels[start : start + batch_size]
+            self._resize(len(chunk))
+            self.interpreter.set_tensor(self._input["index"], self._prepare(chunk))
+            self.interpreter.invoke()
+            out = self.interpreter.get_tensor(self._output["index"])
+            if np.issubdtype(out.dtype, np.integer):
+                scale, zero_point = self._output["quantization"]
+                out = (out.astype(np.float32) - zero_point) * scale
+            outputs.append(out.astype(np.float32))
+        return np.concatenate(outputs) if outputs else np.zeros((0, self.num_classes), np.float32)

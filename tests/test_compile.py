@@ -1,0 +1,90 @@
+"""Compile the pipeline and assert on the IR spec."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipelines.compile import compile_pipeline
+
+CONFIGS = Path(__file__).resolve().parents[1] / "pipelines" / "configs"
+
+
+@pytest.fixture(scope="module")
+def spec(tmp_path_factory):
+    path = compile_pipeline(CONFIGS / "paper.yaml", tmp_path_factory.mktemp("c") / "paper.yaml")
+    return yaml.safe_load(path.read_text())
+
+
+def _loop(spec) -> tuple[str, dict]:
+    loops = [(k, t) for k, t in spec["root"]["dag"]["tasks"].items() if "parameterIterator" in t]
+    assert len(loops) == 1
+    return loops[0]
+
+
+def test_parallel_for_over_model_configs_with_parallelism(spec):
+    _, loop = _loop(spec)
+    iterator = loop["parameterIterator"]
+    assert iterator["items"]["inputParameter"].endswith("model_configs")
+    assert loop["iteratorPolicy"]["parallelismLimit"] == 2  # cluster.parallelism in paper.yaml
+    body = spec["components"][loop["componentRef"]["name"]]["dag"]["tasks"]
+    assert set(body) == {"tune-model", "train-model", "quantize-model", "evaluate-model"}
+
+
+def test_stage_order_and_typed_artifacts(spec):
+    root = spec["root"]["dag"]["tasks"]
+    loop_name, _ = _loop(spec)
+    assert set(root) == {"acquire-dataset", "split-dataset", loop_name, "compare-models", "publish-bundle"}
+    comps = spec["components"]
+    acquire = comps["comp-acquire-dataset"]["outputDefinitions"]["artifacts"]
+    assert acquire["dataset"]["artifactType"]["schemaTitle"] == "system.Dataset"
+    assert acquire["metrics"]["artifactType"]["schemaTitle"] == "system.Metrics"
+    train_out = comps["comp-train-model"]["outputDefinitions"]["artifacts"]
+    assert train_out["model"]["artifactType"]["schemaTitle"] == "system.Model"
+    quant_in = comps["comp-quantize-model"]["inputDefinitions"]["artifacts"]
+    assert quant_in["model"]["artifactType"]["schemaTitle"] == "system.Model"
+    compare_in = comps["comp-compare-models"]["inputDefinitions"]["artifacts"]
+    assert compare_in["evaluations"]["isArtifactList"] is True
+    assert compare_in["bundles"]["artifactType"]["schemaTitle"] == "system.Model"
+    assert comps["comp-compare-models"]["outputDefinitions"]["artifacts"]["comparison"]["artifactType"][
+        "schemaTitle"] == "system.Markdown"
+    # compare consumes the collected evaluations of the loop
+    ev = root["compare-models"]["inputs"]["artifacts"]["evaluations"]["taskOutputArtifact"]
+    assert ev["producerTask"] == loop_name
+    publish_in = root["publish-bundle"]["inputs"]["artifacts"]["bundle"]["taskOutputArtifact"]
+    assert publish_in == {"outputArtifactKey": "best_bundle", "producerTask": "compare-models"}
+
+
+def test_gpu_requests_on_tune_and_train_only(spec):
+    executors = spec["deploymentSpec"]["executors"]
+    for name in ("exec-tune-model", "exec-train-model"):
+        resources = executors[name]["container"]["resources"]
+        assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
+        assert resources["accelerator"]["resourceCount"] == "1"
+    for name in ("exec-quantize-model", "exec-evaluate-model", "exec-acquire-dataset"):
+        assert "accelerator" not in executors[name]["container"].get("resources", {})
+
+
+def test_every_image_is_the_pinned_project_image(spec):
+    images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
+    assert len(images) == 1
+    (image,) = images
+    assert ":" in image.rsplit("/", 1)[-1] and not image.endswith(":latest")
+
+
+def test_no_runtime_pip_install(spec):
+    for executor in spec["deploymentSpec"]["executors"].values():
+        assert "pip install" not in " ".join(executor["container"]["command"])
+
+
+def test_config_values_become_parameter_defaults(spec):
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    models = params["model_configs"]["defaultValue"]
+    assert [m["architecture"] for m in models] == ["efficientnetv2-m", "resnet50"]
+    assert params["dataset_config"]["defaultValue"]["source"] == "inaturalist"
+
+
+def test_compile_is_deterministic(tmp_path):
+    a = compile_pipeline(CONFIGS / "demo.yaml", tmp_path / "a.yaml").read_bytes()
+    b = compile_pipeline(CONFIGS / "demo.yaml", tmp_path / "b.yaml").read_bytes()
+    assert a == b

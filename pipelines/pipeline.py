@@ -8,7 +8,7 @@ acquire -> split -> ParallelFor(model configurations: tune -> train -> quantize 
 
 from typing import Any
 
-from kfp import dsl
+from kfp import dsl, kubernetes
 
 from components import (
     acquire_dataset,
@@ -20,15 +20,26 @@ from components import (
     train_model,
     tune_model,
 )
-from mushroom.config import RunConfig
+from mushroom.config import DEFAULT_GPU_TOLERATIONS, RunConfig
 
 PIPELINE_NAME = "quantized-mushroom"
 
 
-def _request_gpu(task: dsl.PipelineTask, accelerator_type: str, count: int) -> None:
+RUN_AS_USER = 10001  # the image's non-root user
+
+
+def _request_gpu(task: dsl.PipelineTask, accelerator_type: str, count: int, node_selector, tolerations) -> None:
     task.set_cpu_request("4").set_memory_request("16G")
     if count > 0:
         task.set_accelerator_type(accelerator_type).set_accelerator_limit(count)
+        kubernetes.add_node_selector_json(task, node_selector)
+        kubernetes.add_toleration_json(task, tolerations)
+
+
+def _harden(*tasks: dsl.PipelineTask) -> None:
+    for task in tasks:
+        kubernetes.set_security_context(task, run_as_user=RUN_AS_USER, run_as_group=RUN_AS_USER,
+                                        run_as_non_root=True)
 
 
 def build_pipeline(parallelism: int = 4, accelerator_type: str = "nvidia.com/gpu", accelerator_count: int = 1):
@@ -47,6 +58,8 @@ def build_pipeline(parallelism: int = 4, accelerator_type: str = "nvidia.com/gpu
         split_config: dict = {"train": 0.7, "val": 0.15, "test": 0.15},  # noqa: B006 - KFP default value
         seed: int = 42,
         publish_destination: str = "outputs/published",
+        gpu_node_selector: dict = {},  # noqa: B006 - KFP default value
+        gpu_tolerations: list = DEFAULT_GPU_TOLERATIONS,  # noqa: B006 - KFP default value
     ) -> str:
         acquire = acquire_dataset(dataset_config=dataset_config, seed=seed).set_retry(num_retries=2)
         acquire.set_display_name("acquire")
@@ -56,23 +69,27 @@ def build_pipeline(parallelism: int = 4, accelerator_type: str = "nvidia.com/gpu
 
         with dsl.ParallelFor(model_configs, parallelism=parallelism, name="per-model") as config:
             tune = tune_model(dataset=dataset, splits=splits, model_config=config, seed=seed)
-            _request_gpu(tune.set_display_name("tune"), accelerator_type, accelerator_count)
+            _request_gpu(tune.set_display_name("tune"), accelerator_type, accelerator_count,
+                         gpu_node_selector, gpu_tolerations)
             train = train_model(dataset=dataset, splits=splits, hyperparameters=tune.outputs["hyperparameters"],
                                 model_config=config, seed=seed)
-            _request_gpu(train.set_display_name("train"), accelerator_type, accelerator_count)
+            _request_gpu(train.set_display_name("train"), accelerator_type, accelerator_count,
+                         gpu_node_selector, gpu_tolerations)
             quantize = quantize_model(dataset=dataset, splits=splits, model=train.outputs["model"],
                                       model_config=config, seed=seed)
             quantize.set_display_name("quantize").set_cpu_request("2").set_memory_request("8G")
             evaluate = evaluate_model(dataset=dataset, splits=splits, model=train.outputs["model"],
                                       bundle=quantize.outputs["bundle"])
             evaluate.set_display_name("evaluate").set_cpu_request("2").set_memory_request("8G")
+            _harden(tune, train, quantize, evaluate)
 
         compare = compare_models(evaluations=dsl.Collected(evaluate.outputs["evaluation"]),
-                                 bundles=dsl.Collected(quantize.outputs["bundle"]))
+                                 bundles=dsl.Collected(evaluate.outputs["calibrated_bundle"]))
         compare.set_display_name("compare")
         publish = publish_bundle(bundle=compare.outputs["best_bundle"], evaluation=compare.outputs["best_evaluation"],
                                  destination=publish_destination, run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER)
         publish.set_display_name("publish").set_retry(num_retries=2).set_caching_options(False)
+        _harden(acquire, split, compare, publish)
         return publish.output
 
     return mushroom_pipeline
@@ -92,4 +109,6 @@ def pipeline_arguments(config: RunConfig) -> dict[str, Any]:
         "split_config": config.split.model_dump(mode="json", exclude_none=True),
         "seed": config.seed,
         "publish_destination": config.publish.destination,
+        "gpu_node_selector": dict(config.cluster.gpu_node_selector),
+        "gpu_tolerations": [dict(t) for t in config.cluster.gpu_tolerations],
     }

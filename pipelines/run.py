@@ -42,7 +42,7 @@ def run_local(config_path: str | Path, output_dir: str | Path) -> dict:
     evaluations = sorted(p for p in root.rglob("evaluation.json") if p.stat().st_mtime >= started
                          and "evaluate-model" in str(p))
     bundles = sorted(p.parent for p in root.rglob("model_int8.tflite") if p.stat().st_mtime >= started
-                     and "quantize-model" in str(p))
+                     and "calibrated_bundle" in str(p))
     return {"published": task.output, "evaluations": [str(p) for p in evaluations],
             "bundles": [str(p) for p in bundles]}
 

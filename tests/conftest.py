@@ -26,3 +26,36 @@ def small_dataset(tmp_path_factory):
     stages.acquire(config, 7, root / "dataset")
     stages.split(root / "dataset", {"train": 0.6, "val": 0.2, "test": 0.2}, 7, root / "splits")
     return root / "dataset", root / "splits"
+
+
+TINY_MODEL = {
+    "model_name": "tiny-mobilenet",
+    "architecture": "mobilenetv3-large",
+    "image_size": 48,
+    "weights": "none",
+    "batch_size": 16,
+    "tune": {"max_trials": 1, "epochs": 1, "learning_rate": [0.003, 0.003], "dropout": [0.0, 0.0],
+             "label_smoothing": [0.0, 0.0]},
+    "train": {"head_epochs": 8, "fine_tune_epochs": 0, "patience": 8},
+    "quantize": {"representative_samples": 200},
+}
+
+
+@pytest.fixture(scope="session")
+def trained_run(small_dataset, tmp_path_factory):
+    """``small_dataset`` run through tune, train, quantize and evaluate with a tiny model.
+
+    Returns a dict of folders: dataset, splits, hyperparameters, model, bundle, evaluation,
+    calibrated_bundle (the bundle with the fitted calibration.json).
+    """
+    from mushroom import stages
+
+    dataset, splits = small_dataset
+    root = tmp_path_factory.mktemp("trained")
+    dirs = {"dataset": dataset, "splits": splits, **{k: root / k for k in
+            ("hyperparameters", "model", "bundle", "evaluation", "calibrated_bundle")}}
+    stages.tune(dataset, splits, TINY_MODEL, 3, dirs["hyperparameters"])
+    stages.train(dataset, splits, dirs["hyperparameters"], TINY_MODEL, 3, dirs["model"])
+    stages.quantize(dataset, splits, dirs["model"], TINY_MODEL, 3, dirs["bundle"])
+    stages.evaluate(dataset, splits, dirs["model"], dirs["bundle"], dirs["evaluation"], dirs["calibrated_bundle"])
+    return dirs

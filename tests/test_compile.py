@@ -13,7 +13,15 @@ CONFIGS = Path(__file__).resolve().parents[1] / "pipelines" / "configs"
 @pytest.fixture(scope="module")
 def spec(tmp_path_factory):
     path = compile_pipeline(CONFIGS / "paper.yaml", tmp_path_factory.mktemp("c") / "paper.yaml")
-    return yaml.safe_load(path.read_text())
+    return next(yaml.safe_load_all(path.read_text()))
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory):
+    path = compile_pipeline(CONFIGS / "paper.yaml", tmp_path_factory.mktemp("p") / "paper.yaml")
+    docs = list(yaml.safe_load_all(path.read_text()))
+    assert len(docs) == 2
+    return docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
 
 
 def _loop(spec) -> tuple[str, dict]:
@@ -63,6 +71,34 @@ def test_gpu_requests_on_tune_and_train_only(spec):
         assert resources["accelerator"]["resourceCount"] == "1"
     for name in ("exec-quantize-model", "exec-evaluate-model", "exec-acquire-dataset"):
         assert "accelerator" not in executors[name]["container"].get("resources", {})
+
+
+def test_gpu_tolerations_and_node_selector_come_from_pipeline_parameters(spec, platform):
+    for name in ("exec-tune-model", "exec-train-model"):
+        (toleration,) = platform[name]["tolerations"]
+        assert toleration["tolerationJson"]["componentInputParameter"].endswith("gpu_tolerations")
+        selector = platform[name]["nodeSelector"]["nodeSelectorJson"]["componentInputParameter"]
+        assert selector.endswith("gpu_node_selector")
+    for name in ("exec-quantize-model", "exec-evaluate-model"):
+        assert "tolerations" not in platform[name]
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert params["gpu_tolerations"]["defaultValue"] == [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+
+
+def test_every_task_runs_as_non_root(platform):
+    assert len(platform) == 8
+    for executor in platform.values():
+        assert executor["securityContext"]["runAsNonRoot"] is True
+        assert executor["securityContext"]["runAsUser"] == "10001"
+
+
+def test_retries_and_caching(spec):
+    tasks = spec["root"]["dag"]["tasks"]
+    assert tasks["acquire-dataset"]["retryPolicy"]["maxRetryCount"] == 2
+    assert tasks["publish-bundle"]["retryPolicy"]["maxRetryCount"] == 2
+    assert tasks["publish-bundle"]["cachingOptions"] == {}  # caching off: always publish
+    assert tasks["acquire-dataset"]["cachingOptions"] == {"enableCache": True}
 
 
 def test_every_image_is_the_pinned_project_image(spec):

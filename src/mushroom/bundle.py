@@ -5,7 +5,7 @@
     model_float32.tflite, model_int8.tflite   the converted models
     labels.json        class order: index -> taxon id and scientific name
     species.csv        the catalog rows of the classes (names, edibility, caution)
-    calibration.json   temperature and edible threshold (the safety policy)
+    calibration.json   temperature and thresholds per variant (see ``mushroom.policy``)
     metadata.json      architecture, input size, versions, training config hash
 
 Reading a bundle needs only the standard library (no TensorFlow).
@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from mushroom.fileio import read_json, write_bytes_atomic, write_json_atomic, write_text_atomic
+from mushroom.policy import DEFAULT_CALIBRATION
 from mushroom.species import Catalog, parse_catalog
 
 LABELS = "labels.json"
@@ -30,8 +31,6 @@ CALIBRATION = "calibration.json"
 METADATA = "metadata.json"
 REQUIRED = (LABELS, SPECIES, CALIBRATION, METADATA)
 
-# Until a calibration is fitted: no temperature change and never the verdict "edible".
-DEFAULT_CALIBRATION = {"temperature": 1.0, "edible_threshold": None}
 
 
 class BundleError(ValueError):
@@ -82,6 +81,7 @@ def write_bundle(
     write_json_atomic(out_dir / LABELS, labels)
     write_text_atomic(out_dir / SPECIES, catalog.to_csv())
     if not (out_dir / CALIBRATION).exists():
+        # Until the evaluation fits one: temperature 1 and never the verdict "edible".
         write_json_atomic(out_dir / CALIBRATION, DEFAULT_CALIBRATION)
     meta = {
         "model_name": model_config["model_name"],

@@ -75,8 +75,20 @@ class INaturalistSourceConfig(_Strict):
     requests_per_minute: int = Field(60, ge=1)
     concurrency: int = Field(4, ge=1, le=64)
     timeout_s: float = Field(30.0, gt=0)
+    max_retries: int = Field(5, ge=0)
+    backoff_factor: float = Field(0.5, ge=0)
+    backoff_max: float = Field(60.0, gt=0)
+    requests_per_day: int = Field(10_000, ge=2)
+    media_bytes_per_hour: int = Field(4_000_000_000, ge=1, description="iNaturalist asks for under 5 GB/h")
+    min_photo_side: int = Field(64, ge=1)
     allow_missing_species: bool = False
     user_agent: str = "quantized-mushroom/0.1 (+https://github.com/quantized-mushroom)"
+
+    @model_validator(mode="after")
+    def _rates(self):
+        if self.requests_per_minute >= self.requests_per_day:
+            raise ValueError("requests_per_minute must be below requests_per_day")
+        return self
 
     @field_validator("licenses")
     @classmethod
@@ -200,10 +212,29 @@ class PublishConfig(_Strict):
     destination: str = "outputs/published"
 
 
+DEFAULT_GPU_TOLERATIONS = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+
+
 class ClusterConfig(_Strict):
+    """Scheduling on a cluster; ignored by local runs."""
+
     parallelism: int = Field(4, ge=1)
     accelerator_type: str = "nvidia.com/gpu"
     accelerator_count: int = Field(1, ge=0)
+    # e.g. {"cloud.google.com/gke-accelerator": "nvidia-l4"} on GKE
+    gpu_node_selector: dict[str, str] = Field(default_factory=dict)
+    gpu_tolerations: list[dict[str, str]] = Field(default_factory=lambda: list(DEFAULT_GPU_TOLERATIONS))
+
+    @field_validator("gpu_tolerations")
+    @classmethod
+    def _tolerations(cls, v: list[dict[str, str]]) -> list[dict[str, str]]:
+        allowed = {"key", "operator", "value", "effect", "tolerationSeconds"}
+        for i, t in enumerate(v):
+            if set(t) - allowed:
+                raise ValueError(f"toleration {i} has unknown keys {sorted(set(t) - allowed)}; allowed: {sorted(allowed)}")
+            if t.get("operator", "Equal") not in ("Equal", "Exists"):
+                raise ValueError(f"toleration {i}: operator must be 'Equal' or 'Exists'")
+        return v
 
 
 class RunConfig(_Strict):

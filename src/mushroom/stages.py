@@ -143,12 +143,17 @@ def quantize(dataset_dir, splits_dir, model_dir, model_config: dict[str, Any], s
     return {f"size_mb_{v}": (Path(out_dir) / model_filename(v)).stat().st_size / 1e6 for v in models}
 
 
-def evaluate(dataset_dir, splits_dir, model_dir, bundle_dir, out_dir: str | Path) -> dict:
-    """Evaluate Keras, TFLite float32 and int8 on the test split; write ``evaluation.json``."""
+def evaluate(dataset_dir, splits_dir, model_dir, bundle_dir, out_dir: str | Path,
+             calibrated_bundle_dir: str | Path) -> dict:
+    """Evaluate Keras and every TFLite variant on the test split.
+
+    Writes ``evaluation.json`` (and raw predictions) to ``out_dir`` and a copy of the bundle
+    with its fitted ``calibration.json`` to ``calibrated_bundle_dir``.
+    """
+    from mushroom.bundle import read_bundle
     from mushroom.data import load_images, load_split
     from mushroom.evaluate import evaluate_predictions, predict_variants
     from mushroom.models import load_model
-    from mushroom.bundle import read_bundle
 
     with _timed("evaluate"):
         bundle = read_bundle(bundle_dir)
@@ -159,6 +164,7 @@ def evaluate(dataset_dir, splits_dir, model_dir, bundle_dir, out_dir: str | Path
         result = evaluate_predictions(test.labels, probs, bundle_dir)
         write_json_atomic(Path(out_dir) / EVALUATION, result)
         np.savez_compressed(Path(out_dir) / "predictions.npz", labels=test.labels, **probs)
+        shutil.copytree(bundle_dir, calibrated_bundle_dir, dirs_exist_ok=True)
         log.info("evaluate %s: %s", result["model_name"],
                  {k: round(v["top1"], 3) for k, v in result["variants"].items()})
     return result

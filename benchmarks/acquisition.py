@@ -1,0 +1,103 @@
+"""Benchmark iNaturalist acquisition against the fake iNaturalist server on 127.0.0.1.
+
+Downloads the same photos (2,000 by default) twice, side by side in one run: with one download
+thread, then with the configured concurrency. The API rate limit is set high so that photo
+downloads are the bottleneck; the fake server adds a fixed latency per photo, like a CDN. For
+each run it prints photos per second, requests per second (counted by the server, retries
+included), and how many photo requests were in flight on average and at peak.
+
+    python benchmarks/acquisition.py [--photos 2000] [--concurrency 8] [--latency-ms 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from mushroom.config import INaturalistSourceConfig
+from mushroom.sources.inaturalist import Tuning, acquire_inaturalist
+from mushroom.species import Catalog, Species
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.fakes when run as a script
+from tests.fakes.inat_server import FakeINaturalist  # noqa: E402
+
+TAXA = (1001, 1002, 1003, 1004)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--photos", type=int, default=2000, help="photos to download per run")
+    parser.add_argument("--concurrency", type=int, default=8, help="download threads of the second run")
+    parser.add_argument("--latency-ms", type=float, default=20.0, help="server delay per photo")
+    parser.add_argument("--image-size", type=int, default=160, help="width and height of the photos")
+    return parser.parse_args(argv)
+
+
+def run_once(inat: FakeINaturalist, photos_per_species: int, concurrency: int, out_dir: Path) -> dict:
+    """Acquire every photo once into ``out_dir``; return timings and the server's counts."""
+    catalog = Catalog([Species(t, f"Benchmark species{t}", f"Species {t}", "edible") for t in TAXA])
+    settings = INaturalistSourceConfig(
+        api_url=inat.api_url,
+        photos_per_species=photos_per_species,
+        photo_size="medium",
+        requests_per_minute=1_000_000,
+        concurrency=concurrency,
+        timeout_s=10,
+    )
+    inat.reset_counts()
+    start = time.perf_counter()
+    records = acquire_inaturalist(settings, catalog, out_dir, Tuning(media_bytes_per_hour=10**15))
+    seconds = time.perf_counter() - start
+    requests = inat.count("api") + inat.count("photo")
+    return {
+        "concurrency": concurrency,
+        "photos": len(records),
+        "seconds": seconds,
+        "photos_per_s": len(records) / seconds,
+        "api_requests": inat.count("api"),
+        "requests_per_s": requests / seconds,
+        "mean_in_flight": inat.photo_busy_s / seconds,
+        "peak_in_flight": inat.peak_photos_in_flight,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    per_species = -(-args.photos // len(TAXA))
+    observations = {t: -(-per_species // 2) for t in TAXA}
+    server = FakeINaturalist.with_taxa(
+        observations,
+        photos_per_observation=2,
+        image_size=(args.image_size, args.image_size),
+        photo_latency_s=args.latency_ms / 1000,
+    )
+    results = []
+    with server as inat, tempfile.TemporaryDirectory() as tmp:
+        for concurrency in (1, args.concurrency):
+            results.append(run_once(inat, per_species, concurrency, Path(tmp) / f"c{concurrency}"))
+    print(f"\n{args.photos} photos of {len(TAXA)} species, {args.latency_ms:g} ms server latency per photo")
+    print(
+        f"{'threads':>7} {'photos':>6} {'seconds':>7} {'photos/s':>8} {'requests/s':>10} {'API req':>7} "
+        f"{'in flight (mean / peak)':>24}"
+    )
+    for r in results:
+        print(
+            f"{r['concurrency']:>7} {r['photos']:>6} {r['seconds']:>7.2f} {r['photos_per_s']:>8.1f} "
+            f"{r['requests_per_s']:>10.1f} {r['api_requests']:>7} "
+            f"{r['mean_in_flight']:>15.2f} / {r['peak_in_flight']:<6}"
+        )
+    serial, parallel = results
+    speedup = parallel["photos_per_s"] / serial["photos_per_s"]
+    print(
+        f"speed-up with {parallel['concurrency']} threads: {speedup:.2f}x; mean photo requests in flight "
+        f"{parallel['mean_in_flight']:.2f} of {parallel['concurrency']} configured"
+    )
+
+
+if __name__ == "__main__":
+    main()

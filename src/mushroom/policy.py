@@ -1,0 +1,81 @@
+"""Calibrated certainty and the edibility safety policy (numpy only).
+
+Shared by the evaluate stage (which fits it) and ``identify`` (which applies it), so the
+verdict a forager sees is exactly the one that was evaluated.
+
+``calibration.json`` in a bundle::
+
+    {
+      "default_variant": "int8",
+      "variants": {
+        "int8":    {"temperature": 1.4, "edible_threshold": 0.97, "not_edible_below": 0.5},
+        "float32": {...}
+      },
+      "target_dangerous_as_edible": 0.005
+    }
+
+A variant without an entry, or a missing field, falls back to the safe defaults:
+temperature 1, ``edible_threshold`` null (the verdict is never "edible").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+EDIBLE = "edible"
+NOT_EDIBLE = "not edible"
+UNCERTAIN = "uncertain - ask an expert"
+VERDICTS = (EDIBLE, NOT_EDIBLE, UNCERTAIN)
+
+DEFAULT_CALIBRATION: dict[str, Any] = {"default_variant": "int8", "variants": {}}
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Temperature and thresholds for one model variant."""
+
+    temperature: float = 1.0
+    edible_threshold: float | None = None  # None: never say "edible"
+    not_edible_below: float = 0.5
+
+    def verdict(self, p_edible: float) -> str:
+        """``edible`` only at or above the threshold; ``not edible`` below ``not_edible_below``."""
+        if self.edible_threshold is not None and p_edible >= self.edible_threshold:
+            return EDIBLE
+        if p_edible < self.not_edible_below:
+            return NOT_EDIBLE
+        return UNCERTAIN
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"temperature": self.temperature, "edible_threshold": self.edible_threshold,
+                "not_edible_below": self.not_edible_below}
+
+
+def policy_for(calibration: dict[str, Any], variant: str | None = None) -> Policy:
+    """The policy of ``variant`` (default: the calibration's default variant), safe defaults if absent."""
+    variant = variant or calibration.get("default_variant", "int8")
+    entry = calibration.get("variants", {}).get(variant, {})
+    threshold = entry.get("edible_threshold")
+    return Policy(
+        temperature=float(entry.get("temperature", 1.0)),
+        edible_threshold=None if threshold is None else float(threshold),
+        not_edible_below=float(entry.get("not_edible_below", 0.5)),
+    )
+
+
+def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """Rescale probabilities as softmax(log(p) / T); T > 1 softens, T < 1 sharpens."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    logits = np.log(np.clip(probs.astype(np.float64), 1e-12, 1.0)) / temperature
+    logits -= logits.max(axis=-1, keepdims=True)
+    exp = np.exp(logits)
+    return (exp / exp.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+def edible_probability(probs: np.ndarray, edible_mask: np.ndarray) -> np.ndarray:
+    """P(edible): the summed probability of the edible classes, per row."""
+    return probs[..., np.asarray(edible_mask, dtype=bool)].sum(axis=-1)

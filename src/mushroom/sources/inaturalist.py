@@ -1,0 +1,469 @@
+"""Acquire research-grade mushroom photos from iNaturalist, resumably and with licences kept.
+
+For every catalog taxon, observations in the configured place are paged with ``id_above``
+(pyinaturalist session: rate limits, retries, cache; see :mod:`mushroom.sources.inat_api`).
+Their photos become candidates in a fixed order (observation id, then photo position); photos
+with a licence outside the allowed set and photo ids seen before are skipped. Candidates are
+downloaded on a bounded thread pool (:mod:`mushroom.sources.inat_photos`) but *committed in
+candidate order*: a photo is kept when it decodes, is large enough and its bytes are new, until
+the species has ``photos_per_species``. Committing writes the file atomically, then appends it
+to the journal (:mod:`mushroom.sources.inat_journal`).
+
+Because the order is fixed and every decision is journaled, a run that was killed and then
+rerun keeps exactly the photos an uninterrupted run keeps, and fetches only what is missing.
+
+Layout of ``out_dir``::
+
+    images/<taxon_id>/<photo_id>.jpg    RGB JPEGs
+    ATTRIBUTIONS.csv, failures.csv      licence + attribution per photo; photos not kept + reason
+    DATASET_CARD.md, dataset_card.json  counts, date range, query, acquisition date
+    .inaturalist/                       journal, query fingerprint, API cache, rate-limit state
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from mushroom.fileio import read_json, write_bytes_atomic, write_json_atomic
+from mushroom.manifest import DATASET_INFO_NAME, MANIFEST_NAME, PhotoRecord
+from mushroom.sources.inat_api import (
+    API_CACHE_NAME,
+    ObservationPage,
+    fetch_observation_page,
+    open_api_session,
+    page_candidates,
+    sized_photo_url,
+)
+from mushroom.sources.inat_journal import JOURNAL_NAME, Journal, prune_images, reconcile_images
+from mushroom.sources.inat_photos import Candidate, Download, PhotoDownloader
+from mushroom.sources.inat_report import (
+    ATTRIBUTIONS_NAME,
+    CARD_MD_NAME,
+    FAILURES_NAME,
+    Failure,
+    TaxonResult,
+    build_card,
+    read_card,
+    write_attributions,
+    write_card,
+    write_failures,
+)
+from mushroom.species import Catalog, Species
+
+log = logging.getLogger(__name__)
+
+STATE_DIR = ".inaturalist"
+FINGERPRINT_NAME = "query.json"
+IMAGES_DIR = "images"
+
+
+class MissingSpeciesError(ValueError):
+    """Some species got no photos at all and the configuration does not allow that."""
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """Acquisition settings beyond ``INaturalistSourceConfig``'s current fields.
+
+    :meth:`from_settings` takes each from the configuration when it has a field of that name,
+    so they become configurable by adding the field there. Tests pass small values directly.
+
+    Attributes:
+        max_retries: Retries per request (API and photos).
+        backoff_factor: urllib3 exponential backoff factor (seconds).
+        backoff_max: Longest single backoff sleep (seconds).
+        requests_per_day: API request budget per day (iNaturalist: at most 10,000).
+        media_bytes_per_hour: Photo download volume cap (iNaturalist: under 5 GB an hour).
+        min_photo_side: Smallest accepted photo width or height, in pixels.
+    """
+
+    max_retries: int = 5
+    backoff_factor: float = 0.5
+    backoff_max: float = 60.0
+    requests_per_day: int = 10_000
+    media_bytes_per_hour: int = 4_000_000_000
+    min_photo_side: int = 64
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> Tuning:
+        return cls(**{f.name: getattr(settings, f.name, f.default) for f in fields(cls)})
+
+
+def acquire_inaturalist(
+    settings: Any, catalog: Catalog, out_dir: Path, tuning: Tuning | None = None
+) -> list[PhotoRecord]:
+    """Download photos of every catalog species from iNaturalist into ``out_dir``.
+
+    Resumable: a rerun into the same ``out_dir`` with the same query continues where an
+    interrupted run stopped and ends with the same photos an uninterrupted run would have.
+
+    Args:
+        settings: An ``INaturalistSourceConfig``.
+        catalog: The species to acquire, in class order.
+        out_dir: The dataset folder; photos go to ``images/<taxon_id>/<photo_id>.jpg``.
+        tuning: Retry, budget and validation settings; default :meth:`Tuning.from_settings`.
+
+    Returns:
+        One record per kept photo (``file`` relative to ``out_dir``), species in catalog order,
+        photos in query order.
+
+    Raises:
+        MissingSpeciesError: A species got no photo and ``allow_missing_species`` is off
+            (the photos, attributions and card are written first).
+        INaturalistAPIError: The API failed after retries; progress is kept for a rerun.
+    """
+    tuning = tuning or Tuning.from_settings(settings)
+    out_dir = Path(out_dir)
+    start = time.monotonic()
+    journal = _open_state(settings, tuning, out_dir)
+    try:
+        with _Acquisition(settings, tuning, catalog, out_dir, journal) as acquisition:
+            results = acquisition.run()
+            run_info = acquisition.run_info(time.monotonic() - start)
+    finally:
+        journal.close()
+    records = [r for res in results for r in res.records]
+    pruned = prune_images(out_dir / IMAGES_DIR, out_dir, {r.file for r in records})
+    if pruned:
+        log.info("removed %d photo files beyond photos_per_species", pruned)
+    _write_outputs(out_dir, settings, tuning, results, run_info)
+    (out_dir / STATE_DIR / API_CACHE_NAME).unlink(missing_ok=True)  # the journal holds the pages
+    _check_missing(settings, results)
+    return records
+
+
+def acquisition_report(out_dir: Path) -> dict[str, Any]:
+    """Metrics of the acquisition in ``out_dir``, for a pipeline component to log.
+
+    Args:
+        out_dir: A folder :func:`acquire_inaturalist` wrote.
+
+    Returns:
+        The dataset card: ``num_photos``, ``num_species``, ``photos_per_species`` (taxon id ->
+        count), ``photos_per_license``, ``failures_by_reason``, ``species_short``,
+        ``species_missing``, ``observed_on`` (from/to), ``query``, ``acquired_at``, ``species``
+        (per-species details) and ``run`` (requests, bytes and seconds of the last run).
+    """
+    return read_card(Path(out_dir))
+
+
+def _query_fingerprint(settings: Any, tuning: Tuning) -> dict[str, Any]:
+    """What decides which photos are candidates and how they are judged."""
+    return {
+        "api_url": settings.api_url.rstrip("/"),
+        "place_id": settings.place_id,
+        "quality_grade": settings.quality_grade,
+        "licenses": sorted(settings.licenses),
+        "photo_size": settings.photo_size,
+        "min_photo_side": tuning.min_photo_side,
+    }
+
+
+def _open_state(settings: Any, tuning: Tuning, out_dir: Path) -> Journal:
+    """Open (or start) the journal in ``out_dir`` and make the files on disk agree with it."""
+    state_dir, images_dir = out_dir / STATE_DIR, out_dir / IMAGES_DIR
+    fingerprint = _query_fingerprint(settings, tuning)
+    fingerprint_path = state_dir / FINGERPRINT_NAME
+    if fingerprint_path.is_file() and read_json(fingerprint_path) != fingerprint:
+        log.warning("%s holds photos of a different query; starting over", out_dir)
+        shutil.rmtree(state_dir)
+        shutil.rmtree(images_dir, ignore_errors=True)
+    write_json_atomic(fingerprint_path, fingerprint)
+    for name in (MANIFEST_NAME, DATASET_INFO_NAME):
+        # A manifest from an earlier run could disagree with the files this run adds or
+        # removes; the caller writes a fresh one when acquisition completes.
+        (out_dir / name).unlink(missing_ok=True)
+    journal = Journal.open(state_dir / JOURNAL_NAME)
+    removed, forgotten = reconcile_images(images_dir, out_dir, journal)
+    kept = sum(1 for _ in journal.accepted())
+    if journal.outcomes or removed:
+        log.info(
+            "resuming from %s: %d photos kept, %d stray or partial files removed, %d photos to fetch again",
+            journal.path,
+            kept,
+            removed,
+            forgotten,
+        )
+    return journal
+
+
+@dataclass
+class _Pending:
+    """A candidate on its way to being committed, in candidate order."""
+
+    candidate: Candidate
+    future: Future | None = None  # a download in flight
+    earlier: dict[str, Any] | None = None  # kept by an earlier run
+    skip: Failure | None = None  # decided without downloading
+
+    @property
+    def may_keep(self) -> bool:
+        return self.skip is None
+
+
+class _Acquisition:
+    """One run: shared clients, the journal, and what has been seen so far."""
+
+    def __init__(self, settings: Any, tuning: Tuning, catalog: Catalog, out_dir: Path, journal: Journal):
+        self.settings, self.tuning, self.catalog = settings, tuning, catalog
+        self.out_dir, self.journal = out_dir, journal
+        self.allowed = set(settings.licenses)
+        self.window = 2 * settings.concurrency
+        self.seen_photos: dict[str, str] = {}  # photo id -> observation id
+        self.seen_bytes: dict[str, str] = {}  # sha256 -> photo id
+        self.api_requests = 0
+        self.api = open_api_session(
+            out_dir / STATE_DIR,
+            user_agent=settings.user_agent,
+            requests_per_minute=settings.requests_per_minute,
+            requests_per_day=tuning.requests_per_day,
+            timeout_s=settings.timeout_s,
+            max_retries=tuning.max_retries,
+            backoff_factor=tuning.backoff_factor,
+            backoff_max=tuning.backoff_max,
+        )
+        self.downloader = PhotoDownloader(
+            user_agent=self.api.headers["User-Agent"],
+            concurrency=settings.concurrency,
+            timeout_s=settings.timeout_s,
+            max_retries=tuning.max_retries,
+            backoff_factor=tuning.backoff_factor,
+            backoff_max=tuning.backoff_max,
+            min_side=tuning.min_photo_side,
+            bytes_per_hour=tuning.media_bytes_per_hour,
+        )
+        self.pool = ThreadPoolExecutor(settings.concurrency, thread_name_prefix="inat-photo")
+        self.progress = tqdm(
+            total=settings.photos_per_species * len(catalog),
+            unit="photo",
+            desc="iNaturalist",
+            mininterval=1.0,
+        )
+
+    def __enter__(self) -> _Acquisition:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.progress.close()
+        self.downloader.close()
+        self.api.close()
+
+    def run(self) -> list[TaxonResult]:
+        return [self.acquire_species(species) for species in self.catalog]
+
+    def run_info(self, seconds: float) -> dict[str, Any]:
+        return {
+            "api_requests": self.api_requests,
+            "photo_requests": self.downloader.requests,
+            "bytes_downloaded": self.downloader.bytes,
+            "seconds": round(seconds, 3),
+        }
+
+    def acquire_species(self, species: Species) -> TaxonResult:
+        """Keep up to ``photos_per_species`` photos of one species, committing in candidate order."""
+        start, requests_before = time.monotonic(), self.api_requests
+        result = TaxonResult(species, self.settings.photos_per_species)
+        self.progress.set_postfix_str(species.scientific_name)
+        candidates = self._candidates(species.taxon_id)
+        pending: deque[_Pending] = deque()
+        exhausted = False
+        while True:
+            if not exhausted:
+                exhausted = self._fill(pending, candidates, result)
+            if not pending:
+                break
+            self._commit(pending.popleft(), result)
+        result.api_requests = self.api_requests - requests_before
+        result.seconds = time.monotonic() - start
+        self._log_species(result)
+        return result
+
+    def _fill(self, pending: deque[_Pending], candidates: Iterator[Candidate], result: TaxonResult) -> bool:
+        """Plan candidates until enough may be kept or the window is full; True once none are left."""
+        while len(result.records) + sum(p.may_keep for p in pending) < result.target:
+            if sum(p.future is not None for p in pending) >= self.window:
+                return False
+            candidate = next(candidates, None)
+            if candidate is None:
+                return True
+            pending.append(self._plan(candidate))
+        return False
+
+    def _candidates(self, taxon_id: int) -> Iterator[Candidate]:
+        """The taxon's photos in query order: journaled pages first, then new pages from the API."""
+        page = None
+        for event in self.journal.pages.get(taxon_id, []):
+            page = ObservationPage.from_json(event)
+            yield from page_candidates(taxon_id, page)
+        while page is None or not page.done:
+            id_above = page.next_id_above if page else 0
+            page = fetch_observation_page(self.api, self.settings, taxon_id, id_above)
+            self.api_requests += not page.from_cache
+            self.journal.append({"event": "page", "taxon_id": taxon_id, **page.to_json()})
+            log.debug(
+                "taxon %d: page above id %d, %d observations", taxon_id, id_above, len(page.observations)
+            )
+            yield from page_candidates(taxon_id, page)
+
+    def _plan(self, candidate: Candidate) -> _Pending:
+        """Decide what a candidate needs: a skip, an earlier run's photo, or a download."""
+        if candidate.license not in self.allowed:
+            return _Pending(
+                candidate, skip=_failure(candidate, "license_not_allowed", candidate.license or "none")
+            )
+        first_seen = self.seen_photos.get(candidate.photo_id)
+        if first_seen is not None:
+            detail = f"already offered by observation {first_seen}"
+            return _Pending(candidate, skip=_failure(candidate, "duplicate_photo_id", detail))
+        self.seen_photos[candidate.photo_id] = candidate.observation_id
+        earlier = self.journal.outcomes.get(candidate.photo_id)
+        if earlier and earlier["event"] == "photo":
+            return _Pending(candidate, earlier=earlier)
+        if earlier and earlier["permanent"]:
+            return _Pending(candidate, skip=_failure(candidate, earlier["reason"], earlier["detail"]))
+        url = sized_photo_url(candidate.url, self.settings.photo_size)
+        return _Pending(candidate, future=self.pool.submit(self.downloader.fetch, candidate, url))
+
+    def _commit(self, item: _Pending, result: TaxonResult) -> None:
+        """Settle one candidate, in order: keep it (write + journal) or record why not."""
+        if item.skip is not None:
+            result.failures.append(item.skip)
+        elif item.earlier is not None:
+            self._keep(result, item.candidate, item.earlier["sha256"], item.earlier["file"])
+            result.resumed += 1
+        else:
+            self._commit_download(item.future.result(), result)
+
+    def _commit_download(self, download: Download, result: TaxonResult) -> None:
+        candidate = download.candidate
+        if download.ok and download.sha256 in self.seen_bytes:
+            detail = f"same bytes as photo {self.seen_bytes[download.sha256]}"
+            download = Download(candidate, reason="duplicate_content", detail=detail)
+        if not download.ok:
+            self.journal.append(
+                {
+                    "event": "failure",
+                    "taxon_id": candidate.taxon_id,
+                    "photo_id": candidate.photo_id,
+                    "reason": download.reason,
+                    "detail": download.detail,
+                    "permanent": download.permanent,
+                }
+            )
+            result.failures.append(_failure(candidate, download.reason, download.detail))
+            return
+        file = f"{IMAGES_DIR}/{candidate.taxon_id}/{candidate.photo_id}.jpg"
+        write_bytes_atomic(self.out_dir / file, download.data)
+        self.journal.append(
+            {
+                "event": "photo",
+                "taxon_id": candidate.taxon_id,
+                "photo_id": candidate.photo_id,
+                "observation_id": candidate.observation_id,
+                "file": file,
+                "size": len(download.data),
+                "sha256": download.sha256,
+                "width": download.width,
+                "height": download.height,
+            }
+        )
+        self._keep(result, candidate, download.sha256, file)
+        result.downloaded += 1
+
+    def _keep(self, result: TaxonResult, candidate: Candidate, sha256: str, file: str) -> None:
+        self.seen_bytes[sha256] = candidate.photo_id
+        result.records.append(
+            PhotoRecord(
+                observation_id=candidate.observation_id,
+                photo_id=candidate.photo_id,
+                taxon_id=candidate.taxon_id,
+                file=file,
+                license=candidate.license or "",
+                attribution=candidate.attribution,
+            )
+        )
+        result.observed_on.append(candidate.observed_on or "")
+        self.progress.update(1)
+
+    def _log_species(self, result: TaxonResult) -> None:
+        s = result.species
+        log.info(
+            "%s (%d): %d/%d photos (%d downloaded, %d from earlier runs), %d not kept, %d API requests, "
+            "%.1fs",
+            s.scientific_name,
+            s.taxon_id,
+            len(result.records),
+            result.target,
+            result.downloaded,
+            result.resumed,
+            len(result.failures),
+            result.api_requests,
+            result.seconds,
+        )
+        if result.status == "short":
+            log.warning(
+                "%s (%d): only %d of %d photos available",
+                s.scientific_name,
+                s.taxon_id,
+                len(result.records),
+                result.target,
+            )
+
+
+def _failure(candidate: Candidate, reason: str, detail: str) -> Failure:
+    return Failure(
+        candidate.taxon_id, candidate.observation_id, candidate.photo_id, reason, detail, candidate.url
+    )
+
+
+def _write_outputs(
+    out_dir: Path, settings: Any, tuning: Tuning, results: list[TaxonResult], run_info: dict[str, Any]
+) -> None:
+    query = {**_query_fingerprint(settings, tuning), "photos_per_species": settings.photos_per_species}
+    card = build_card(results, query, run_info)
+    write_attributions(out_dir, results)
+    write_failures(out_dir, results)
+    write_card(out_dir, card)
+    log.info(
+        "iNaturalist: %d photos of %d species in %.1fs (%d API requests, %d photo requests, %.1f MB); "
+        "wrote %s, %s, %s in %s",
+        card["num_photos"],
+        card["num_species"],
+        run_info["seconds"],
+        run_info["api_requests"],
+        run_info["photo_requests"],
+        run_info["bytes_downloaded"] / 1e6,
+        ATTRIBUTIONS_NAME,
+        FAILURES_NAME,
+        CARD_MD_NAME,
+        out_dir,
+    )
+
+
+def _check_missing(settings: Any, results: list[TaxonResult]) -> None:
+    missing = [res.species for res in results if not res.records]
+    if not missing:
+        return
+    names = ", ".join(f"{s.scientific_name} (taxon {s.taxon_id})" for s in missing)
+    message = (
+        f"iNaturalist gave no usable photos for {len(missing)} species: {names}; query place_id="
+        f"{settings.place_id}, quality_grade={settings.quality_grade}, licences {settings.licenses}"
+    )
+    if settings.allow_missing_species:
+        log.warning("%s; continuing without them (allow_missing_species)", message)
+        return
+    raise MissingSpeciesError(
+        f"{message}. Check the taxon ids and failures.csv, or set dataset.inaturalist.allow_missing_species: "
+        "true to build the dataset without them"
+    )

@@ -1,0 +1,382 @@
+"""iNaturalist acquisition against a fake iNaturalist API on 127.0.0.1 (tests/fakes/inat_server.py)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from mushroom.config import DatasetConfig, INaturalistSourceConfig
+from mushroom.manifest import read_manifest
+from mushroom.sources import build_dataset
+from mushroom.sources.inat_api import sized_photo_url
+from mushroom.sources.inat_photos import MediaBudget, PhotoRejected, validate_photo
+from mushroom.sources.inaturalist import (
+    MissingSpeciesError,
+    Tuning,
+    acquire_inaturalist,
+    acquisition_report,
+)
+from mushroom.species import Catalog, Species, load_catalog
+from tests.fakes.inat_server import FakeINaturalist, draw_image
+
+TAXA = (101, 202, 303)
+FAST = Tuning(max_retries=3, backoff_factor=0.01, backoff_max=0.05)
+
+
+def make_catalog(taxa) -> Catalog:
+    return Catalog([Species(t, f"Fungus number{t}", f"Fungus {t}", "edible") for t in taxa])
+
+
+def settings_for(inat: FakeINaturalist, **overrides) -> INaturalistSourceConfig:
+    values = dict(
+        api_url=inat.api_url,
+        photos_per_species=100,
+        photo_size="small",
+        requests_per_minute=100_000,
+        concurrency=4,
+        timeout_s=0.5,
+    )
+    return INaturalistSourceConfig(**{**values, **overrides})
+
+
+def files_under(folder: Path) -> set[str]:
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(path.read_text(encoding="utf-8"))))
+
+
+def assert_clean_rgb_jpegs(out_dir: Path, records) -> None:
+    """Exactly the records' files are on disk, each a decodable RGB JPEG, no temporary files."""
+    assert files_under(out_dir / "images") == {r.file.removeprefix("images/") for r in records}
+    for record in records:
+        with Image.open(out_dir / record.file) as image:
+            image.load()
+            assert (image.format, image.mode) == ("JPEG", "RGB")
+            assert min(image.size) >= FAST.min_photo_side
+
+
+def test_three_taxa_with_several_pages_arrive_complete_with_attributions(tmp_path):
+    with FakeINaturalist.with_taxa(
+        TAXA, observations_per_taxon=11, max_per_page=4, max_result_window=12
+    ) as inat:
+        settings = settings_for(inat)
+        records = acquire_inaturalist(settings, make_catalog(TAXA), tmp_path, FAST)
+
+        # 11 observations x 2 photos per taxon, 3 pages each (4 + 4 + 3), past the "result window".
+        assert [r.taxon_id for r in records] == [t for t in TAXA for _ in range(22)]
+        for taxon in TAXA:
+            assert [r.photo_id for r in records if r.taxon_id == taxon] == [
+                str(p.id) for p in inat.photos_of(taxon)
+            ]
+        for r in records:
+            photo = inat.photo(r.photo_id)
+            assert r.file == f"images/{r.taxon_id}/{r.photo_id}.jpg"
+            assert (tmp_path / r.file).read_bytes() == inat.image_bytes(photo.id)
+            assert r.observation_id == str(inat.observation_of(photo.id).id)
+            assert (r.license, r.attribution) == (photo.license, photo.attribution)
+            assert r.attribution.startswith(("(c) user", "user"))
+        assert_clean_rgb_jpegs(tmp_path, records)
+
+        api = [r for r in inat.log if r.kind == "api"]
+        assert len(api) == 9 and inat.count("photo") == 66
+        for request in api:
+            assert request.query["order_by"] == "id" and request.query["order"] == "asc"
+            assert request.query["place_id"] == "7207" and request.query["quality_grade"] == "research"
+            assert set(request.query["photo_license"].split(",")) == {
+                "CC0",
+                "CC-BY",
+                "CC-BY-NC",
+                "CC-BY-SA",
+                "CC-BY-NC-SA",
+            }
+            assert "page" not in request.query
+            assert settings.user_agent in request.user_agent
+        assert sum("id_above" not in r.query for r in api) == 3  # only each taxon's first page
+        photos = [r for r in inat.log if r.kind == "photo"]
+        assert all(r.path.endswith("/small.jpg") and settings.user_agent in r.user_agent for r in photos)
+
+    attributions = read_csv(tmp_path / "ATTRIBUTIONS.csv")
+    assert [(a["file"], a["photo_id"], a["license"], a["attribution"]) for a in attributions] == [
+        (r.file, r.photo_id, r.license, r.attribution) for r in records
+    ]
+    assert (
+        attributions[0]["observation_url"]
+        == f"https://www.inaturalist.org/observations/{records[0].observation_id}"
+    )
+    assert read_csv(tmp_path / "failures.csv") == []
+
+    report = acquisition_report(tmp_path)
+    dates = sorted(o.observed_on for o in inat.observations)
+    assert report["num_photos"] == 66 and report["num_species"] == 3
+    assert report["photos_per_species"] == {str(t): 22 for t in TAXA}
+    assert report["photos_per_license"] == dict(Counter(r.license for r in records))
+    assert report["observed_on"] == {"from": dates[0], "to": dates[-1]}
+    assert report["failures_by_reason"] == {}
+    assert report["species_short"] == list(TAXA) and report["species_missing"] == []
+    assert report["query"]["place_id"] == 7207 and report["query"]["photo_size"] == "small"
+    assert report["query"]["photos_per_species"] == 100
+    assert report["acquired_at"][:4].isdigit()
+    card = (tmp_path / "DATASET_CARD.md").read_text(encoding="utf-8")
+    assert "*Fungus number202*" in card and "| cc-by-nc-sa |" in card and "place_id=7207" in card
+
+
+def test_a_rerun_of_a_complete_dataset_asks_nothing_and_changes_nothing(tmp_path):
+    with FakeINaturalist.with_taxa(TAXA, observations_per_taxon=4, max_per_page=3) as inat:
+        settings, catalog = settings_for(inat), make_catalog(TAXA)
+        first = acquire_inaturalist(settings, catalog, tmp_path, FAST)
+        before = {f: (tmp_path / "images" / f).read_bytes() for f in files_under(tmp_path / "images")}
+        inat.reset_counts()
+        again = acquire_inaturalist(settings, catalog, tmp_path, FAST)
+        assert again == first
+        assert inat.count("api") == 0 and inat.count("photo") == 0
+        assert {f: (tmp_path / "images" / f).read_bytes() for f in files_under(tmp_path / "images")} == before
+
+        # Asking for fewer photos keeps the first ones in query order and removes the rest.
+        fewer = acquire_inaturalist(settings_for(inat, photos_per_species=3), catalog, tmp_path, FAST)
+        assert fewer == [r for t in TAXA for r in [x for x in first if x.taxon_id == t][:3]]
+        assert_clean_rgb_jpegs(tmp_path, fewer)
+        assert inat.count("photo") == 0
+
+        # Another query (here: other licences) starts the folder over.
+        cc0 = acquire_inaturalist(settings_for(inat, licenses=["cc0"]), catalog, tmp_path, FAST)
+        assert cc0 and {r.license for r in cc0} == {"cc0"}
+        assert_clean_rgb_jpegs(tmp_path, cc0)
+        assert read_csv(tmp_path / "ATTRIBUTIONS.csv")[0]["license"] == "cc0"
+
+
+def test_photos_per_species_caps_downloads_and_paging(tmp_path):
+    with FakeINaturalist.with_taxa(TAXA, observations_per_taxon=11, max_per_page=2) as inat:
+        records = acquire_inaturalist(
+            settings_for(inat, photos_per_species=5), make_catalog(TAXA), tmp_path, FAST
+        )
+        for taxon in TAXA:
+            assert [r.photo_id for r in records if r.taxon_id == taxon] == [
+                str(p.id) for p in inat.photos_of(taxon)[:5]
+            ]
+        assert inat.count("api") == 6  # 5 photos need 3 observations: 2 pages of 2 per taxon
+        assert inat.count("photo") == 15  # nothing downloaded beyond what is kept
+    assert acquisition_report(tmp_path)["species_short"] == []
+
+
+def test_faults_are_counted_and_nothing_corrupt_is_written(tmp_path):
+    inat = FakeINaturalist.with_taxa((101, 202), observations_per_taxon=8, max_per_page=3, hang_s=1.2)
+    p, q = inat.photos_of(101), inat.photos_of(202)
+    p[0].fault, p[1].fault, p[2].fault = "truncated", "html", "tiny"
+    p[3].license, p[4].license = "cc-by-nd", None
+    p[5].fault, p[6].fault = "404", "500"
+    p[9].same_bytes_as = p[8].id
+    p[10].mode, p[11].mode, p[12].mode = "CMYK", "L", "RGBA"
+    inat.observations[-2].photos.append(p[13])  # the same photo id in a second observation of 101
+    with inat:
+        inat.inject_api_fault("429")
+        inat.inject_api_fault("500")
+        inat.inject_api_fault("bad_json")
+        inat.inject_api_fault("timeout")
+        inat.inject_photo_fault(q[0].id, "500", times=2)
+        inat.inject_photo_fault(q[1].id, "429")
+        inat.inject_photo_fault(q[2].id, "timeout")
+        inat.inject_photo_fault(q[3].id, "cut")
+        records = acquire_inaturalist(settings_for(inat), make_catalog((101, 202)), tmp_path, FAST)
+
+        kept_101 = [p[i] for i in (7, 8, 10, 11, 12, 13, 14, 15)]
+        assert [r.photo_id for r in records] == [str(x.id) for x in kept_101 + q]
+        assert_clean_rgb_jpegs(tmp_path, records)
+        files = {r.photo_id: tmp_path / r.file for r in records}
+        for photo in [p[7], p[8], *q]:  # RGB JPEGs are kept byte for byte
+            assert files[str(photo.id)].read_bytes() == inat.image_bytes(photo.id)
+
+        report = acquisition_report(tmp_path)
+        assert report["failures_by_reason"] == {
+            "corrupt_image": 1,
+            "not_an_image": 1,
+            "too_small": 1,
+            "license_not_allowed": 2,
+            "http_404": 1,
+            "http_500": 1,
+            "duplicate_content": 1,
+            "duplicate_photo_id": 1,
+        }
+        failures = {(f["photo_id"], f["reason"]) for f in read_csv(tmp_path / "failures.csv")}
+        assert failures == {
+            (str(p[0].id), "corrupt_image"),
+            (str(p[1].id), "not_an_image"),
+            (str(p[2].id), "too_small"),
+            (str(p[3].id), "license_not_allowed"),
+            (str(p[4].id), "license_not_allowed"),
+            (str(p[5].id), "http_404"),
+            (str(p[6].id), "http_500"),
+            (str(p[9].id), "duplicate_content"),
+            (str(p[13].id), "duplicate_photo_id"),
+        }
+        assert report["photos_per_species"] == {"101": 8, "202": 16}
+
+        # Retries: transient faults were retried until they cleared, permanent ones were not.
+        assert inat.photo_requests(q[0].id) == 3 and inat.photo_requests(p[6].id) == 1 + FAST.max_retries
+        assert inat.photo_requests(p[5].id) == 1 and inat.photo_requests(p[0].id) == 1
+        assert inat.photo_requests(p[3].id) == 0  # a disallowed licence is never downloaded
+        assert inat.photo_requests(q[2].id) == 2 and inat.photo_requests(q[3].id) == 2
+        throttled = [r for r in inat.log if r.photo_id == q[1].id]
+        assert [r.status for r in throttled] == [429, 200]
+        assert throttled[1].time - throttled[0].time >= 0.9  # Retry-After: 1 was honoured
+        api = [r for r in inat.log if r.kind == "api"]
+        assert [r.status for r in api[:3]] == [429, 500, 200] and inat.count("api:429") == 1
+        assert api[1].time - api[0].time >= 0.9
+
+        # A rerun keeps the same photos and tries again only what failed for a passing reason (500).
+        inat.reset_counts()
+        assert acquire_inaturalist(settings_for(inat), make_catalog((101, 202)), tmp_path, FAST) == records
+        assert inat.photo_requests() == inat.photo_requests(p[6].id) == 1 + FAST.max_retries
+        assert acquisition_report(tmp_path)["failures_by_reason"] == report["failures_by_reason"]
+
+
+def test_a_species_without_photos_fails_clearly_unless_allowed(tmp_path):
+    catalog = make_catalog((101, 202, 909))
+    with FakeINaturalist.with_taxa({101: 3, 202: 2}) as inat:
+        with pytest.raises(
+            MissingSpeciesError, match=r"Fungus number909 \(taxon 909\).*allow_missing_species"
+        ):
+            acquire_inaturalist(settings_for(inat, photos_per_species=5), catalog, tmp_path, FAST)
+        assert acquisition_report(tmp_path)["species_missing"] == [909]
+
+        inat.reset_counts()
+        settings = settings_for(inat, photos_per_species=5, allow_missing_species=True)
+        records = acquire_inaturalist(settings, catalog, tmp_path, FAST)
+        assert Counter(r.taxon_id for r in records) == {101: 5, 202: 4}
+        assert inat.count("photo") == 0  # kept from the first run
+        report = acquisition_report(tmp_path)
+        assert report["species_missing"] == [909] and report["species_short"] == [202]
+        assert report["photos_per_species"] == {"101": 5, "202": 4, "909": 0}
+
+
+_ACQUIRE_IN_SUBPROCESS = """
+import json, sys
+from mushroom.config import DatasetConfig
+from mushroom.sources import build_dataset
+args = json.loads(sys.argv[1])
+build_dataset(DatasetConfig.model_validate(args["config"]), args["out_dir"])
+"""
+
+
+def _journal_events(out_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (out_dir / ".inaturalist/journal.jsonl").read_text().splitlines()]
+
+
+def _wait_for_photos(out_dir: Path, n: int, process: subprocess.Popen, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    journal = out_dir / ".inaturalist/journal.jsonl"
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "the acquisition finished before it could be interrupted"
+        if journal.is_file() and journal.read_bytes().count(b'"event":"photo"') >= n:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"fewer than {n} photos were committed within {timeout_s}s")
+
+
+def test_a_killed_run_resumes_to_the_same_dataset(tmp_path):
+    taxa = load_catalog().taxon_ids[:3]
+    reference_dir, run_dir = tmp_path / "reference", tmp_path / "run"
+    with FakeINaturalist.with_taxa(taxa, observations_per_taxon=10, max_per_page=4) as inat:
+        config = DatasetConfig(source="inaturalist", species=taxa, inaturalist=settings_for(inat))
+        reference = build_dataset(config, reference_dir)
+        assert len(reference) == 60
+
+        inat.reset_counts()
+        inat.hold_photos(after=25)  # photo requests after the 25th hang: the kill lands mid-run
+        args = json.dumps({"config": config.model_dump(), "out_dir": str(run_dir)})
+        with (tmp_path / "killed.log").open("w") as log:
+            process = subprocess.Popen([sys.executable, "-c", _ACQUIRE_IN_SUBPROCESS, args], stderr=log)
+            try:
+                _wait_for_photos(run_dir, 15, process)
+            finally:
+                os.kill(process.pid, signal.SIGKILL)
+                process.wait()
+        assert process.returncode == -signal.SIGKILL
+        inat.release()
+
+        events = _journal_events(run_dir)
+        committed = sum(e["event"] == "photo" for e in events)
+        pages = sum(e["event"] == "page" for e in events)
+        assert 15 <= committed < 60 and not (run_dir / "manifest.csv").exists()
+        # What else a kill can leave: a half-written temporary file, a photo renamed into place
+        # whose journal line never made it (here: garbage), and a torn journal line.
+        (run_dir / f"images/{taxa[0]}/.{reference[0].photo_id}.jpg.x1y2.tmp").write_bytes(b"\xff\xd8 half")
+        orphan = reference[-1]
+        assert not any(e.get("photo_id") == orphan.photo_id for e in events)
+        (run_dir / orphan.file).parent.mkdir(parents=True, exist_ok=True)
+        (run_dir / orphan.file).write_bytes(inat.image_bytes(int(orphan.photo_id))[:300])
+        with (run_dir / ".inaturalist/journal.jsonl").open("a") as journal:
+            journal.write('{"event":"photo","taxon_id":')
+
+        inat.reset_counts()
+        resumed = build_dataset(config, run_dir)
+        assert inat.count("photo") == 60 - committed  # only what was missing
+        assert inat.count("api") == 9 - pages
+
+    assert resumed == reference
+    assert len({r.photo_id for r in resumed}) == 60
+    assert files_under(run_dir / "images") == files_under(reference_dir / "images")
+    for r in reference:
+        assert (run_dir / r.file).read_bytes() == (reference_dir / r.file).read_bytes()
+    assert read_manifest(run_dir) == read_manifest(reference_dir)
+    for name in ("manifest.csv", "ATTRIBUTIONS.csv", "failures.csv"):
+        assert (run_dir / name).read_text() == (reference_dir / name).read_text()
+    assert_clean_rgb_jpegs(run_dir, resumed)
+
+
+def test_validate_photo_converts_modes_and_rejects_bad_files():
+    rgb = draw_image(1, (80, 80))
+    assert validate_photo(rgb, 64) == (rgb, 80, 80)  # an RGB JPEG is kept byte for byte
+    for mode in ("CMYK", "L", "RGBA"):
+        data, width, height = validate_photo(draw_image(2, (90, 70), mode), 64)
+        with Image.open(io.BytesIO(data)) as image:
+            assert (image.format, image.mode, image.size) == ("JPEG", "RGB", (90, 70))
+    transparent = io.BytesIO()
+    Image.new("RGBA", (80, 80), (0, 0, 0, 0)).save(transparent, format="PNG")
+    with Image.open(io.BytesIO(validate_photo(transparent.getvalue(), 64)[0])) as image:
+        assert image.getpixel((40, 40)) == (255, 255, 255)  # alpha composited onto white
+    for data, reason in [
+        (rgb[: len(rgb) // 2], "corrupt_image"),
+        (b"<html><body>Bad Gateway</body></html>", "not_an_image"),
+        (draw_image(3, (80, 40)), "too_small"),
+    ]:
+        with pytest.raises(PhotoRejected) as err:
+            validate_photo(data, 64)
+        assert err.value.reason == reason
+
+
+def test_sized_photo_url_and_media_budget():
+    url = "https://inaturalist-open-data.s3.amazonaws.com/photos/123/square.jpg"
+    assert (
+        sized_photo_url(url, "medium")
+        == "https://inaturalist-open-data.s3.amazonaws.com/photos/123/medium.jpg"
+    )
+    assert sized_photo_url("http://127.0.0.1:9/photos/5/square.png", "large").endswith("/photos/5/large.png")
+
+    now, sleeps = [0.0], []
+
+    def sleep(s):
+        sleeps.append(s)
+        now[0] += s
+
+    budget = MediaBudget(1000, clock=lambda: now[0], sleep=sleep)
+    budget.wait()
+    budget.record(600)
+    now[0] = 10.0
+    budget.wait()
+    budget.record(600)
+    assert sleeps == []
+    budget.wait()  # 1200 bytes in the last hour: wait until the first 600 leave the window
+    assert now[0] == pytest.approx(3600.0)

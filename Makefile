@@ -13,7 +13,11 @@ TAG ?= 0.1.0
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: help install demo run test lint compile clean
+HOST ?= http://localhost:8080
+PIPELINE_ROOT ?=
+SUBMIT_ARGS ?=
+
+.PHONY: help install demo run test lint compile check-compiled build push submit clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -39,9 +43,24 @@ lint: install ## ruff on the code, hadolint on the Dockerfiles
 	$(VENV)/bin/ruff check src components pipelines tests benchmarks
 	$(VENV)/bin/hadolint images/Dockerfile images/Dockerfile.gpu
 
-compile: install ## Compile the pipelines to $(COMPILED)/*.yaml (MUSHROOM_IMAGE pins the image)
-	$(PY) -m pipelines.compile pipelines/configs/paper.yaml $(COMPILED)/paper.yaml
-	$(PY) -m pipelines.compile pipelines/configs/demo.yaml $(COMPILED)/demo.yaml
+compile: install ## Compile the pipelines to $(COMPILED)/*.yaml, image pinned to IMAGE:TAG
+	MUSHROOM_IMAGE=$(IMAGE):$(TAG) $(PY) -m pipelines.compile pipelines/configs/paper.yaml $(COMPILED)/paper.yaml
+	MUSHROOM_IMAGE=$(IMAGE):$(TAG) $(PY) -m pipelines.compile pipelines/configs/demo.yaml $(COMPILED)/demo.yaml
+
+check-compiled: compile ## Fail if the committed compiled YAML is out of date
+	git diff --exit-code -- $(COMPILED)
+
+build: ## Build the CPU and GPU images as IMAGE:TAG and IMAGE:TAG-gpu (needs Docker)
+	docker build -f images/Dockerfile --build-arg IMAGE_VERSION=$(TAG) -t $(IMAGE):$(TAG) .
+	docker build -f images/Dockerfile.gpu --build-arg IMAGE_VERSION=$(TAG) -t $(IMAGE):$(TAG)-gpu .
+
+push: ## Push IMAGE:TAG and IMAGE:TAG-gpu
+	docker push $(IMAGE):$(TAG)
+	docker push $(IMAGE):$(TAG)-gpu
+
+submit: install ## Submit CONFIG to the KFP API at HOST (SUBMIT_ARGS="--dry-run" to preview)
+	MUSHROOM_IMAGE=$(IMAGE):$(TAG) $(PY) -m pipelines.submit $(CONFIG) --host $(HOST) \
+		$(if $(PIPELINE_ROOT),--pipeline-root $(PIPELINE_ROOT)) $(SUBMIT_ARGS)
 
 clean: ## Remove outputs and caches (keeps .venv)
 	rm -rf outputs .pytest_cache .ruff_cache

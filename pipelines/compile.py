@@ -6,10 +6,33 @@
 from __future__ import annotations
 
 import argparse
+import json
+import re
 import sys
 from pathlib import Path
 
 from mushroom.config import ConfigError, load_config
+
+
+def _stable_header(text: str) -> str:
+    """Re-render the header comment's ``[Default: ...]`` values with sorted keys.
+
+    kfp writes them from protobuf maps, whose order changes from process to process; the
+    YAML body itself is already sorted. Stable bytes let CI diff the committed YAML.
+    """
+    import yaml
+
+    spec = next(yaml.safe_load_all(text))
+    params = spec["root"].get("inputDefinitions", {}).get("parameters", {})
+    lines = text.split("\n")
+    for i, line in enumerate(lines):
+        if not line.startswith("#"):
+            break
+        match = re.match(r"^(#\s+)(\w+)(: \w+) \[Default: .*\]$", line)
+        if match and match.group(2) in params:
+            value = json.dumps(params[match.group(2)]["defaultValue"], sort_keys=True)
+            lines[i] = f"{match.group(1)}{match.group(2)}{match.group(3)} [Default: {value}]"
+    return "\n".join(lines)
 
 
 def compile_pipeline(config_path: str | Path, output: str | Path) -> Path:
@@ -22,6 +45,7 @@ def compile_pipeline(config_path: str | Path, output: str | Path) -> Path:
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     compiler.Compiler().compile(pipeline_for(config), str(output), pipeline_parameters=pipeline_arguments(config))
+    output.write_text(_stable_header(output.read_text(encoding="utf-8")), encoding="utf-8")
     return output
 
 

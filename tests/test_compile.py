@@ -120,7 +120,53 @@ def test_config_values_become_parameter_defaults(spec):
     assert params["dataset_config"]["defaultValue"]["source"] == "inaturalist"
 
 
-def test_compile_is_deterministic(tmp_path):
-    a = compile_pipeline(CONFIGS / "demo.yaml", tmp_path / "a.yaml").read_bytes()
-    b = compile_pipeline(CONFIGS / "demo.yaml", tmp_path / "b.yaml").read_bytes()
-    assert a == b
+def test_compile_twice_gives_identical_bytes(tmp_path):
+    """Separate processes (different hash seeds), as two `make compile` runs would be."""
+    import os
+    import subprocess
+    import sys
+
+    outputs = []
+    for seed in ("1", "2"):
+        out = tmp_path / f"{seed}.yaml"
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        subprocess.run([sys.executable, "-m", "pipelines.compile", str(CONFIGS / "demo.yaml"), str(out)],
+                       check=True, env=env, cwd=CONFIGS.parents[1], capture_output=True)
+        outputs.append(out.read_bytes())
+    assert outputs[0] == outputs[1]
+
+
+@pytest.mark.parametrize("name", ["paper", "demo"])
+def test_committed_compiled_pipeline_is_up_to_date(name, tmp_path):
+    """`make compile` must have been run after changing the pipeline, components or configs."""
+    from components.image import DEFAULT_IMAGE, IMAGE
+
+    assert IMAGE == DEFAULT_IMAGE, "unset MUSHROOM_IMAGE to compare with the committed YAML"
+    committed = CONFIGS.parent / "compiled" / f"{name}.yaml"
+    fresh = compile_pipeline(CONFIGS / f"{name}.yaml", tmp_path / f"{name}.yaml")
+    assert fresh.read_bytes() == committed.read_bytes(), f"{committed} is stale: run `make compile`"
+
+
+def test_submit_dry_run_prints_the_submission(capsys):
+    import json
+
+    from pipelines.submit import main
+
+    assert main([str(CONFIGS / "paper.yaml"), "--host", "http://kfp.example:8080", "--dry-run",
+                 "--pipeline-root", "gs://b/root", "--no-cache"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["backend"] == "kfp" and plan["target"] == "http://kfp.example:8080"
+    assert plan["enable_caching"] is False and plan["pipeline_root"] == "gs://b/root"
+    assert plan["service_account"] == "mushroom-pipeline-runner"
+    assert [m["model_name"] for m in plan["arguments"]["model_configs"]] == ["efficientnetv2-m", "resnet50"]
+
+
+def test_submit_refuses_incomplete_targets(capsys):
+    from pipelines.submit import main
+
+    assert main([str(CONFIGS / "paper.yaml"), "--dry-run"]) == 2
+    assert "--host" in capsys.readouterr().err
+    assert main([str(CONFIGS / "paper.yaml"), "--vertex", "--project", "p", "--dry-run"]) == 2
+    assert "--region, --pipeline-root" in capsys.readouterr().err
+    assert main([str(CONFIGS / "demo.yaml"), "--host", "http://h", "--dry-run"]) == 2
+    assert "needs a gs:// prefix" in capsys.readouterr().err

@@ -26,6 +26,8 @@ PIPELINE_NAME = "quantized-mushroom"
 
 
 RUN_AS_USER = 10001  # the image's non-root user
+SETTINGS_CONFIG_MAP = "mushroom-settings"  # manifests/base/runner; optional keys per overlay
+SETTINGS_ENV = {key: key for key in ("STORAGE_EMULATOR_HOST", "GOOGLE_CLOUD_PROJECT", "WANDB_MODE")}
 
 
 def _request_gpu(task: dsl.PipelineTask, accelerator_type: str, count: int, node_selector, tolerations) -> None:
@@ -36,10 +38,12 @@ def _request_gpu(task: dsl.PipelineTask, accelerator_type: str, count: int, node
         kubernetes.add_toleration_json(task, tolerations)
 
 
-def _harden(*tasks: dsl.PipelineTask) -> None:
+def _configure(*tasks: dsl.PipelineTask) -> None:
+    """Non-root, and the cluster's settings (e.g. the GCS emulator on kind) as environment."""
     for task in tasks:
         kubernetes.set_security_context(task, run_as_user=RUN_AS_USER, run_as_group=RUN_AS_USER,
                                         run_as_non_root=True)
+        kubernetes.use_config_map_as_env(task, SETTINGS_CONFIG_MAP, SETTINGS_ENV, optional=True)
 
 
 def build_pipeline(parallelism: int = 4, accelerator_type: str = "nvidia.com/gpu", accelerator_count: int = 1):
@@ -81,7 +85,7 @@ def build_pipeline(parallelism: int = 4, accelerator_type: str = "nvidia.com/gpu
             evaluate = evaluate_model(dataset=dataset, splits=splits, model=train.outputs["model"],
                                       bundle=quantize.outputs["bundle"])
             evaluate.set_display_name("evaluate").set_cpu_request("2").set_memory_request("8G")
-            _harden(tune, train, quantize, evaluate)
+            _configure(tune, train, quantize, evaluate)
 
         compare = compare_models(evaluations=dsl.Collected(evaluate.outputs["evaluation"]),
                                  bundles=dsl.Collected(evaluate.outputs["calibrated_bundle"]))
@@ -89,7 +93,7 @@ def build_pipeline(parallelism: int = 4, accelerator_type: str = "nvidia.com/gpu
         publish = publish_bundle(bundle=compare.outputs["best_bundle"], evaluation=compare.outputs["best_evaluation"],
                                  destination=publish_destination, run_id=dsl.PIPELINE_JOB_NAME_PLACEHOLDER)
         publish.set_display_name("publish").set_retry(num_retries=2).set_caching_options(False)
-        _harden(acquire, split, compare, publish)
+        _configure(acquire, split, compare, publish)
         return publish.output
 
     return mushroom_pipeline

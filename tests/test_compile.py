@@ -86,11 +86,14 @@ def test_gpu_tolerations_and_node_selector_come_from_pipeline_parameters(spec, p
         {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
 
 
-def test_every_task_runs_as_non_root(platform):
+def test_every_task_runs_as_non_root_with_cluster_settings(platform):
     assert len(platform) == 8
     for executor in platform.values():
         assert executor["securityContext"]["runAsNonRoot"] is True
         assert executor["securityContext"]["runAsUser"] == "10001"
+        (env,) = executor["configMapAsEnv"]
+        assert env["configMapName"] == "mushroom-settings" and env["optional"] is True
+        assert {"configMapKey": "STORAGE_EMULATOR_HOST", "envVar": "STORAGE_EMULATOR_HOST"} in env["keyToEnv"]
 
 
 def test_retries_and_caching(spec):

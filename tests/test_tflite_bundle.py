@@ -5,8 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from mushroom.bundle import BundleError, read_bundle, write_bundle
-from mushroom.species import load_catalog
+from mushroom.bundle import BundleError, read_bundle
 from mushroom.tflite import TFLiteClassifier, quantize_input
 
 
@@ -19,58 +18,85 @@ def test_quantize_input_rounds_and_clips_without_wrapping():
 
 
 @pytest.fixture(scope="module")
-def converted(tmp_path_factory):
-    """A small untrained model converted to both variants, with a bundle."""
-    import keras
+def converted(trained_run):
+    """The tiny trained model, some of its test-split photos, and its bundle (all variants)."""
+    from mushroom.data import load_images, load_split
+    from mushroom.models import load_model
 
-    from mushroom.models import build_model
-    from mushroom.quantize import convert_variants
-
-    keras.utils.set_random_seed(0)
-    model = build_model("mobilenetv3-large", 3, 32, "none", dropout=0.0)
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
-    models = convert_variants(model, images[:8])
-    catalog = load_catalog().subset(["Amanita muscaria", "Boletus edulis", "Amanita phalloides"])
-    root = tmp_path_factory.mktemp("bundle")
-    write_bundle(root, models, catalog, {"model_name": "t", "architecture": "mobilenetv3-large", "image_size": 32})
-    return model, images, root
+    model = load_model(trained_run["model"] / "model.keras")
+    test = load_split(trained_run["dataset"], trained_run["splits"], "test")
+    images = load_images(test.paths[:16], 48)
+    return model, images, trained_run["bundle"]
 
 
 def test_float32_tflite_matches_keras_and_int8_is_smaller(converted):
     model, images, root = converted
     bundle = read_bundle(root)
     keras_probs = model.predict(images.astype(np.float32), verbose=0)
+    assert keras_probs.std() > 0.01  # a trained, non-degenerate model
     float_probs = TFLiteClassifier(bundle.model_path("float32")).predict(images)
     np.testing.assert_allclose(float_probs, keras_probs, atol=1e-4)
     int8 = TFLiteClassifier(bundle.model_path("int8"))
     int8_probs = int8.predict(images, batch_size=5)  # batches that do not divide n
-    assert int8_probs.shape == (16, 3)
+    assert int8_probs.shape == (16, 4)
     np.testing.assert_allclose(int8_probs.sum(1), 1.0, atol=0.02)
     assert bundle.model_path("int8").stat().st_size < 0.4 * bundle.model_path("float32").stat().st_size
     assert int8.input_dtype == np.float32  # float input/output by default
 
 
-def test_pixel_scaling_lives_inside_the_graph(converted):
-    """The model takes 0-255 pixels: feeding [0, 1] pixels must give a different answer."""
-    model, images, _ = converted
-    a = model.predict(images.astype(np.float32), verbose=0)
-    b = model.predict(images.astype(np.float32) / 255.0, verbose=0)
-    assert np.abs(a - b).max() > 1e-3
+def test_int8_input_model_does_not_wrap_at_0_and_255(converted):
+    """0 and 255 pixels must map to the ends of the int8 range, not wrap around."""
+    _, _, root = converted
+    bundle = read_bundle(root)
+    int8_io = TFLiteClassifier(bundle.model_path("int8_io"))
+    assert int8_io.input_dtype == np.int8
+    scale, zero_point = int8_io._input["quantization"]
+    edges = np.stack([np.zeros((48, 48, 3)), np.full((48, 48, 3), 255.0),
+                      np.concatenate([np.zeros((24, 48, 3)), np.full((24, 48, 3), 255.0)])]).astype(np.float32)
+    q = quantize_input(edges, scale, zero_point, np.int8)
+    # Dequantized, every pixel is back within one step of its value: 255 did not wrap to 0.
+    np.testing.assert_allclose((q.astype(np.float32) - zero_point) * scale, edges, atol=scale)
+    float_io = TFLiteClassifier(bundle.model_path("int8")).predict(edges)
+    np.testing.assert_allclose(int8_io.predict(edges), float_io, atol=0.05)
+    # A plain cast, as in the reference study's code, wraps 255 around to -1.
+    naive = edges.astype(np.uint8).view(np.int8)
+    assert naive[1].max() == -1 and (naive != q).any()
+
+
+@pytest.mark.parametrize("arch", ["efficientnetv2-b0", "mobilenetv3-large", "resnet50"])
+def test_pixel_scaling_lives_inside_the_graph(arch):
+    """The model takes 0-255 pixels; its first layers bring them to the backbone's range."""
+    import keras
+
+    from mushroom.models import CaffePreprocess, build_model
+
+    model = build_model(arch, 3, 32, "none")
+    layers = model.layers + model.get_layer("backbone").layers
+    scaling = next(layer for layer in layers if isinstance(layer, keras.layers.Rescaling | CaffePreprocess))
+    white = scaling(np.full((1, 4, 4, 3), 255.0, np.float32))
+    black = scaling(np.zeros((1, 4, 4, 3), np.float32))
+    span = float(np.abs(np.asarray(white) - np.asarray(black)).max())
+    if arch == "resnet50":  # caffe style: BGR, mean subtracted, no scaling
+        np.testing.assert_allclose(np.asarray(black)[0, 0, 0], [-m for m in CaffePreprocess.MEAN_BGR], atol=1e-3)
+        assert span == pytest.approx(255.0)
+    else:
+        assert 0.9 < span <= 2.0
 
 
 def test_bundle_files_and_metadata(converted):
     _, _, root = converted
     bundle = read_bundle(root)
-    assert [s.scientific_name for s in bundle.catalog] == ["Amanita muscaria", "Boletus edulis", "Amanita phalloides"]
+    assert [s.scientific_name for s in bundle.catalog] == [
+        "Amanita muscaria", "Boletus edulis", "Pleurotus ostreatus", "Amanita phalloides"]
     labels = json.loads((root / "labels.json").read_text())
-    assert [row["index"] for row in labels] == [0, 1, 2]
+    assert [row["index"] for row in labels] == [0, 1, 2, 3]
     from mushroom.policy import policy_for
 
-    policy = policy_for(bundle.calibration, "int8")
+    policy = policy_for({"variants": {}}, "int8")
     assert policy.temperature == 1.0 and policy.edible_threshold is None
-    assert policy.verdict(0.9999) != "edible"
-    assert bundle.metadata["image_size"] == 32 and len(bundle.metadata["config_hash"]) == 16
+    assert policy.verdict(0.9999) != "edible"  # no fitted calibration: never "edible"
+    assert bundle.calibration["default_variant"] == bundle.metadata["default_variant"]
+    assert bundle.metadata["image_size"] == 48 and len(bundle.metadata["config_hash"]) == 16
     assert bundle.metadata["versions"]["tensorflow"].startswith("2.21")
 
 

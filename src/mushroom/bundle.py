@@ -80,9 +80,6 @@ def write_bundle(
     ]
     write_json_atomic(out_dir / LABELS, labels)
     write_text_atomic(out_dir / SPECIES, catalog.to_csv())
-    if not (out_dir / CALIBRATION).exists():
-        # Until the evaluation fits one: temperature 1 and never the verdict "edible".
-        write_json_atomic(out_dir / CALIBRATION, DEFAULT_CALIBRATION)
     meta = {
         "model_name": model_config["model_name"],
         "architecture": model_config["architecture"],
@@ -101,6 +98,9 @@ def write_bundle(
         **(extra_metadata or {}),
     }
     write_json_atomic(out_dir / METADATA, meta)
+    # Until the evaluation fits one: temperature 1 and never the verdict "edible".
+    default_variant = meta.get("default_variant", "int8")
+    write_json_atomic(out_dir / CALIBRATION, {**DEFAULT_CALIBRATION, "default_variant": default_variant})
     return out_dir
 
 

@@ -177,8 +177,26 @@ class TrainConfig(_Strict):
     patience: int = Field(3, ge=1)
 
 
+QUANT_VARIANTS = ("float32", "float16", "dynamic_int8", "int8", "int8_io", "int16x8", "int8_selective")
+
+
 class QuantizeConfig(_Strict):
-    representative_samples: int = Field(300, ge=1)
+    representative_samples: int = Field(300, ge=1, description="train photos, balanced across species")
+    variants: list[str] = Field(default_factory=lambda: list(QUANT_VARIANTS))
+    tolerance_points: float = Field(1.0, ge=0, description="allowed top-1 loss vs float32 on val, in points")
+    debug_samples: int = Field(64, ge=1, description="photos for the per-layer error report")
+    latency_runs: int = Field(20, ge=1)
+
+    @field_validator("variants")
+    @classmethod
+    def _variants(cls, v: list[str]) -> list[str]:
+        unknown = [x for x in v if x not in QUANT_VARIANTS]
+        if unknown:
+            raise ValueError(f"unknown variants {unknown}; allowed: {list(QUANT_VARIANTS)}")
+        missing = [x for x in ("float32", "int8") if x not in v]
+        if missing:
+            raise ValueError(f"variants must include {missing} (the reference and full int8)")
+        return sorted(set(v), key=QUANT_VARIANTS.index)
 
 
 class ModelConfig(_Strict):

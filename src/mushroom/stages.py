@@ -123,102 +123,175 @@ def train(dataset_dir, splits_dir, hyperparameters_dir, model_config: dict[str, 
 
 def quantize(dataset_dir, splits_dir, model_dir, model_config: dict[str, Any], seed: int,
              out_dir: str | Path) -> dict:
-    """Convert to TFLite float32 and int8 and write the bundle folder."""
-    from mushroom.bundle import model_filename, write_bundle
+    """Convert to every configured TFLite variant, choose one, and write the bundle.
+
+    The bundle also holds ``quantization_report.json`` / ``.md``: each variant's size,
+    validation top-1, agreement with float32 and latency, the worst int8 layers, and why the
+    default variant was chosen.
+    """
+    from mushroom.bundle import write_bundle
     from mushroom.data import balanced_sample, load_images, load_split
     from mushroom.models import load_model
-    from mushroom.quantize import convert_variants
+    from mushroom.quantize import format_report, quantize_model
 
     config = parse_model_config(model_config)
+    q = config.quantize
+    out_dir = Path(out_dir)
     with _timed(f"quantize {config.model_name}"):
         train_split = load_split(dataset_dir, splits_dir, "train")
-        picked = balanced_sample(train_split.labels, config.quantize.representative_samples, seed)
+        val = load_split(dataset_dir, splits_dir, "val")
+        picked = balanced_sample(train_split.labels, q.representative_samples, seed)
         representative = load_images([train_split.paths[i] for i in picked], config.image_size)
-        log.info("quantize: %d representative train photos (balanced, no augmentation)", len(picked))
+        log.info("quantize: %d representative train photos (balanced, no augmentation), %d validation photos",
+                 len(picked), len(val))
         model = load_model(Path(model_dir) / KERAS_MODEL)
-        models = convert_variants(model, representative)
+        models, report = quantize_model(
+            model, representative, load_images(val.paths, config.image_size), val.labels, q.variants,
+            q.tolerance_points, debug_samples=q.debug_samples, latency_runs=q.latency_runs)
         write_bundle(out_dir, models, train_split.catalog, config.model_dump(),
-                     {"representative_samples": int(len(picked))})
+                     {"representative_samples": int(len(picked)), "default_variant": report["chosen"],
+                      "choice_reason": report["reason"]})
+        write_json_atomic(out_dir / "quantization_report.json", report)
+        write_text_atomic(out_dir / "quantization_report.md", format_report(report))
         log.info("quantize: wrote bundle %s", out_dir)
-    return {f"size_mb_{v}": (Path(out_dir) / model_filename(v)).stat().st_size / 1e6 for v in models}
+    metrics = {f"size_mb_{name}": v["size_mb"] for name, v in report["variants"].items()}
+    metrics.update({f"val_top1_{name}": v["top1"] for name, v in report["variants"].items()})
+    return metrics
 
 
 def evaluate(dataset_dir, splits_dir, model_dir, bundle_dir, out_dir: str | Path,
-             calibrated_bundle_dir: str | Path) -> dict:
-    """Evaluate Keras and every TFLite variant on the test split.
+             calibrated_bundle_dir: str | Path, *, latency_runs: int | None = None,
+             target_dangerous_as_edible: float | None = None) -> dict:
+    """Evaluate Keras and every TFLite variant; fit the calibration and safety policy.
 
-    Writes ``evaluation.json`` (and raw predictions) to ``out_dir`` and a copy of the bundle
-    with its fitted ``calibration.json`` to ``calibrated_bundle_dir``.
+    Predicts the validation and test splits with every variant, fits a temperature and the
+    edible threshold per variant on the validation split, measures everything on the test
+    split (see :mod:`mushroom.evaluate`) and times each TFLite variant on the CPU.
+
+    Writes to ``out_dir``: ``evaluation.json``, ``predictions.npz`` (test: ``labels`` and one
+    array per variant; validation: ``val_labels`` and ``val_<variant>``), ``report.html``,
+    ``summary.md`` and ``plots/``. Writes to ``calibrated_bundle_dir`` a copy of the bundle
+    whose ``calibration.json`` holds the fitted temperatures and thresholds.
+
+    Args:
+        latency_runs: Timed runs per latency measurement (default 30, or
+            ``MUSHROOM_LATENCY_RUNS``).
+        target_dangerous_as_edible: The dangerous-as-edible rate allowed on the validation
+            split when choosing the edible threshold (default 0.005).
     """
-    from mushroom.bundle import read_bundle
+    from mushroom.bundle import CALIBRATION, read_bundle
+    from mushroom.calibration import DEFAULT_TARGET
     from mushroom.data import load_images, load_split
-    from mushroom.evaluate import evaluate_predictions, predict_variants
+    from mushroom.evaluate import (
+        calibration_file,
+        evaluate_predictions,
+        flatten_metrics,
+        measure_variants_latency,
+        predict_variants,
+    )
     from mushroom.models import load_model
+    from mushroom.report import write_report
+    from mushroom.tracking import log_evaluation
 
+    target = DEFAULT_TARGET if target_dangerous_as_edible is None else float(target_dangerous_as_edible)
+    if not 0.0 <= target < 1.0:
+        raise ValueError(f"target_dangerous_as_edible must be in [0, 1), got {target}")
+    out_dir = Path(out_dir)
     with _timed("evaluate"):
         bundle = read_bundle(bundle_dir)
-        test = load_split(dataset_dir, splits_dir, "test")
-        images = load_images(test.paths, bundle.image_size)
+        val, test = (load_split(dataset_dir, splits_dir, name) for name in ("val", "test"))
+        if test.catalog.taxon_ids != bundle.catalog.taxon_ids:
+            raise ValueError(f"evaluate: the dataset's species differ from the bundle's ({bundle_dir})")
+        images = load_images(val.paths + test.paths, bundle.image_size)
+        log.info("evaluate: %d val and %d test photos at %d px", len(val), len(test), bundle.image_size)
         model = load_model(Path(model_dir) / KERAS_MODEL)
         probs = predict_variants(model, bundle_dir, images)
-        result = evaluate_predictions(test.labels, probs, bundle_dir)
-        write_json_atomic(Path(out_dir) / EVALUATION, result)
-        np.savez_compressed(Path(out_dir) / "predictions.npz", labels=test.labels, **probs)
+        n_val = len(val)
+        val_probs = {k: p[:n_val] for k, p in probs.items()}
+        test_probs = {k: p[n_val:] for k, p in probs.items()}
+        latency = measure_variants_latency(bundle, images[n_val], latency_runs)
+        result = evaluate_predictions(test.labels, test_probs, bundle, val.labels, val_probs, latency, target)
+        write_json_atomic(out_dir / EVALUATION, result)
+        np.savez_compressed(out_dir / "predictions.npz", labels=test.labels, **test_probs,
+                            val_labels=val.labels, **{f"val_{k}": p for k, p in val_probs.items()})
+        report = write_report(result, out_dir)
         shutil.copytree(bundle_dir, calibrated_bundle_dir, dirs_exist_ok=True)
-        log.info("evaluate %s: %s", result["model_name"],
-                 {k: round(v["top1"], 3) for k, v in result["variants"].items()})
+        write_json_atomic(Path(calibrated_bundle_dir) / CALIBRATION, calibration_file(result))
+        log.info("evaluate %s: wrote %s, report %s and calibrated bundle %s", result["model_name"],
+                 out_dir / EVALUATION, report["html"], calibrated_bundle_dir)
+        for name, v in result["variants"].items():
+            cal = v["calibrated"]
+            log.info("evaluate %s: top-1 %.3f, T %.2f, ECE %.3f -> %.3f, edible threshold %s, coverage %.2f",
+                     name, v["top1"], v["temperature"], v["uncalibrated"]["calibration"]["ece"],
+                     cal["calibration"]["ece"], cal["policy"]["edible_threshold"], cal["policy"]["coverage"])
+        log_evaluation(result, flatten_metrics(result), report, calibrated_bundle_dir,
+                       bundle.metadata.get("model_config"))
     return result
 
 
 def flat_metrics(evaluation: dict) -> dict[str, float]:
     """Flatten an evaluation into ``{variant_metric: value}`` for KFP ``Metrics``."""
-    flat = {}
-    for variant, metrics in evaluation["variants"].items():
-        for key, value in metrics.items():
-            flat[f"{variant}_{key}"] = float(value)
-    for key, value in evaluation.get("int8_vs_float32", {}).items():
-        flat[f"int8_vs_float32_{key}"] = float(value)
-    return flat
+    from mushroom.evaluate import flatten_metrics
+
+    return flatten_metrics(evaluation)
 
 
-def _row(e: dict) -> list[str]:
-    v = e["variants"]
-    f, q = v["tflite_float32"], v["tflite_int8"]
-    return [
-        e["model_name"], e["architecture"], str(e["image_size"]),
-        f"{v['keras']['top1']:.3f}", f"{f['top1']:.3f} / {f['top5']:.3f}", f"{q['top1']:.3f} / {q['top5']:.3f}",
-        f"{(q['top1'] - f['top1']) * 100:+.1f}", f"{f['size_mb']:.2f} -> {q['size_mb']:.2f}",
-    ]
+def _comparison_summary(e: dict) -> dict:
+    """The headline numbers of one evaluation, per variant (for ``comparison.json``)."""
+    variants = {}
+    for name, v in e["variants"].items():
+        cal = v["calibrated"]
+        variants[name] = {
+            **{k: v[k] for k in ("top1", "top3", "top5")},
+            "macro_f1": v["species"]["macro_f1"],
+            "ece_uncalibrated": v["uncalibrated"]["calibration"]["ece"],
+            "ece_calibrated": cal["calibration"]["ece"],
+            "edible_roc_auc": cal["edibility"]["roc_auc"],
+            "dangerous_as_edible_rate": cal["policy"]["risk"],
+            "coverage": cal["policy"]["coverage"],
+            **({"size_mb": v["size_mb"]} if "size_mb" in v else {}),
+            **({"latency": v["latency"]} if "latency" in v else {}),
+            **({"vs_float32": v["vs_float32"]} if "vs_float32" in v else {}),
+        }
+    head = {k: e[k] for k in ("model_name", "architecture", "image_size", "num_test_photos")}
+    return {**head, "variants": variants}
 
 
 def compare(evaluation_dirs: list, bundle_dirs: list, best_bundle_dir: str | Path,
             best_evaluation_dir: str | Path) -> str:
-    """Tabulate every configuration (float vs int8) and copy the best bundle and its evaluation.
+    """Tabulate every configuration and variant and copy the best bundle and its evaluation.
 
     The best configuration has the highest int8 top-1 on the test split (ties: smaller int8
-    file). ``best_evaluation_dir`` gets the best ``evaluation.json`` plus ``comparison.md``
-    and ``comparison.json`` covering every configuration. Returns the Markdown text.
+    file). ``best_evaluation_dir`` gets the best evaluation folder (``evaluation.json``, its
+    report and plots) plus ``comparison.md``, ``comparison.json`` and ``comparison.html``
+    covering every configuration and variant, with the absolute and relative change of each
+    variant against the configuration's TFLite float32 model. Returns the Markdown text.
     """
-    evaluations = [read_json(Path(d) / EVALUATION) for d in evaluation_dirs]
-    by_name = {read_json(Path(b) / "metadata.json")["model_name"]: Path(b) for b in bundle_dirs}
-    if not evaluations:
+    from mushroom.report import COMPARISON_REPORT, comparison_rows, write_comparison_report
+
+    if not evaluation_dirs:
         raise ValueError("compare: no evaluations")
-    header = ["model", "architecture", "px", "keras top-1", "float32 top-1 / top-5", "int8 top-1 / top-5",
-              "int8 change (points)", "size MB float32 -> int8"]
-    rows = [_row(e) for e in evaluations]
+    evaluations = [read_json(Path(d) / EVALUATION) for d in evaluation_dirs]
+    folders = {e["model_name"]: Path(d) for e, d in zip(evaluations, evaluation_dirs, strict=True)}
+    by_name = {read_json(Path(b) / "metadata.json")["model_name"]: Path(b) for b in bundle_dirs}
     best = max(evaluations, key=lambda e: (e["variants"]["tflite_int8"]["top1"],
                                           -e["variants"]["tflite_int8"]["size_mb"]))
-    table = "\n".join(
-        ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        + ["| " + " | ".join(r) + " |" for r in rows]
-    )
-    text = f"# Model comparison (test split)\n\n{table}\n\nChosen: **{best['model_name']}** (highest int8 top-1).\n"
+    header, rows = comparison_rows(evaluations)
+    table = "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+                      + ["| " + " | ".join(r) + " |" for r in rows])
+    text = (f"# Model comparison (test split)\n\n{table}\n\nChanges are against the same configuration's "
+            f"TFLite float32 model.\n\nChosen: **{best['model_name']}** (highest int8 top-1).\n")
     shutil.copytree(by_name[best["model_name"]], best_bundle_dir, dirs_exist_ok=True)
     out_dir = Path(best_evaluation_dir)
+    shutil.copytree(folders[best["model_name"]], out_dir, dirs_exist_ok=True)
     write_json_atomic(out_dir / EVALUATION, best)
     write_text_atomic(out_dir / "comparison.md", text)
-    write_json_atomic(out_dir / "comparison.json", {"best": best["model_name"], "evaluations": evaluations})
-    log.info("compare: %d configurations, best %s", len(evaluations), best["model_name"])
+    write_json_atomic(out_dir / "comparison.json", {
+        "best": best["model_name"], "evaluations": [_comparison_summary(e) for e in evaluations],
+        "table": {"header": header, "rows": rows}})
+    write_comparison_report(evaluations, best["model_name"], out_dir)
+    log.info("compare: %d configurations, best %s; wrote %s", len(evaluations), best["model_name"],
+             out_dir / COMPARISON_REPORT)
     return text
 
 

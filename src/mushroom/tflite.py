@@ -79,3 +79,36 @@ class TFLiteClassifier:
                 out = (out.astype(np.float32) - zero_point) * scale
             outputs.append(out.astype(np.float32))
         return np.concatenate(outputs) if outputs else np.zeros((0, self.num_classes), np.float32)
+
+
+def measure_latency(
+    path: str | Path, image: np.ndarray, num_threads: int | None = None, warmup: int = 3, runs: int = 20
+) -> dict[str, float]:
+    """CPU latency of one image (batch 1), after warm-up.
+
+    Args:
+        path: The ``.tflite`` model.
+        image: One ``(size, size, 3)`` image in 0-255.
+        num_threads: Interpreter threads (1 for a single core; None for the runtime default).
+        warmup: Untimed invocations first (allocation, caches, XNNPACK packing).
+        runs: Timed invocations.
+
+    Returns:
+        ``{"median_ms", "p90_ms", "mean_ms"}``.
+    """
+    import time
+
+    classifier = TFLiteClassifier(path, num_threads=num_threads)
+    batch = image[None]
+    for _ in range(warmup):
+        classifier.predict(batch)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        classifier.predict(batch)
+        times.append((time.perf_counter() - start) * 1000)
+    return {
+        "median_ms": float(np.median(times)),
+        "p90_ms": float(np.percentile(times, 90)),
+        "mean_ms": float(np.mean(times)),
+    }

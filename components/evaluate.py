@@ -1,13 +1,23 @@
 from kfp import dsl
-from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
+from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
 
 from components.image import IMAGE
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def evaluate_model(dataset: Input[Dataset], splits: Input[Dataset], model: Input[Model], bundle: Input[Model],
-                   evaluation: Output[Artifact], calibrated_bundle: Output[Model], metrics: Output[Metrics]):
-    """Evaluate Keras and the TFLite variants on the test split; output the calibrated bundle."""
+                   evaluation: Output[Artifact], calibrated_bundle: Output[Model], metrics: Output[Metrics],
+                   confusion: Output[ClassificationMetrics], edibility_roc: Output[ClassificationMetrics],
+                   report: Output[HTML], summary: Output[Markdown]):
+    """Evaluate Keras and every TFLite variant: species, edibility safety, calibration, size and CPU latency.
+
+    Fits the temperature and edible threshold per variant on the validation split and outputs the
+    bundle with that calibration; the confusion matrix and the ROC of P(edible) are those of the
+    bundle's default variant (the one ``identify`` uses).
+    """
+    import shutil
+    from pathlib import Path
+
     from mushroom import stages
 
     stages.setup_logging()
@@ -15,3 +25,12 @@ def evaluate_model(dataset: Input[Dataset], splits: Input[Dataset], model: Input
                              calibrated_bundle.path)
     for key, value in stages.flat_metrics(result).items():
         metrics.log_metric(key, value)
+    variants = result["variants"]
+    shown = variants.get(f"tflite_{result['default_variant']}") or variants.get("tflite_int8")
+    shown = shown or next(iter(variants.values()))
+    confusion.log_confusion_matrix(result["species"], shown["species"]["confusion_matrix"])
+    roc = shown["calibrated"]["edibility"]["roc_curve"]  # thresholds already clamped to <= 1
+    if roc:
+        edibility_roc.log_roc_curve(roc["fpr"], roc["tpr"], roc["threshold"])
+    shutil.copyfile(Path(evaluation.path) / "report.html", report.path)
+    shutil.copyfile(Path(evaluation.path) / "summary.md", summary.path)

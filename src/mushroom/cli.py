@@ -2,12 +2,18 @@
 
     mushroom species                      list the catalog (class order, edibility)
     mushroom dataset CONFIG OUT_DIR       build a config's dataset folder without the pipeline
+    mushroom identify PHOTO... --bundle PATH [--json]   identify mushrooms offline
     mushroom --version
+
+The module's top level and ``identify`` import only the standard library, numpy, Pillow
+and ai-edge-litert (the base install); each command imports what it needs.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 
 from mushroom import __version__
@@ -19,7 +25,8 @@ def _cmd_species(args: argparse.Namespace) -> int:
     catalog = load_catalog()
     print(f"{'#':>3}  {'taxon':>7}  {'scientific name':<30} {'common name':<28} {'edibility':<10} caution")
     for i, s in enumerate(catalog):
-        print(f"{i:>3}  {s.taxon_id:>7}  {s.scientific_name:<30} {s.common_name:<28} {s.edibility:<10} {s.caution}")
+        print(f"{i:>3}  {s.taxon_id:>7}  {s.scientific_name:<30} {s.common_name:<28} "
+              f"{s.edibility:<10} {s.caution}")
     return 0
 
 
@@ -29,9 +36,41 @@ def _cmd_dataset(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     stages.setup_logging()
-    metrics = stages.acquire(config.dataset.model_dump(mode="json", exclude_none=True), config.seed, args.out_dir)
+    dataset = config.dataset.model_dump(mode="json", exclude_none=True)
+    metrics = stages.acquire(dataset, config.seed, args.out_dir)
     print(f"dataset: {int(metrics['photos'])} photos of {int(metrics['species'])} species in {args.out_dir}")
     return 0
+
+
+def _cmd_identify(args: argparse.Namespace) -> int:
+    from mushroom.identify import Identifier, format_answer, format_footer, format_header, report
+
+    identifier = Identifier(args.bundle, variant=args.variant, num_threads=args.threads,
+                            cache_dir=args.cache_dir, refresh=args.refresh)  # BundleError: exit 2
+    if not args.json:
+        print(format_header(identifier), end="\n\n", flush=True)
+    answers = []
+    for answer in identifier.identify_many(args.photos):
+        answers.append(answer)
+        if not answer.ok:
+            print(f"error: {answer.error}", file=sys.stderr, flush=True)
+        elif not args.json:
+            print(format_answer(answer), end="\n\n", flush=True)
+    if args.json:
+        print(json.dumps(report(identifier, answers), indent=2, ensure_ascii=False))
+    else:
+        print(format_footer(answers))
+    return 0 if all(a.ok for a in answers) else 1
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text!r}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,18 +83,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="run configuration (YAML)")
     p.add_argument("out_dir", help="dataset folder to write")
     p.set_defaults(func=_cmd_dataset)
+    p = sub.add_parser(
+        "identify", help="identify mushrooms in photos, offline, with a TFLite bundle",
+        description="Top-5 species with calibrated certainty, P(edible), the bundle's safety verdict "
+                    "and lookalike warnings for each photo. It informs; it NEVER gives permission to eat.",
+        epilog="exit status: 0 every photo answered, 1 some photos failed, 2 bundle or usage error",
+    )
+    p.add_argument("photos", nargs="+", metavar="PHOTO", help="photo files (JPEG, PNG, ...)")
+    p.add_argument("--bundle", default=os.environ.get("MUSHROOM_BUNDLE"),
+                   help="bundle folder, publish destination (its latest run) or gs:// prefix "
+                        "(default: $MUSHROOM_BUNDLE)")
+    p.add_argument("--variant", default=None,
+                   help="model variant, e.g. int8 or float32 (default: the bundle's calibrated default)")
+    p.add_argument("--threads", type=_positive_int, default=None, help="interpreter CPU threads")
+    p.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
+    p.add_argument("--cache-dir", default=None,
+                   help="cache for gs:// bundles (default: $XDG_CACHE_HOME/quantized-mushroom/bundles)")
+    p.add_argument("--refresh", action="store_true", help="download a gs:// bundle again even if cached")
+    p.set_defaults(func=_cmd_identify)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mushroom.config import ConfigError
-
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "identify" and not args.bundle:
+        parser.error("identify needs --bundle PATH (or $MUSHROOM_BUNDLE)")
     try:
         return args.func(args)
-    except (ConfigError, FileNotFoundError, ValueError) as err:
+    # ConfigError and BundleError are ValueErrors; catching the base class keeps pydantic
+    # (behind mushroom.config) out of commands that never read a configuration.
+    except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `mushroom species | head`: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -102,7 +102,7 @@ class INaturalistSourceConfig(_Strict):
 
 class DatasetConfig(_Strict):
     source: Literal["synthetic", "folder", "inaturalist"]
-    species: Union[Literal["all"], list[Union[int, str]]] = "all"
+    species: Literal["all"] | list[int | str] = "all"
     synthetic: SyntheticSourceConfig = SyntheticSourceConfig()
     folder: FolderSourceConfig | None = None
     inaturalist: INaturalistSourceConfig = INaturalistSourceConfig()
@@ -248,8 +248,9 @@ class ClusterConfig(_Strict):
     def _tolerations(cls, v: list[dict[str, str]]) -> list[dict[str, str]]:
         allowed = {"key", "operator", "value", "effect", "tolerationSeconds"}
         for i, t in enumerate(v):
-            if set(t) - allowed:
-                raise ValueError(f"toleration {i} has unknown keys {sorted(set(t) - allowed)}; allowed: {sorted(allowed)}")
+            unknown = sorted(set(t) - allowed)
+            if unknown:
+                raise ValueError(f"toleration {i} has unknown keys {unknown}; allowed: {sorted(allowed)}")
             if t.get("operator", "Equal") not in ("Equal", "Exists"):
                 raise ValueError(f"toleration {i}: operator must be 'Equal' or 'Exists'")
         return v

@@ -1,35 +1,84 @@
-"""Evaluate the Keras model and its TFLite variants on the test split (first cut).
+"""Evaluate the Keras model and its TFLite variants: species, edibility, calibration, speed.
 
-Reports top-1 and top-5 accuracy per variant, the int8 model's agreement with float, and
-model file sizes.
+For every variant (``keras``, ``tflite_float32``, ``tflite_int8``, any other TFLite variant of
+the bundle) and on the test split:
+
+- species: top-1/3/5, macro and per-species precision/recall/F1, the confusion matrix and
+  the species pairs most often confused;
+- edibility (edible = catalog edibility "edible"): ROC AUC of P(edible), precision/recall/F1
+  of the verdict "edible", the dangerous-as-edible rate, deadly photos with an edible top-1,
+  dangerous photos whose species is missing from the top-5;
+- calibration: ECE (15 bins), MCE, mean/std confidence, NLL, reliability bins;
+- the safety policy: coverage, risk and the risk-coverage curve at the threshold chosen on
+  the validation split;
+
+each before (``uncalibrated``: temperature 1) and after (``calibrated``) temperature scaling,
+where the temperature and both policies are fitted on the validation split per variant.
+TFLite variants also get file size and CPU latency (batch 1, one thread and all cores).
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import os
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from sklearn.metrics import top_k_accuracy_score
+from sklearn.metrics import (
+    confusion_matrix,
+    precision_recall_fscore_support,
+    roc_auc_score,
+    roc_curve,
+    top_k_accuracy_score,
+)
 
-from mushroom.bundle import read_bundle
-from mushroom.tflite import TFLiteClassifier
+from mushroom.bundle import Bundle, read_bundle
+from mushroom.calibration import (
+    DEFAULT_TARGET,
+    calibration_metrics,
+    choose_edible_threshold,
+    dangerous_as_edible_rate,
+    fit_temperature,
+    make_policy,
+    negative_log_likelihood,
+    risk_coverage_curve,
+    verdicts,
+)
+from mushroom.policy import EDIBLE, UNCERTAIN, VERDICTS, apply_temperature, edible_probability
+from mushroom.species import Catalog
+from mushroom.tflite import TFLiteClassifier, measure_latency
 
 log = logging.getLogger(__name__)
+
+TOP_K = (1, 3, 5)
+LATENCY_RUNS = 30
+LATENCY_WARMUP = 5
+MOST_CONFUSED = 10
+REFERENCE = "tflite_float32"  # ratios and changes are relative to this variant
+
+
+def _num(value) -> float | None:
+    """A JSON-safe float: NaN and infinity become None."""
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
 
 
 def topk_accuracy(labels: np.ndarray, probs: np.ndarray, k: int) -> float:
     """Share of rows whose true class is among the ``k`` most probable (k capped at #classes)."""
     n = probs.shape[1]
+    if k >= n:  # every class is in the list (sklearn warns that the score is trivial)
+        return 1.0
     return float(top_k_accuracy_score(labels, probs, k=min(k, n), labels=np.arange(n)))
 
 
 def summarize(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
-    return {
-        "top1": topk_accuracy(labels, probs, 1),
-        "top5": topk_accuracy(labels, probs, 5),
-    }
+    """Top-1, top-3 and top-5 accuracy."""
+    return {f"top{k}": topk_accuracy(labels, probs, k) for k in TOP_K}
 
 
 def predict_variants(keras_model, bundle_dir: str | Path, images: np.ndarray) -> dict[str, np.ndarray]:
@@ -45,29 +94,379 @@ def predict_variants(keras_model, bundle_dir: str | Path, images: np.ndarray) ->
     return probs
 
 
-def evaluate_predictions(
-    labels: np.ndarray, probs: dict[str, np.ndarray], bundle_dir: str | Path
-) -> dict:
-    """Metrics per variant, int8 vs float agreement and file sizes."""
-    bundle = read_bundle(bundle_dir)
-    result: dict = {
+# --- species -----------------------------------------------------------------------------
+
+
+def species_metrics(labels: np.ndarray, probs: np.ndarray, catalog: Catalog) -> dict[str, Any]:
+    """Top-k, macro and per-species precision/recall/F1, confusion matrix, most confused pairs.
+
+    Macro averages run over the species present in ``labels`` (a species without test photos
+    has no recall to average).
+    """
+    n = len(catalog)
+    names = [s.scientific_name for s in catalog]
+    predicted = probs.argmax(axis=1)
+    present = np.unique(labels)
+    macro = precision_recall_fscore_support(labels, predicted, labels=present, average="macro",
+                                            zero_division=0)
+    precision, recall, f1, support = precision_recall_fscore_support(
+        labels, predicted, labels=np.arange(n), average=None, zero_division=0)
+    matrix = confusion_matrix(labels, predicted, labels=np.arange(n))
+    pairs = []
+    for a in range(n):
+        for b in range(a + 1, n):
+            count = int(matrix[a, b] + matrix[b, a])
+            if count:
+                pairs.append({"species": [names[a], names[b]], "count": count,
+                              "first_as_second": int(matrix[a, b]), "second_as_first": int(matrix[b, a])})
+    pairs.sort(key=lambda p: (-p["count"], p["species"]))
+    return {
+        **summarize(labels, probs),
+        "macro_precision": float(macro[0]),
+        "macro_recall": float(macro[1]),
+        "macro_f1": float(macro[2]),
+        "per_species": [
+            {"species": names[i], "edibility": catalog.species[i].edibility, "precision": float(precision[i]),
+             "recall": float(recall[i]), "f1": float(f1[i]), "support": int(support[i])}
+            for i in range(n)
+        ],
+        "confusion_matrix": matrix.astype(int).tolist(),
+        "most_confused": pairs[:MOST_CONFUSED],
+    }
+
+
+# --- edibility ---------------------------------------------------------------------------
+
+
+def edibility_masks(catalog: Catalog) -> dict[str, np.ndarray]:
+    """Per-class boolean masks: ``edible``, ``dangerous`` (poisonous or deadly), ``deadly``."""
+    return {
+        "edible": np.array([s.is_edible for s in catalog]),
+        "dangerous": np.array([s.is_dangerous for s in catalog]),
+        "deadly": np.array([s.edibility == "deadly" for s in catalog]),
+    }
+
+
+def edible_roc(is_edible: np.ndarray, p_edible: np.ndarray) -> tuple[float | None, dict[str, list] | None]:
+    """ROC AUC of P(edible) and the ROC curve; (None, None) when only one class is present.
+
+    sklearn's first ROC threshold is infinite; it is clamped to 1 (P(edible) never exceeds 1).
+    """
+    if len(np.unique(is_edible)) < 2:
+        return None, None
+    fpr, tpr, thresholds = roc_curve(is_edible, p_edible)
+    thresholds = np.minimum(thresholds, 1.0)
+    return float(roc_auc_score(is_edible, p_edible)), {
+        "fpr": fpr.tolist(), "tpr": tpr.tolist(), "threshold": thresholds.tolist()}
+
+
+def _binary_prf(truth: np.ndarray, said: np.ndarray) -> dict[str, float | None]:
+    """Precision/recall/F1 of a yes/no decision; None where undefined (no yes said / no yes true)."""
+    p, r, f, _ = precision_recall_fscore_support(truth, said, average="binary", pos_label=True,
+                                                 zero_division=np.nan)
+    return {"precision": _num(p), "recall": _num(r), "f1": _num(f)}
+
+
+def top_list_misses(labels: np.ndarray, probs: np.ndarray, dangerous_class: np.ndarray, k: int = 5) -> dict:
+    """How often a dangerous species is the truth but missing from the top-``k`` shown to a user.
+
+    Returns:
+        ``rate``: share of dangerous photos so missed (None without dangerous photos);
+        ``share``: the same photos as a share of all photos.
+    """
+    k = min(k, probs.shape[1])
+    top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    missing = ~(top == labels[:, None]).any(axis=1)
+    dangerous = dangerous_class[labels]
+    return {"rate": _num(missing[dangerous].mean()) if dangerous.any() else None,
+            "share": float(np.mean(missing & dangerous)) if len(labels) else 0.0}
+
+
+def edibility_metrics(labels: np.ndarray, probs: np.ndarray, catalog: Catalog,
+                      edible_threshold: float | None, not_edible_below: float) -> dict[str, Any]:
+    """Edibility metrics of already-calibrated ``probs`` under one safety policy."""
+    masks = edibility_masks(catalog)
+    is_edible = masks["edible"][labels]
+    dangerous = masks["dangerous"][labels]
+    deadly = masks["deadly"][labels]
+    p_edible = edible_probability(probs, masks["edible"])
+    policy = make_policy(1.0, edible_threshold, not_edible_below)
+    said = verdicts(p_edible, policy)
+    said_edible = said == EDIBLE
+    auc, roc = edible_roc(is_edible, p_edible)
+    top1_edible = masks["edible"][probs.argmax(axis=1)]
+    naive = p_edible >= 0.5
+    misses = top_list_misses(labels, probs, masks["dangerous"], 5)
+    return {
+        "photos": int(len(labels)),
+        "edible_photos": int(is_edible.sum()),
+        "dangerous_photos": int(dangerous.sum()),
+        "deadly_photos": int(deadly.sum()),
+        "roc_auc": auc,
+        "roc_curve": roc,
+        "verdict_edible": _binary_prf(is_edible, said_edible),
+        "dangerous_as_edible_rate": dangerous_as_edible_rate(p_edible, dangerous, edible_threshold),
+        "deadly_top1_edible_rate": _num(top1_edible[deadly].mean()) if deadly.any() else None,
+        "dangerous_missing_from_top5_rate": misses["rate"],
+        "dangerous_missing_from_top5_share": misses["share"],
+        # Without the policy: "edible" whenever P(edible) >= 0.5 (what a plain classifier does).
+        "naive_edible": {
+            **_binary_prf(is_edible, naive),
+            "dangerous_as_edible_rate": _num(naive[dangerous].mean()) if dangerous.any() else None,
+        },
+        "mean_p_edible": {"edible": _num(p_edible[is_edible].mean()) if is_edible.any() else None,
+                          "dangerous": _num(p_edible[dangerous].mean()) if dangerous.any() else None},
+    }
+
+
+def policy_metrics(labels: np.ndarray, probs: np.ndarray, catalog: Catalog, edible_threshold: float | None,
+                   not_edible_below: float) -> dict[str, Any]:
+    """Coverage, risk and the risk-coverage curve of the policy on already-calibrated ``probs``."""
+    masks = edibility_masks(catalog)
+    is_edible = masks["edible"][labels]
+    dangerous = masks["dangerous"][labels]
+    p_edible = edible_probability(probs, masks["edible"])
+    said = verdicts(p_edible, make_policy(1.0, edible_threshold, not_edible_below))
+    covered = said != UNCERTAIN
+    wrong = ((said == EDIBLE) & ~is_edible) | ((said != EDIBLE) & covered & is_edible)
+    return {
+        "coverage": float(covered.mean()),
+        "risk": dangerous_as_edible_rate(p_edible, dangerous, edible_threshold),
+        "selective_risk": _num(wrong[covered].mean()) if covered.any() else None,
+        "verdicts": {v: int(np.sum(said == v)) for v in VERDICTS},
+        "risk_coverage": risk_coverage_curve(p_edible, is_edible, dangerous, not_edible_below),
+    }
+
+
+# --- one variant, before and after calibration ------------------------------------------
+
+
+def fit_policy(val_labels: np.ndarray, val_probs: np.ndarray, catalog: Catalog, temperature: float,
+               target: float = DEFAULT_TARGET) -> dict[str, Any]:
+    """Choose the edible threshold on the validation split for ``temperature``.
+
+    Returns:
+        ``temperature``, ``edible_threshold`` (None: never edible), ``not_edible_below`` and
+        the validation split's ``val_dangerous_as_edible_rate`` and ``val_coverage``.
+    """
+    masks = edibility_masks(catalog)
+    p_edible = edible_probability(apply_temperature(val_probs, temperature), masks["edible"])
+    dangerous = masks["dangerous"][val_labels]
+    threshold = choose_edible_threshold(p_edible, dangerous, target)
+    policy = make_policy(temperature, threshold)
+    said = verdicts(p_edible, policy)
+    return {**policy.to_dict(), "target": target,
+            "val_dangerous_as_edible_rate": dangerous_as_edible_rate(p_edible, dangerous, threshold),
+            "val_coverage": float(np.mean(said != UNCERTAIN))}
+
+
+def _block(labels, probs, catalog, fitted: dict[str, Any], species: dict[str, Any]) -> dict[str, Any]:
+    """All probability-dependent metrics of the test split under one fitted calibration.
+
+    Species metrics depend only on the ranking, which a temperature never changes; they are
+    repeated (top-k and macro) so each block is complete on its own.
+    """
+    calibrated = apply_temperature(probs, fitted["temperature"])
+    threshold, below = fitted["edible_threshold"], fitted["not_edible_below"]
+    return {
+        "species": {k: v for k, v in species.items() if k.startswith(("top", "macro_"))},
+        "calibration": calibration_metrics(calibrated, labels),
+        "edibility": edibility_metrics(labels, calibrated, catalog, threshold, below),
+        "policy": {**fitted, **policy_metrics(labels, calibrated, catalog, threshold, below)},
+    }
+
+
+def evaluate_variant(test_labels: np.ndarray, test_probs: np.ndarray, val_labels: np.ndarray,
+                     val_probs: np.ndarray, catalog: Catalog,
+                     target: float = DEFAULT_TARGET) -> dict[str, Any]:
+    """Every metric of one variant on the test split, before and after temperature scaling.
+
+    The temperature and both policies (for temperature 1 and for the fitted temperature) are
+    fitted on the validation split only.
+    """
+    temperature = fit_temperature(val_probs, val_labels)
+    log.info("temperature %.3f: val NLL %.4f -> %.4f", temperature,
+             negative_log_likelihood(val_probs, val_labels),
+             negative_log_likelihood(val_probs, val_labels, temperature))
+    species = species_metrics(test_labels, test_probs, catalog)
+    return {
+        **summarize(test_labels, test_probs),
+        "temperature": temperature,
+        "val_nll": {"uncalibrated": negative_log_likelihood(val_probs, val_labels),
+                    "calibrated": negative_log_likelihood(val_probs, val_labels, temperature)},
+        "species": species,
+        "uncalibrated": _block(test_labels, test_probs, catalog,
+                               fit_policy(val_labels, val_probs, catalog, 1.0, target), species),
+        "calibrated": _block(test_labels, test_probs, catalog,
+                             fit_policy(val_labels, val_probs, catalog, temperature, target), species),
+    }
+
+
+# --- speed -------------------------------------------------------------------------------
+
+
+def latency_settings(runs: int | None = None) -> dict[str, int]:
+    """Timed runs (``MUSHROOM_LATENCY_RUNS`` overrides the default), warm-up and thread counts."""
+    runs = runs if runs is not None else int(os.environ.get("MUSHROOM_LATENCY_RUNS", LATENCY_RUNS))
+    return {"runs": runs, "warmup": LATENCY_WARMUP, "threads_all": os.cpu_count() or 1}
+
+
+def measure_variants_latency(bundle: Bundle, image: np.ndarray, runs: int | None = None) -> dict[str, dict]:
+    """Latency of every TFLite variant with one thread and with all cores (batch 1, after warm-up).
+
+    Returns:
+        Per ``tflite_<variant>``: ``threads_1`` and ``threads_all``, each with ``median_ms``,
+        ``p90_ms`` and ``mean_ms`` (:func:`mushroom.tflite.measure_latency`).
+    """
+    settings = latency_settings(runs)
+    out = {}
+    for variant in bundle.metadata["variants"]:
+        path = bundle.model_path(variant)
+        out[f"tflite_{variant}"] = {
+            f"threads_{key}": measure_latency(path, image, num_threads=threads, warmup=settings["warmup"],
+                                              runs=max(1, settings["runs"]))
+            for key, threads in (("1", 1), ("all", settings["threads_all"]))
+        }
+        log.info("latency %s: %.2f ms (1 thread), %.2f ms (%d threads)", variant,
+                 out[f"tflite_{variant}"]["threads_1"]["median_ms"],
+                 out[f"tflite_{variant}"]["threads_all"]["median_ms"], settings["threads_all"])
+    return out
+
+
+# --- the whole evaluation ------------------------------------------------------------------
+
+
+def _change(new: float | None, old: float | None) -> dict[str, float | None]:
+    if new is None or old is None:
+        return {"absolute": None, "relative": None}
+    return {"absolute": float(new - old), "relative": _num((new - old) / old) if old else None}
+
+
+def compare_to_reference(variants: dict[str, dict]) -> None:
+    """Add ``vs_float32`` (absolute and relative change, ratios) to every other variant, in place."""
+    ref = variants.get(REFERENCE)
+    if ref is None:
+        return
+    for name, v in variants.items():
+        if name == REFERENCE:
+            continue
+        out: dict[str, Any] = {
+            "top1_agreement": None,
+            **{f"{k}_change": _change(v[k], ref[k]) for k in ("top1", "top3", "top5")},
+            "macro_f1_change": _change(v["species"]["macro_f1"], ref["species"]["macro_f1"]),
+            "ece_change": _change(v["calibrated"]["calibration"]["ece"],
+                                  ref["calibrated"]["calibration"]["ece"]),
+        }
+        if "size_mb" in v:
+            out["size_ratio"] = v["size_mb"] / ref["size_mb"]
+        if "latency" in v and "latency" in ref:
+            for threads in ("threads_1", "threads_all"):
+                out[f"latency_ratio_{threads}"] = _num(v["latency"][threads]["median_ms"]
+                                                       / ref["latency"][threads]["median_ms"])
+        v["vs_float32"] = out
+
+
+def evaluate_predictions(test_labels: np.ndarray, test_probs: dict[str, np.ndarray], bundle: Bundle,
+                         val_labels: np.ndarray, val_probs: dict[str, np.ndarray],
+                         latency: dict[str, dict] | None = None, target: float = DEFAULT_TARGET) -> dict:
+    """The evaluation of every variant; see the module docstring for what it holds.
+
+    Args:
+        test_labels, test_probs: The test split's classes and each variant's probabilities.
+        bundle: The (uncalibrated) bundle the TFLite variants came from.
+        val_labels, val_probs: The same for the validation split (fits calibration and policy).
+        latency: Per TFLite variant, from :func:`measure_variants_latency` (optional).
+        target: The dangerous-as-edible rate allowed on the validation split.
+    """
+    catalog = bundle.catalog
+    result: dict[str, Any] = {
         "model_name": bundle.metadata["model_name"],
         "architecture": bundle.metadata["architecture"],
         "image_size": bundle.image_size,
-        "num_test_photos": int(len(labels)),
-        "num_classes": len(bundle.catalog),
+        "num_test_photos": int(len(test_labels)),
+        "num_val_photos": int(len(val_labels)),
+        "num_classes": len(catalog),
+        "species": [s.scientific_name for s in catalog],
+        "edibility": [s.edibility for s in catalog],
+        "target_dangerous_as_edible": target,
+        # The variant identify uses: the quantize stage's choice when it made one.
+        "default_variant": str(bundle.metadata.get("default_variant") or "int8"),
+        "ece_bins": 15,
         "variants": {},
     }
-    for name, p in probs.items():
-        result["variants"][name] = summarize(labels, p)
+    for name, probs in test_probs.items():
+        log.info("evaluate: variant %s", name)
+        result["variants"][name] = evaluate_variant(test_labels, probs, val_labels, val_probs[name], catalog,
+                                                    target)
     for variant in bundle.metadata["variants"]:
-        result["variants"][f"tflite_{variant}"]["size_mb"] = bundle.model_path(variant).stat().st_size / 1e6
-    if "tflite_float32" in probs and "tflite_int8" in probs:
-        f, q = probs["tflite_float32"], probs["tflite_int8"]
+        entry = result["variants"][f"tflite_{variant}"]
+        entry["size_mb"] = bundle.model_path(variant).stat().st_size / 1e6
+        if latency and f"tflite_{variant}" in latency:
+            entry["latency"] = latency[f"tflite_{variant}"]
+    if latency:
+        result["latency_settings"] = latency_settings()
+    compare_to_reference(result["variants"])
+    if REFERENCE in test_probs and "tflite_int8" in test_probs:
+        f, q = test_probs[REFERENCE], test_probs["tflite_int8"]
+        fv, qv = result["variants"][REFERENCE], result["variants"]["tflite_int8"]
+        agreement = float(np.mean(f.argmax(1) == q.argmax(1)))
+        qv["vs_float32"]["top1_agreement"] = agreement
         result["int8_vs_float32"] = {
-            "top1_agreement": float(np.mean(f.argmax(1) == q.argmax(1))),
-            "top1_change": result["variants"]["tflite_int8"]["top1"] - result["variants"]["tflite_float32"]["top1"],
-            "top5_change": result["variants"]["tflite_int8"]["top5"] - result["variants"]["tflite_float32"]["top5"],
-            "size_ratio": result["variants"]["tflite_int8"]["size_mb"] / result["variants"]["tflite_float32"]["size_mb"],
+            "top1_agreement": agreement,
+            "top1_change": qv["top1"] - fv["top1"],
+            "top5_change": qv["top5"] - fv["top5"],
+            "top1_relative_change": qv["vs_float32"]["top1_change"]["relative"],
+            "size_ratio": qv["size_mb"] / fv["size_mb"],
+            **{k: qv["vs_float32"][k] for k in ("latency_ratio_threads_1", "latency_ratio_threads_all")
+               if k in qv["vs_float32"]},
         }
     return result
+
+
+def calibration_file(result: dict, default_variant: str | None = None) -> dict[str, Any]:
+    """The bundle's ``calibration.json`` (format of :mod:`mushroom.policy`) from an evaluation.
+
+    Args:
+        result: The evaluation.
+        default_variant: The variant ``identify`` uses by default: the one the quantize stage
+            chose (bundle metadata ``default_variant``), else ``int8``, else the first.
+    """
+    default_variant = default_variant or result.get("default_variant") or "int8"
+    variants = {}
+    for name, v in result["variants"].items():
+        if name.startswith("tflite_"):
+            fitted = v["calibrated"]["policy"]
+            variants[name.removeprefix("tflite_")] = {
+                "temperature": fitted["temperature"], "edible_threshold": fitted["edible_threshold"],
+                "not_edible_below": fitted["not_edible_below"]}
+    if default_variant not in variants and variants:
+        default_variant = "int8" if "int8" in variants else sorted(variants)[0]
+    return {"default_variant": default_variant, "variants": variants,
+            "target_dangerous_as_edible": result["target_dangerous_as_edible"],
+            "fitted_on": {"split": "val", "photos": result["num_val_photos"]}}
+
+
+_CURVES = frozenset({"roc_curve", "risk_coverage", "reliability", "per_species", "confusion_matrix",
+                     "most_confused", "verdicts"})
+
+
+def flatten_metrics(evaluation: dict) -> dict[str, float]:
+    """Every scalar metric as ``{variant_path_to_metric: value}`` (curves, tables and nulls left out).
+
+    Names join the nesting with ``_``, e.g. ``tflite_int8_top1``,
+    ``tflite_int8_calibrated_calibration_ece``, ``int8_vs_float32_size_ratio``.
+    """
+    flat: dict[str, float] = {}
+
+    def walk(prefix: str, node) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key not in _CURVES:
+                    walk(f"{prefix}_{key}", value)
+        elif isinstance(node, (bool, int, float, np.integer, np.floating)) and _num(node) is not None:
+            flat[prefix] = float(node)
+
+    for variant, metrics in evaluation["variants"].items():
+        walk(variant, metrics)
+    walk("int8_vs_float32", evaluation.get("int8_vs_float32", {}))
+    return flat

@@ -90,7 +90,7 @@ class Catalog:
             )
         return found
 
-    def subset(self, keys: list[str | int]) -> "Catalog":
+    def subset(self, keys: list[str | int]) -> Catalog:
         """The catalog restricted to ``keys``, keeping catalog order (not the order given)."""
         wanted = {self.resolve(k).taxon_id for k in keys}
         return Catalog([s for s in self.species if s.taxon_id in wanted])

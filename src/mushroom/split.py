@@ -49,7 +49,7 @@ def split_by_observation(
         ids = sorted(obs)
         rng = np.random.default_rng([seed, taxon_id])
         ids = [ids[j] for j in rng.permutation(len(ids))]
-        for obs_id, split in zip(ids, _deal(ids, obs, fractions)):
+        for obs_id, split in zip(ids, _deal(ids, obs, fractions), strict=True):
             for i in obs[obs_id]:
                 assignment[i] = split
     result = [replace(r, split=assignment[i]) for i, r in enumerate(records)]

@@ -152,7 +152,7 @@ def train_model(
                  n, tc.fine_tune_epochs, lr)
         compile_model(model, lr, hp.label_smoothing)
         fit(tc.fine_tune_epochs, 2)
-        phase_two = [a for a, p in zip(history["val_accuracy"], history["phase"]) if p == 2]
+        phase_two = [a for a, p in zip(history["val_accuracy"], history["phase"], strict=True) if p == 2]
         if max(phase_two) < phase_one_best:
             log.info("fine-tuning did not beat phase 1 (%.3f < %.3f): keeping phase 1 weights",
                      max(phase_two), phase_one_best)

@@ -106,6 +106,15 @@ class DatasetConfig(_Strict):
     synthetic: SyntheticSourceConfig = SyntheticSourceConfig()
     folder: FolderSourceConfig | None = None
     inaturalist: INaturalistSourceConfig = INaturalistSourceConfig()
+    cache_uri: str | None = Field(
+        None, description="gs:// prefix (or folder) where the built dataset is kept and reused by later runs")
+
+    @field_validator("cache_uri")
+    @classmethod
+    def _cache_uri(cls, v: str | None) -> str | None:
+        if v is not None and "://" in v and not v.startswith("gs://"):
+            raise ValueError("cache_uri must be a gs:// prefix or a local folder")
+        return v
 
     @field_validator("species")
     @classmethod

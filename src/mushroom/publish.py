@@ -200,11 +200,32 @@ def publish_run(
         FileNotFoundError: ``bundle_dir`` or ``evaluation_dir`` is not a folder.
         ValueError: ``run_id`` or ``destination`` is malformed.
     """
+    return publish_folders({BUNDLE_FOLDER: Path(bundle_dir), EVALUATION_FOLDER: Path(evaluation_dir)},
+                           destination, run_id, client=client)
+
+
+def publish_folders(
+    folders: dict[str, Path],
+    destination: str,
+    run_id: str,
+    *,
+    client: storage.Client | None = None,
+) -> str:
+    """Publish folders under ``<destination>/<run_id>/<name>/``; see :func:`publish_run`.
+
+    Args:
+        folders: Name at the destination -> local folder.
+        destination: A local folder path, or ``gs://BUCKET/PREFIX``.
+        run_id: The run's id (see :func:`publish_run`).
+        client: Optional google-cloud-storage client.
+
+    Returns:
+        The URI of the run folder.
+    """
     _check_run_id(run_id)
     _check_destination(destination)
     started = time.monotonic()
-    files = [(p, f"{BUNDLE_FOLDER}/{rel}") for p, rel in _list_files(Path(bundle_dir), "bundle")]
-    files += [(p, f"{EVALUATION_FOLDER}/{rel}") for p, rel in _list_files(Path(evaluation_dir), "evaluation")]
+    files = [(p, f"{name}/{rel}") for name, folder in folders.items() for p, rel in _list_files(folder, name)]
     local = {_join_key(run_id, rel): (path, compute_checksums(path)) for path, rel in files}
 
     target: _Target = (

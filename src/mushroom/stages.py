@@ -41,17 +41,58 @@ def _seed_everything(seed: int) -> None:
     keras.utils.set_random_seed(seed)
 
 
+def _dataset_key(config: DatasetConfig, seed: int) -> str:
+    from mushroom.bundle import config_hash
+
+    return f"dataset-{config_hash({**config.model_dump(mode='json', exclude={'cache_uri'}), 'seed': seed})}"
+
+
+def _reuse_cached(config: DatasetConfig, key: str, out_dir: Path) -> bool:
+    from mushroom.manifest import MANIFEST_NAME
+    from mushroom.publish import download_prefix
+
+    try:
+        download_prefix(f"{config.cache_uri.rstrip('/')}/{key}/dataset", out_dir)
+    except FileNotFoundError:
+        log.info("acquire: no cached dataset %s under %s; acquiring", key, config.cache_uri)
+        return False
+    if not (out_dir / MANIFEST_NAME).is_file():
+        raise RuntimeError(f"cached dataset {key} under {config.cache_uri} has no manifest; delete it and rerun")
+    log.info("acquire: reused cached dataset %s from %s", key, config.cache_uri)
+    return True
+
+
 def acquire(dataset_config: dict[str, Any], seed: int, out_dir: str | Path) -> dict[str, float]:
-    """Build the dataset folder; return metrics (photos in all and per species)."""
+    """Build the dataset folder; return metrics (photos in all, per species, failures by reason).
+
+    With ``cache_uri`` set, a dataset already built for the same configuration and seed is
+    downloaded instead of acquired again, and a newly built one is uploaded there.
+    """
+    from mushroom.manifest import read_manifest
+    from mushroom.publish import publish_folders
     from mushroom.sources import build_dataset
 
     config = DatasetConfig.model_validate(dataset_config)
+    out_dir = Path(out_dir)
+    key = _dataset_key(config, seed)
     with _timed("acquire"):
-        records = build_dataset(config, out_dir, seed)
+        if config.cache_uri and _reuse_cached(config, key, out_dir):
+            records = read_manifest(out_dir)
+        else:
+            records = build_dataset(config, out_dir, seed)
+            if config.cache_uri:
+                publish_folders({"dataset": out_dir}, config.cache_uri, key)
     catalog = read_dataset_catalog(out_dir)
     metrics: dict[str, float] = {"photos": len(records), "species": len(catalog)}
     for s in catalog:
         metrics[f"photos_{s.slug}"] = sum(r.taxon_id == s.taxon_id for r in records)
+    if config.source == "inaturalist":
+        from mushroom.sources.inaturalist import acquisition_report
+
+        card = acquisition_report(out_dir)
+        for reason, count in card.get("failures_by_reason", {}).items():
+            metrics[f"failures_{reason}"] = count
+        metrics["species_short"] = len(card.get("species_short", []))
     return metrics
 
 

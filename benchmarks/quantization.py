@@ -85,7 +85,9 @@ def bench_architecture(arch: str, size: int, classes: int, images: np.ndarray, v
     try:
         model = build_model(arch, classes, size, weights)
     except Exception as err:  # noqa: BLE001 - offline: no ImageNet download
-        print(f"[{arch}] ImageNet weights unavailable ({type(err).__name__}); using random weights", file=sys.stderr)
+        print(f"[{arch}] ImageNet weights unavailable ({type(err).__name__}); using random weights: "
+              "sizes and latencies are real, agreement figures are not (an untrained model's top-1 is noise); "
+              "use --bundle/--images for accuracy", file=sys.stderr)
         model = build_model(arch, classes, size, "none")
     keras_pred = model.predict(images.astype(np.float32), verbose=0).argmax(1)
     half = len(images) // 2

@@ -186,6 +186,9 @@ def choose_variant(candidates: dict[str, Candidate], tolerance_points: float) ->
     reason = (f"{best.name}: fastest integer variant within {tolerance_points:g} point(s) of float32 on the "
               f"validation split (top-1 {best.top1:.3f} vs {reference.top1:.3f}, {best.latency_ms:.2f} ms, "
               f"{best.size_mb:.2f} MB)")
+    if best.latency_ms > reference.latency_ms:
+        reason += (f"; note: on this CPU it is slower than float32 ({reference.latency_ms:.2f} ms), "
+                   "e.g. hard-swish without fast int8 kernels")
     if others:
         reason += f"; also within tolerance but slower: {others}"
     if rejected:

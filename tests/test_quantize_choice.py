@@ -1,0 +1,46 @@
+"""The automatic choice of a quantized variant (pure logic, no conversion)."""
+
+import numpy as np
+
+from mushroom.quantize import Candidate, choose_variant, format_report
+
+
+def _c(name, top1, ms, size_bytes=1000):
+    return Candidate(name, b"x" * size_bytes, top1, 1.0, ms, np.zeros(1))
+
+
+def test_fastest_integer_variant_within_tolerance_wins():
+    candidates = {"float32": _c("float32", 0.90, 10.0, 4000), "int8": _c("int8", 0.88, 4.0),
+                  "dynamic_int8": _c("dynamic_int8", 0.899, 7.0), "int8_selective": _c("int8_selective", 0.897, 5.0)}
+    name, reason = choose_variant(candidates, tolerance_points=1.0)
+    assert name == "int8_selective"  # int8 is faster but loses 2 points
+    assert "int8 (-2.0 pts)" in reason and "dynamic_int8 7.00 ms" in reason
+
+
+def test_choice_notices_integer_slower_than_float():
+    candidates = {"float32": _c("float32", 0.90, 5.0, 4000), "int8": _c("int8", 0.90, 9.0),
+                  "dynamic_int8": _c("dynamic_int8", 0.90, 12.0)}
+    name, reason = choose_variant(candidates, 1.0)
+    assert name == "int8" and "slower than float32" in reason
+
+
+def test_no_integer_variant_within_tolerance_keeps_float32():
+    candidates = {"float32": _c("float32", 0.90, 5.0), "int8": _c("int8", 0.80, 2.0)}
+    name, reason = choose_variant(candidates, 1.0)
+    assert name == "float32" and "no integer variant" in reason
+
+
+def test_ties_in_latency_go_to_the_smaller_file():
+    candidates = {"float32": _c("float32", 0.9, 5.0, 4000), "int8": _c("int8", 0.9, 3.0, 1000),
+                  "int8_io": _c("int8_io", 0.9, 3.0, 900)}
+    assert choose_variant(candidates, 1.0)[0] == "int8_io"
+
+
+def test_report_markdown_lists_variants_choice_and_worst_layers():
+    report = {"validation_photos": 10, "representative_samples": 5, "latency_threads": 2,
+              "variants": {"float32": {"size_mb": 4.0, "top1": 0.9, "top1_loss_points": 0.0,
+                                       "agreement_with_float32": 1.0, "latency_ms": 5.0}},
+              "reason": "int8: because", "layer_errors": [{"op_name": "CONV_2D", "tensor_name": "t1",
+                                                           "rmse_over_scale": 3.2}]}
+    text = format_report(report)
+    assert "| float32 | 4.00 | 0.900 |" in text and "**Chosen:** int8: because" in text and "`t1` | 3.20" in text

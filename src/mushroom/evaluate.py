@@ -316,15 +316,17 @@ def measure_variants_latency(bundle: Bundle, image: np.ndarray, runs: int | None
 
     Returns:
         Per ``tflite_<variant>``: ``threads_1`` and ``threads_all``, each with ``median_ms``,
-        ``p90_ms`` and ``mean_ms`` (:func:`mushroom.tflite.measure_latency`).
+        ``p90_ms`` and ``mean_ms`` (:func:`mushroom.tflite.measure_latency`) and the
+        ``num_threads``, ``runs`` and ``warmup`` it was measured with.
     """
     settings = latency_settings(runs)
+    runs, warmup = max(1, settings["runs"]), settings["warmup"]
     out = {}
     for variant in bundle.metadata["variants"]:
         path = bundle.model_path(variant)
         out[f"tflite_{variant}"] = {
-            f"threads_{key}": measure_latency(path, image, num_threads=threads, warmup=settings["warmup"],
-                                              runs=max(1, settings["runs"]))
+            f"threads_{key}": {**measure_latency(path, image, num_threads=threads, warmup=warmup, runs=runs),
+                               "num_threads": threads, "runs": runs, "warmup": warmup}
             for key, threads in (("1", 1), ("all", settings["threads_all"]))
         }
         log.info("latency %s: %.2f ms (1 thread), %.2f ms (%d threads)", variant,
@@ -404,15 +406,20 @@ def evaluate_predictions(test_labels: np.ndarray, test_probs: dict[str, np.ndarr
         if latency and f"tflite_{variant}" in latency:
             entry["latency"] = latency[f"tflite_{variant}"]
     if latency:
-        result["latency_settings"] = latency_settings()
+        measured = next(iter(latency.values()))["threads_all"]
+        result["latency_settings"] = {"batch": 1, "runs": measured.get("runs", LATENCY_RUNS),
+                                      "warmup": measured.get("warmup", LATENCY_WARMUP),
+                                      "threads_all": measured.get("num_threads", os.cpu_count() or 1)}
     compare_to_reference(result["variants"])
+    if REFERENCE in test_probs:
+        reference = test_probs[REFERENCE].argmax(1)
+        for name, v in result["variants"].items():
+            if "vs_float32" in v:  # share of photos with the same top-1 species as float32
+                v["vs_float32"]["top1_agreement"] = float(np.mean(test_probs[name].argmax(1) == reference))
     if REFERENCE in test_probs and "tflite_int8" in test_probs:
-        f, q = test_probs[REFERENCE], test_probs["tflite_int8"]
         fv, qv = result["variants"][REFERENCE], result["variants"]["tflite_int8"]
-        agreement = float(np.mean(f.argmax(1) == q.argmax(1)))
-        qv["vs_float32"]["top1_agreement"] = agreement
         result["int8_vs_float32"] = {
-            "top1_agreement": agreement,
+            "top1_agreement": qv["vs_float32"]["top1_agreement"],
             "top1_change": qv["top1"] - fv["top1"],
             "top5_change": qv["top5"] - fv["top5"],
             "top1_relative_change": qv["vs_float32"]["top1_change"]["relative"],
@@ -446,8 +453,10 @@ def calibration_file(result: dict, default_variant: str | None = None) -> dict[s
             "fitted_on": {"split": "val", "photos": result["num_val_photos"]}}
 
 
-_CURVES = frozenset({"roc_curve", "risk_coverage", "reliability", "per_species", "confusion_matrix",
-                     "most_confused", "verdicts"})
+# Left out of the flat metrics: curves and tables, and settings or counts that are no metric.
+_NOT_FLAT = frozenset({"roc_curve", "risk_coverage", "reliability", "per_species", "confusion_matrix",
+                       "most_confused", "verdicts", "bins", "target", "photos", "edible_photos",
+                       "dangerous_photos", "deadly_photos", "num_threads", "runs", "warmup"})
 
 
 def flatten_metrics(evaluation: dict) -> dict[str, float]:
@@ -461,7 +470,9 @@ def flatten_metrics(evaluation: dict) -> dict[str, float]:
     def walk(prefix: str, node) -> None:
         if isinstance(node, dict):
             for key, value in node.items():
-                if key not in _CURVES:
+                # The species block of each calibration repeats the variant's (ranking never changes).
+                repeated = key == "species" and prefix.endswith(("_uncalibrated", "_calibrated"))
+                if key not in _NOT_FLAT and not repeated:
                     walk(f"{prefix}_{key}", value)
         elif isinstance(node, (bool, int, float, np.integer, np.floating)) and _num(node) is not None:
             flat[prefix] = float(node)

@@ -315,8 +315,10 @@ def compare(evaluation_dirs: list, bundle_dirs: list, best_bundle_dir: str | Pat
     evaluations = [read_json(Path(d) / EVALUATION) for d in evaluation_dirs]
     folders = {e["model_name"]: Path(d) for e, d in zip(evaluations, evaluation_dirs, strict=True)}
     by_name = {read_json(Path(b) / "metadata.json")["model_name"]: Path(b) for b in bundle_dirs}
-    best = max(evaluations, key=lambda e: (e["variants"]["tflite_int8"]["top1"],
-                                          -e["variants"]["tflite_int8"]["size_mb"]))
+    def int8(e: dict) -> dict:  # the default variant stands in where a bundle has no int8
+        return e["variants"].get("tflite_int8") or e["variants"][f"tflite_{e['default_variant']}"]
+
+    best = max(evaluations, key=lambda e: (int8(e)["top1"], -int8(e)["size_mb"]))
     header, rows = comparison_rows(evaluations)
     table = "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
                       + ["| " + " | ".join(r) + " |" for r in rows])

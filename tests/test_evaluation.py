@@ -1,0 +1,430 @@
+"""Evaluation: hand-computed metrics on small fixed arrays, and the evaluate stage's outputs."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+
+from mushroom.calibration import (
+    calibration_errors,
+    calibration_metrics,
+    choose_edible_threshold,
+    dangerous_as_edible_rate,
+    fit_temperature,
+    negative_log_likelihood,
+    reliability_bins,
+    risk_coverage_curve,
+)
+from mushroom.evaluate import (
+    calibration_file,
+    edibility_metrics,
+    evaluate_predictions,
+    flatten_metrics,
+    species_metrics,
+    top_list_misses,
+)
+from mushroom.fileio import read_json
+from mushroom.policy import EDIBLE, apply_temperature, edible_probability, policy_for
+from mushroom.species import Catalog, Species
+
+# --- small fixed arrays -------------------------------------------------------------------------
+
+CATALOG = Catalog([
+    Species(1, "Edulis primus", "First", "edible"),
+    Species(2, "Edulis secundus", "Second", "edible"),
+    Species(3, "Toxica vulgaris", "Toxic", "poisonous"),
+    Species(4, "Mortalis alba", "Deadly", "deadly"),
+    Species(5, "Amara dura", "Bitter", "inedible"),
+])
+# P(edible) = first two columns: 0.80, 0.40, 0.60, 0.18, 0.65, 0.30
+PROBS = np.array([
+    [0.50, 0.30, 0.10, 0.06, 0.04],  # truth edible primus, P(edible) 0.80
+    [0.05, 0.35, 0.45, 0.10, 0.05],  # truth edible secundus, P(edible) 0.40, top-1 poisonous
+    [0.32, 0.28, 0.25, 0.10, 0.05],  # truth poisonous, P(edible) 0.60, top-1 edible
+    [0.10, 0.08, 0.02, 0.70, 0.10],  # truth deadly, P(edible) 0.18
+    [0.40, 0.25, 0.15, 0.05, 0.15],  # truth deadly, P(edible) 0.65, top-1 edible
+    [0.10, 0.20, 0.30, 0.15, 0.25],  # truth inedible, P(edible) 0.30
+], dtype=np.float32)
+LABELS = np.array([0, 1, 2, 3, 3, 4])
+
+
+def test_ece_mce_and_confidence_by_hand():
+    # Bin (13/15, 14/15] holds 0.9, 0.9 (1 of 2 right): gap 0.4; bin (8/15, 9/15] holds
+    # 0.55, 0.55 (both right): gap 0.45. ECE = 0.5 * 0.4 + 0.5 * 0.45 = 0.425; MCE = 0.45.
+    probs = np.array([[0.9, 0.05, 0.05], [0.9, 0.05, 0.05], [0.55, 0.25, 0.2], [0.2, 0.55, 0.25]])
+    labels = np.array([0, 1, 0, 1])
+    errors = calibration_errors(probs.max(1), probs.argmax(1) == labels)
+    assert errors["ece"] == pytest.approx(0.425)
+    assert errors["mce"] == pytest.approx(0.45)
+    metrics = calibration_metrics(probs, labels)
+    assert metrics["ece"] == pytest.approx(0.425) and metrics["bins"] == 15
+    assert metrics["mean_confidence"] == pytest.approx(0.725)
+    assert metrics["std_confidence"] == pytest.approx(0.175)
+    assert metrics["accuracy"] == pytest.approx(0.75)
+    counts = [b["count"] for b in metrics["reliability"]]
+    assert counts[13] == 2 and counts[8] == 2 and sum(counts) == 4
+    assert metrics["reliability"][13]["accuracy"] == pytest.approx(0.5)
+    assert metrics["reliability"][0]["accuracy"] is None  # empty bins are null, not 0
+
+
+def test_reliability_bins_cover_zero_and_one():
+    bins = reliability_bins(np.array([0.0, 1.0, 0.5]), np.array([False, True, True]))
+    assert len(bins) == 15 and bins[0]["count"] == 1 and bins[-1]["count"] == 1 and bins[7]["count"] == 1
+    assert bins[0]["lower"] == 0.0 and bins[-1]["upper"] == 1.0
+
+
+def test_auc_of_p_edible_is_a_score_auc_by_hand():
+    e = edibility_metrics(LABELS, PROBS, CATALOG, edible_threshold=0.62, not_edible_below=0.5)
+    # Edible photos score 0.80 and 0.40 against 0.60, 0.18, 0.65, 0.30: 0.80 wins 4 pairs,
+    # 0.40 wins 2 of 4 -> 6/8. The hard-label AUC (top-1 is edible) would be 0.5.
+    assert e["roc_auc"] == pytest.approx(0.75)
+    assert (e["edible_photos"], e["dangerous_photos"], e["deadly_photos"]) == (2, 3, 2)
+    # Threshold 0.62 says edible for 0.80 (edible) and 0.65 (deadly).
+    assert e["dangerous_as_edible_rate"] == pytest.approx(1 / 3)
+    assert e["verdict_edible"] == pytest.approx({"precision": 0.5, "recall": 0.5, "f1": 0.5})
+    assert e["deadly_top1_edible_rate"] == pytest.approx(0.5)
+    # Naive P >= 0.5: 0.80, 0.60 (poisonous) and 0.65 (deadly) -> 2 of 3 dangerous.
+    assert e["naive_edible"]["dangerous_as_edible_rate"] == pytest.approx(2 / 3)
+    assert e["dangerous_missing_from_top5_rate"] == 0.0  # five classes: the top-5 holds all
+    # The ROC's infinite first threshold is clamped, so the curve serialises as strict JSON.
+    assert max(e["roc_curve"]["threshold"]) == 1.0
+    json.dumps(e, allow_nan=False)
+
+
+def test_dangerous_species_missing_from_the_top_list():
+    # Top-2: photo 3 (poisonous) and photo 5 (deadly, 0.05) miss their species; photo 4 does not.
+    misses = top_list_misses(LABELS, PROBS, np.array([s.is_dangerous for s in CATALOG]), k=2)
+    assert misses["rate"] == pytest.approx(2 / 3)
+    assert misses["share"] == pytest.approx(2 / 6)
+
+
+def test_dangerous_as_edible_rate_by_hand():
+    p = np.array([0.9, 0.2, 0.7, 0.4])
+    dangerous = np.array([True, True, False, True])
+    assert dangerous_as_edible_rate(p, dangerous, 0.5) == pytest.approx(1 / 3)
+    assert dangerous_as_edible_rate(p, dangerous, 0.4) == pytest.approx(2 / 3)  # at the threshold counts
+    assert dangerous_as_edible_rate(p, dangerous, None) == 0.0  # never edible
+    assert dangerous_as_edible_rate(p, np.zeros(4, bool), 0.5) is None  # undefined
+
+
+def test_threshold_search_by_hand():
+    dangerous_scores, safe_scores = [0.9, 0.5, 0.3, 0.1], [0.95, 0.8, 0.6, 0.4]
+    p = np.array(dangerous_scores + safe_scores)
+    dangerous = np.array([True] * 4 + [False] * 4)
+    # No dangerous photo may be called edible: above 0.9 -> the next score, 0.95.
+    assert choose_edible_threshold(p, dangerous, 0.0) == pytest.approx(0.95)
+    # One of four allowed: above 0.5 -> 0.6 (0.9 stays above it: 1/4 = 0.25).
+    assert choose_edible_threshold(p, dangerous, 0.25) == pytest.approx(0.6)
+    assert choose_edible_threshold(p, dangerous, 0.5) == pytest.approx(0.4)
+    assert choose_edible_threshold(p, dangerous, 0.005) == pytest.approx(0.95)
+    # The most edible-looking photo is deadly: no threshold says "edible" safely.
+    assert choose_edible_threshold(np.array([0.99, 0.5]), np.array([True, False]), 0.0) is None
+    # No dangerous photos to check the target against: stay off.
+    assert choose_edible_threshold(np.array([0.9, 0.1]), np.array([False, False])) is None
+
+
+def test_risk_coverage_curve_by_hand():
+    curve = risk_coverage_curve(np.array([0.9, 0.7, 0.4, 0.2]), np.array([True, False, True, False]),
+                                np.array([False, True, False, True]), not_edible_below=0.5)
+    points = {t: i for i, t in enumerate(curve["threshold"])}
+    assert sorted(points) == pytest.approx([0.2, 0.4, 0.7, 0.9])
+    at = {round(t, 2): i for t, i in points.items()}
+    assert curve["coverage"][at[0.9]] == pytest.approx(0.75)  # 0.7 is uncertain
+    assert curve["risk"][at[0.9]] == 0.0
+    assert curve["selective_risk"][at[0.9]] == pytest.approx(1 / 3)  # 0.4 (edible) called not edible
+    assert curve["risk"][at[0.7]] == pytest.approx(0.5)
+    assert curve["selective_risk"][at[0.7]] == pytest.approx(0.5)
+    assert curve["coverage"][at[0.4]] == 1.0 and curve["selective_risk"][at[0.4]] == pytest.approx(0.25)
+    assert curve["risk"][at[0.2]] == 1.0 and curve["edible_share"][at[0.2]] == 1.0
+
+
+def test_temperature_scaling_fixes_an_overconfident_model_by_hand():
+    # Always 90% sure of class 0, right 6 times in 10: the NLL is lowest when the calibrated
+    # probability is 0.6, i.e. 9 ** (1/T) = 1.5, T = ln 9 / ln 1.5.
+    probs = np.tile([0.9, 0.1], (10, 1))
+    labels = np.array([0] * 6 + [1] * 4)
+    t = fit_temperature(probs, labels)
+    assert t == pytest.approx(math.log(9) / math.log(1.5), rel=1e-3)
+    before, after = negative_log_likelihood(probs, labels), negative_log_likelihood(probs, labels, t)
+    assert before == pytest.approx(-(0.6 * math.log(0.9) + 0.4 * math.log(0.1)))
+    assert after == pytest.approx(-(0.6 * math.log(0.6) + 0.4 * math.log(0.4)), rel=1e-6)
+    assert after < before
+    assert apply_temperature(probs, t)[0, 0] == pytest.approx(0.6, abs=1e-4)
+    ece_after = calibration_metrics(apply_temperature(probs, t), labels)["ece"]
+    assert ece_after < calibration_metrics(probs, labels)["ece"]
+
+
+def test_temperature_scaling_sharpens_an_underconfident_model():
+    # The reference study's failure: low confidence at higher accuracy. 60% sure, right 9 in 10.
+    probs = np.tile([0.6, 0.4], (10, 1))
+    labels = np.array([0] * 9 + [1])
+    t = fit_temperature(probs, labels)
+    assert t == pytest.approx(math.log(1.5) / math.log(9), rel=1e-3)
+    assert negative_log_likelihood(probs, labels, t) < negative_log_likelihood(probs, labels)
+
+
+def test_species_metrics_confusion_and_most_confused():
+    s = species_metrics(LABELS, PROBS, CATALOG)
+    predicted = [0, 2, 0, 3, 0, 2]
+    assert s["top1"] == pytest.approx(2 / 6)
+    assert np.array(s["confusion_matrix"]).sum() == 6
+    assert [s["confusion_matrix"][t][p] for t, p in zip(LABELS, predicted, strict=True)] == [1, 1, 1, 1, 1, 1]
+    assert s["most_confused"][0]["count"] == 1
+    per = {r["species"]: r for r in s["per_species"]}
+    assert per["Mortalis alba"]["recall"] == pytest.approx(0.5) and per["Mortalis alba"]["support"] == 2
+    assert per["Edulis primus"]["precision"] == pytest.approx(1 / 3)
+
+
+def test_one_edibility_class_gives_a_null_auc_not_a_crash():
+    e = edibility_metrics(np.array([0, 1]), PROBS[:2], CATALOG, edible_threshold=0.5, not_edible_below=0.5)
+    assert e["roc_auc"] is None and e["roc_curve"] is None
+    assert e["dangerous_as_edible_rate"] is None and e["deadly_top1_edible_rate"] is None
+    json.dumps(e, allow_nan=False)
+
+
+def _fake_bundle(tmp_path, catalog):
+    from mushroom.bundle import read_bundle, write_bundle
+
+    config = {"model_name": "fake", "architecture": "none", "image_size": 8}
+    write_bundle(tmp_path / "bundle", {"float32": b"f" * 4000, "int8": b"q" * 1000}, catalog, config)
+    return read_bundle(tmp_path / "bundle")
+
+
+def _noisy_probs(labels, n_classes, strength, rng):
+    logits = rng.normal(size=(len(labels), n_classes))
+    logits[np.arange(len(labels)), labels] += strength
+    e = np.exp(logits * 3.0)  # overconfident on purpose
+    return (e / e.sum(1, keepdims=True)).astype(np.float32)
+
+
+def test_evaluate_predictions_structure_and_calibration_file(tmp_path):
+    rng = np.random.default_rng(0)
+    bundle = _fake_bundle(tmp_path, CATALOG)
+    val_labels, test_labels = rng.integers(0, 5, 300), rng.integers(0, 5, 200)
+    strengths = {"tflite_float32": 1.5, "tflite_int8": 1.4}
+    val = {v: _noisy_probs(val_labels, 5, s, rng) for v, s in strengths.items()}
+    test = {v: _noisy_probs(test_labels, 5, s, rng) for v, s in strengths.items()}
+    latency = {v: {"threads_1": {"median_ms": m, "p90_ms": m * 1.2}, "threads_all": {"median_ms": m / 2,
+                                                                                      "p90_ms": m}}
+               for v, m in (("tflite_float32", 4.0), ("tflite_int8", 2.0))}
+    result = evaluate_predictions(test_labels, test, bundle, val_labels, val, latency, target=0.05)
+    json.dumps(result, allow_nan=False)
+    int8 = result["variants"]["tflite_int8"]
+    assert int8["temperature"] > 1.5  # the sharpened logits are undone
+    assert int8["calibrated"]["calibration"]["nll"] < int8["uncalibrated"]["calibration"]["nll"]
+    assert int8["calibrated"]["calibration"]["ece"] < int8["uncalibrated"]["calibration"]["ece"]
+    assert int8["vs_float32"]["size_ratio"] == pytest.approx(0.25)
+    assert int8["vs_float32"]["latency_ratio_threads_1"] == pytest.approx(0.5)
+    assert result["int8_vs_float32"]["size_ratio"] == pytest.approx(0.25)
+    # The threshold meets the target on the validation split, with the functions identify uses.
+    calibration = calibration_file(result)
+    policy = policy_for(calibration, "int8")
+    assert policy == policy_for(calibration)  # int8 is the default variant
+    edible = np.array([s.is_edible for s in CATALOG])
+    dangerous = np.array([s.is_dangerous for s in CATALOG])[val_labels]
+    p_val = edible_probability(apply_temperature(val["tflite_int8"], policy.temperature), edible)
+    assert policy.edible_threshold is not None
+    said = np.array([policy.verdict(float(p)) == EDIBLE for p in p_val])
+    assert said[dangerous].mean() <= 0.05 and said.any()
+    fitted = int8["calibrated"]["policy"]
+    assert fitted["val_dangerous_as_edible_rate"] == pytest.approx(said[dangerous].mean())
+    flat = flatten_metrics(result)
+    assert all(math.isfinite(v) for v in flat.values())
+    assert {"tflite_int8_top1", "tflite_int8_calibrated_calibration_ece",
+            "tflite_int8_calibrated_policy_coverage", "tflite_int8_calibrated_edibility_roc_auc",
+            "int8_vs_float32_size_ratio"} <= set(flat)
+
+
+# --- the evaluate stage (trained_run) ----------------------------------------------------------
+
+VARIANT_KEYS = {"top1", "top3", "top5", "temperature", "species", "uncalibrated", "calibrated"}
+SPECIES_KEYS = {"top1", "top3", "top5", "macro_precision", "macro_recall", "macro_f1", "per_species",
+                "confusion_matrix", "most_confused"}
+CALIBRATION_KEYS = {"ece", "mce", "mean_confidence", "std_confidence", "nll", "brier", "accuracy",
+                    "reliability"}
+EDIBILITY_KEYS = {"roc_auc", "roc_curve", "verdict_edible", "dangerous_as_edible_rate",
+                  "deadly_top1_edible_rate", "dangerous_missing_from_top5_rate",
+                  "dangerous_missing_from_top5_share", "naive_edible"}
+POLICY_KEYS = {"temperature", "edible_threshold", "not_edible_below", "target",
+               "val_dangerous_as_edible_rate", "val_coverage", "coverage", "risk", "selective_risk",
+               "verdicts", "risk_coverage"}
+
+
+@pytest.fixture(scope="module")
+def evaluation(trained_run):
+    return read_json(trained_run["evaluation"] / "evaluation.json")
+
+
+def test_evaluation_json_holds_every_metric_for_every_variant(evaluation):
+    assert {"keras", "tflite_float32", "tflite_int8"} <= set(evaluation["variants"])
+    for name, v in evaluation["variants"].items():
+        assert VARIANT_KEYS <= set(v), name
+        assert SPECIES_KEYS <= set(v["species"])
+        assert len(v["species"]["confusion_matrix"]) == evaluation["num_classes"]
+        for stage in ("uncalibrated", "calibrated"):
+            block = v[stage]
+            assert CALIBRATION_KEYS <= set(block["calibration"]), (name, stage)
+            assert len(block["calibration"]["reliability"]) == 15
+            assert EDIBILITY_KEYS <= set(block["edibility"]), (name, stage)
+            assert POLICY_KEYS <= set(block["policy"]), (name, stage)
+            assert {"top1", "top3", "top5", "macro_f1"} <= set(block["species"])
+            assert 0.0 <= block["policy"]["coverage"] <= 1.0
+            assert block["policy"]["target"] == 0.005
+        assert v["uncalibrated"]["policy"]["temperature"] == 1.0
+        assert v["calibrated"]["policy"]["temperature"] == pytest.approx(v["temperature"])
+        # Calibration is fitted on val: the validation NLL never gets worse.
+        assert v["val_nll"]["calibrated"] <= v["val_nll"]["uncalibrated"] + 1e-9
+    tflite = [name for name in evaluation["variants"] if name.startswith("tflite_")]
+    for name in tflite:
+        v = evaluation["variants"][name]
+        assert v["size_mb"] > 0
+        for threads in ("threads_1", "threads_all"):
+            assert 0 < v["latency"][threads]["median_ms"] <= v["latency"][threads]["p90_ms"]
+    int8 = evaluation["variants"]["tflite_int8"]["vs_float32"]
+    assert {"top1_change", "top5_change", "size_ratio", "latency_ratio_threads_1",
+            "latency_ratio_threads_all", "top1_agreement"} <= set(int8)
+    assert set(int8["top1_change"]) == {"absolute", "relative"}
+    # The keys other code reads stay where they were.
+    assert {"model_name", "architecture", "image_size", "int8_vs_float32"} <= set(evaluation)
+    compat = evaluation["int8_vs_float32"]
+    assert {"top1_agreement", "top1_change", "top5_change", "size_ratio"} <= set(compat)
+
+
+def test_calibrated_bundle_has_a_fitted_calibration(trained_run, evaluation):
+    from mushroom.bundle import read_bundle
+
+    bundle = read_bundle(trained_run["calibrated_bundle"])
+    calibration = bundle.calibration
+    # The quantize stage's choice (int8 when it made none) is what identify uses.
+    assert calibration["default_variant"] == bundle.metadata.get("default_variant", "int8")
+    assert calibration["default_variant"] in calibration["variants"]
+    assert calibration["target_dangerous_as_edible"] == 0.005
+    assert set(calibration["variants"]) == set(bundle.metadata["variants"]) >= {"float32", "int8"}
+    for variant, entry in calibration["variants"].items():
+        assert set(entry) == {"temperature", "edible_threshold", "not_edible_below"}
+        fitted = evaluation["variants"][f"tflite_{variant}"]["calibrated"]["policy"]
+        assert entry["temperature"] == pytest.approx(fitted["temperature"]) and entry["temperature"] > 0
+        assert entry["edible_threshold"] == fitted["edible_threshold"]
+    # The models themselves are the evaluated ones.
+    for variant in bundle.metadata["variants"]:
+        evaluated = trained_run["bundle"] / f"model_{variant}.tflite"
+        assert bundle.model_path(variant).read_bytes() == evaluated.read_bytes()
+
+
+def test_fitted_policy_holds_on_val_with_identify_functions(trained_run):
+    from mushroom.bundle import read_bundle
+
+    bundle = read_bundle(trained_run["calibrated_bundle"])
+    predictions = np.load(trained_run["evaluation"] / "predictions.npz")
+    edible = np.array([s.is_edible for s in bundle.catalog])
+    dangerous = np.array([s.is_dangerous for s in bundle.catalog])[predictions["val_labels"]]
+    for variant in bundle.metadata["variants"]:
+        policy = policy_for(bundle.calibration, variant)
+        calibrated = apply_temperature(predictions[f"val_tflite_{variant}"], policy.temperature)
+        p = edible_probability(calibrated, edible)
+        said_edible = np.array([policy.verdict(float(x)) == EDIBLE for x in p])
+        assert said_edible[dangerous].mean() <= bundle.calibration["target_dangerous_as_edible"]
+    assert len(predictions["labels"]) == len(predictions["tflite_int8"])
+
+
+def test_report_files_are_written(trained_run):
+    out = trained_run["evaluation"]
+    assert (out / "report.html").stat().st_size > 20_000
+    assert (out / "summary.md").read_text().startswith("# Evaluation: tiny-mobilenet")
+    assert len(list((out / "plots").glob("*.png"))) >= 5
+
+
+def test_compare_tabulates_variants_and_picks_best_int8(trained_run, tmp_path):
+    from mushroom import stages
+
+    # A second configuration: the same run under another name, with a better int8 top-1.
+    other_eval, other_bundle = tmp_path / "eval-b", tmp_path / "bundle-b"
+    shutil.copytree(trained_run["evaluation"], other_eval)
+    shutil.copytree(trained_run["calibrated_bundle"], other_bundle)
+    e = read_json(other_eval / "evaluation.json")
+    e["model_name"] = "tiny-b"
+    e["variants"]["tflite_int8"]["top1"] = min(1.0, e["variants"]["tflite_int8"]["top1"] + 0.1)
+    (other_eval / "evaluation.json").write_text(json.dumps(e))
+    meta = read_json(other_bundle / "metadata.json")
+    meta["model_name"] = "tiny-b"
+    (other_bundle / "metadata.json").write_text(json.dumps(meta))
+
+    text = stages.compare([trained_run["evaluation"], other_eval],
+                          [trained_run["calibrated_bundle"], other_bundle],
+                          tmp_path / "best_bundle", tmp_path / "best_eval")
+    assert "Chosen: **tiny-b**" in text
+    assert "tflite_int8" in text and "tflite_float32" in text and "keras" in text
+    comparison = read_json(tmp_path / "best_eval" / "comparison.json")
+    assert comparison["best"] == "tiny-b"
+    assert {c["model_name"] for c in comparison["evaluations"]} == {"tiny-mobilenet", "tiny-b"}
+    int8 = comparison["evaluations"][0]["variants"]["tflite_int8"]
+    assert {"absolute", "relative"} == set(int8["vs_float32"]["top1_change"])
+    assert "latency" in int8 and "size_mb" in int8
+    assert read_json(tmp_path / "best_eval" / "evaluation.json")["model_name"] == "tiny-b"
+    assert (tmp_path / "best_eval" / "report.html").is_file()  # the best evaluation's report travels along
+    assert (tmp_path / "best_eval" / "comparison.html").stat().st_size > 10_000
+    assert read_json(tmp_path / "best_bundle" / "metadata.json")["model_name"] == "tiny-b"
+
+
+def test_kfp_metrics_are_flat_finite_numbers(evaluation):
+    from mushroom import stages
+
+    flat = stages.flat_metrics(evaluation)
+    assert all(isinstance(v, float) and math.isfinite(v) for v in flat.values())
+    for key in ("tflite_int8_top1", "tflite_int8_top5", "tflite_int8_size_mb", "tflite_float32_top1",
+                "tflite_int8_uncalibrated_calibration_ece", "tflite_int8_calibrated_calibration_ece",
+                "tflite_int8_latency_threads_1_median_ms", "int8_vs_float32_size_ratio"):
+        assert key in flat, key
+
+
+# --- tracking ---------------------------------------------------------------------------------------
+
+
+def test_tracking_is_a_no_op_when_disabled(monkeypatch, tmp_path):
+    from mushroom import tracking
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.chdir(tmp_path)
+    assert tracking.tracking_mode() is None
+    with tracking.tracking_run("x", "train", {"a": 1}) as tracker:
+        assert not tracker.enabled
+        tracker.log_metrics({"loss": 1.0})
+    tracking.log_training_history({"loss": [1.0, 0.5]}, {"model_name": "x"})
+    assert not (tmp_path / "wandb").exists()
+
+
+def test_tracking_defaults_to_offline(monkeypatch):
+    from mushroom import tracking
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    assert tracking.tracking_mode() == "offline"
+
+
+def test_tracking_offline_writes_a_local_run(monkeypatch, tmp_path):
+    """The wrapper against the real wandb client, offline, everything under tmp_path."""
+    wandb = pytest.importorskip("wandb")
+    from mushroom import tracking
+
+    for var in ("WANDB_DIR", "WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_ARTIFACT_DIR"):
+        monkeypatch.setenv(var, str(tmp_path / var.lower()))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_CONSOLE", "off")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.chdir(tmp_path)
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "labels.json").write_text("[]")
+    try:
+        tracking.log_training_history({"loss": [1.0, 0.5], "val_accuracy": [0.3, 0.6], "phase": [1, 2]},
+                                      {"model_name": "tiny", "learning_rate": 0.01})
+        tracking.log_evaluation({"model_name": "tiny", "architecture": "none", "image_size": 8, "variants": {}},
+                                {"tflite_int8_top1": 0.5}, {"plots": {}}, bundle)
+    finally:
+        wandb.teardown()
+    runs = sorted((tmp_path / "wandb_dir" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2
+    assert all(list(run.glob("run-*.wandb")) for run in runs)

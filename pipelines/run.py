@@ -65,9 +65,13 @@ def main(argv: list[str] | None = None) -> int:
         v = e["variants"]
         print(f"  {e['model_name']}: float32 top-1 {v['tflite_float32']['top1']:.3f}, "
               f"int8 top-1 {v['tflite_int8']['top1']:.3f}  ({path})")
+        print(f"    report: {Path(path).parent / 'report.html'}")
     for path in result["bundles"]:
         print(f"  bundle: {path}")
     print(f"Published bundle and evaluation: {result['published']}")
+    if "://" not in result["published"]:
+        published = Path(result["published"]) / "evaluation"
+        print(f"Report: {published / 'report.html'}\nComparison: {published / 'comparison.html'}")
     return 0
 
 

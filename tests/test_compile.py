@@ -56,6 +56,13 @@ def test_stage_order_and_typed_artifacts(spec):
     assert compare_in["bundles"]["artifactType"]["schemaTitle"] == "system.Model"
     assert comps["comp-compare-models"]["outputDefinitions"]["artifacts"]["comparison"]["artifactType"][
         "schemaTitle"] == "system.Markdown"
+    ev_out = comps["comp-evaluate-model"]["outputDefinitions"]["artifacts"]
+    assert {k: v["artifactType"]["schemaTitle"] for k, v in ev_out.items()} == {
+        "evaluation": "system.Artifact", "calibrated_bundle": "system.Model", "metrics": "system.Metrics",
+        "confusion": "system.ClassificationMetrics", "edibility_roc": "system.ClassificationMetrics",
+        "report": "system.HTML", "summary": "system.Markdown"}
+    assert comps["comp-compare-models"]["outputDefinitions"]["artifacts"]["report"]["artifactType"][
+        "schemaTitle"] == "system.HTML"
     # compare consumes the collected evaluations of the loop
     ev = root["compare-models"]["inputs"]["artifacts"]["evaluations"]["taskOutputArtifact"]
     assert ev["producerTask"] == loop_name

@@ -140,6 +140,7 @@ def tune(dataset_dir, splits_dir, model_config: dict[str, Any], seed: int, out_d
 def train(dataset_dir, splits_dir, hyperparameters_dir, model_config: dict[str, Any], seed: int,
           out_dir: str | Path) -> dict:
     """Train in two phases; write ``model.keras``, ``history.json`` and the hyperparameters."""
+    from mushroom.tracking import log_training_history
     from mushroom.training import Hyperparameters, train_model
 
     config = parse_model_config(model_config)
@@ -155,6 +156,7 @@ def train(dataset_dir, splits_dir, hyperparameters_dir, model_config: dict[str, 
         model.save(tmp)
         tmp.replace(out_dir / KERAS_MODEL)
         write_json_atomic(out_dir / "history.json", history)
+        log_training_history(history, {**config.model_dump(mode="json"), **hp.to_dict()}, config.model_name)
         write_json_atomic(out_dir / HYPERPARAMETERS, hp.to_dict())
     return {
         "val_accuracy": max(history["val_accuracy"]),

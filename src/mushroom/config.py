@@ -193,6 +193,7 @@ class QuantizeConfig(_Strict):
     representative_samples: int = Field(300, ge=1, description="train photos, balanced across species")
     variants: list[str] = Field(default_factory=lambda: list(QUANT_VARIANTS))
     tolerance_points: float = Field(1.0, ge=0, description="allowed top-1 loss vs float32 on val, in points")
+    min_agreement: float = Field(0.97, ge=0, le=1, description="required top-1 agreement with float32 on val")
     debug_samples: int = Field(64, ge=1, description="photos for the per-layer error report")
     latency_runs: int = Field(20, ge=1)
 

@@ -166,27 +166,36 @@ def _measure(name: str, model: bytes, images: np.ndarray, labels: np.ndarray, fl
     return Candidate(name, model, float(np.mean(pred == labels)), agreement, latency, pred, extra or {})
 
 
-def choose_variant(candidates: dict[str, Candidate], tolerance_points: float) -> tuple[str, str]:
+def _acceptable(c: Candidate, reference: Candidate, tolerance_points: float, min_agreement: float) -> bool:
+    return (reference.top1 - c.top1) * 100 <= tolerance_points + 1e-9 and c.agreement >= min_agreement - 1e-9
+
+
+def choose_variant(candidates: dict[str, Candidate], tolerance_points: float,
+                   min_agreement: float = 0.0) -> tuple[str, str]:
     """The fastest integer variant within ``tolerance_points`` of float32 top-1 (ties: smaller).
+
+    A variant must also agree with float32's top-1 on at least ``min_agreement`` of the
+    validation photos: on a small validation split, top-1 alone can hide many changed answers.
 
     Returns:
         ``(name, reason)``; falls back to float32 when no integer variant qualifies.
     """
     reference = candidates["float32"]
     ok = {n: c for n, c in candidates.items() if n in INTEGER_VARIANTS
-          and (reference.top1 - c.top1) * 100 <= tolerance_points + 1e-9}
+          and _acceptable(c, reference, tolerance_points, min_agreement)}
     if not ok:
         return "float32", (f"no integer variant is within {tolerance_points:g} point(s) of float32 top-1 "
-                           f"({reference.top1:.3f}) on the validation split; keeping float32")
+                           f"({reference.top1:.3f}) with agreement >= {min_agreement:.2f} on the validation split; "
+                           "keeping float32")
     best = min(ok.values(), key=lambda c: (c.latency_ms, c.size_mb))
     others = ", ".join(f"{c.name} {c.latency_ms:.2f} ms" for c in sorted(ok.values(), key=lambda c: c.latency_ms)
                        if c.name != best.name)
-    rejected = ", ".join(f"{n} (-{(reference.top1 - c.top1) * 100:.1f} pts)" for n, c in candidates.items()
-                         if n in INTEGER_VARIANTS and n not in ok)
+    rejected = ", ".join(f"{n} ({(c.top1 - reference.top1) * 100:+.1f} pts, agreement {c.agreement:.3f})"
+                         for n, c in candidates.items() if n in INTEGER_VARIANTS and n not in ok)
     reason = (f"{best.name}: fastest integer variant within {tolerance_points:g} point(s) of float32 on the "
-              f"validation split (top-1 {best.top1:.3f} vs {reference.top1:.3f}, {best.latency_ms:.2f} ms, "
-              f"{best.size_mb:.2f} MB)")
-    if best.latency_ms > reference.latency_ms:
+              f"validation split (top-1 {best.top1:.3f} vs {reference.top1:.3f}, agreement {best.agreement:.3f}, "
+              f"{best.latency_ms:.2f} ms, {best.size_mb:.2f} MB)")
+    if best.latency_ms > 1.05 * reference.latency_ms:
         reason += (f"; note: on this CPU it is slower than float32 ({reference.latency_ms:.2f} ms), "
                    "e.g. hard-swish without fast int8 kernels")
     if others:
@@ -197,8 +206,9 @@ def choose_variant(candidates: dict[str, Candidate], tolerance_points: float) ->
 
 
 def quantize_model(model, representative: np.ndarray, val_images: np.ndarray, val_labels: np.ndarray,
-                   variants: list[str], tolerance_points: float = 1.0, selective_steps=(1, 2, 4, 8, 16, 32),
-                   debug_samples: int = 64, latency_runs: int = 20) -> tuple[dict[str, bytes], dict]:
+                   variants: list[str], tolerance_points: float = 1.0, min_agreement: float = 0.97,
+                   selective_steps=(1, 2, 4, 8, 16, 32, 64), debug_samples: int = 64,
+                   latency_runs: int = 20) -> tuple[dict[str, bytes], dict]:
     """Convert ``model`` to ``variants``, report per-layer int8 error and choose a variant.
 
     Returns:
@@ -207,7 +217,8 @@ def quantize_model(model, representative: np.ndarray, val_images: np.ndarray, va
     """
     threads = os.cpu_count() or 1
     candidates: dict[str, Candidate] = {}
-    report: dict = {"tolerance_points": tolerance_points, "representative_samples": int(len(representative)),
+    report: dict = {"tolerance_points": tolerance_points, "min_agreement": min_agreement,
+                    "representative_samples": int(len(representative)),
                     "validation_photos": int(len(val_images)), "latency_threads": threads}
     with tempfile.TemporaryDirectory(prefix="mushroom-savedmodel-") as tmp:
         saved = export_saved_model(model, Path(tmp) / "saved_model")
@@ -217,8 +228,9 @@ def quantize_model(model, representative: np.ndarray, val_images: np.ndarray, va
             start = time.monotonic()
             try:
                 candidates[name] = _convert_and_measure(
-                    name, saved, representative, val_images, val_labels, float_pred, tolerance_points,
-                    selective_steps, debug_samples, threads, latency_runs, candidates, report)
+                    name, saved, representative, val_images, val_labels, float_pred,
+                    (tolerance_points, min_agreement), selective_steps, debug_samples, threads, latency_runs,
+                    candidates, report)
             except Exception as err:  # noqa: BLE001 - one optional variant must not sink the stage
                 if name in ("float32", "int8"):
                     raise
@@ -232,24 +244,24 @@ def quantize_model(model, representative: np.ndarray, val_images: np.ndarray, va
                      c.agreement, c.latency_ms, time.monotonic() - start)
     float_top1 = candidates["float32"].top1
     report["variants"] = {n: c.summary(float_top1) for n, c in candidates.items()}
-    chosen, reason = choose_variant(candidates, tolerance_points)
+    chosen, reason = choose_variant(candidates, tolerance_points, min_agreement)
     report["chosen"], report["reason"] = chosen, reason
     log.info("chosen variant: %s", reason)
     return {n: c.model for n, c in candidates.items()}, report
 
 
-def _convert_and_measure(name, saved, representative, val_images, val_labels, float_pred, tolerance_points,
+def _convert_and_measure(name, saved, representative, val_images, val_labels, float_pred, acceptance,
                          selective_steps, debug_samples, threads, runs, candidates, report) -> Candidate:
     if name == "int8_selective":
-        return _selective(saved, representative, val_images, val_labels, float_pred, candidates["float32"].top1,
-                          tolerance_points, selective_steps, debug_samples, threads, runs, report)
+        return _selective(saved, representative, val_images, val_labels, float_pred, candidates["float32"],
+                          acceptance, selective_steps, debug_samples, threads, runs, report)
     data = convert(saved, name, representative if name in NEEDS_REPRESENTATIVE else None)
     return _measure(name, data, val_images, val_labels, float_pred, threads, runs)
 
 
-def _selective(saved, representative, val_images, val_labels, float_pred, float_top1, tolerance_points, steps,
+def _selective(saved, representative, val_images, val_labels, float_pred, reference, acceptance, steps,
                debug_samples, threads, runs, report) -> Candidate:
-    """Leave the worst 1, 2, 4, ... layers in float until top-1 is within tolerance."""
+    """Leave the worst 1, 2, 4, ... layers in float until the result is acceptable."""
     errors, debugger = layer_error_report(saved, representative, debug_samples)
     report["layer_errors"] = [vars(e) for e in errors[:20]]
     report["layers_checked"] = len(errors)
@@ -258,9 +270,10 @@ def _selective(saved, representative, val_images, val_labels, float_pred, float_
         data = selective_int8(debugger, errors, k)
         cand = _measure("int8_selective", data, val_images, val_labels, float_pred, threads, runs,
                         {"float_layers": [e.tensor_name for e in errors[:k]]})
-        log.info("int8_selective with %d float layers: val top-1 %.3f", k, cand.top1)
+        log.info("int8_selective with %d float layers: val top-1 %.3f, agreement %.3f", k, cand.top1,
+                 cand.agreement)
         best = cand
-        if (float_top1 - cand.top1) * 100 <= tolerance_points:
+        if _acceptable(cand, reference, *acceptance):
             break
     return best
 

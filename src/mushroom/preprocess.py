@@ -51,8 +51,15 @@ def resize_with_pad(image: Image.Image, size: int) -> np.ndarray:
     return np.asarray(canvas, dtype=np.uint8)
 
 
-def open_image(source: str | Path | bytes) -> Image.Image:
-    """Open and fully decode a photo, with EXIF orientation applied, as RGB."""
+def open_image(source: str | Path | bytes, size_hint: int | None = None) -> Image.Image:
+    """Open and fully decode a photo, with EXIF orientation applied, as RGB.
+
+    Args:
+        source: A path or the file's bytes.
+        size_hint: The side the photo will be resized to; a JPEG much larger than that is
+            decoded at a reduced scale (still at least ``2 * size_hint`` on each side), which
+            makes a 12-megapixel photo several times faster to read.
+    """
     name = "<bytes>" if isinstance(source, bytes | bytearray) else str(source)
     if not isinstance(source, bytes | bytearray):
         path = Path(source)
@@ -65,6 +72,8 @@ def open_image(source: str | Path | bytes) -> Image.Image:
         raise ImageError(f"{name}: file is empty")
     try:
         image = Image.open(io.BytesIO(source))
+        if size_hint and image.format == "JPEG":
+            image.draft("RGB", (2 * size_hint, 2 * size_hint))
         image.load()
     except OSError as err:  # UnidentifiedImageError is an OSError too
         raise ImageError(f"{name}: not a readable image ({err})") from None
@@ -74,7 +83,7 @@ def open_image(source: str | Path | bytes) -> Image.Image:
 
 def load_image(source: str | Path | bytes, size: int) -> np.ndarray:
     """Read a photo and return the model input: ``uint8`` RGB, ``(size, size, 3)``, 0-255."""
-    image = open_image(source)
+    image = open_image(source, size_hint=size)
     if max(image.size) > 4 * size:
         # Fast pre-shrink for very large photos; the final resize does the exact scaling.
         image.thumbnail((4 * size, 4 * size), Image.Resampling.BOX)

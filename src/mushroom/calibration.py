@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 ECE_BINS = 15
 TEMPERATURE_BOUNDS = (0.05, 20.0)
 DEFAULT_TARGET = 0.005  # dangerous-as-edible rate allowed on the validation split
+DEFAULT_CONFIDENCE = 0.95  # ... as an upper confidence bound, not just the observed rate
 NOT_EDIBLE_BELOW = 0.5
 _EPS = 1e-12  # the same clip as policy.apply_temperature
 
@@ -142,8 +143,17 @@ def dangerous_as_edible_rate(p_edible: np.ndarray, dangerous: np.ndarray,
     return float(np.mean(np.asarray(p_edible)[dangerous] >= threshold))
 
 
+def rate_upper_bound(k: np.ndarray | int, n: int, confidence: float) -> np.ndarray:
+    """One-sided Clopper-Pearson upper bound of a rate seen as ``k`` events in ``n`` trials."""
+    from scipy.stats import beta
+
+    k = np.asarray(k, dtype=np.float64)
+    bound = beta.ppf(confidence, k + 1, np.maximum(n - k, 1e-12))
+    return np.where(k >= n, 1.0, bound)
+
+
 def choose_edible_threshold(p_edible: np.ndarray, dangerous: np.ndarray,
-                            target: float = DEFAULT_TARGET) -> float | None:
+                            target: float = DEFAULT_TARGET, confidence: float | None = None) -> float | None:
     """The lowest threshold whose dangerous-as-edible rate is at most ``target``.
 
     Candidates are the observed P(edible) values, so the chosen threshold always gives at
@@ -154,6 +164,10 @@ def choose_edible_threshold(p_edible: np.ndarray, dangerous: np.ndarray,
         p_edible: P(edible) per photo (validation split).
         dangerous: True for photos of poisonous or deadly species.
         target: The largest allowed share of dangerous photos called edible.
+        confidence: If given, the rate's one-sided Clopper-Pearson upper bound at this
+            confidence must be at most ``target``, not just the rate seen on the validation
+            split: a few hundred validation photos cannot certify 0.5%, and then the verdict
+            "edible" stays off.
 
     Returns:
         The threshold, or None (never say "edible") when no candidate meets the target or
@@ -168,7 +182,9 @@ def choose_edible_threshold(p_edible: np.ndarray, dangerous: np.ndarray,
     sorted_dangerous = np.sort(p_edible[dangerous])
     # Dangerous photos at or above each candidate.
     above = len(sorted_dangerous) - np.searchsorted(sorted_dangerous, candidates, side="left")
-    safe = above / len(sorted_dangerous) <= target
+    n = len(sorted_dangerous)
+    rate = above / n if confidence is None else rate_upper_bound(above, n, confidence)
+    safe = rate <= target
     if not safe.any():
         return None
     return float(candidates[np.argmax(safe)])

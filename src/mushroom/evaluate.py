@@ -37,6 +37,7 @@ from sklearn.metrics import (
 
 from mushroom.bundle import Bundle, read_bundle
 from mushroom.calibration import (
+    DEFAULT_CONFIDENCE,
     DEFAULT_TARGET,
     calibration_metrics,
     choose_edible_threshold,
@@ -242,8 +243,11 @@ def policy_metrics(labels: np.ndarray, probs: np.ndarray, catalog: Catalog, edib
 
 
 def fit_policy(val_labels: np.ndarray, val_probs: np.ndarray, catalog: Catalog, temperature: float,
-               target: float = DEFAULT_TARGET) -> dict[str, Any]:
+               target: float = DEFAULT_TARGET, confidence: float | None = DEFAULT_CONFIDENCE) -> dict[str, Any]:
     """Choose the edible threshold on the validation split for ``temperature``.
+
+    The threshold must keep the 95% upper confidence bound of the dangerous-as-edible rate
+    on the validation split at or below ``target`` (``confidence`` None: the observed rate).
 
     Returns:
         ``temperature``, ``edible_threshold`` (None: never edible), ``not_edible_below`` and
@@ -252,10 +256,10 @@ def fit_policy(val_labels: np.ndarray, val_probs: np.ndarray, catalog: Catalog, 
     masks = edibility_masks(catalog)
     p_edible = edible_probability(apply_temperature(val_probs, temperature), masks["edible"])
     dangerous = masks["dangerous"][val_labels]
-    threshold = choose_edible_threshold(p_edible, dangerous, target)
+    threshold = choose_edible_threshold(p_edible, dangerous, target, confidence)
     policy = make_policy(temperature, threshold)
     said = verdicts(p_edible, policy)
-    return {**policy.to_dict(), "target": target,
+    return {**policy.to_dict(), "target": target, "confidence": confidence,
             "val_dangerous_as_edible_rate": dangerous_as_edible_rate(p_edible, dangerous, threshold),
             "val_coverage": float(np.mean(said != UNCERTAIN))}
 

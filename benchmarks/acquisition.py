@@ -45,6 +45,7 @@ def run_once(inat: FakeINaturalist, photos_per_species: int, concurrency: int, o
         photos_per_species=photos_per_species,
         photo_size="medium",
         requests_per_minute=1_000_000,
+        requests_per_day=100_000_000,
         concurrency=concurrency,
         timeout_s=10,
     )

@@ -247,8 +247,12 @@ def test_calibration_temperature_and_threshold_are_applied(bundle_dir, photo, tm
     assert answer.candidates[0].probability == pytest.approx(float(expected.max()), abs=1e-6)
     edible = np.array([s.is_edible for s in identifier.bundle.catalog])
     assert answer.p_edible == pytest.approx(float(edible_probability(expected, edible)), abs=1e-6)
-    assert answer.verdict == EDIBLE  # threshold 0: always "edible", and still never permission
-    assert answer.verdict_text == "edible species (by the model; NOT permission to eat)"
+    # Threshold 0: "edible" unless a dangerous lookalike above 1% vetoes it.
+    assert answer.verdict == (UNCERTAIN if answer.lookalikes else EDIBLE)
+    only_edible = np.where(edible, 1.0 / edible.sum(), 0.0).astype(np.float32)
+    sure = identifier.answer("p.jpg", only_edible)
+    assert sure.verdict == EDIBLE and not sure.lookalikes
+    assert sure.verdict_text == "edible species (by the model; NOT permission to eat)"  # never permission
 
     other = Identifier(bundle, variant="float32")
     assert other.variant == "float32" and other.policy.edible_threshold is None

@@ -44,6 +44,7 @@ def settings_for(inat: FakeINaturalist, **overrides) -> INaturalistSourceConfig:
         photos_per_species=100,
         photo_size="small",
         requests_per_minute=100_000,
+        requests_per_day=1_000_000,
         concurrency=4,
         timeout_s=0.5,
     )

@@ -20,9 +20,8 @@ from pyinaturalist import ClientSession
 from requests.adapters import HTTPAdapter
 from requests_ratelimiter import BucketFullException
 from urllib3.exceptions import MaxRetryError
-from urllib3.util import Retry
 
-from mushroom.sources.inat_photos import RETRY_STATUSES, Candidate
+from mushroom.sources.inat_photos import Candidate, make_retry
 
 #: The most results iNaturalist returns per page.
 PER_PAGE = 200
@@ -104,14 +103,7 @@ def open_api_session(
     )
     # pyinaturalist retries 5xx on https:// only; add 429 (urllib3 then sleeps for Retry-After)
     # and mount for http:// too, so a local API behaves like the real one.
-    session.retries = Retry(
-        total=max_retries,
-        backoff_factor=backoff_factor,
-        backoff_max=backoff_max,
-        status_forcelist=RETRY_STATUSES,
-        allowed_methods=frozenset({"GET"}),
-        respect_retry_after_header=True,
-    )
+    session.retries = make_retry(max_retries, backoff_factor, backoff_max)
     adapter = HTTPAdapter(max_retries=session.retries)
     session.mount("https://", adapter)
     session.mount("http://", adapter)

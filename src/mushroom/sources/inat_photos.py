@@ -24,6 +24,19 @@ from urllib3.util import Retry
 
 #: Statuses worth another try; anything else (404, 403, ...) is final.
 RETRY_STATUSES = (429, 500, 502, 503, 504)
+
+
+def make_retry(max_retries: int, backoff_factor: float, backoff_max: float, raise_on_status: bool = True) -> Retry:
+    """urllib3 retries for GETs: 429 (honouring Retry-After) and 5xx, with exponential backoff."""
+    return Retry(
+        total=max_retries,
+        backoff_factor=backoff_factor,
+        backoff_max=backoff_max,
+        status_forcelist=RETRY_STATUSES,
+        allowed_methods=frozenset({"GET"}),
+        respect_retry_after_header=True,
+        raise_on_status=raise_on_status,
+    )
 #: Failure reasons a later run tries again (with ``http_429`` and ``http_5xx``); others are final.
 TRANSIENT_REASONS = frozenset({"timeout", "connection_error"})
 CONNECT_TIMEOUT_S = 5.0
@@ -149,15 +162,7 @@ class PhotoDownloader:
         min_side: int,
         bytes_per_hour: int,
     ):
-        self.retry = Retry(
-            total=max_retries,
-            backoff_factor=backoff_factor,
-            backoff_max=backoff_max,
-            status_forcelist=RETRY_STATUSES,
-            allowed_methods=frozenset({"GET"}),
-            respect_retry_after_header=True,
-            raise_on_status=False,
-        )
+        self.retry = make_retry(max_retries, backoff_factor, backoff_max, raise_on_status=False)
         self.timeout = (min(CONNECT_TIMEOUT_S, timeout_s), timeout_s)
         self.min_side = min_side
         self.budget = MediaBudget(bytes_per_hour)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,8 +42,3 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
 
 def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
-
-
-def copy_tree(src: str | Path, dst: str | Path) -> None:
-    """Copy a folder's contents into ``dst`` (created if missing), overwriting files."""
-    shutil.copytree(src, dst, dirs_exist_ok=True)

@@ -32,16 +32,6 @@ class Hyperparameters:
         return asdict(self)
 
 
-def default_hyperparameters(config: ModelConfig) -> Hyperparameters:
-    """The geometric/arithmetic middle of each search range."""
-    lo, hi = config.tune.learning_rate
-    return Hyperparameters(
-        learning_rate=float((lo * hi) ** 0.5),
-        dropout=float(sum(config.tune.dropout) / 2),
-        label_smoothing=float(sum(config.tune.label_smoothing) / 2),
-    )
-
-
 def compile_model(model: keras.Model, learning_rate: float, label_smoothing: float) -> None:
     num_classes = model.output_shape[-1]
     model.compile(

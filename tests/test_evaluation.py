@@ -445,3 +445,14 @@ def test_threshold_must_hold_as_a_confidence_bound_not_just_on_the_sample():
     big = np.concatenate([np.full(1000, 0.1), np.full(50, 0.9)])
     big_dangerous = np.concatenate([np.ones(1000, bool), np.zeros(50, bool)])
     assert choose_edible_threshold(big, big_dangerous, 0.005, confidence=0.95) == pytest.approx(0.9)
+
+
+def test_topk_accuracy_breaks_ties_like_identify():
+    """int8 outputs tie often; the lower class index wins, as in ``identify``'s ranking."""
+    from mushroom.evaluate import topk_accuracy
+
+    probs = np.array([[0.5, 0.5, 0.0], [0.2, 0.4, 0.4], [0.1, 0.3, 0.6]])
+    assert topk_accuracy(np.array([0, 1, 2]), probs, 1) == 1.0
+    assert topk_accuracy(np.array([1, 2, 1]), probs, 1) == 0.0
+    assert topk_accuracy(np.array([1, 2, 1]), probs, 2) == 1.0
+    assert topk_accuracy(np.array([2, 0, 0]), probs, 5) == 1.0  # k capped at the number of classes

@@ -32,7 +32,6 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
     roc_auc_score,
     roc_curve,
-    top_k_accuracy_score,
 )
 
 from mushroom.bundle import Bundle, read_bundle
@@ -48,7 +47,7 @@ from mushroom.calibration import (
     risk_coverage_curve,
     verdicts,
 )
-from mushroom.policy import EDIBLE, UNCERTAIN, VERDICTS, apply_temperature, edible_probability
+from mushroom.policy import EDIBLE, UNCERTAIN, VERDICTS, apply_temperature, edible_probability, top_classes
 from mushroom.species import Catalog
 from mushroom.tflite import TFLiteClassifier, measure_latency
 
@@ -71,10 +70,8 @@ def _num(value) -> float | None:
 
 def topk_accuracy(labels: np.ndarray, probs: np.ndarray, k: int) -> float:
     """Share of rows whose true class is among the ``k`` most probable (k capped at #classes)."""
-    n = probs.shape[1]
-    if k >= n:  # every class is in the list (sklearn warns that the score is trivial)
-        return 1.0
-    return float(top_k_accuracy_score(labels, probs, k=min(k, n), labels=np.arange(n)))
+    top = top_classes(probs, min(k, probs.shape[1]))
+    return float(np.mean((top == np.asarray(labels)[:, None]).any(axis=1)))
 
 
 def summarize(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:

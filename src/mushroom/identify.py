@@ -34,6 +34,7 @@ from mushroom.policy import (
     apply_temperature,
     edible_probability,
     policy_for,
+    top_classes,
 )
 from mushroom.preprocess import ImageError, load_image
 from mushroom.species import DANGEROUS, Species
@@ -299,7 +300,7 @@ class Identifier:
 
     def answer(self, photo: str, probs: np.ndarray) -> Answer:
         """Build the answer for one photo from its calibrated probabilities ``(num_classes,)``."""
-        top = np.argsort(-probs, kind="stable")[:TOP_K]
+        top = top_classes(probs, TOP_K)
         candidates = tuple(
             Candidate(s.scientific_name, s.common_name, s.taxon_id, float(probs[i]), s.edibility, s.caution)
             for i in top

@@ -74,6 +74,15 @@ def policy_for(calibration: dict[str, Any], variant: str | None = None) -> Polic
     )
 
 
+def top_classes(probs: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` most probable classes, best first; ties go to the lower index.
+
+    The one ranking used by ``identify`` and by the evaluation, so that a quantized model's
+    tied scores (int8 outputs come in steps of 1/256) are counted the way users see them.
+    """
+    return np.argsort(-np.asarray(probs), axis=-1, kind="stable")[..., :k]
+
+
 def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
     """Rescale probabilities as softmax(log(p) / T); T > 1 softens, T < 1 sharpens."""
     if temperature <= 0:

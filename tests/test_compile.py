@@ -180,3 +180,16 @@ def test_submit_refuses_incomplete_targets(capsys):
     assert "--region, --pipeline-root" in capsys.readouterr().err
     assert main([str(CONFIGS / "demo.yaml"), "--host", "http://h", "--dry-run"]) == 2
     assert "needs a gs:// prefix" in capsys.readouterr().err
+
+
+def test_mushroom_pipeline_submit_inside_and_outside_a_checkout(monkeypatch, tmp_path, capsys):
+    import json
+
+    from mushroom.cli import main
+
+    monkeypatch.chdir(CONFIGS.parents[1] / "pipelines")  # anywhere inside the checkout
+    assert main(["pipeline", "submit", str(CONFIGS / "paper.yaml"), "--host", "http://kfp:8080", "--dry-run"]) == 0
+    assert json.loads(capsys.readouterr().out)["target"] == "http://kfp:8080"
+    monkeypatch.chdir(tmp_path)
+    assert main(["pipeline", "submit", str(CONFIGS / "paper.yaml"), "--host", "http://kfp:8080"]) == 2
+    assert "inside a quantized-mushroom checkout" in capsys.readouterr().err

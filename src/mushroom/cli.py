@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 from mushroom import __version__
 
@@ -73,6 +74,29 @@ def _positive_int(text: str) -> int:
     return value
 
 
+PIPELINE_COMMANDS = {"run": "pipelines.run", "compile": "pipelines.compile", "submit": "pipelines.submit"}
+
+
+def _find_checkout(start: Path) -> Path | None:
+    """The repository checkout at or above ``start`` (it holds ``pipelines/pipeline.py``)."""
+    for folder in (start, *start.parents):
+        if (folder / "pipelines" / "pipeline.py").is_file():
+            return folder
+    return None
+
+
+def _cmd_pipeline(args: argparse.Namespace) -> int:
+    # The pipeline definitions live beside the library in a checkout, not in the wheel.
+    import importlib
+
+    root = _find_checkout(Path.cwd())
+    if root is None:
+        raise FileNotFoundError("`mushroom pipeline` runs inside a quantized-mushroom checkout "
+                                "(no pipelines/pipeline.py here or above)")
+    sys.path.insert(0, str(root))
+    return importlib.import_module(PIPELINE_COMMANDS[args.action]).main(args.rest)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mushroom", description="quantized-mushroom command line")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -101,6 +125,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cache for gs:// bundles (default: $XDG_CACHE_HOME/quantized-mushroom/bundles)")
     p.add_argument("--refresh", action="store_true", help="download a gs:// bundle again even if cached")
     p.set_defaults(func=_cmd_identify)
+    p = sub.add_parser(
+        "pipeline", help="run locally, compile or submit the pipeline (inside a checkout)",
+        description="mushroom pipeline run CONFIG | compile CONFIG OUT | submit CONFIG --host URL [--dry-run] "
+                    "(the same as python -m pipelines.run/compile/submit; `... submit --help` for options)",
+    )
+    p.add_argument("action", choices=sorted(PIPELINE_COMMANDS))
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="arguments of the action")
+    p.set_defaults(func=_cmd_pipeline)
     return parser
 
 

@@ -68,7 +68,6 @@ def acquire(dataset_config: dict[str, Any], seed: int, out_dir: str | Path) -> d
     With ``cache_uri`` set, a dataset already built for the same configuration and seed is
     downloaded instead of acquired again, and a newly built one is uploaded there.
     """
-    from mushroom.manifest import read_manifest
     from mushroom.publish import publish_folders
     from mushroom.sources import build_dataset
 
@@ -317,6 +316,7 @@ def compare(evaluation_dirs: list, bundle_dirs: list, best_bundle_dir: str | Pat
     evaluations = [read_json(Path(d) / EVALUATION) for d in evaluation_dirs]
     folders = {e["model_name"]: Path(d) for e, d in zip(evaluations, evaluation_dirs, strict=True)}
     by_name = {read_json(Path(b) / "metadata.json")["model_name"]: Path(b) for b in bundle_dirs}
+
     def int8(e: dict) -> dict:  # the default variant stands in where a bundle has no int8
         return e["variants"].get("tflite_int8") or e["variants"][f"tflite_{e['default_variant']}"]
 
@@ -328,8 +328,7 @@ def compare(evaluation_dirs: list, bundle_dirs: list, best_bundle_dir: str | Pat
             f"TFLite float32 model.\n\nChosen: **{best['model_name']}** (highest int8 top-1).\n")
     shutil.copytree(by_name[best["model_name"]], best_bundle_dir, dirs_exist_ok=True)
     out_dir = Path(best_evaluation_dir)
-    shutil.copytree(folders[best["model_name"]], out_dir, dirs_exist_ok=True)
-    write_json_atomic(out_dir / EVALUATION, best)
+    shutil.copytree(folders[best["model_name"]], out_dir, dirs_exist_ok=True)  # evaluation.json included
     write_text_atomic(out_dir / "comparison.md", text)
     write_json_atomic(out_dir / "comparison.json", {
         "best": best["model_name"], "evaluations": [_comparison_summary(e) for e in evaluations],

@@ -37,7 +37,8 @@ TINY_MODEL = {
     "tune": {"max_trials": 1, "epochs": 1, "learning_rate": [0.003, 0.003], "dropout": [0.0, 0.0],
              "label_smoothing": [0.0, 0.0]},
     "train": {"head_epochs": 15, "fine_tune_epochs": 0, "patience": 15},  # learns: val top-1 ~0.8
-    "quantize": {"representative_samples": 200},
+    # The strictest choice: the answer users get must match float32 on every validation photo.
+    "quantize": {"representative_samples": 200, "tolerance_points": 0.0, "min_agreement": 1.0},
 }
 
 

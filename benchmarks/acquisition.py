@@ -13,17 +13,14 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 from mushroom.config import INaturalistSourceConfig
-from mushroom.sources.inaturalist import Tuning, acquire_inaturalist
+from mushroom.sources.inaturalist import acquire_inaturalist
 from mushroom.species import Catalog, Species
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.fakes when run as a script
-from tests.fakes.inat_server import FakeINaturalist  # noqa: E402
+from mushroom.testing.inat_server import FakeINaturalist
 
 TAXA = (1001, 1002, 1003, 1004)
 
@@ -40,18 +37,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def run_once(inat: FakeINaturalist, photos_per_species: int, concurrency: int, out_dir: Path) -> dict:
     """Acquire every photo once into ``out_dir``; return timings and the server's counts."""
     catalog = Catalog([Species(t, f"Benchmark species{t}", f"Species {t}", "edible") for t in TAXA])
-    settings = INaturalistSourceConfig(
+    config = INaturalistSourceConfig(
         api_url=inat.api_url,
         photos_per_species=photos_per_species,
         photo_size="medium",
         requests_per_minute=1_000_000,
         requests_per_day=100_000_000,
+        media_bytes_per_hour=10**15,
         concurrency=concurrency,
         timeout_s=10,
     )
     inat.reset_counts()
     start = time.perf_counter()
-    records = acquire_inaturalist(settings, catalog, out_dir, Tuning(media_bytes_per_hour=10**15))
+    records = acquire_inaturalist(config, catalog, out_dir)
     seconds = time.perf_counter() - start
     requests = inat.count("api") + inat.count("photo")
     return {

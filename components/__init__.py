@@ -8,9 +8,9 @@ from components.acquire import acquire_dataset
 from components.compare import compare_models
 from components.evaluate import evaluate_model
 from components.publish import publish_bundle
-from components.quantize import quantize_model
+from components.quantize import quantize_to_bundle
 from components.split import split_dataset
-from components.train import train_model
+from components.train import train_classifier
 from components.tune import tune_model
 
 __all__ = [
@@ -18,8 +18,8 @@ __all__ = [
     "compare_models",
     "evaluate_model",
     "publish_bundle",
-    "quantize_model",
+    "quantize_to_bundle",
     "split_dataset",
-    "train_model",
+    "train_classifier",
     "tune_model",
 ]

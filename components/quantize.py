@@ -5,7 +5,7 @@ from components.image import IMAGE
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def quantize_model(dataset: Input[Dataset], splits: Input[Dataset], model: Input[Model], model_config: dict,
+def quantize_to_bundle(dataset: Input[Dataset], splits: Input[Dataset], model: Input[Model], model_config: dict,
                    seed: int, bundle: Output[Model], metrics: Output[Metrics]):
     """Convert to TFLite float32 and full-integer int8; write the model bundle."""
     from mushroom import stages

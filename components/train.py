@@ -5,7 +5,7 @@ from components.image import IMAGE
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def train_model(dataset: Input[Dataset], splits: Input[Dataset], hyperparameters: Input[Artifact],
+def train_classifier(dataset: Input[Dataset], splits: Input[Dataset], hyperparameters: Input[Artifact],
                 model_config: dict, seed: int, model: Output[Model], metrics: Output[Metrics]):
     """Train the head, then fine-tune the top of the backbone; best weights restored."""
     from mushroom import stages

@@ -15,9 +15,9 @@ from components import (
     compare_models,
     evaluate_model,
     publish_bundle,
-    quantize_model,
+    quantize_to_bundle,
     split_dataset,
-    train_model,
+    train_classifier,
     tune_model,
 )
 from mushroom.config import DEFAULT_GPU_TOLERATIONS, RunConfig
@@ -75,11 +75,11 @@ def build_pipeline(parallelism: int = 4, accelerator_type: str = "nvidia.com/gpu
             tune = tune_model(dataset=dataset, splits=splits, model_config=config, seed=seed)
             _request_gpu(tune.set_display_name("tune"), accelerator_type, accelerator_count,
                          gpu_node_selector, gpu_tolerations)
-            train = train_model(dataset=dataset, splits=splits, hyperparameters=tune.outputs["hyperparameters"],
-                                model_config=config, seed=seed)
+            train = train_classifier(dataset=dataset, splits=splits, hyperparameters=tune.outputs["hyperparameters"],
+                                     model_config=config, seed=seed)
             _request_gpu(train.set_display_name("train"), accelerator_type, accelerator_count,
                          gpu_node_selector, gpu_tolerations)
-            quantize = quantize_model(dataset=dataset, splits=splits, model=train.outputs["model"],
+            quantize = quantize_to_bundle(dataset=dataset, splits=splits, model=train.outputs["model"],
                                       model_config=config, seed=seed)
             quantize.set_display_name("quantize").set_cpu_request("2").set_memory_request("8G")
             evaluate = evaluate_model(dataset=dataset, splits=splits, model=train.outputs["model"],

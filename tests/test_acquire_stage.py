@@ -2,7 +2,7 @@
 
 from mushroom import stages
 from mushroom.manifest import read_manifest
-from tests.fakes.inat_server import FakeINaturalist
+from mushroom.testing.inat_server import FakeINaturalist
 
 
 def _synthetic(cache_uri=None):

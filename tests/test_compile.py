@@ -36,7 +36,7 @@ def test_parallel_for_over_model_configs_with_parallelism(spec):
     assert iterator["items"]["inputParameter"].endswith("model_configs")
     assert loop["iteratorPolicy"]["parallelismLimit"] == 2  # cluster.parallelism in paper.yaml
     body = spec["components"][loop["componentRef"]["name"]]["dag"]["tasks"]
-    assert set(body) == {"tune-model", "train-model", "quantize-model", "evaluate-model"}
+    assert set(body) == {"tune-model", "train-classifier", "quantize-to-bundle", "evaluate-model"}
 
 
 def test_stage_order_and_typed_artifacts(spec):
@@ -47,9 +47,9 @@ def test_stage_order_and_typed_artifacts(spec):
     acquire = comps["comp-acquire-dataset"]["outputDefinitions"]["artifacts"]
     assert acquire["dataset"]["artifactType"]["schemaTitle"] == "system.Dataset"
     assert acquire["metrics"]["artifactType"]["schemaTitle"] == "system.Metrics"
-    train_out = comps["comp-train-model"]["outputDefinitions"]["artifacts"]
+    train_out = comps["comp-train-classifier"]["outputDefinitions"]["artifacts"]
     assert train_out["model"]["artifactType"]["schemaTitle"] == "system.Model"
-    quant_in = comps["comp-quantize-model"]["inputDefinitions"]["artifacts"]
+    quant_in = comps["comp-quantize-to-bundle"]["inputDefinitions"]["artifacts"]
     assert quant_in["model"]["artifactType"]["schemaTitle"] == "system.Model"
     compare_in = comps["comp-compare-models"]["inputDefinitions"]["artifacts"]
     assert compare_in["evaluations"]["isArtifactList"] is True
@@ -72,21 +72,21 @@ def test_stage_order_and_typed_artifacts(spec):
 
 def test_gpu_requests_on_tune_and_train_only(spec):
     executors = spec["deploymentSpec"]["executors"]
-    for name in ("exec-tune-model", "exec-train-model"):
+    for name in ("exec-tune-model", "exec-train-classifier"):
         resources = executors[name]["container"]["resources"]
         assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
         assert resources["accelerator"]["resourceCount"] == "1"
-    for name in ("exec-quantize-model", "exec-evaluate-model", "exec-acquire-dataset"):
+    for name in ("exec-quantize-to-bundle", "exec-evaluate-model", "exec-acquire-dataset"):
         assert "accelerator" not in executors[name]["container"].get("resources", {})
 
 
 def test_gpu_tolerations_and_node_selector_come_from_pipeline_parameters(spec, platform):
-    for name in ("exec-tune-model", "exec-train-model"):
+    for name in ("exec-tune-model", "exec-train-classifier"):
         (toleration,) = platform[name]["tolerations"]
         assert toleration["tolerationJson"]["componentInputParameter"].endswith("gpu_tolerations")
         selector = platform[name]["nodeSelector"]["nodeSelectorJson"]["componentInputParameter"]
         assert selector.endswith("gpu_node_selector")
-    for name in ("exec-quantize-model", "exec-evaluate-model"):
+    for name in ("exec-quantize-to-bundle", "exec-evaluate-model"):
         assert "tolerations" not in platform[name]
     params = spec["root"]["inputDefinitions"]["parameters"]
     assert params["gpu_tolerations"]["defaultValue"] == [
@@ -182,14 +182,23 @@ def test_submit_refuses_incomplete_targets(capsys):
     assert "needs a gs:// prefix" in capsys.readouterr().err
 
 
-def test_mushroom_pipeline_submit_inside_and_outside_a_checkout(monkeypatch, tmp_path, capsys):
+def test_mushroom_pipeline_runs_the_action_in_the_checkout(monkeypatch, tmp_path, capfd):
+    """`mushroom pipeline ACTION ...` is `python -m pipelines.ACTION ...` run at the checkout root."""
     import json
 
     from mushroom.cli import main
 
     monkeypatch.chdir(CONFIGS.parents[1] / "pipelines")  # anywhere inside the checkout
-    assert main(["pipeline", "submit", str(CONFIGS / "paper.yaml"), "--host", "http://kfp:8080", "--dry-run"]) == 0
-    assert json.loads(capsys.readouterr().out)["target"] == "http://kfp:8080"
+    argv = ["pipelines/configs/paper.yaml", "--host", "http://kfp:8080", "--dry-run"]  # relative to the root
+    assert main(["pipeline", "submit", *argv]) == 0
+    out, err = capfd.readouterr()
+    assert json.loads(out)["target"] == "http://kfp:8080"
+    assert f"python -m pipelines.submit {' '.join(argv)} (in {CONFIGS.parents[1]};" in err
+    assert main(["pipeline", "submit", "pipelines/configs/paper.yaml", "--dry-run"]) == 2  # the action's status
+    assert "--host" in capfd.readouterr().err
+
     monkeypatch.chdir(tmp_path)
     assert main(["pipeline", "submit", str(CONFIGS / "paper.yaml"), "--host", "http://kfp:8080"]) == 2
-    assert "inside a quantized-mushroom checkout" in capsys.readouterr().err
+    err = capfd.readouterr().err
+    assert "inside a quantized-mushroom checkout" in err
+    assert f"python -m pipelines.submit {CONFIGS / 'paper.yaml'} --host http://kfp:8080" in err

@@ -1,4 +1,4 @@
-"""iNaturalist acquisition against a fake iNaturalist API on 127.0.0.1 (tests/fakes/inat_server.py)."""
+"""iNaturalist acquisition against a fake iNaturalist API on 127.0.0.1 (mushroom.testing.inat_server)."""
 
 from __future__ import annotations
 
@@ -21,24 +21,21 @@ from mushroom.manifest import read_manifest
 from mushroom.sources import build_dataset
 from mushroom.sources.inat_api import sized_photo_url
 from mushroom.sources.inat_photos import MediaBudget, PhotoRejected, validate_photo
-from mushroom.sources.inaturalist import (
-    MissingSpeciesError,
-    Tuning,
-    acquire_inaturalist,
-    acquisition_report,
-)
+from mushroom.sources.inaturalist import MissingSpeciesError, acquire_inaturalist, acquisition_report
 from mushroom.species import Catalog, Species, load_catalog
-from tests.fakes.inat_server import FakeINaturalist, draw_image
+from mushroom.testing.inat_server import FakeINaturalist, draw_image
 
 TAXA = (101, 202, 303)
-FAST = Tuning(max_retries=3, backoff_factor=0.01, backoff_max=0.05)
+RETRIES = 3
+MIN_SIDE = 64
 
 
 def make_catalog(taxa) -> Catalog:
     return Catalog([Species(t, f"Fungus number{t}", f"Fungus {t}", "edible") for t in taxa])
 
 
-def settings_for(inat: FakeINaturalist, **overrides) -> INaturalistSourceConfig:
+def config_for(inat: FakeINaturalist, **overrides) -> INaturalistSourceConfig:
+    """A configuration for the fake server: no rate limits, short timeouts and backoffs."""
     values = dict(
         api_url=inat.api_url,
         photos_per_species=100,
@@ -47,6 +44,10 @@ def settings_for(inat: FakeINaturalist, **overrides) -> INaturalistSourceConfig:
         requests_per_day=1_000_000,
         concurrency=4,
         timeout_s=0.5,
+        max_retries=RETRIES,
+        backoff_factor=0.01,
+        backoff_max=0.05,
+        min_photo_side=MIN_SIDE,
     )
     return INaturalistSourceConfig(**{**values, **overrides})
 
@@ -66,15 +67,15 @@ def assert_clean_rgb_jpegs(out_dir: Path, records) -> None:
         with Image.open(out_dir / record.file) as image:
             image.load()
             assert (image.format, image.mode) == ("JPEG", "RGB")
-            assert min(image.size) >= FAST.min_photo_side
+            assert min(image.size) >= MIN_SIDE
 
 
 def test_three_taxa_with_several_pages_arrive_complete_with_attributions(tmp_path):
     with FakeINaturalist.with_taxa(
         TAXA, observations_per_taxon=11, max_per_page=4, max_result_window=12
     ) as inat:
-        settings = settings_for(inat)
-        records = acquire_inaturalist(settings, make_catalog(TAXA), tmp_path, FAST)
+        config = config_for(inat)
+        records = acquire_inaturalist(config, make_catalog(TAXA), tmp_path)
 
         # 11 observations x 2 photos per taxon, 3 pages each (4 + 4 + 3), past the "result window".
         assert [r.taxon_id for r in records] == [t for t in TAXA for _ in range(22)]
@@ -104,10 +105,10 @@ def test_three_taxa_with_several_pages_arrive_complete_with_attributions(tmp_pat
                 "CC-BY-NC-SA",
             }
             assert "page" not in request.query
-            assert settings.user_agent in request.user_agent
+            assert config.user_agent in request.user_agent
         assert sum("id_above" not in r.query for r in api) == 3  # only each taxon's first page
         photos = [r for r in inat.log if r.kind == "photo"]
-        assert all(r.path.endswith("/small.jpg") and settings.user_agent in r.user_agent for r in photos)
+        assert all(r.path.endswith("/small.jpg") and config.user_agent in r.user_agent for r in photos)
 
     attributions = read_csv(tmp_path / "ATTRIBUTIONS.csv")
     assert [(a["file"], a["photo_id"], a["license"], a["attribution"]) for a in attributions] == [
@@ -136,23 +137,23 @@ def test_three_taxa_with_several_pages_arrive_complete_with_attributions(tmp_pat
 
 def test_a_rerun_of_a_complete_dataset_asks_nothing_and_changes_nothing(tmp_path):
     with FakeINaturalist.with_taxa(TAXA, observations_per_taxon=4, max_per_page=3) as inat:
-        settings, catalog = settings_for(inat), make_catalog(TAXA)
-        first = acquire_inaturalist(settings, catalog, tmp_path, FAST)
+        config, catalog = config_for(inat), make_catalog(TAXA)
+        first = acquire_inaturalist(config, catalog, tmp_path)
         before = {f: (tmp_path / "images" / f).read_bytes() for f in files_under(tmp_path / "images")}
         inat.reset_counts()
-        again = acquire_inaturalist(settings, catalog, tmp_path, FAST)
+        again = acquire_inaturalist(config, catalog, tmp_path)
         assert again == first
         assert inat.count("api") == 0 and inat.count("photo") == 0
         assert {f: (tmp_path / "images" / f).read_bytes() for f in files_under(tmp_path / "images")} == before
 
         # Asking for fewer photos keeps the first ones in query order and removes the rest.
-        fewer = acquire_inaturalist(settings_for(inat, photos_per_species=3), catalog, tmp_path, FAST)
+        fewer = acquire_inaturalist(config_for(inat, photos_per_species=3), catalog, tmp_path)
         assert fewer == [r for t in TAXA for r in [x for x in first if x.taxon_id == t][:3]]
         assert_clean_rgb_jpegs(tmp_path, fewer)
         assert inat.count("photo") == 0
 
         # Another query (here: other licences) starts the folder over.
-        cc0 = acquire_inaturalist(settings_for(inat, licenses=["cc0"]), catalog, tmp_path, FAST)
+        cc0 = acquire_inaturalist(config_for(inat, licenses=["cc0"]), catalog, tmp_path)
         assert cc0 and {r.license for r in cc0} == {"cc0"}
         assert_clean_rgb_jpegs(tmp_path, cc0)
         assert read_csv(tmp_path / "ATTRIBUTIONS.csv")[0]["license"] == "cc0"
@@ -160,9 +161,7 @@ def test_a_rerun_of_a_complete_dataset_asks_nothing_and_changes_nothing(tmp_path
 
 def test_photos_per_species_caps_downloads_and_paging(tmp_path):
     with FakeINaturalist.with_taxa(TAXA, observations_per_taxon=11, max_per_page=2) as inat:
-        records = acquire_inaturalist(
-            settings_for(inat, photos_per_species=5), make_catalog(TAXA), tmp_path, FAST
-        )
+        records = acquire_inaturalist(config_for(inat, photos_per_species=5), make_catalog(TAXA), tmp_path)
         for taxon in TAXA:
             assert [r.photo_id for r in records if r.taxon_id == taxon] == [
                 str(p.id) for p in inat.photos_of(taxon)[:5]
@@ -190,7 +189,7 @@ def test_faults_are_counted_and_nothing_corrupt_is_written(tmp_path):
         inat.inject_photo_fault(q[1].id, "429")
         inat.inject_photo_fault(q[2].id, "timeout")
         inat.inject_photo_fault(q[3].id, "cut")
-        records = acquire_inaturalist(settings_for(inat), make_catalog((101, 202)), tmp_path, FAST)
+        records = acquire_inaturalist(config_for(inat), make_catalog((101, 202)), tmp_path)
 
         kept_101 = [p[i] for i in (7, 8, 10, 11, 12, 13, 14, 15)]
         assert [r.photo_id for r in records] == [str(x.id) for x in kept_101 + q]
@@ -225,7 +224,7 @@ def test_faults_are_counted_and_nothing_corrupt_is_written(tmp_path):
         assert report["photos_per_species"] == {"101": 8, "202": 16}
 
         # Retries: transient faults were retried until they cleared, permanent ones were not.
-        assert inat.photo_requests(q[0].id) == 3 and inat.photo_requests(p[6].id) == 1 + FAST.max_retries
+        assert inat.photo_requests(q[0].id) == 3 and inat.photo_requests(p[6].id) == 1 + RETRIES
         assert inat.photo_requests(p[5].id) == 1 and inat.photo_requests(p[0].id) == 1
         assert inat.photo_requests(p[3].id) == 0  # a disallowed licence is never downloaded
         assert inat.photo_requests(q[2].id) == 2 and inat.photo_requests(q[3].id) == 2
@@ -238,8 +237,8 @@ def test_faults_are_counted_and_nothing_corrupt_is_written(tmp_path):
 
         # A rerun keeps the same photos and tries again only what failed for a passing reason (500).
         inat.reset_counts()
-        assert acquire_inaturalist(settings_for(inat), make_catalog((101, 202)), tmp_path, FAST) == records
-        assert inat.photo_requests() == inat.photo_requests(p[6].id) == 1 + FAST.max_retries
+        assert acquire_inaturalist(config_for(inat), make_catalog((101, 202)), tmp_path) == records
+        assert inat.photo_requests() == inat.photo_requests(p[6].id) == 1 + RETRIES
         assert acquisition_report(tmp_path)["failures_by_reason"] == report["failures_by_reason"]
 
 
@@ -249,12 +248,12 @@ def test_a_species_without_photos_fails_clearly_unless_allowed(tmp_path):
         with pytest.raises(
             MissingSpeciesError, match=r"Fungus number909 \(taxon 909\).*allow_missing_species"
         ):
-            acquire_inaturalist(settings_for(inat, photos_per_species=5), catalog, tmp_path, FAST)
+            acquire_inaturalist(config_for(inat, photos_per_species=5), catalog, tmp_path)
         assert acquisition_report(tmp_path)["species_missing"] == [909]
 
         inat.reset_counts()
-        settings = settings_for(inat, photos_per_species=5, allow_missing_species=True)
-        records = acquire_inaturalist(settings, catalog, tmp_path, FAST)
+        config = config_for(inat, photos_per_species=5, allow_missing_species=True)
+        records = acquire_inaturalist(config, catalog, tmp_path)
         assert Counter(r.taxon_id for r in records) == {101: 5, 202: 4}
         assert inat.count("photo") == 0  # kept from the first run
         report = acquisition_report(tmp_path)
@@ -290,7 +289,7 @@ def test_a_killed_run_resumes_to_the_same_dataset(tmp_path):
     taxa = load_catalog().taxon_ids[:3]
     reference_dir, run_dir = tmp_path / "reference", tmp_path / "run"
     with FakeINaturalist.with_taxa(taxa, observations_per_taxon=10, max_per_page=4) as inat:
-        config = DatasetConfig(source="inaturalist", species=taxa, inaturalist=settings_for(inat))
+        config = DatasetConfig(source="inaturalist", species=taxa, inaturalist=config_for(inat))
         reference = build_dataset(config, reference_dir)
         assert len(reference) == 60
 

@@ -33,23 +33,23 @@ def three(catalog):
 
 
 @pytest.fixture(scope="module")
-def small_settings():
+def small_config():
     return SyntheticSourceConfig(photos_per_species=7, image_size=40, photos_per_observation=3)
 
 
 @pytest.fixture(scope="module")
-def small_run(tmp_path_factory, three, small_settings):
+def small_run(tmp_path_factory, three, small_config):
     out = tmp_path_factory.mktemp("synthetic")
-    return out, generate_synthetic(small_settings, three, out, SEED)
+    return out, generate_synthetic(small_config, three, out, SEED)
 
 
 def _file_bytes(root: Path, records: list[PhotoRecord]) -> dict[str, bytes]:
     return {r.photo_id: (root / r.file).read_bytes() for r in records}
 
 
-def test_counts_ids_and_manifest_fields(small_run, three, small_settings):
+def test_counts_ids_and_manifest_fields(small_run, three, small_config):
     out, records = small_run
-    assert len(records) == len(three) * small_settings.photos_per_species
+    assert len(records) == len(three) * small_config.photos_per_species
     assert Counter(r.taxon_id for r in records) == {t: 7 for t in three.taxon_ids}
     # Species come in catalog order.
     assert list(dict.fromkeys(r.taxon_id for r in records)) == three.taxon_ids
@@ -83,13 +83,13 @@ def test_writes_only_the_photos(small_run):
     assert written == sorted(r.file for r in records)  # no temporary files left behind
 
 
-def test_images_decode_as_rgb_at_the_configured_size(small_run, small_settings):
+def test_images_decode_as_rgb_at_the_configured_size(small_run, small_config):
     out, records = small_run
     for r in records:
         with Image.open(out / r.file) as image:
             assert image.format == "JPEG"
             assert image.mode == "RGB"
-            assert image.size == (small_settings.image_size, small_settings.image_size)
+            assert image.size == (small_config.image_size, small_config.image_size)
             pixels = np.asarray(image)
         assert pixels.std() > 10  # a picture, not a flat fill
 
@@ -108,26 +108,26 @@ def test_photos_are_grouped_into_observations(small_run, three):
         assert len({(out / r.file).read_bytes() for r in group}) == len(group)
 
 
-def test_same_seed_gives_identical_bytes_and_records(tmp_path, small_run, three, small_settings):
+def test_same_seed_gives_identical_bytes_and_records(tmp_path, small_run, three, small_config):
     out, records = small_run
-    again = generate_synthetic(small_settings, three, tmp_path, SEED)
+    again = generate_synthetic(small_config, three, tmp_path, SEED)
     assert again == records
     assert _file_bytes(tmp_path, again) == _file_bytes(out, records)
 
 
-def test_regenerating_in_place_is_safe(tmp_path, three, small_settings):
-    first = generate_synthetic(small_settings, three, tmp_path, SEED)
+def test_regenerating_in_place_is_safe(tmp_path, three, small_config):
+    first = generate_synthetic(small_config, three, tmp_path, SEED)
     before = _file_bytes(tmp_path, first)
-    second = generate_synthetic(small_settings, three, tmp_path, SEED)
+    second = generate_synthetic(small_config, three, tmp_path, SEED)
     assert second == first
     assert _file_bytes(tmp_path, second) == before
     assert sum(1 for p in tmp_path.rglob("*") if p.is_file()) == len(first)
 
 
 @pytest.mark.parametrize("other_seed", [SEED + 1, -SEED])
-def test_a_different_seed_gives_different_photos(tmp_path, small_run, three, small_settings, other_seed):
+def test_a_different_seed_gives_different_photos(tmp_path, small_run, three, small_config, other_seed):
     out, records = small_run
-    other = generate_synthetic(small_settings, three, tmp_path, other_seed)
+    other = generate_synthetic(small_config, three, tmp_path, other_seed)
     assert [r.photo_id for r in other] == [r.photo_id for r in records]
     assert other[0].attribution.endswith(f"seed {other_seed})")
     ours, theirs = _file_bytes(out, records), _file_bytes(tmp_path, other)
@@ -135,13 +135,13 @@ def test_a_different_seed_gives_different_photos(tmp_path, small_run, three, sma
 
 
 def test_a_species_looks_the_same_whichever_subset_is_generated(tmp_path, catalog):
-    settings = SyntheticSourceConfig(photos_per_species=6, image_size=32, photos_per_observation=2)
+    config = SyntheticSourceConfig(photos_per_species=6, image_size=32, photos_per_observation=2)
     target = catalog.taxon_ids[10]
     alone = catalog.subset([target])
     with_others = catalog.subset([catalog.taxon_ids[0], target, catalog.taxon_ids[20]])
     assert alone.index_of(target) != with_others.index_of(target)
-    a = generate_synthetic(settings, alone, tmp_path / "a", SEED)
-    b = [r for r in generate_synthetic(settings, with_others, tmp_path / "b", SEED) if r.taxon_id == target]
+    a = generate_synthetic(config, alone, tmp_path / "a", SEED)
+    b = [r for r in generate_synthetic(config, with_others, tmp_path / "b", SEED) if r.taxon_id == target]
     assert a == b
     assert _file_bytes(tmp_path / "a", a) == _file_bytes(tmp_path / "b", b)
     assert species_style(target) == species_style(target)
@@ -188,8 +188,8 @@ def _random_conv_features(images: np.ndarray, n_filters: int = 96, k: int = 5) -
 
 def test_species_are_learnable_from_held_out_observations(tmp_path, catalog):
     six = catalog.subset(catalog.taxon_ids[:6])
-    settings = SyntheticSourceConfig(photos_per_species=40, image_size=32, photos_per_observation=2)
-    records = generate_synthetic(settings, six, tmp_path, SEED)
+    config = SyntheticSourceConfig(photos_per_species=40, image_size=32, photos_per_observation=2)
+    records = generate_synthetic(config, six, tmp_path, SEED)
     images = np.stack([np.asarray(Image.open(tmp_path / r.file)) for r in records])
     features = _random_conv_features(images)
     labels = np.array([six.index_of(r.taxon_id) for r in records])

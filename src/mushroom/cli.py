@@ -3,6 +3,7 @@
     mushroom species                      list the catalog (class order, edibility)
     mushroom dataset CONFIG OUT_DIR       build a config's dataset folder without the pipeline
     mushroom identify PHOTO... --bundle PATH [--json]   identify mushrooms offline
+    mushroom pipeline run|compile|submit ARGS...         python -m pipelines.ACTION in the checkout
     mushroom --version
 
 The module's top level and ``identify`` import only the standard library, numpy, Pillow
@@ -74,27 +75,41 @@ def _positive_int(text: str) -> int:
     return value
 
 
-PIPELINE_COMMANDS = {"run": "pipelines.run", "compile": "pipelines.compile", "submit": "pipelines.submit"}
+PIPELINE_ACTIONS = ("compile", "run", "submit")
 
 
 def _find_checkout(start: Path) -> Path | None:
-    """The repository checkout at or above ``start`` (it holds ``pipelines/pipeline.py``)."""
+    """The quantized-mushroom checkout at or above ``start`` (``pipelines/pipeline.py`` beside ``src/mushroom``)."""
     for folder in (start, *start.parents):
-        if (folder / "pipelines" / "pipeline.py").is_file():
+        if (folder / "pipelines" / "pipeline.py").is_file() and (folder / "src" / "mushroom").is_dir():
             return folder
     return None
 
 
 def _cmd_pipeline(args: argparse.Namespace) -> int:
-    # The pipeline definitions live beside the library in a checkout, not in the wheel.
-    import importlib
+    # The pipeline definitions (pipelines/, components/) ship with the source checkout, not with
+    # the installed package, so they run as their own process there instead of being imported.
+    import shlex
+    import subprocess
 
-    root = _find_checkout(Path.cwd())
+    here = Path.cwd()
+    root = _find_checkout(here)
+    module = f"pipelines.{args.action}"
+    command = shlex.join(["python", "-m", module, *args.rest])
     if root is None:
-        raise FileNotFoundError("`mushroom pipeline` runs inside a quantized-mushroom checkout "
-                                "(no pipelines/pipeline.py here or above)")
-    sys.path.insert(0, str(root))
-    return importlib.import_module(PIPELINE_COMMANDS[args.action]).main(args.rest)
+        raise FileNotFoundError(
+            f"`mushroom pipeline` runs inside a quantized-mushroom checkout (no pipelines/pipeline.py in {here} "
+            f"or above): the pipeline definitions are not part of the installed package. Clone the repository, "
+            f"`make install`, and run `{command}` there (`make help` lists the verbs)"
+        )
+    where = "" if root == here else "; relative paths are read from there"
+    print(f"mushroom pipeline: {command} (in {root}{where})", file=sys.stderr, flush=True)
+    child = subprocess.Popen([sys.executable, "-m", module, *args.rest], cwd=root)
+    try:
+        status = child.wait()
+    except KeyboardInterrupt:  # Ctrl-C reached the child too: let it stop cleanly
+        status = child.wait()
+    return status if status >= 0 else 128 - status  # killed by a signal: the shell's 128 + N
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,10 +142,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_identify)
     p = sub.add_parser(
         "pipeline", help="run locally, compile or submit the pipeline (inside a checkout)",
-        description="mushroom pipeline run CONFIG | compile CONFIG OUT | submit CONFIG --host URL [--dry-run] "
-                    "(the same as python -m pipelines.run/compile/submit; `... submit --help` for options)",
+        description="mushroom pipeline run CONFIG | compile CONFIG OUT | submit CONFIG --host URL [--dry-run]: "
+                    "runs `python -m pipelines.ACTION ARGS...` with this Python in the quantized-mushroom "
+                    "checkout at or above the current folder (the pipeline definitions are not part of the "
+                    "installed package); relative paths are read from the checkout root. "
+                    "`mushroom pipeline submit --help` lists an action's options.",
+        epilog="exit status: the action's; 2 outside a checkout",
     )
-    p.add_argument("action", choices=sorted(PIPELINE_COMMANDS))
+    p.add_argument("action", choices=PIPELINE_ACTIONS)
     p.add_argument("rest", nargs=argparse.REMAINDER, help="arguments of the action")
     p.set_defaults(func=_cmd_pipeline)
     return parser

@@ -70,18 +70,18 @@ def _place(src: Path, dst: Path, link: bool) -> None:
     os.replace(tmp, dst)
 
 
-def import_folder(settings: FolderSourceConfig, catalog: Catalog, out_dir: Path) -> list[PhotoRecord]:
+def import_folder(config: FolderSourceConfig, catalog: Catalog, out_dir: Path) -> list[PhotoRecord]:
     """Import photos from an ImageFolder tree into the dataset folder ``out_dir``.
 
     Args:
-        settings: ``root`` of the tree and whether to hard-link (else copy) photos.
+        config: ``root`` of the tree and whether to hard-link (else copy) photos.
         catalog: The configured species; folders of other catalog species are skipped.
         out_dir: The dataset folder.
 
     Returns:
         One record per usable photo. Unreadable files are skipped and logged.
     """
-    root = Path(settings.root)
+    root = Path(config.root)
     records, bad = [], []
     for taxon_id, species_dir in _species_dirs(root, catalog).items():
         files = sorted(p for p in species_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -93,7 +93,7 @@ def import_folder(settings: FolderSourceConfig, catalog: Catalog, out_dir: Path)
             observation = rel.parts[0] if len(rel.parts) > 1 else rel.stem
             photo_id = "-".join(rel.with_suffix("").parts)
             dst_rel = Path("images") / str(taxon_id) / f"{photo_id}{src.suffix.lower()}"
-            _place(src, out_dir / dst_rel, settings.link)
+            _place(src, out_dir / dst_rel, config.link)
             records.append(
                 PhotoRecord(
                     observation_id=f"{taxon_id}/{observation}",

@@ -3,7 +3,7 @@
 The session brings pyinaturalist's rate limiting (requests-ratelimiter / pyrate-limiter, per
 second, minute and day, kept in SQLite so a restarted process still honours it), retries with
 backoff, and a requests-cache SQLite cache. pyinaturalist's ``get_observations`` is bound to the
-public API host, so requests go through the session with ``settings.api_url`` instead.
+public API host, so requests go through the session with ``config.api_url`` instead.
 
 Pages are fetched with ``order_by=id&order=asc&id_above=<last id>``: iNaturalist refuses
 ``page * per_page`` beyond 10,000, ``id_above`` has no such ceiling.
@@ -21,7 +21,8 @@ from requests.adapters import HTTPAdapter
 from requests_ratelimiter import BucketFullException
 from urllib3.exceptions import MaxRetryError
 
-from mushroom.sources.inat_photos import Candidate, make_retry
+from mushroom.config import INaturalistSourceConfig
+from mushroom.sources.inat_photos import PhotoCandidate, make_retry
 
 #: The most results iNaturalist returns per page.
 PER_PAGE = 200
@@ -110,14 +111,14 @@ def open_api_session(
     return session
 
 
-def query_params(settings: Any, taxon_id: int, id_above: int) -> dict[str, Any]:
+def query_params(config: INaturalistSourceConfig, taxon_id: int, id_above: int) -> dict[str, Any]:
     """The ``/observations`` parameters for one page of a taxon."""
     return {
         "taxon_id": taxon_id,
-        "place_id": settings.place_id,
-        "quality_grade": settings.quality_grade,
+        "place_id": config.place_id,
+        "quality_grade": config.quality_grade,
         "photos": True,
-        "photo_license": [code.upper() for code in settings.licenses],
+        "photo_license": [code.upper() for code in config.licenses],
         "per_page": PER_PAGE,
         "order_by": "id",
         "order": "asc",
@@ -126,13 +127,13 @@ def query_params(settings: Any, taxon_id: int, id_above: int) -> dict[str, Any]:
 
 
 def fetch_observation_page(
-    session: ClientSession, settings: Any, taxon_id: int, id_above: int
+    session: ClientSession, config: INaturalistSourceConfig, taxon_id: int, id_above: int
 ) -> ObservationPage:
     """Fetch the page of ``taxon_id``'s observations with ids above ``id_above``.
 
     Args:
         session: From :func:`open_api_session`.
-        settings: An ``INaturalistSourceConfig`` (api_url, place_id, quality_grade, licenses).
+        config: The source configuration (api_url, place_id, quality_grade, licenses).
         taxon_id: The catalog taxon.
         id_above: The cursor (0 for the first page).
 
@@ -142,9 +143,9 @@ def fetch_observation_page(
     Raises:
         INaturalistAPIError: When retries are spent or the daily request budget is used up.
     """
-    url = f"{settings.api_url.rstrip('/')}/observations"
+    url = f"{config.api_url.rstrip('/')}/observations"
     try:
-        response = session.request("GET", url, **query_params(settings, taxon_id, id_above))
+        response = session.request("GET", url, **query_params(config, taxon_id, id_above))
         body = response.json()
     except BucketFullException as err:
         raise INaturalistAPIError(
@@ -194,10 +195,10 @@ def compact_observation(obs: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def page_candidates(taxon_id: int, page: ObservationPage) -> list[Candidate]:
+def page_candidates(taxon_id: int, page: ObservationPage) -> list[PhotoCandidate]:
     """The photos of a page, in order (observation id, then photo position)."""
     return [
-        Candidate(
+        PhotoCandidate(
             taxon_id=taxon_id,
             observation_id=str(obs["id"]),
             photo_id=str(photo["id"]),

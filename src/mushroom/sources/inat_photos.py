@@ -22,6 +22,8 @@ from requests.adapters import HTTPAdapter
 from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, ReadTimeoutError
 from urllib3.util import Retry
 
+from mushroom.preprocess import to_rgb
+
 #: Statuses worth another try; anything else (404, 403, ...) is final.
 RETRY_STATUSES = (429, 500, 502, 503, 504)
 
@@ -44,7 +46,7 @@ JPEG_QUALITY = 95
 
 
 @dataclass(frozen=True)
-class Candidate:
+class PhotoCandidate:
     """One photo offered by the API for a taxon, in query order."""
 
     taxon_id: int
@@ -60,7 +62,7 @@ class Candidate:
 class Download:
     """What fetching one candidate gave: validated RGB JPEG bytes, or a failure reason."""
 
-    candidate: Candidate
+    candidate: PhotoCandidate
     data: bytes = b""
     sha256: str = ""
     width: int = 0
@@ -178,7 +180,7 @@ class PhotoDownloader:
     def close(self) -> None:
         self.session.close()
 
-    def fetch(self, candidate: Candidate, url: str) -> Download:
+    def fetch(self, candidate: PhotoCandidate, url: str) -> Download:
         """Download ``url`` and validate it as ``candidate``'s photo; a faulty photo gives a failure."""
         try:
             data = self._get(url)
@@ -271,14 +273,3 @@ def _decode(data: bytes) -> Image.Image:
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise PhotoRejected("corrupt_image", _short(err)) from None
     return image
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Convert any Pillow mode (CMYK, greyscale, palette, with or without alpha) to RGB."""
-    has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
-    if not has_alpha:
-        return image.convert("RGB")
-    rgba = image.convert("RGBA")
-    background = Image.new("RGB", rgba.size, (255, 255, 255))
-    background.paste(rgba, mask=rgba.getchannel("A"))
-    return background

@@ -28,12 +28,13 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
+from mushroom.config import INaturalistSourceConfig
 from mushroom.fileio import read_json, write_bytes_atomic, write_json_atomic
 from mushroom.manifest import DATASET_INFO_NAME, MANIFEST_NAME, PhotoRecord
 from mushroom.sources.inat_api import (
@@ -45,7 +46,7 @@ from mushroom.sources.inat_api import (
     sized_photo_url,
 )
 from mushroom.sources.inat_journal import JOURNAL_NAME, Journal, prune_images, reconcile_images
-from mushroom.sources.inat_photos import Candidate, Download, PhotoDownloader
+from mushroom.sources.inat_photos import Download, PhotoCandidate, PhotoDownloader
 from mushroom.sources.inat_report import (
     ATTRIBUTIONS_NAME,
     CARD_MD_NAME,
@@ -71,47 +72,16 @@ class MissingSpeciesError(ValueError):
     """Some species got no photos at all and the configuration does not allow that."""
 
 
-@dataclass(frozen=True)
-class Tuning:
-    """Acquisition settings beyond ``INaturalistSourceConfig``'s current fields.
-
-    :meth:`from_settings` takes each from the configuration when it has a field of that name,
-    so they become configurable by adding the field there. Tests pass small values directly.
-
-    Attributes:
-        max_retries: Retries per request (API and photos).
-        backoff_factor: urllib3 exponential backoff factor (seconds).
-        backoff_max: Longest single backoff sleep (seconds).
-        requests_per_day: API request budget per day (iNaturalist: at most 10,000).
-        media_bytes_per_hour: Photo download volume cap (iNaturalist: under 5 GB an hour).
-        min_photo_side: Smallest accepted photo width or height, in pixels.
-    """
-
-    max_retries: int = 5
-    backoff_factor: float = 0.5
-    backoff_max: float = 60.0
-    requests_per_day: int = 10_000
-    media_bytes_per_hour: int = 4_000_000_000
-    min_photo_side: int = 64
-
-    @classmethod
-    def from_settings(cls, settings: Any) -> Tuning:
-        return cls(**{f.name: getattr(settings, f.name, f.default) for f in fields(cls)})
-
-
-def acquire_inaturalist(
-    settings: Any, catalog: Catalog, out_dir: Path, tuning: Tuning | None = None
-) -> list[PhotoRecord]:
+def acquire_inaturalist(config: INaturalistSourceConfig, catalog: Catalog, out_dir: Path) -> list[PhotoRecord]:
     """Download photos of every catalog species from iNaturalist into ``out_dir``.
 
     Resumable: a rerun into the same ``out_dir`` with the same query continues where an
     interrupted run stopped and ends with the same photos an uninterrupted run would have.
 
     Args:
-        settings: An ``INaturalistSourceConfig``.
+        config: The query, and the retry, rate, budget and validation limits.
         catalog: The species to acquire, in class order.
         out_dir: The dataset folder; photos go to ``images/<taxon_id>/<photo_id>.jpg``.
-        tuning: Retry, budget and validation settings; default :meth:`Tuning.from_settings`.
 
     Returns:
         One record per kept photo (``file`` relative to ``out_dir``), species in catalog order,
@@ -122,12 +92,11 @@ def acquire_inaturalist(
             (the photos, attributions and card are written first).
         INaturalistAPIError: The API failed after retries; progress is kept for a rerun.
     """
-    tuning = tuning or Tuning.from_settings(settings)
     out_dir = Path(out_dir)
     start = time.monotonic()
-    journal = _open_state(settings, tuning, out_dir)
+    journal = _open_state(config, out_dir)
     try:
-        with _Acquisition(settings, tuning, catalog, out_dir, journal) as acquisition:
+        with _Acquisition(config, catalog, out_dir, journal) as acquisition:
             results = acquisition.run()
             run_info = acquisition.run_info(time.monotonic() - start)
     finally:
@@ -136,9 +105,9 @@ def acquire_inaturalist(
     pruned = prune_images(out_dir / IMAGES_DIR, out_dir, {r.file for r in records})
     if pruned:
         log.info("removed %d photo files beyond photos_per_species", pruned)
-    _write_outputs(out_dir, settings, tuning, results, run_info)
+    _write_outputs(out_dir, config, results, run_info)
     (out_dir / STATE_DIR / API_CACHE_NAME).unlink(missing_ok=True)  # the journal holds the pages
-    _check_missing(settings, results)
+    _check_missing(config, results)
     return records
 
 
@@ -157,22 +126,22 @@ def acquisition_report(out_dir: Path) -> dict[str, Any]:
     return read_card(Path(out_dir))
 
 
-def _query_fingerprint(settings: Any, tuning: Tuning) -> dict[str, Any]:
+def _query_fingerprint(config: INaturalistSourceConfig) -> dict[str, Any]:
     """What decides which photos are candidates and how they are judged."""
     return {
-        "api_url": settings.api_url.rstrip("/"),
-        "place_id": settings.place_id,
-        "quality_grade": settings.quality_grade,
-        "licenses": sorted(settings.licenses),
-        "photo_size": settings.photo_size,
-        "min_photo_side": tuning.min_photo_side,
+        "api_url": config.api_url.rstrip("/"),
+        "place_id": config.place_id,
+        "quality_grade": config.quality_grade,
+        "licenses": sorted(config.licenses),
+        "photo_size": config.photo_size,
+        "min_photo_side": config.min_photo_side,
     }
 
 
-def _open_state(settings: Any, tuning: Tuning, out_dir: Path) -> Journal:
+def _open_state(config: INaturalistSourceConfig, out_dir: Path) -> Journal:
     """Open (or start) the journal in ``out_dir`` and make the files on disk agree with it."""
     state_dir, images_dir = out_dir / STATE_DIR, out_dir / IMAGES_DIR
-    fingerprint = _query_fingerprint(settings, tuning)
+    fingerprint = _query_fingerprint(config)
     fingerprint_path = state_dir / FINGERPRINT_NAME
     if fingerprint_path.is_file() and read_json(fingerprint_path) != fingerprint:
         log.warning("%s holds photos of a different query; starting over", out_dir)
@@ -201,7 +170,7 @@ def _open_state(settings: Any, tuning: Tuning, out_dir: Path) -> Journal:
 class _Pending:
     """A candidate on its way to being committed, in candidate order."""
 
-    candidate: Candidate
+    candidate: PhotoCandidate
     future: Future | None = None  # a download in flight
     earlier: dict[str, Any] | None = None  # kept by an earlier run
     skip: Failure | None = None  # decided without downloading
@@ -214,37 +183,37 @@ class _Pending:
 class _Acquisition:
     """One run: shared clients, the journal, and what has been seen so far."""
 
-    def __init__(self, settings: Any, tuning: Tuning, catalog: Catalog, out_dir: Path, journal: Journal):
-        self.settings, self.tuning, self.catalog = settings, tuning, catalog
+    def __init__(self, config: INaturalistSourceConfig, catalog: Catalog, out_dir: Path, journal: Journal):
+        self.config, self.catalog = config, catalog
         self.out_dir, self.journal = out_dir, journal
-        self.allowed = set(settings.licenses)
-        self.window = 2 * settings.concurrency
+        self.allowed = set(config.licenses)
+        self.window = 2 * config.concurrency
         self.seen_photos: dict[str, str] = {}  # photo id -> observation id
         self.seen_bytes: dict[str, str] = {}  # sha256 -> photo id
         self.api_requests = 0
         self.api = open_api_session(
             out_dir / STATE_DIR,
-            user_agent=settings.user_agent,
-            requests_per_minute=settings.requests_per_minute,
-            requests_per_day=tuning.requests_per_day,
-            timeout_s=settings.timeout_s,
-            max_retries=tuning.max_retries,
-            backoff_factor=tuning.backoff_factor,
-            backoff_max=tuning.backoff_max,
+            user_agent=config.user_agent,
+            requests_per_minute=config.requests_per_minute,
+            requests_per_day=config.requests_per_day,
+            timeout_s=config.timeout_s,
+            max_retries=config.max_retries,
+            backoff_factor=config.backoff_factor,
+            backoff_max=config.backoff_max,
         )
         self.downloader = PhotoDownloader(
             user_agent=self.api.headers["User-Agent"],
-            concurrency=settings.concurrency,
-            timeout_s=settings.timeout_s,
-            max_retries=tuning.max_retries,
-            backoff_factor=tuning.backoff_factor,
-            backoff_max=tuning.backoff_max,
-            min_side=tuning.min_photo_side,
-            bytes_per_hour=tuning.media_bytes_per_hour,
+            concurrency=config.concurrency,
+            timeout_s=config.timeout_s,
+            max_retries=config.max_retries,
+            backoff_factor=config.backoff_factor,
+            backoff_max=config.backoff_max,
+            min_side=config.min_photo_side,
+            bytes_per_hour=config.media_bytes_per_hour,
         )
-        self.pool = ThreadPoolExecutor(settings.concurrency, thread_name_prefix="inat-photo")
+        self.pool = ThreadPoolExecutor(config.concurrency, thread_name_prefix="inat-photo")
         self.progress = tqdm(
-            total=settings.photos_per_species * len(catalog),
+            total=config.photos_per_species * len(catalog),
             unit="photo",
             desc="iNaturalist",
             mininterval=1.0,
@@ -273,7 +242,7 @@ class _Acquisition:
     def acquire_species(self, species: Species) -> TaxonResult:
         """Keep up to ``photos_per_species`` photos of one species, committing in candidate order."""
         start, requests_before = time.monotonic(), self.api_requests
-        result = TaxonResult(species, self.settings.photos_per_species)
+        result = TaxonResult(species, self.config.photos_per_species)
         self.progress.set_postfix_str(species.scientific_name)
         candidates = self._candidates(species.taxon_id)
         pending: deque[_Pending] = deque()
@@ -289,7 +258,7 @@ class _Acquisition:
         self._log_species(result)
         return result
 
-    def _fill(self, pending: deque[_Pending], candidates: Iterator[Candidate], result: TaxonResult) -> bool:
+    def _fill(self, pending: deque[_Pending], candidates: Iterator[PhotoCandidate], result: TaxonResult) -> bool:
         """Plan candidates until enough may be kept or the window is full; True once none are left."""
         while len(result.records) + sum(p.may_keep for p in pending) < result.target:
             if sum(p.future is not None for p in pending) >= self.window:
@@ -300,7 +269,7 @@ class _Acquisition:
             pending.append(self._plan(candidate))
         return False
 
-    def _candidates(self, taxon_id: int) -> Iterator[Candidate]:
+    def _candidates(self, taxon_id: int) -> Iterator[PhotoCandidate]:
         """The taxon's photos in query order: journaled pages first, then new pages from the API."""
         page = None
         for event in self.journal.pages.get(taxon_id, []):
@@ -308,7 +277,7 @@ class _Acquisition:
             yield from page_candidates(taxon_id, page)
         while page is None or not page.done:
             id_above = page.next_id_above if page else 0
-            page = fetch_observation_page(self.api, self.settings, taxon_id, id_above)
+            page = fetch_observation_page(self.api, self.config, taxon_id, id_above)
             self.api_requests += not page.from_cache
             self.journal.append({"event": "page", "taxon_id": taxon_id, **page.to_json()})
             log.debug(
@@ -316,7 +285,7 @@ class _Acquisition:
             )
             yield from page_candidates(taxon_id, page)
 
-    def _plan(self, candidate: Candidate) -> _Pending:
+    def _plan(self, candidate: PhotoCandidate) -> _Pending:
         """Decide what a candidate needs: a skip, an earlier run's photo, or a download."""
         if candidate.license not in self.allowed:
             return _Pending(
@@ -332,7 +301,7 @@ class _Acquisition:
             return _Pending(candidate, earlier=earlier)
         if earlier and earlier["permanent"]:
             return _Pending(candidate, skip=_failure(candidate, earlier["reason"], earlier["detail"]))
-        url = sized_photo_url(candidate.url, self.settings.photo_size)
+        url = sized_photo_url(candidate.url, self.config.photo_size)
         return _Pending(candidate, future=self.pool.submit(self.downloader.fetch, candidate, url))
 
     def _commit(self, item: _Pending, result: TaxonResult) -> None:
@@ -381,7 +350,7 @@ class _Acquisition:
         self._keep(result, candidate, download.sha256, file)
         result.downloaded += 1
 
-    def _keep(self, result: TaxonResult, candidate: Candidate, sha256: str, file: str) -> None:
+    def _keep(self, result: TaxonResult, candidate: PhotoCandidate, sha256: str, file: str) -> None:
         self.seen_bytes[sha256] = candidate.photo_id
         result.records.append(
             PhotoRecord(
@@ -421,16 +390,16 @@ class _Acquisition:
             )
 
 
-def _failure(candidate: Candidate, reason: str, detail: str) -> Failure:
+def _failure(candidate: PhotoCandidate, reason: str, detail: str) -> Failure:
     return Failure(
         candidate.taxon_id, candidate.observation_id, candidate.photo_id, reason, detail, candidate.url
     )
 
 
 def _write_outputs(
-    out_dir: Path, settings: Any, tuning: Tuning, results: list[TaxonResult], run_info: dict[str, Any]
+    out_dir: Path, config: INaturalistSourceConfig, results: list[TaxonResult], run_info: dict[str, Any]
 ) -> None:
-    query = {**_query_fingerprint(settings, tuning), "photos_per_species": settings.photos_per_species}
+    query = {**_query_fingerprint(config), "photos_per_species": config.photos_per_species}
     card = build_card(results, query, run_info)
     write_attributions(out_dir, results)
     write_failures(out_dir, results)
@@ -451,16 +420,16 @@ def _write_outputs(
     )
 
 
-def _check_missing(settings: Any, results: list[TaxonResult]) -> None:
+def _check_missing(config: INaturalistSourceConfig, results: list[TaxonResult]) -> None:
     missing = [res.species for res in results if not res.records]
     if not missing:
         return
     names = ", ".join(f"{s.scientific_name} (taxon {s.taxon_id})" for s in missing)
     message = (
         f"iNaturalist gave no usable photos for {len(missing)} species: {names}; query place_id="
-        f"{settings.place_id}, quality_grade={settings.quality_grade}, licences {settings.licenses}"
+        f"{config.place_id}, quality_grade={config.quality_grade}, licences {config.licenses}"
     )
-    if settings.allow_missing_species:
+    if config.allow_missing_species:
         log.warning("%s; continuing without them (allow_missing_species)", message)
         return
     raise MissingSpeciesError(

@@ -164,15 +164,15 @@ def species_style(taxon_id: int) -> SpeciesStyle:
 
 
 def generate_synthetic(
-    settings: SyntheticSourceConfig, catalog: Catalog, out_dir: Path, seed: int
+    config: SyntheticSourceConfig, catalog: Catalog, out_dir: Path, seed: int
 ) -> list[PhotoRecord]:
-    """Draw a synthetic photo set: ``settings.photos_per_species`` photos per species.
+    """Draw a synthetic photo set: ``config.photos_per_species`` photos per species.
 
     Photos are written to ``out_dir/images/<taxon_id>/<photo_id>.jpg`` (atomically; an
     existing file is overwritten with identical bytes).
 
     Args:
-        settings: Photos per species, image size and photos per observation.
+        config: Photos per species, image size and photos per observation.
         catalog: The species to draw, in class order.
         out_dir: The dataset folder; record files are relative to it.
         seed: Seed of every random draw; the same seed gives byte-identical photos.
@@ -182,19 +182,19 @@ def generate_synthetic(
     """
     out_dir = Path(out_dir)
     start = time.monotonic()
-    total = len(catalog) * settings.photos_per_species
+    total = len(catalog) * config.photos_per_species
     records = []
     with tqdm(total=total, desc="synthetic photos", unit="photo", disable=None) as progress:
         for species in catalog:
             style = species_style(species.taxon_id)
-            for index in range(settings.photos_per_species):
-                records.append(_generate_photo(style, species.taxon_id, index, settings, out_dir, seed))
+            for index in range(config.photos_per_species):
+                records.append(_generate_photo(style, species.taxon_id, index, config, out_dir, seed))
                 progress.update()
     log.info(
         "synthetic: wrote %d photos of %d species (%d px) under %s in %.1fs",
         len(records),
         len(catalog),
-        settings.image_size,
+        config.image_size,
         out_dir / "images",
         time.monotonic() - start,
     )
@@ -202,16 +202,16 @@ def generate_synthetic(
 
 
 def _generate_photo(
-    style: SpeciesStyle, taxon_id: int, index: int, settings: SyntheticSourceConfig, out_dir: Path, seed: int
+    style: SpeciesStyle, taxon_id: int, index: int, config: SyntheticSourceConfig, out_dir: Path, seed: int
 ) -> PhotoRecord:
     """Draw, encode and write photo ``index`` of a species; return its record."""
-    obs_index, view = divmod(index, settings.photos_per_observation)
+    obs_index, view = divmod(index, config.photos_per_observation)
     observation_id = f"syn-{taxon_id}-{obs_index:05d}"
     photo_id = f"{observation_id}-{view}"
     rel = Path("images") / str(taxon_id) / f"{photo_id}.jpg"
     # The individual depends on the observation only, the view on the photo only.
     individual = _draw_individual(style, _rng(_OBSERVATION_STREAM, seed, taxon_id, obs_index))
-    image = _render_photo(individual, settings.image_size, _rng(_PHOTO_STREAM, seed, taxon_id, index))
+    image = _render_photo(individual, config.image_size, _rng(_PHOTO_STREAM, seed, taxon_id, index))
     write_bytes_atomic(out_dir / rel, encode_jpeg(image))
     return PhotoRecord(
         observation_id=observation_id,

@@ -9,7 +9,7 @@ API's 10,000) and the photos its results link to: JPEGs drawn with Pillow at
 Typical use::
 
     with FakeINaturalist.with_taxa([48715, 47392], observations_per_taxon=12, max_per_page=5) as inat:
-        settings = INaturalistSourceConfig(api_url=inat.api_url)
+        config = INaturalistSourceConfig(api_url=inat.api_url)
         ...
         assert inat.count("photo") == 24
 

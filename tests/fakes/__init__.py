@@ -1,1 +1,0 @@
-"""Fake network services that tests start on 127.0.0.1."""

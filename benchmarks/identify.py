@@ -78,6 +78,7 @@ def build_efficientnetv2_s(cache_dir: Path, image_size: int = 224, num_classes: 
         return bundle
     import keras
 
+    from mushroom import variants
     from mushroom.bundle import write_bundle
     from mushroom.models import build_model
     from mushroom.quantize import convert, export_saved_model
@@ -90,10 +91,11 @@ def build_efficientnetv2_s(cache_dir: Path, image_size: int = 224, num_classes: 
     model = build_model("efficientnetv2-s", len(catalog), image_size, "none")
     representative = np.random.default_rng(0).integers(0, 256, (8, image_size, image_size, 3), dtype=np.uint8)
     with tempfile.TemporaryDirectory(prefix="mushroom-bench-") as tmp:
-        flatbuffer = convert(export_saved_model(model, Path(tmp) / "saved_model"), "int8", representative)
+        flatbuffer = convert(export_saved_model(model, Path(tmp) / "saved_model"), variants.FULL_INTEGER,
+                             representative)
     config = {"model_name": "efficientnetv2-s-benchmark", "architecture": "efficientnetv2-s",
               "image_size": image_size, "weights": "none (random: latency only)"}
-    write_bundle(bundle, {"int8": flatbuffer}, catalog, config)
+    write_bundle(bundle, {variants.FULL_INTEGER: flatbuffer}, catalog, config)
     return bundle
 
 

@@ -23,14 +23,14 @@ from pathlib import Path
 
 import numpy as np
 
-from mushroom.config import ARCHITECTURES, QUANT_VARIANTS
+from mushroom import backbones, variants
 from mushroom.tflite import TFLiteClassifier, measure_latency
 
 
 def _synthetic_images(n: int, size: int, seed: int) -> np.ndarray:
     """A fixed image set: synthetic mushrooms drawn by the project's generator."""
     from mushroom.config import SyntheticSourceConfig
-    from mushroom.data import load_images
+    from mushroom.datasets import load_images
     from mushroom.sources.synthetic import generate_synthetic
     from mushroom.species import load_catalog
 
@@ -105,7 +105,7 @@ def bench_architecture(arch: str, size: int, classes: int, images: np.ndarray, v
 
 def bench_bundle(bundle_dir: Path, image_root: Path, runs: int) -> list[dict]:
     from mushroom.bundle import read_bundle
-    from mushroom.data import load_images
+    from mushroom.datasets import load_images
 
     bundle = read_bundle(bundle_dir)
     paths, labels = [], []
@@ -122,15 +122,15 @@ def bench_bundle(bundle_dir: Path, image_root: Path, runs: int) -> list[dict]:
     images = load_images(paths, bundle.image_size)
     labels = np.array(labels)
     reference = TFLiteClassifier(bundle.model_path("float32")).predict(images).argmax(1)
-    rows = [_row(v, bundle.model_path(v), images, reference, labels, runs) for v in bundle.metadata["variants"]]
+    rows = [_row(v, bundle.model_path(v), images, reference, labels, runs) for v in bundle.variants]
     _print(f"bundle {bundle.metadata['model_name']} on {len(paths)} photos from {image_root}", rows)
     return rows
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--architectures", nargs="+", default=list(ARCHITECTURES), choices=ARCHITECTURES)
-    parser.add_argument("--variants", nargs="+", default=list(QUANT_VARIANTS), choices=QUANT_VARIANTS)
+    parser.add_argument("--architectures", nargs="+", default=backbones.names(), choices=backbones.names())
+    parser.add_argument("--variants", nargs="+", default=variants.names(), choices=variants.names())
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--classes", type=int, default=51)
     parser.add_argument("--images", type=Path, help="with --bundle: an ImageFolder tree of labelled photos")

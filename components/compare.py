@@ -13,9 +13,10 @@ def compare_models(evaluations: Input[list[Artifact]], bundles: Input[list[Model
     from pathlib import Path
 
     from mushroom import stages
+    from mushroom.report import COMPARISON_REPORT
 
     stages.setup_logging()
     text = stages.compare([e.path for e in evaluations], [b.path for b in bundles],
                           best_bundle.path, best_evaluation.path)
     Path(comparison.path).write_text(text, encoding="utf-8")
-    shutil.copyfile(Path(best_evaluation.path) / "comparison.html", report.path)
+    shutil.copyfile(Path(best_evaluation.path) / COMPARISON_REPORT, report.path)

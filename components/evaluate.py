@@ -19,18 +19,16 @@ def evaluate_model(dataset: Input[Dataset], splits: Input[Dataset], model: Input
     from pathlib import Path
 
     from mushroom import stages
+    from mushroom.report import REPORT, SUMMARY
 
     stages.setup_logging()
     result = stages.evaluate(dataset.path, splits.path, model.path, bundle.path, evaluation.path,
                              calibrated_bundle.path)
-    for key, value in stages.flat_metrics(result).items():
+    shown = stages.evaluation_outputs(result, calibrated_bundle.path)
+    for key, value in shown.metrics.items():
         metrics.log_metric(key, value)
-    variants = result["variants"]
-    shown = variants.get(f"tflite_{result['default_variant']}") or variants.get("tflite_int8")
-    shown = shown or next(iter(variants.values()))
-    confusion.log_confusion_matrix(result["species"], shown["species"]["confusion_matrix"])
-    roc = shown["calibrated"]["edibility"]["roc_curve"]  # thresholds already clamped to <= 1
-    if roc:
-        edibility_roc.log_roc_curve(roc["fpr"], roc["tpr"], roc["threshold"])
-    shutil.copyfile(Path(evaluation.path) / "report.html", report.path)
-    shutil.copyfile(Path(evaluation.path) / "summary.md", summary.path)
+    confusion.log_confusion_matrix(shown.species, shown.confusion_matrix)
+    if shown.roc:  # thresholds already clamped to <= 1
+        edibility_roc.log_roc_curve(shown.roc.fpr, shown.roc.tpr, shown.roc.threshold)
+    shutil.copyfile(Path(evaluation.path) / REPORT, report.path)
+    shutil.copyfile(Path(evaluation.path) / SUMMARY, summary.path)

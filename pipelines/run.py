@@ -10,8 +10,10 @@ import sys
 import time
 from pathlib import Path
 
+from mushroom import variants
+from mushroom.bundle import METADATA
 from mushroom.config import ConfigError, load_config
-from mushroom.fileio import read_json
+from mushroom.evaluation import read_evaluation
 
 
 def run_local(config_path: str | Path, output_dir: str | Path) -> dict:
@@ -41,7 +43,7 @@ def run_local(config_path: str | Path, output_dir: str | Path) -> dict:
     task = pipeline_for(config)(**args)
     evaluations = sorted(p for p in root.rglob("evaluation.json") if p.stat().st_mtime >= started
                          and "evaluate-model" in str(p))
-    bundles = sorted(p.parent for p in root.rglob("model_int8.tflite") if p.stat().st_mtime >= started
+    bundles = sorted(p.parent for p in root.rglob(METADATA) if p.stat().st_mtime >= started
                      and "calibrated_bundle" in str(p))
     return {"published": task.output, "evaluations": [str(p) for p in evaluations],
             "bundles": [str(p) for p in bundles]}
@@ -61,10 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     result = run_local(args.config, args.output or Path("outputs") / name)
     print(f"\nPipeline finished in {time.monotonic() - start:.0f}s.")
     for path in result["evaluations"]:
-        e = read_json(path)
-        v = e["variants"]
-        print(f"  {e['model_name']}: float32 top-1 {v['tflite_float32']['top1']:.3f}, "
-              f"int8 top-1 {v['tflite_int8']['top1']:.3f}  ({path})")
+        e = read_evaluation(path)
+        headline = ", ".join(f"{name} top-1 {e.variant(name).top1:.3f}" for name in variants.REQUIRED
+                             if e.variant(name) is not None)
+        print(f"  {e.model_name}: {headline}  ({path})")
         print(f"    report: {Path(path).parent / 'report.html'}")
     for path in result["bundles"]:
         print(f"  bundle: {path}")

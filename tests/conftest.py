@@ -83,3 +83,20 @@ def gcs_server():
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@pytest.fixture
+def gcs_client(gcs_server):
+    """A google-cloud-storage client of the ``gcs_server`` emulator."""
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    return storage.Client(project="test", credentials=AnonymousCredentials())
+
+
+@pytest.fixture
+def gcs_bucket(gcs_client):
+    """A new, empty bucket on the ``gcs_server`` emulator."""
+    import uuid
+
+    return gcs_client.create_bucket(f"mushroom-{uuid.uuid4().hex[:12]}")

@@ -27,6 +27,7 @@ from mushroom.evaluate import (
     species_metrics,
     top_list_misses,
 )
+from mushroom.evaluation import Evaluation
 from mushroom.fileio import read_json
 from mushroom.policy import EDIBLE, apply_temperature, edible_probability, policy_for
 from mushroom.species import Catalog, Species
@@ -208,30 +209,30 @@ def test_evaluate_predictions_structure_and_calibration_file(tmp_path):
     strengths = {"tflite_float32": 1.5, "tflite_int8": 1.4}
     val = {v: _noisy_probs(val_labels, 5, s, rng) for v, s in strengths.items()}
     test = {v: _noisy_probs(test_labels, 5, s, rng) for v, s in strengths.items()}
-    latency = {v: {"threads_1": {"median_ms": m, "p90_ms": m * 1.2}, "threads_all": {"median_ms": m / 2,
-                                                                                      "p90_ms": m}}
+    latency = {v: {"threads_1": {"median_ms": m, "p90_ms": m * 1.2, "mean_ms": m},
+                   "threads_all": {"median_ms": m / 2, "p90_ms": m, "mean_ms": m / 2}}
                for v, m in (("tflite_float32", 4.0), ("tflite_int8", 2.0))}
     result = evaluate_predictions(test_labels, test, bundle, val_labels, val, latency, target=0.05)
-    json.dumps(result, allow_nan=False)
-    int8 = result["variants"]["tflite_int8"]
-    assert int8["temperature"] > 1.5  # the sharpened logits are undone
-    assert int8["calibrated"]["calibration"]["nll"] < int8["uncalibrated"]["calibration"]["nll"]
-    assert int8["calibrated"]["calibration"]["ece"] < int8["uncalibrated"]["calibration"]["ece"]
-    assert int8["vs_float32"]["size_ratio"] == pytest.approx(0.25)
-    assert int8["vs_float32"]["latency_ratio_threads_1"] == pytest.approx(0.5)
-    assert result["int8_vs_float32"]["size_ratio"] == pytest.approx(0.25)
+    json.dumps(result.to_json(), allow_nan=False)
+    int8 = result.variant("int8")
+    assert int8.temperature > 1.5  # the sharpened logits are undone
+    assert int8.calibrated.calibration.nll < int8.uncalibrated.calibration.nll
+    assert int8.calibrated.calibration.ece < int8.uncalibrated.calibration.ece
+    assert int8.vs_float32.size_ratio == pytest.approx(0.25)
+    assert int8.vs_float32.latency_ratio_threads_1 == pytest.approx(0.5)
+    assert result.int8_vs_float32.size_ratio == pytest.approx(0.25)
     # The threshold meets the target on the validation split, with the functions identify uses.
     calibration = calibration_file(result)
+    assert "default_variant" not in calibration  # metadata.json is the one record of the choice
     policy = policy_for(calibration, "int8")
-    assert policy == policy_for(calibration)  # int8 is the default variant
     edible = np.array([s.is_edible for s in CATALOG])
     dangerous = np.array([s.is_dangerous for s in CATALOG])[val_labels]
     p_val = edible_probability(apply_temperature(val["tflite_int8"], policy.temperature), edible)
     assert policy.edible_threshold is not None
     said = np.array([policy.verdict(float(p)) == EDIBLE for p in p_val])
     assert said[dangerous].mean() <= 0.05 and said.any()
-    fitted = int8["calibrated"]["policy"]
-    assert fitted["val_dangerous_as_edible_rate"] == pytest.approx(said[dangerous].mean())
+    fitted = int8.calibrated.policy
+    assert fitted.val_dangerous_as_edible_rate == pytest.approx(said[dangerous].mean())
     flat = flatten_metrics(result)
     assert all(math.isfinite(v) for v in flat.values())
     assert {"tflite_int8_top1", "tflite_int8_calibrated_calibration_ece",
@@ -289,7 +290,7 @@ def test_evaluation_json_holds_every_metric_for_every_variant(evaluation):
             "latency_ratio_threads_all", "top1_agreement"} <= set(int8)
     assert set(int8["top1_change"]) == {"absolute", "relative"}
     # The keys other code reads stay where they were.
-    assert {"model_name", "architecture", "image_size", "int8_vs_float32"} <= set(evaluation)
+    assert {"schema_version", "model_name", "architecture", "image_size", "int8_vs_float32"} <= set(evaluation)
     compat = evaluation["int8_vs_float32"]
     assert {"top1_agreement", "top1_change", "top5_change", "size_ratio"} <= set(compat)
 
@@ -299,9 +300,9 @@ def test_calibrated_bundle_has_a_fitted_calibration(trained_run, evaluation):
 
     bundle = read_bundle(trained_run["calibrated_bundle"])
     calibration = bundle.calibration
-    # The quantize stage's choice (int8 when it made none) is what identify uses.
-    assert calibration["default_variant"] == bundle.metadata.get("default_variant", "int8")
-    assert calibration["default_variant"] in calibration["variants"]
+    # The quantize stage's choice, recorded once in metadata.json, is what identify uses.
+    assert "default_variant" not in calibration
+    assert bundle.default_variant == bundle.metadata["default_variant"] in calibration["variants"]
     assert calibration["target_dangerous_as_edible"] == 0.005
     assert set(calibration["variants"]) == set(bundle.metadata["variants"]) >= {"float32", "int8"}
     for variant, entry in calibration["variants"].items():
@@ -347,7 +348,7 @@ def test_compare_tabulates_variants_and_picks_best_int8(trained_run, tmp_path):
     shutil.copytree(trained_run["calibrated_bundle"], other_bundle)
     e = read_json(other_eval / "evaluation.json")
     e["model_name"] = "tiny-b"
-    e["variants"]["tflite_int8"]["top1"] = min(1.0, e["variants"]["tflite_int8"]["top1"] + 0.1)
+    e["variants"]["tflite_int8"]["top1"] = min(1.0, e["variants"]["tflite_int8"]["top1"] + 0.1)  # the JSON file
     (other_eval / "evaluation.json").write_text(json.dumps(e))
     meta = read_json(other_bundle / "metadata.json")
     meta["model_name"] = "tiny-b"
@@ -370,10 +371,15 @@ def test_compare_tabulates_variants_and_picks_best_int8(trained_run, tmp_path):
     assert read_json(tmp_path / "best_bundle" / "metadata.json")["model_name"] == "tiny-b"
 
 
-def test_kfp_metrics_are_flat_finite_numbers(evaluation):
+def test_kfp_metrics_are_flat_finite_numbers(trained_run, evaluation):
     from mushroom import stages
+    from mushroom.evaluation import parse_evaluation
 
-    flat = stages.flat_metrics(evaluation)
+    shown = stages.evaluation_outputs(parse_evaluation(evaluation), trained_run["calibrated_bundle"])
+    # The shipped variant is the one shown in KFP's confusion matrix and ROC.
+    assert shown.variant == f"tflite_{read_json(trained_run['bundle'] / 'metadata.json')['default_variant']}"
+    assert shown.confusion_matrix == evaluation["variants"][shown.variant]["species"]["confusion_matrix"]
+    flat = shown.metrics
     assert all(isinstance(v, float) and math.isfinite(v) for v in flat.values())
     for key in ("tflite_int8_top1", "tflite_int8_top5", "tflite_int8_size_mb", "tflite_float32_top1",
                 "tflite_int8_uncalibrated_calibration_ece", "tflite_int8_calibrated_calibration_ece",
@@ -421,8 +427,10 @@ def test_tracking_offline_writes_a_local_run(monkeypatch, tmp_path):
     try:
         tracking.log_training_history({"loss": [1.0, 0.5], "val_accuracy": [0.3, 0.6], "phase": [1, 2]},
                                       {"model_name": "tiny", "learning_rate": 0.01})
-        tracking.log_evaluation({"model_name": "tiny", "architecture": "none", "image_size": 8, "variants": {}},
-                                {"tflite_int8_top1": 0.5}, {"plots": {}}, bundle)
+        evaluation = Evaluation(model_name="tiny", architecture="none", image_size=8, num_test_photos=0,
+                                num_val_photos=0, num_classes=0, species=[], edibility=[],
+                                target_dangerous_as_edible=0.005, ece_bins=15, variants={})
+        tracking.log_evaluation(evaluation, {"tflite_int8_top1": 0.5}, {"plots": {}}, bundle)
     finally:
         wandb.teardown()
     runs = sorted((tmp_path / "wandb_dir" / "wandb").glob("offline-run-*"))

@@ -28,8 +28,7 @@ def golden_evaluation(tmp_path: Path) -> dict:
 
     rng = np.random.default_rng(11)
     write_bundle(tmp_path / "bundle", {"float32": b"f" * 4000, "int8": b"q" * 1000}, CATALOG,
-                 {"model_name": "golden", "architecture": "none", "image_size": 64},
-                 {"default_variant": "int8"})
+                 {"model_name": "golden", "architecture": "none", "image_size": 64}, default_variant="int8")
     bundle = read_bundle(tmp_path / "bundle")
 
     def probs(labels, strength):
@@ -66,5 +65,5 @@ def _compare(actual, expected, path="$"):
 
 
 def test_evaluation_json_matches_the_golden_file(tmp_path):
-    result = json.loads(json.dumps(golden_evaluation(tmp_path)))
+    result = json.loads(json.dumps(golden_evaluation(tmp_path).to_json()))
     _compare(result, json.loads(GOLDEN.read_text(encoding="utf-8")))

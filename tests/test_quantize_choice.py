@@ -2,11 +2,11 @@
 
 import numpy as np
 
-from mushroom.quantize import Candidate, choose_variant, format_report
+from mushroom.quantize import MeasuredVariant, choose_variant, format_report
 
 
 def _c(name, top1, ms, size_bytes=1000):
-    return Candidate(name, b"x" * size_bytes, top1, 1.0, ms, np.zeros(1))
+    return MeasuredVariant(name, b"x" * size_bytes, top1, 1.0, ms, np.zeros(1))
 
 
 def test_fastest_integer_variant_within_tolerance_wins():

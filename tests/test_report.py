@@ -7,6 +7,7 @@ import io
 import re
 import shutil
 import subprocess
+import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -14,7 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mushroom.fileio import read_json
+from mushroom import variants as registry
+from mushroom.evaluation import Evaluation, read_evaluation
 from mushroom.report import SECTIONS, focus_variants, write_comparison_report, write_report
 from mushroom.species import load_catalog
 
@@ -64,15 +66,21 @@ def assert_embedded_pngs(page: _Page, expected: int) -> None:
         assert len(image.convert("RGB").getcolors(maxcolors=1 << 20) or []) > 20
 
 
-def synthetic_evaluation(tmp_path: Path, n_classes: int = 12, seed: int = 0) -> dict:
-    """An evaluation of made-up predictions (no TensorFlow) over real catalog species."""
+def synthetic_evaluation(tmp_path: Path, n_classes: int = 12, seed: int = 0,
+                         extra_variant: str | None = None) -> Evaluation:
+    """An evaluation of made-up predictions (no TensorFlow) over real catalog species.
+
+    ``extra_variant``: a registered variant evaluated too (in the bundle, timed).
+    """
     from mushroom.bundle import read_bundle, write_bundle
     from mushroom.evaluate import evaluate_predictions
 
     rng = np.random.default_rng(seed)
     catalog = load_catalog()
     catalog = catalog.subset([s.scientific_name for s in catalog][:n_classes])
-    write_bundle(tmp_path / "bundle", {"float32": b"f" * 40_000, "int8": b"q" * 11_000}, catalog,
+    extra = [extra_variant] if extra_variant else []
+    models = {"float32": b"f" * 40_000, "int8": b"q" * 11_000, **{v: b"x" * 20_000 for v in extra}}
+    write_bundle(tmp_path / "bundle", models, catalog,
                  {"model_name": f"synthetic-{seed}", "architecture": "none", "image_size": 64})
     bundle = read_bundle(tmp_path / "bundle")
 
@@ -83,10 +91,13 @@ def synthetic_evaluation(tmp_path: Path, n_classes: int = 12, seed: int = 0) -> 
         return (e / e.sum(1, keepdims=True)).astype(np.float32)
 
     val_labels, test_labels = rng.integers(0, n_classes, 400), rng.integers(0, n_classes, 300)
-    strengths = {"keras": 2.2, "tflite_float32": 2.2, "tflite_int8": 2.0}
-    latency = {v: {"threads_1": {"median_ms": m, "p90_ms": 1.3 * m, "mean_ms": m, "min_ms": m},
-                   "threads_all": {"median_ms": m / 2, "p90_ms": m, "mean_ms": m / 2, "min_ms": m / 2}}
-               for v, m in (("tflite_float32", 9.0 + seed), ("tflite_int8", 4.0 + seed))}
+    strengths = {"keras": 2.2, "tflite_float32": 2.2, "tflite_int8": 2.0,
+                 **{registry.evaluation_key(v): 1.8 for v in extra}}
+    medians = {"tflite_float32": 9.0 + seed, "tflite_int8": 4.0 + seed,
+               **{registry.evaluation_key(v): 6.0 + seed for v in extra}}
+    latency = {v: {"threads_1": {"median_ms": m, "p90_ms": 1.3 * m, "mean_ms": m},
+                   "threads_all": {"median_ms": m / 2, "p90_ms": m, "mean_ms": m / 2}}
+               for v, m in medians.items()}
     return evaluate_predictions(test_labels, {v: probs(test_labels, s) for v, s in strengths.items()}, bundle,
                                 val_labels, {v: probs(val_labels, s) for v, s in strengths.items()}, latency,
                                 target=0.02)
@@ -104,7 +115,7 @@ def test_report_is_self_contained_with_every_plot_embedded(synthetic_report):
     page = parse(paths["html"])
     assert set(SECTIONS) <= page.ids
     assert page.external == []
-    n = len(evaluation["variants"])
+    n = len(evaluation.variants)
     assert focus_variants(evaluation) == ["keras", "tflite_float32", "tflite_int8"]
     # A confusion matrix and a reliability diagram per variant, ROC, risk-coverage, size/latency.
     assert_embedded_pngs(page, 2 * n + 3)
@@ -115,12 +126,12 @@ def test_report_and_summary_name_the_numbers(synthetic_report):
     evaluation, paths = synthetic_report
     text = paths["html"].read_text(encoding="utf-8")
     summary = paths["markdown"].read_text(encoding="utf-8")
-    int8 = evaluation["variants"]["tflite_int8"]
+    int8 = evaluation.variants["tflite_int8"]
     for document in (text, summary):
-        assert f"{int8['top1']:.3f}" in document
-        assert f"{int8['calibrated']['calibration']['ece']:.3f}" in document
+        assert f"{int8.top1:.3f}" in document
+        assert f"{int8.calibrated.calibration.ece:.3f}" in document
         assert "tflite_int8" in document and "tflite_float32" in document
-    for name in evaluation["species"]:
+    for name in evaluation.species:
         assert name in text
     assert "## Safety policy" in summary and "## Float32 to int8" in summary
     assert summary.count("\n|---|") >= 5  # every table is a Markdown table
@@ -137,11 +148,14 @@ def test_comparison_report_embeds_its_plot(tmp_path):
 
 
 def test_trained_run_report_parses(trained_run):
+    from mushroom.bundle import read_bundle
+
     page = parse(trained_run["evaluation"] / "report.html")
     assert set(SECTIONS) <= page.ids and page.external == []
-    evaluation = read_json(trained_run["evaluation"] / "evaluation.json")
+    evaluation = read_evaluation(trained_run["evaluation"])
+    shipped = read_bundle(trained_run["calibrated_bundle"]).default_variant
     # Confusion matrices of the focus variants, a reliability diagram per variant, three more.
-    assert_embedded_pngs(page, len(focus_variants(evaluation)) + len(evaluation["variants"]) + 3)
+    assert_embedded_pngs(page, len(focus_variants(evaluation, shipped)) + len(evaluation.variants) + 3)
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (the parse checks above still ran)")
@@ -162,3 +176,143 @@ def test_report_renders_in_headless_chromium(synthetic_report, tmp_path):
     subprocess.run([CHROMIUM, *flags, f"--screenshot={shot}", "--window-size=1200,2000", probe.as_uri()],
                    capture_output=True, timeout=120, check=True)
     assert len(Image.open(shot).convert("RGB").getcolors(maxcolors=1 << 20) or []) > 50
+
+
+# --- a variant the report has never heard of, the comparison, the building blocks -------------------------
+
+DUMMY_VARIANT = "bfloat16_test"  # registered by the test below only
+
+
+@pytest.fixture
+def dummy_variant():
+    variant = registry.register(registry.Variant(DUMMY_VARIANT, registry.build_float32, "registered by a test"))
+    try:
+        yield variant.name
+    finally:
+        registry.unregister(DUMMY_VARIANT)
+
+
+def test_a_registered_variant_is_in_every_per_variant_table_and_plot(dummy_variant, tmp_path, monkeypatch):
+    from mushroom.report import plots, tables
+
+    evaluation = synthetic_evaluation(tmp_path, n_classes=6, extra_variant=dummy_variant)
+    key = registry.evaluation_key(dummy_variant)
+    assert list(evaluation.ordered())[-1] == key  # registered last, reported last
+    drawn: dict[str, object] = {}
+
+    def spy(name):
+        real = getattr(plots, name)
+
+        def draw(first, *args):
+            drawn[name] = first
+            return real(first, *args)
+        return draw
+
+    for name in ("plot_risk_coverage", "plot_edible_roc", "plot_accuracy_vs_cost"):
+        monkeypatch.setattr(plots, name, spy(name))
+    paths = write_report(evaluation, tmp_path / "out", shipped_variant=dummy_variant)
+    assert key in drawn["plot_risk_coverage"] and key in drawn["plot_edible_roc"]
+    assert dummy_variant in [p.label for p in drawn["plot_accuracy_vs_cost"]]
+    assert {f"confusion_{key}", f"reliability_{key}"} <= set(paths["plots"])  # shipped: shown in detail
+    per_variant = [*tables.section_tables(evaluation).values(), tables.species_tables(evaluation, dummy_variant)[0]]
+    for table in per_variant:
+        assert key in [row[0] for row in table.rows], table.header
+    summary = paths["markdown"].read_text(encoding="utf-8")
+    assert f"Default variant (used by identify): {dummy_variant}." in summary
+    assert f"{key} P / R / F1" in paths["html"].read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def two_evaluations(tmp_path_factory):
+    root = tmp_path_factory.mktemp("compare")
+    return [synthetic_evaluation(root / f"c{i}", n_classes=6, seed=i) for i in range(2)]
+
+
+def _copy(evaluation: Evaluation, name: str, **full_integer) -> Evaluation:
+    """``evaluation`` under another model name, with some of its int8 figures changed."""
+    copy = evaluation.model_copy(deep=True)
+    copy.model_name = name
+    for field, value in full_integer.items():
+        setattr(copy.variant(registry.FULL_INTEGER), field, value)
+    return copy
+
+
+def test_compare_picks_the_highest_int8_top1_then_the_smaller_file(two_evaluations):
+    from mushroom.report import compare_evaluations
+
+    first = two_evaluations[0]
+    int8 = first.variant(registry.FULL_INTEGER)
+    better, smaller = _copy(first, "better", top1=int8.top1 + 0.01), _copy(first, "smaller", size_mb=int8.size_mb / 2)
+    shipped = {e.model_name: registry.FULL_INTEGER for e in (first, better, smaller)}
+    assert compare_evaluations([first, better, smaller], shipped).best == "better"
+    assert compare_evaluations([first, smaller], shipped).best == "smaller"  # the same top-1
+
+
+def test_compare_lets_the_shipped_variant_stand_in_for_a_missing_int8(two_evaluations):
+    from mushroom.report import compare_evaluations
+
+    first = two_evaluations[0]
+    no_int8 = _copy(first, "no-int8")
+    del no_int8.variants[registry.FULL_INTEGER_KEY]
+    no_int8.reference.top1 = 1.0
+    assert compare_evaluations([first, no_int8], {"no-int8": registry.REFERENCE}).best == "no-int8"
+    with pytest.raises(ValueError, match="no-int8"):
+        compare_evaluations([first, no_int8], {})
+
+
+def test_comparison_documents(two_evaluations, tmp_path):
+    from mushroom.fileio import read_json
+    from mushroom.report import compare_evaluations
+
+    comparison = compare_evaluations(two_evaluations, {e.model_name: registry.FULL_INTEGER for e in two_evaluations})
+    assert comparison.markdown.startswith("# Model comparison (test split)\n\n| model | architecture | px |")
+    assert comparison.markdown.endswith(f"\n\nChosen: **{comparison.best}** (highest int8 top-1).\n")
+    summary = comparison.summary
+    assert [e["model_name"] for e in summary["evaluations"]] == ["synthetic-0", "synthetic-1"]
+    assert set(summary["evaluations"][0]["variants"]) == {"keras", "tflite_float32", "tflite_int8"}
+    int8 = summary["evaluations"][0]["variants"]["tflite_int8"]
+    assert int8["vs_float32"]["top1_change"]["absolute"] == pytest.approx(
+        two_evaluations[0].variant(registry.FULL_INTEGER).vs_float32.top1_change.absolute)
+    assert [row[:4] for row in summary["table"]["rows"][:3]] == [
+        ["synthetic-0", "none", "64", key] for key in ("keras", "tflite_float32", "tflite_int8")]
+    paths = comparison.write(tmp_path)
+    assert paths["markdown"].read_text(encoding="utf-8") == comparison.markdown
+    assert read_json(paths["json"])["best"] == comparison.best
+    assert read_json(paths["json"])["table"] == summary["table"]
+    assert {"comparison", "tradeoff"} <= parse(paths["html"]).ids
+
+
+def test_md_table_escapes_pipes():
+    from mushroom.report import md_table
+
+    assert md_table(["a", "b"], [["x|y", 1]]) == "| a | b |\n|---|---|\n| x\\|y | 1 |"
+
+
+def test_the_html_escapes_what_it_shows(synthetic_report):
+    from mushroom.report.html import render_html
+
+    evaluation, _ = synthetic_report
+    text = render_html(evaluation.model_copy(update={"model_name": "<script>x</script>"}), {})
+    assert "<script>" not in text and "Evaluation: &lt;script&gt;x&lt;/script&gt;" in text
+
+
+def test_templates_are_package_data():
+    import fnmatch
+    import tomllib
+
+    import mushroom
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["mushroom"]
+    root = Path(mushroom.__file__).parent
+    templates = [p.relative_to(root).as_posix() for p in (root / "report" / "templates").iterdir()]
+    assert templates and all(any(fnmatch.fnmatch(t, g) for g in patterns) for t in templates)
+
+
+def test_importing_the_report_imports_no_plotting_nor_templates():
+    # md_table is shared with quantize and stages: importing the package must stay cheap.
+    code = ("import sys\nbefore = set(sys.modules)\nimport mushroom.report\n"
+            "new = {m.split('.')[0] for m in set(sys.modules) - before} - set(sys.stdlib_module_names)\n"
+            "assert new <= {'mushroom', 'numpy'}, sorted(new)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr

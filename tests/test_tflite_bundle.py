@@ -20,7 +20,7 @@ def test_quantize_input_rounds_and_clips_without_wrapping():
 @pytest.fixture(scope="module")
 def converted(trained_run):
     """The tiny trained model, some of its test-split photos, and its bundle (all variants)."""
-    from mushroom.data import load_images, load_split
+    from mushroom.datasets import load_images, load_split
     from mushroom.models import load_model
 
     model = load_model(trained_run["model"] / "model.keras")
@@ -95,7 +95,9 @@ def test_bundle_files_and_metadata(converted):
     policy = policy_for({"variants": {}}, "int8")
     assert policy.temperature == 1.0 and policy.edible_threshold is None
     assert policy.verdict(0.9999) != "edible"  # no fitted calibration: never "edible"
-    assert bundle.calibration["default_variant"] == bundle.metadata["default_variant"]
+    assert bundle.default_variant == bundle.metadata["default_variant"] in bundle.variants
+    assert "default_variant" not in bundle.calibration  # recorded once, in metadata.json
+    assert bundle.metadata["schema_version"] == 2 and bundle.calibration["schema_version"] == 2
     assert bundle.metadata["image_size"] == 48 and len(bundle.metadata["config_hash"]) == 16
     assert bundle.metadata["versions"]["tensorflow"].startswith("2.21")
 

@@ -6,9 +6,11 @@
     labels.json        class order: index -> taxon id and scientific name
     species.csv        the catalog rows of the classes (names, edibility, caution)
     calibration.json   temperature and thresholds per variant (see ``mushroom.policy``)
-    metadata.json      architecture, input size, versions, training config hash
+    metadata.json      architecture, input size, the default variant, versions, config hash
 
-Reading a bundle needs only the standard library (no TensorFlow).
+``metadata.json`` and ``calibration.json`` carry a ``schema_version``; a bundle written by a
+newer schema than this code reads is refused with a clear message. Reading a bundle needs only
+the standard library (no TensorFlow).
 """
 
 from __future__ import annotations
@@ -21,16 +23,18 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
+from mushroom import variants as registry
 from mushroom.fileio import read_json, write_bytes_atomic, write_json_atomic, write_text_atomic
-from mushroom.policy import DEFAULT_CALIBRATION
+from mushroom.policy import CALIBRATION_SCHEMA_VERSION, DEFAULT_CALIBRATION, Policy, policy_for
 from mushroom.species import Catalog, parse_catalog
+from mushroom.versioning import SchemaVersionError, check_schema_version
 
 LABELS = "labels.json"
 SPECIES = "species.csv"
 CALIBRATION = "calibration.json"
 METADATA = "metadata.json"
 REQUIRED = (LABELS, SPECIES, CALIBRATION, METADATA)
-
+METADATA_SCHEMA_VERSION = 2  # 1: no schema_version field
 
 
 class BundleError(ValueError):
@@ -60,15 +64,18 @@ def write_bundle(
     catalog: Catalog,
     model_config: dict[str, Any],
     extra_metadata: dict[str, Any] | None = None,
+    default_variant: str | None = None,
 ) -> Path:
     """Write a bundle folder.
 
     Args:
         out_dir: Folder to write (created if missing).
-        models: Variant name (``float32``, ``int8``, ...) -> TFLite flatbuffer.
+        models: Variant name (see :mod:`mushroom.variants`) -> TFLite flatbuffer.
         catalog: The classes, in model output order.
         model_config: The model configuration the model was trained with.
         extra_metadata: Added to ``metadata.json``.
+        default_variant: The variant ``identify`` uses by default (the quantize stage's
+            choice); default: the registry's fallback among ``models``.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -80,13 +87,18 @@ def write_bundle(
     ]
     write_json_atomic(out_dir / LABELS, labels)
     write_text_atomic(out_dir / SPECIES, catalog.to_csv())
+    default_variant = default_variant or registry.fallback_variant(models)
+    if default_variant not in models:
+        raise BundleError(f"default variant {default_variant!r} is not among the bundle's {sorted(models)}")
     meta = {
+        "schema_version": METADATA_SCHEMA_VERSION,
         "model_name": model_config["model_name"],
         "architecture": model_config["architecture"],
         "image_size": model_config["image_size"],
         "input": "float32 RGB pixels in 0-255, resized with padding (mushroom.preprocess.load_image)",
         "num_classes": len(catalog),
         "variants": {v: model_filename(v) for v in models},
+        "default_variant": default_variant,
         "config_hash": config_hash(model_config),
         "model_config": model_config,
         "versions": {
@@ -99,8 +111,7 @@ def write_bundle(
     }
     write_json_atomic(out_dir / METADATA, meta)
     # Until the evaluation fits one: temperature 1 and never the verdict "edible".
-    default_variant = meta.get("default_variant", "int8")
-    write_json_atomic(out_dir / CALIBRATION, {**DEFAULT_CALIBRATION, "default_variant": default_variant})
+    write_json_atomic(out_dir / CALIBRATION, DEFAULT_CALIBRATION)
     return out_dir
 
 
@@ -124,6 +135,20 @@ class Bundle:
     def image_size(self) -> int:
         return int(self.metadata["image_size"])
 
+    @property
+    def variants(self) -> list[str]:
+        """The TFLite variants the bundle holds."""
+        return list(self.metadata["variants"])
+
+    @property
+    def default_variant(self) -> str:
+        """The variant ``identify`` uses by default: the run's choice, else the registry's fallback."""
+        return self.metadata.get("default_variant") or registry.fallback_variant(self.variants)
+
+    def policy(self, variant: str | None = None) -> Policy:
+        """The calibrated safety policy of ``variant`` (default: :attr:`default_variant`)."""
+        return policy_for(self.calibration, variant or self.default_variant)
+
 
 def read_bundle(root: str | Path) -> Bundle:
     """Read and check a bundle folder: all files present, labels consistent with species."""
@@ -136,10 +161,16 @@ def read_bundle(root: str | Path) -> Bundle:
     try:
         labels = read_json(root / LABELS)
         catalog = parse_catalog((root / SPECIES).read_text(encoding="utf-8"), str(root / SPECIES))
-        calibration = {**DEFAULT_CALIBRATION, **read_json(root / CALIBRATION)}
+        calibration = read_json(root / CALIBRATION)
         meta = read_json(root / METADATA)
+        check_schema_version(meta, METADATA_SCHEMA_VERSION, f"bundle {root}: {METADATA}")
+        check_schema_version(calibration, CALIBRATION_SCHEMA_VERSION, f"bundle {root}: {CALIBRATION}")
+    except SchemaVersionError as err:
+        raise BundleError(str(err)) from None
     except (ValueError, OSError) as err:
         raise BundleError(f"bundle {root} has an unreadable file: {err}") from None
+    # Version 1 kept a copy of the default variant here; metadata.json is the one record of it.
+    calibration = {**DEFAULT_CALIBRATION, **{k: v for k, v in calibration.items() if k != "default_variant"}}
     if [row["taxon_id"] for row in labels] != catalog.taxon_ids:
         raise BundleError(f"bundle {root}: {LABELS} and {SPECIES} list different classes or orders")
     return Bundle(root, catalog, calibration, meta)

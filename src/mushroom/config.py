@@ -14,19 +14,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from mushroom import backbones, variants
 from mushroom.species import load_catalog
 
-ARCHITECTURES = (
-    "efficientnetv2-b0",
-    "efficientnetv2-s",
-    "efficientnetv2-m",
-    "resnet50",
-    "mobilenetv3-large",
-)
-Architecture = Literal[
-    "efficientnetv2-b0", "efficientnetv2-s", "efficientnetv2-m", "resnet50", "mobilenetv3-large"
-]
-PHOTO_SIZES = ("square", "small", "medium", "large")
 DEFAULT_LICENSES = ["cc0", "cc-by", "cc-by-nc", "cc-by-sa", "cc-by-nc-sa"]
 
 
@@ -186,12 +176,9 @@ class TrainConfig(_Strict):
     patience: int = Field(3, ge=1)
 
 
-QUANT_VARIANTS = ("float32", "float16", "dynamic_int8", "int8", "int8_io", "int16x8", "int8_selective")
-
-
 class QuantizeConfig(_Strict):
     representative_samples: int = Field(300, ge=1, description="train photos, balanced across species")
-    variants: list[str] = Field(default_factory=lambda: list(QUANT_VARIANTS))
+    variants: list[str] = Field(default_factory=variants.names, description="see mushroom.variants")
     tolerance_points: float = Field(1.0, ge=0, description="allowed top-1 loss vs float32 on val, in points")
     min_agreement: float = Field(0.97, ge=0, le=1, description="required top-1 agreement with float32 on val")
     debug_samples: int = Field(64, ge=1, description="photos for the per-layer error report")
@@ -200,24 +187,39 @@ class QuantizeConfig(_Strict):
     @field_validator("variants")
     @classmethod
     def _variants(cls, v: list[str]) -> list[str]:
-        unknown = [x for x in v if x not in QUANT_VARIANTS]
+        known = variants.names()
+        unknown = [x for x in v if x not in known]
         if unknown:
-            raise ValueError(f"unknown variants {unknown}; allowed: {list(QUANT_VARIANTS)}")
-        missing = [x for x in ("float32", "int8") if x not in v]
+            raise ValueError(f"unknown variants {unknown}; allowed: {known}")
+        missing = [x for x in variants.REQUIRED if x not in v]
         if missing:
             raise ValueError(f"variants must include {missing} (the reference and full int8)")
-        return sorted(set(v), key=QUANT_VARIANTS.index)
+        return sorted(set(v), key=known.index)
 
 
 class ModelConfig(_Strict):
     model_name: str
-    architecture: Architecture
-    image_size: int = Field(224, ge=32, le=1024)
+    architecture: str = Field(description="a backbone of mushroom.backbones")
+    image_size: int = Field(None, ge=32, le=1024, description="default: the backbone's default size")
     weights: str = "imagenet"
     batch_size: int = Field(32, ge=1)
     tune: TuneConfig = TuneConfig()
     train: TrainConfig = TrainConfig()
-    quantize: QuantizeConfig = QuantizeConfig()
+    quantize: QuantizeConfig = Field(default_factory=QuantizeConfig)  # reads the registry when used
+
+    @field_validator("architecture")
+    @classmethod
+    def _architecture(cls, v: str) -> str:
+        if v not in backbones.names():
+            raise ValueError(f"unknown architecture {v!r}; allowed: {backbones.names()}")
+        return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_size(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("image_size") is None and data.get("architecture") in backbones.names():
+            return {**data, "image_size": backbones.get(data["architecture"]).default_size}
+        return data
 
     @field_validator("model_name")
     @classmethod

@@ -1,7 +1,7 @@
 """Evaluate the Keras model and its TFLite variants: species, edibility, calibration, speed.
 
-For every variant (``keras``, ``tflite_float32``, ``tflite_int8``, any other TFLite variant of
-the bundle) and on the test split:
+For the Keras model and every TFLite variant of the bundle (:mod:`mushroom.variants`), on the
+test split:
 
 - species: top-1/3/5, macro and per-species precision/recall/F1, the confusion matrix and
   the species pairs most often confused;
@@ -14,7 +14,8 @@ the bundle) and on the test split:
 
 each before (``uncalibrated``: temperature 1) and after (``calibrated``) temperature scaling,
 where the temperature and both policies are fitted on the validation split per variant.
-TFLite variants also get file size and CPU latency (batch 1, one thread and all cores).
+TFLite variants also get file size and CPU latency (batch 1, one thread and all cores). The
+result is a typed :class:`mushroom.evaluation.Evaluation`.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from sklearn.metrics import (
     roc_curve,
 )
 
+from mushroom import variants as registry
 from mushroom.bundle import Bundle, read_bundle
 from mushroom.calibration import (
     DEFAULT_CONFIDENCE,
@@ -47,7 +49,16 @@ from mushroom.calibration import (
     risk_coverage_curve,
     verdicts,
 )
-from mushroom.policy import EDIBLE, UNCERTAIN, VERDICTS, apply_temperature, edible_probability, top_classes
+from mushroom.evaluation import Evaluation, VariantEvaluation, VsReference
+from mushroom.policy import (
+    CALIBRATION_SCHEMA_VERSION,
+    EDIBLE,
+    UNCERTAIN,
+    VERDICTS,
+    apply_temperature,
+    edible_probability,
+    top_classes,
+)
 from mushroom.species import Catalog
 from mushroom.tflite import TFLiteClassifier, measure_latency
 
@@ -57,7 +68,6 @@ TOP_K = (1, 3, 5)
 LATENCY_RUNS = 30
 LATENCY_WARMUP = 5
 MOST_CONFUSED = 10
-REFERENCE = "tflite_float32"  # ratios and changes are relative to this variant
 
 
 def _num(value) -> float | None:
@@ -84,10 +94,10 @@ def predict_variants(keras_model, bundle_dir: str | Path, images: np.ndarray) ->
     bundle = read_bundle(bundle_dir)
     probs = {}
     if keras_model is not None:
-        probs["keras"] = np.asarray(keras_model.predict(images.astype(np.float32), batch_size=32, verbose=0))
-    for variant in bundle.metadata["variants"]:
+        probs[registry.KERAS_KEY] = np.asarray(keras_model.predict(images.astype(np.float32), batch_size=32, verbose=0))
+    for variant in bundle.variants:
         start = time.monotonic()
-        probs[f"tflite_{variant}"] = TFLiteClassifier(bundle.model_path(variant)).predict(images)
+        probs[registry.evaluation_key(variant)] = TFLiteClassifier(bundle.model_path(variant)).predict(images)
         log.info("tflite %s: %d images in %.1fs", variant, len(images), time.monotonic() - start)
     return probs
 
@@ -279,18 +289,18 @@ def _block(labels, probs, catalog, fitted: dict[str, Any], species: dict[str, An
 
 def evaluate_variant(test_labels: np.ndarray, test_probs: np.ndarray, val_labels: np.ndarray,
                      val_probs: np.ndarray, catalog: Catalog,
-                     target: float = DEFAULT_TARGET) -> dict[str, Any]:
+                     target: float = DEFAULT_TARGET) -> VariantEvaluation:
     """Every metric of one variant on the test split, before and after temperature scaling.
 
     The temperature and both policies (for temperature 1 and for the fitted temperature) are
-    fitted on the validation split only.
+    fitted on the validation split only; the validation split's top-k is kept beside them.
     """
     temperature = fit_temperature(val_probs, val_labels)
     log.info("temperature %.3f: val NLL %.4f -> %.4f", temperature,
              negative_log_likelihood(val_probs, val_labels),
              negative_log_likelihood(val_probs, val_labels, temperature))
     species = species_metrics(test_labels, test_probs, catalog)
-    return {
+    return VariantEvaluation.model_validate({
         **summarize(test_labels, test_probs),
         "temperature": temperature,
         "val_nll": {"uncalibrated": negative_log_likelihood(val_probs, val_labels),
@@ -300,7 +310,8 @@ def evaluate_variant(test_labels: np.ndarray, test_probs: np.ndarray, val_labels
                                fit_policy(val_labels, val_probs, catalog, 1.0, target), species),
         "calibrated": _block(test_labels, test_probs, catalog,
                              fit_policy(val_labels, val_probs, catalog, temperature, target), species),
-    }
+        "validation": summarize(val_labels, val_probs) if len(val_labels) else None,
+    })
 
 
 # --- speed -------------------------------------------------------------------------------
@@ -316,23 +327,24 @@ def measure_variants_latency(bundle: Bundle, image: np.ndarray, runs: int | None
     """Latency of every TFLite variant with one thread and with all cores (batch 1, after warm-up).
 
     Returns:
-        Per ``tflite_<variant>``: ``threads_1`` and ``threads_all``, each with ``median_ms``,
-        ``p90_ms`` and ``mean_ms`` (:func:`mushroom.tflite.measure_latency`) and the
-        ``num_threads``, ``runs`` and ``warmup`` it was measured with.
+        Per evaluation key (:func:`mushroom.variants.evaluation_key`): ``threads_1`` and
+        ``threads_all``, each with ``median_ms``, ``p90_ms`` and ``mean_ms``
+        (:func:`mushroom.tflite.measure_latency`) and the ``num_threads``, ``runs`` and ``warmup``
+        it was measured with.
     """
     settings = latency_settings(runs)
     runs, warmup = max(1, settings["runs"]), settings["warmup"]
     out = {}
-    for variant in bundle.metadata["variants"]:
+    for variant in bundle.variants:
         path = bundle.model_path(variant)
-        out[f"tflite_{variant}"] = {
+        key = registry.evaluation_key(variant)
+        out[key] = {
             f"threads_{key}": {**measure_latency(path, image, num_threads=threads, warmup=warmup, runs=runs),
                                "num_threads": threads, "runs": runs, "warmup": warmup}
             for key, threads in (("1", 1), ("all", settings["threads_all"]))
         }
         log.info("latency %s: %.2f ms (1 thread), %.2f ms (%d threads)", variant,
-                 out[f"tflite_{variant}"]["threads_1"]["median_ms"],
-                 out[f"tflite_{variant}"]["threads_all"]["median_ms"], settings["threads_all"])
+                 out[key]["threads_1"]["median_ms"], out[key]["threads_all"]["median_ms"], settings["threads_all"])
     return out
 
 
@@ -345,113 +357,92 @@ def _change(new: float | None, old: float | None) -> dict[str, float | None]:
     return {"absolute": float(new - old), "relative": _num((new - old) / old) if old else None}
 
 
-def compare_to_reference(variants: dict[str, dict]) -> None:
-    """Add ``vs_float32`` (absolute and relative change, ratios) to every other variant, in place."""
-    ref = variants.get(REFERENCE)
+def compare_to_reference(variants: dict[str, VariantEvaluation],
+                         test_probs: dict[str, np.ndarray] | None = None) -> None:
+    """Set ``vs_float32`` (changes, ratios, top-1 agreement) on every variant but the reference, in place."""
+    ref = variants.get(registry.REFERENCE_KEY)
     if ref is None:
         return
+    reference = test_probs[registry.REFERENCE_KEY].argmax(1) if test_probs else None
     for name, v in variants.items():
-        if name == REFERENCE:
+        if name == registry.REFERENCE_KEY:
             continue
         out: dict[str, Any] = {
-            "top1_agreement": None,
-            **{f"{k}_change": _change(v[k], ref[k]) for k in ("top1", "top3", "top5")},
-            "macro_f1_change": _change(v["species"]["macro_f1"], ref["species"]["macro_f1"]),
-            "ece_change": _change(v["calibrated"]["calibration"]["ece"],
-                                  ref["calibrated"]["calibration"]["ece"]),
+            "top1_agreement": (float(np.mean(test_probs[name].argmax(1) == reference))
+                               if reference is not None else None),
+            **{f"top{k}_change": _change(getattr(v, f"top{k}"), getattr(ref, f"top{k}")) for k in TOP_K},
+            "macro_f1_change": _change(v.species.macro_f1, ref.species.macro_f1),
+            "ece_change": _change(v.calibrated.calibration.ece, ref.calibrated.calibration.ece),
         }
-        if "size_mb" in v:
-            out["size_ratio"] = v["size_mb"] / ref["size_mb"]
-        if "latency" in v and "latency" in ref:
+        if v.size_mb is not None:
+            out["size_ratio"] = v.size_mb / ref.size_mb
+        if v.latency is not None and ref.latency is not None:
             for threads in ("threads_1", "threads_all"):
-                out[f"latency_ratio_{threads}"] = _num(v["latency"][threads]["median_ms"]
-                                                       / ref["latency"][threads]["median_ms"])
-        v["vs_float32"] = out
+                out[f"latency_ratio_{threads}"] = _num(getattr(v.latency, threads).median_ms
+                                                       / getattr(ref.latency, threads).median_ms)
+        v.vs_float32 = VsReference.model_validate(out)
 
 
 def evaluate_predictions(test_labels: np.ndarray, test_probs: dict[str, np.ndarray], bundle: Bundle,
                          val_labels: np.ndarray, val_probs: dict[str, np.ndarray],
-                         latency: dict[str, dict] | None = None, target: float = DEFAULT_TARGET) -> dict:
+                         latency: dict[str, dict] | None = None, target: float = DEFAULT_TARGET) -> Evaluation:
     """The evaluation of every variant; see the module docstring for what it holds.
 
     Args:
-        test_labels, test_probs: The test split's classes and each variant's probabilities.
+        test_labels, test_probs: The test split's classes and each model's probabilities, by
+            evaluation key (:func:`mushroom.variants.evaluation_key`, or ``keras``).
         bundle: The (uncalibrated) bundle the TFLite variants came from.
         val_labels, val_probs: The same for the validation split (fits calibration and policy).
         latency: Per TFLite variant, from :func:`measure_variants_latency` (optional).
         target: The dangerous-as-edible rate allowed on the validation split.
     """
     catalog = bundle.catalog
-    result: dict[str, Any] = {
-        "model_name": bundle.metadata["model_name"],
-        "architecture": bundle.metadata["architecture"],
-        "image_size": bundle.image_size,
-        "num_test_photos": int(len(test_labels)),
-        "num_val_photos": int(len(val_labels)),
-        "num_classes": len(catalog),
-        "species": [s.scientific_name for s in catalog],
-        "edibility": [s.edibility for s in catalog],
-        "target_dangerous_as_edible": target,
-        # The variant identify uses: the quantize stage's choice when it made one.
-        "default_variant": str(bundle.metadata.get("default_variant") or "int8"),
-        "ece_bins": 15,
-        "variants": {},
-    }
+    evaluated = {}
     for name, probs in test_probs.items():
         log.info("evaluate: variant %s", name)
-        result["variants"][name] = evaluate_variant(test_labels, probs, val_labels, val_probs[name], catalog,
-                                                    target)
-    for variant in bundle.metadata["variants"]:
-        entry = result["variants"][f"tflite_{variant}"]
-        entry["size_mb"] = bundle.model_path(variant).stat().st_size / 1e6
-        if latency and f"tflite_{variant}" in latency:
-            entry["latency"] = latency[f"tflite_{variant}"]
+        evaluated[name] = evaluate_variant(test_labels, probs, val_labels, val_probs[name], catalog, target)
+    for variant in bundle.variants:
+        entry = evaluated[registry.evaluation_key(variant)]
+        entry.size_mb = bundle.model_path(variant).stat().st_size / 1e6
+        if latency and registry.evaluation_key(variant) in latency:
+            entry.latency = latency[registry.evaluation_key(variant)]
+    evaluation = Evaluation(
+        model_name=bundle.metadata["model_name"], architecture=bundle.metadata["architecture"],
+        image_size=bundle.image_size, num_test_photos=int(len(test_labels)), num_val_photos=int(len(val_labels)),
+        num_classes=len(catalog), species=[s.scientific_name for s in catalog],
+        edibility=[s.edibility for s in catalog], target_dangerous_as_edible=target, ece_bins=15,
+        variants=evaluated)
     if latency:
         measured = next(iter(latency.values()))["threads_all"]
-        result["latency_settings"] = {"batch": 1, "runs": measured.get("runs", LATENCY_RUNS),
-                                      "warmup": measured.get("warmup", LATENCY_WARMUP),
-                                      "threads_all": measured.get("num_threads", os.cpu_count() or 1)}
-    compare_to_reference(result["variants"])
-    if REFERENCE in test_probs:
-        reference = test_probs[REFERENCE].argmax(1)
-        for name, v in result["variants"].items():
-            if "vs_float32" in v:  # share of photos with the same top-1 species as float32
-                v["vs_float32"]["top1_agreement"] = float(np.mean(test_probs[name].argmax(1) == reference))
-    if REFERENCE in test_probs and "tflite_int8" in test_probs:
-        fv, qv = result["variants"][REFERENCE], result["variants"]["tflite_int8"]
-        result["int8_vs_float32"] = {
-            "top1_agreement": qv["vs_float32"]["top1_agreement"],
-            "top1_change": qv["top1"] - fv["top1"],
-            "top5_change": qv["top5"] - fv["top5"],
-            "top1_relative_change": qv["vs_float32"]["top1_change"]["relative"],
-            "size_ratio": qv["size_mb"] / fv["size_mb"],
-            **{k: qv["vs_float32"][k] for k in ("latency_ratio_threads_1", "latency_ratio_threads_all")
-               if k in qv["vs_float32"]},
+        evaluation.latency_settings = {"batch": 1, "runs": measured.get("runs", LATENCY_RUNS),
+                                       "warmup": measured.get("warmup", LATENCY_WARMUP),
+                                       "threads_all": measured.get("num_threads", os.cpu_count() or 1)}
+    compare_to_reference(evaluated, test_probs if registry.REFERENCE_KEY in test_probs else None)
+    fv, qv = evaluation.reference, evaluation.variant(registry.FULL_INTEGER)
+    if fv is not None and qv is not None:
+        evaluation.int8_vs_float32 = {
+            "top1_agreement": qv.vs_float32.top1_agreement,
+            "top1_change": qv.top1 - fv.top1,
+            "top5_change": qv.top5 - fv.top5,
+            "top1_relative_change": qv.vs_float32.top1_change.relative,
+            "size_ratio": qv.size_mb / fv.size_mb,
+            **{k: getattr(qv.vs_float32, k) for k in ("latency_ratio_threads_1", "latency_ratio_threads_all")
+               if k in qv.vs_float32.model_fields_set},
         }
-    return result
+    return evaluation
 
 
-def calibration_file(result: dict, default_variant: str | None = None) -> dict[str, Any]:
+def calibration_file(evaluation: Evaluation) -> dict[str, Any]:
     """The bundle's ``calibration.json`` (format of :mod:`mushroom.policy`) from an evaluation.
 
-    Args:
-        result: The evaluation.
-        default_variant: The variant ``identify`` uses by default: the one the quantize stage
-            chose (bundle metadata ``default_variant``), else ``int8``, else the first.
+    The variant ``identify`` uses by default is not in it: the bundle's ``metadata.json`` holds it.
     """
-    default_variant = default_variant or result.get("default_variant") or "int8"
-    variants = {}
-    for name, v in result["variants"].items():
-        if name.startswith("tflite_"):
-            fitted = v["calibrated"]["policy"]
-            variants[name.removeprefix("tflite_")] = {
-                "temperature": fitted["temperature"], "edible_threshold": fitted["edible_threshold"],
-                "not_edible_below": fitted["not_edible_below"]}
-    if default_variant not in variants and variants:
-        default_variant = "int8" if "int8" in variants else sorted(variants)[0]
-    return {"default_variant": default_variant, "variants": variants,
-            "target_dangerous_as_edible": result["target_dangerous_as_edible"],
-            "fitted_on": {"split": "val", "photos": result["num_val_photos"]}}
+    fitted = {name: v.calibrated.policy for name, v in evaluation.tflite_variants().items()}
+    return {"schema_version": CALIBRATION_SCHEMA_VERSION,
+            "variants": {name: {"temperature": p.temperature, "edible_threshold": p.edible_threshold,
+                                "not_edible_below": p.not_edible_below} for name, p in fitted.items()},
+            "target_dangerous_as_edible": evaluation.target_dangerous_as_edible,
+            "fitted_on": {"split": "val", "photos": evaluation.num_val_photos}}
 
 
 # Left out of the flat metrics: curves and tables, and settings or counts that are no metric.
@@ -460,7 +451,7 @@ _NOT_FLAT = frozenset({"roc_curve", "risk_coverage", "reliability", "per_species
                        "dangerous_photos", "deadly_photos", "num_threads", "runs", "warmup"})
 
 
-def flatten_metrics(evaluation: dict) -> dict[str, float]:
+def flatten_metrics(evaluation: Evaluation) -> dict[str, float]:
     """Every scalar metric as ``{variant_path_to_metric: value}`` (curves, tables and nulls left out).
 
     Names join the nesting with ``_``, e.g. ``tflite_int8_top1``,
@@ -478,7 +469,8 @@ def flatten_metrics(evaluation: dict) -> dict[str, float]:
         elif isinstance(node, (bool, int, float, np.integer, np.floating)) and _num(node) is not None:
             flat[prefix] = float(node)
 
-    for variant, metrics in evaluation["variants"].items():
+    data = evaluation.to_json()
+    for variant, metrics in data["variants"].items():
         walk(variant, metrics)
-    walk("int8_vs_float32", evaluation.get("int8_vs_float32", {}))
+    walk("int8_vs_float32", data.get("int8_vs_float32", {}))
     return flat

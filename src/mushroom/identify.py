@@ -16,10 +16,8 @@ google-cloud-storage once, to fill the local cache; later calls run offline from
 from __future__ import annotations
 
 import math
-import os
-import shutil
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,16 +31,16 @@ from mushroom.policy import (
     Policy,
     apply_temperature,
     edible_probability,
-    policy_for,
     top_classes,
 )
 from mushroom.preprocess import ImageError, load_image
+from mushroom.publish import locate_published_bundle
 from mushroom.species import DANGEROUS, Species
+from mushroom.storage import cache_path, download_atomically, is_gcs_uri, user_cache_dir
 from mushroom.tflite import TFLiteClassifier
 
 TOP_K = 5
 LOOKALIKE_MIN_PROBABILITY = 0.01  # dangerous species in the top 5 above this are named
-GCS_SCHEME = "gs://"
 
 NOTICE = (
     "This tool only informs. It NEVER gives permission to eat a wild mushroom: "
@@ -59,8 +57,14 @@ VERDICT_TEXT = {
 # --------------------------------------------------------------------------- answers
 
 
+def _rounded(answer_part) -> dict[str, Any]:
+    """A dataclass's fields as a dict, the probability rounded for JSON output."""
+    fields = asdict(answer_part)
+    return {**fields, "probability": round(fields["probability"], 6)}
+
+
 @dataclass(frozen=True)
-class Candidate:
+class SpeciesMatch:
     """One of the top-5 species for a photo."""
 
     scientific_name: str
@@ -71,14 +75,7 @@ class Candidate:
     caution: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "scientific_name": self.scientific_name,
-            "common_name": self.common_name,
-            "taxon_id": self.taxon_id,
-            "probability": round(self.probability, 6),
-            "edibility": self.edibility,
-            "caution": self.caution,
-        }
+        return _rounded(self)
 
 
 @dataclass(frozen=True)
@@ -98,14 +95,7 @@ class Lookalike:
         return f"{text} - {self.caution}" if self.caution else text
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "scientific_name": self.scientific_name,
-            "common_name": self.common_name,
-            "edibility": self.edibility,
-            "probability": round(self.probability, 6),
-            "caution": self.caution,
-            "message": self.message,
-        }
+        return {**_rounded(self), "message": self.message}
 
 
 @dataclass(frozen=True)
@@ -113,7 +103,7 @@ class Answer:
     """The answer for one photo; ``error`` is set (and nothing else) when it failed."""
 
     photo: str
-    candidates: tuple[Candidate, ...] = ()
+    candidates: tuple[SpeciesMatch, ...] = ()
     p_edible: float | None = None
     verdict: str | None = None  # one of mushroom.policy.VERDICTS
     lookalikes: tuple[Lookalike, ...] = ()
@@ -148,59 +138,32 @@ class Answer:
 
 def default_cache_dir() -> Path:
     """Where ``gs://`` bundles are cached: ``$XDG_CACHE_HOME/quantized-mushroom/bundles``."""
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "quantized-mushroom" / "bundles"
+    return user_cache_dir("bundles")
 
 
-def _published_bundle(root: Path) -> Path:
-    """A bundle folder itself, or the bundle a publish destination's ``latest`` points at."""
-    if (root / LABELS).is_file():
-        return root
-    latest = root / "latest"
-    if latest.is_file():
-        run_id = latest.read_text(encoding="utf-8").strip()
-        if run_id and (root / run_id / "bundle").is_dir():
-            return root / run_id / "bundle"
-    if (root / "bundle").is_dir():  # a published run folder: <run>/bundle + <run>/evaluation
-        return root / "bundle"
-    return root  # read_bundle names what is missing
-
-
-def _gcs_cache_path(uri: str, cache_dir: Path) -> Path:
-    bucket, _, prefix = uri[len(GCS_SCHEME):].partition("/")
-    parts = [bucket, *[p for p in prefix.split("/") if p]]
-    if not bucket or any(p in (".", "..") for p in parts):
-        raise BundleError(f"{uri}: not a usable gs://BUCKET/PREFIX bundle location")
-    return cache_dir.joinpath(*parts)
+def _bundle_folder(location: Path) -> Path:
+    """A bundle folder itself, a published run's bundle, or the bundle of a destination's ``latest`` run."""
+    try:
+        return Path(locate_published_bundle(str(location)))
+    except (OSError, ValueError) as err:
+        raise BundleError(f"{location}: {err}") from None
 
 
 def _download_gcs(uri: str, target: Path) -> None:
     """Download ``uri`` into ``target`` all or nothing (a partial download never counts as cached)."""
     try:
-        import google.cloud.storage  # noqa: F401  (the clear error below, not one from deep inside)
-
-        from mushroom.publish import download_prefix
+        download_atomically(uri, target)
     except ImportError as err:
         raise BundleError(
             f"{uri}: reading a gs:// bundle needs google-cloud-storage ({err}); "
             "install quantized-mushroom[pipeline] or copy the bundle locally"
         ) from None
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.parent / f".{target.name}.partial-{os.getpid()}"
-    shutil.rmtree(partial, ignore_errors=True)
-    try:
-        download_prefix(uri, partial)
-        if target.exists():
-            shutil.rmtree(target)  # --refresh
-        os.replace(partial, target)
     except FileNotFoundError:
         raise BundleError(f"{uri}: no bundle there (no objects under this prefix)") from None
     except Exception as err:  # network, credentials, checksum: all mean "no usable bundle"
         raise BundleError(
             f"{uri}: download failed ({type(err).__name__}: {err}); no cached copy in {target}"
         ) from None
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
 
 
 def resolve_bundle(location: str | Path, cache_dir: str | Path | None = None, refresh: bool = False) -> Path:
@@ -208,8 +171,9 @@ def resolve_bundle(location: str | Path, cache_dir: str | Path | None = None, re
 
     Args:
         location: A bundle folder, a publish destination (its ``latest`` run's bundle is
-            used) or a ``gs://`` prefix of either. A ``gs://`` prefix is downloaded once into
-            ``cache_dir`` and read from there (offline) on later calls.
+            used), a published run folder, or a ``gs://`` prefix of any of them. A ``gs://``
+            prefix is downloaded once into ``cache_dir`` and read from there (offline) on
+            later calls.
         cache_dir: Cache for ``gs://`` bundles (default :func:`default_cache_dir`).
         refresh: Download a ``gs://`` bundle again even if it is cached.
 
@@ -217,15 +181,20 @@ def resolve_bundle(location: str | Path, cache_dir: str | Path | None = None, re
         The folder to pass to :func:`mushroom.bundle.read_bundle`.
 
     Raises:
-        BundleError: A ``gs://`` bundle cannot be downloaded and is not cached.
+        BundleError: A ``gs://`` bundle cannot be downloaded and is not cached, or a
+            destination's ``latest`` does not hold a run id.
     """
     text = str(location)
-    if not text.startswith(GCS_SCHEME):
-        return _published_bundle(Path(text).expanduser())
-    target = _gcs_cache_path(text, Path(cache_dir) if cache_dir else default_cache_dir())
+    if not is_gcs_uri(text):
+        return _bundle_folder(Path(text).expanduser())
+    try:
+        target = cache_path(text, Path(cache_dir) if cache_dir else default_cache_dir())
+    except ValueError:
+        raise BundleError(f"{text}: not a usable gs://BUCKET/PREFIX bundle location") from None
     if refresh or not target.is_dir():
         _download_gcs(text, target)
-    return _published_bundle(target)
+    # The whole prefix is cached, so a destination's latest run is found offline too.
+    return _bundle_folder(target)
 
 
 # --------------------------------------------------------------------------- identifier
@@ -237,7 +206,7 @@ class Identifier:
     Args:
         bundle: Bundle location (see :func:`resolve_bundle`) or a :class:`~mushroom.bundle.Bundle`.
         variant: Model variant (``int8``, ``float32``, ...); default: the calibration's
-            ``default_variant``.
+            ``default_variant`` (the variant the run chose).
         num_threads: CPU threads for the interpreter (None: the runtime's default).
         cache_dir: Cache folder for ``gs://`` bundles.
         refresh: Download a ``gs://`` bundle again.
@@ -252,8 +221,8 @@ class Identifier:
         if not isinstance(bundle, Bundle):
             bundle = read_bundle(resolve_bundle(bundle, cache_dir, refresh))
         self.bundle = bundle
-        self.variant = variant or str(bundle.calibration.get("default_variant") or "int8")
-        self.policy: Policy = policy_for(bundle.calibration, self.variant)
+        self.variant = variant or bundle.default_variant
+        self.policy: Policy = bundle.policy(self.variant)
         if not (math.isfinite(self.policy.temperature) and self.policy.temperature > 0):
             raise BundleError(f"bundle {bundle.root}: calibration temperature {self.policy.temperature} "
                               f"of variant {self.variant!r} is not a positive number")
@@ -302,7 +271,7 @@ class Identifier:
         """Build the answer for one photo from its calibrated probabilities ``(num_classes,)``."""
         top = top_classes(probs, TOP_K)
         candidates = tuple(
-            Candidate(s.scientific_name, s.common_name, s.taxon_id, float(probs[i]), s.edibility, s.caution)
+            SpeciesMatch(s.scientific_name, s.common_name, s.taxon_id, float(probs[i]), s.edibility, s.caution)
             for i in top
             for s in (self._species[i],)
         )

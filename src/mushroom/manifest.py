@@ -73,30 +73,31 @@ def parse_records(text: str, source: str) -> list[PhotoRecord]:
     return records
 
 
-def write_manifest(root: str | Path, records: list[PhotoRecord]) -> Path:
-    path = Path(root) / MANIFEST_NAME
-    write_text_atomic(path, records_to_csv(records))
+def _write_records(path: Path, records: list[PhotoRecord], with_split: bool = False) -> Path:
+    write_text_atomic(path, records_to_csv(records, with_split=with_split))
     return path
+
+
+def _read_records(path: Path, missing: str) -> list[PhotoRecord]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: {missing}")
+    return parse_records(path.read_text(encoding="utf-8"), str(path))
+
+
+def write_manifest(root: str | Path, records: list[PhotoRecord]) -> Path:
+    return _write_records(Path(root) / MANIFEST_NAME, records)
 
 
 def read_manifest(root: str | Path) -> list[PhotoRecord]:
-    path = Path(root) / MANIFEST_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no dataset manifest (is {root} a dataset folder?)")
-    return parse_records(path.read_text(encoding="utf-8"), str(path))
+    return _read_records(Path(root) / MANIFEST_NAME, f"no dataset manifest (is {root} a dataset folder?)")
 
 
 def write_splits(root: str | Path, records: list[PhotoRecord]) -> Path:
-    path = Path(root) / SPLITS_NAME
-    write_text_atomic(path, records_to_csv(records, with_split=True))
-    return path
+    return _write_records(Path(root) / SPLITS_NAME, records, with_split=True)
 
 
 def read_splits(root: str | Path) -> list[PhotoRecord]:
-    path = Path(root) / SPLITS_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no split table")
-    return parse_records(path.read_text(encoding="utf-8"), str(path))
+    return _read_records(Path(root) / SPLITS_NAME, "no split table")
 
 
 def write_dataset_info(root: str | Path, catalog: Catalog, records: list[PhotoRecord], **extra) -> dict:

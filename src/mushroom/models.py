@@ -10,16 +10,9 @@ from pathlib import Path
 
 import keras
 
-BACKBONE_NAME = "backbone"
+from mushroom import backbones
 
-# keras.applications constructor and whether it has its own ``include_preprocessing``.
-_BACKBONES = {
-    "efficientnetv2-b0": ("EfficientNetV2B0", True),
-    "efficientnetv2-s": ("EfficientNetV2S", True),
-    "efficientnetv2-m": ("EfficientNetV2M", True),
-    "resnet50": ("ResNet50", False),
-    "mobilenetv3-large": ("MobileNetV3Large", True),
-}
+BACKBONE_NAME = "backbone"
 
 
 @keras.saving.register_keras_serializable(package="mushroom")
@@ -34,13 +27,7 @@ class CaffePreprocess(keras.layers.Layer):
 
 
 def _backbone(architecture: str, image_size: int, weights: str | None) -> keras.Model:
-    ctor_name, has_preprocessing = _BACKBONES[architecture]
-    ctor = getattr(keras.applications, ctor_name)
-    kwargs = {"include_top": False, "weights": weights, "input_shape": (image_size, image_size, 3),
-              "pooling": "avg"}
-    if has_preprocessing:
-        kwargs["include_preprocessing"] = True
-    model = ctor(**kwargs)
+    model = backbones.get(architecture).build(image_size, weights)
     model.name = BACKBONE_NAME
     if weights is None:
         # From scratch, moving statistics must catch up within a few hundred steps;
@@ -61,7 +48,7 @@ def build_model(
     """Build a classifier.
 
     Args:
-        architecture: One of ``mushroom.config.ARCHITECTURES``.
+        architecture: A registered backbone (:mod:`mushroom.backbones`).
         num_classes: Number of species (output units).
         image_size: Square input size in pixels.
         weights: ``"imagenet"``, ``"none"`` (random init, trained from scratch) or the path
@@ -73,16 +60,15 @@ def build_model(
         (BatchNorm statistics frozen) even when unfrozen for fine-tuning; trained from
         scratch it learns its BatchNorm statistics.
     """
-    if architecture not in _BACKBONES:
-        raise ValueError(f"architecture {architecture!r} is not one of {sorted(_BACKBONES)}")
+    spec = backbones.get(architecture)  # ValueError naming the known ones
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
     pretrained = weights == "imagenet"
     backbone = _backbone(architecture, image_size, "imagenet" if pretrained else None)
     inputs = keras.Input((image_size, image_size, 3), name="pixels")
     x = inputs
-    if architecture == "resnet50":
-        x = CaffePreprocess(name="caffe_preprocess")(x)
+    if spec.preprocessing is not None:
+        x = spec.preprocessing()(x)
     x = backbone(x, training=False) if pretrained else backbone(x)
     x = keras.layers.Dropout(dropout, name="dropout")(x)
     outputs = keras.layers.Dense(num_classes, activation="softmax", name="probabilities", dtype="float32")(x)

@@ -3,13 +3,14 @@
 Shared by the evaluate stage (which fits it) and ``identify`` (which applies it), so the
 verdict a forager sees is exactly the one that was evaluated.
 
-``calibration.json`` in a bundle::
+``calibration.json`` in a bundle (which variant ``identify`` uses by default is the bundle's
+``metadata.json``'s ``default_variant``, not part of the calibration)::
 
     {
-      "default_variant": "int8",
+      "schema_version": 2,
       "variants": {
-        "int8":    {"temperature": 1.4, "edible_threshold": 0.97, "not_edible_below": 0.5},
-        "float32": {...}
+        "<variant>": {"temperature": 1.4, "edible_threshold": 0.97, "not_edible_below": 0.5},
+        "<other variant>": {...}
       },
       "target_dangerous_as_edible": 0.005
     }
@@ -30,7 +31,8 @@ NOT_EDIBLE = "not edible"
 UNCERTAIN = "uncertain - ask an expert"
 VERDICTS = (EDIBLE, NOT_EDIBLE, UNCERTAIN)
 
-DEFAULT_CALIBRATION: dict[str, Any] = {"default_variant": "int8", "variants": {}}
+CALIBRATION_SCHEMA_VERSION = 2  # 1: no schema_version field, a copy of the default variant
+DEFAULT_CALIBRATION: dict[str, Any] = {"schema_version": CALIBRATION_SCHEMA_VERSION, "variants": {}}
 
 
 @dataclass(frozen=True)
@@ -62,9 +64,8 @@ class Policy:
                 "not_edible_below": self.not_edible_below}
 
 
-def policy_for(calibration: dict[str, Any], variant: str | None = None) -> Policy:
-    """The policy of ``variant`` (default: the calibration's default variant), safe defaults if absent."""
-    variant = variant or calibration.get("default_variant", "int8")
+def policy_for(calibration: dict[str, Any], variant: str) -> Policy:
+    """The policy of ``variant`` in a ``calibration.json`` dict, safe defaults if absent."""
     entry = calibration.get("variants", {}).get(variant, {})
     threshold = entry.get("edible_threshold")
     return Policy(

@@ -11,8 +11,9 @@ import logging
 import shutil
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,9 +21,11 @@ from mushroom.config import DatasetConfig, SplitConfig, parse_model_config
 from mushroom.fileio import read_json, write_json_atomic, write_text_atomic
 from mushroom.manifest import SPLIT_NAMES, read_dataset_catalog, read_manifest, write_splits
 
+if TYPE_CHECKING:
+    from mushroom.evaluation import Evaluation, RocCurve
+
 log = logging.getLogger("mushroom")
 
-EVALUATION = "evaluation.json"
 HYPERPARAMETERS = "hyperparameters.json"
 KERAS_MODEL = "model.keras"
 
@@ -49,10 +52,10 @@ def _dataset_key(config: DatasetConfig, seed: int) -> str:
 
 def _reuse_cached(config: DatasetConfig, key: str, out_dir: Path) -> bool:
     from mushroom.manifest import MANIFEST_NAME
-    from mushroom.publish import download_prefix
+    from mushroom.storage import download_prefix, join_uri
 
     try:
-        download_prefix(f"{config.cache_uri.rstrip('/')}/{key}/dataset", out_dir)
+        download_prefix(join_uri(config.cache_uri, f"{key}/dataset"), out_dir)
     except FileNotFoundError:
         log.info("acquire: no cached dataset %s under %s; acquiring", key, config.cache_uri)
         return False
@@ -68,8 +71,8 @@ def acquire(dataset_config: dict[str, Any], seed: int, out_dir: str | Path) -> d
     With ``cache_uri`` set, a dataset already built for the same configuration and seed is
     downloaded instead of acquired again, and a newly built one is uploaded there.
     """
-    from mushroom.publish import publish_folders
     from mushroom.sources import build_dataset
+    from mushroom.storage import upload_folders
 
     config = DatasetConfig.model_validate(dataset_config)
     out_dir = Path(out_dir)
@@ -80,7 +83,7 @@ def acquire(dataset_config: dict[str, Any], seed: int, out_dir: str | Path) -> d
         else:
             records = build_dataset(config, out_dir, seed)
             if config.cache_uri:
-                publish_folders({"dataset": out_dir}, config.cache_uri, key)
+                upload_folders({"dataset": out_dir}, config.cache_uri, key)
     catalog = read_dataset_catalog(out_dir)
     metrics: dict[str, float] = {"photos": len(records), "species": len(catalog)}
     for s in catalog:
@@ -109,7 +112,7 @@ def split(dataset_dir: str | Path, split_config: dict[str, Any], seed: int, out_
 
 
 def _datasets(dataset_dir, splits_dir, config, seed):
-    from mushroom.data import load_split, make_dataset
+    from mushroom.datasets import load_split, make_dataset
 
     train = load_split(dataset_dir, splits_dir, "train")
     val = load_split(dataset_dir, splits_dir, "val")
@@ -172,9 +175,9 @@ def quantize(dataset_dir, splits_dir, model_dir, model_config: dict[str, Any], s
     default variant was chosen.
     """
     from mushroom.bundle import write_bundle
-    from mushroom.data import balanced_sample, load_images, load_split
+    from mushroom.datasets import balanced_sample, load_images, load_split
     from mushroom.models import load_model
-    from mushroom.quantize import format_report, quantize_model
+    from mushroom.quantize import format_report, headline_metrics, quantize_model
 
     config = parse_model_config(model_config)
     q = config.quantize
@@ -191,19 +194,17 @@ def quantize(dataset_dir, splits_dir, model_dir, model_config: dict[str, Any], s
             model, representative, load_images(val.paths, config.image_size), val.labels, q.variants,
             q.tolerance_points, q.min_agreement, debug_samples=q.debug_samples, latency_runs=q.latency_runs)
         write_bundle(out_dir, models, train_split.catalog, config.model_dump(),
-                     {"representative_samples": int(len(picked)), "default_variant": report["chosen"],
-                      "choice_reason": report["reason"]})
+                     {"representative_samples": int(len(picked)), "choice_reason": report["reason"]},
+                     default_variant=report["chosen"])
         write_json_atomic(out_dir / "quantization_report.json", report)
         write_text_atomic(out_dir / "quantization_report.md", format_report(report))
         log.info("quantize: wrote bundle %s", out_dir)
-    metrics = {f"size_mb_{name}": v["size_mb"] for name, v in report["variants"].items()}
-    metrics.update({f"val_top1_{name}": v["top1"] for name, v in report["variants"].items()})
-    return metrics
+    return headline_metrics(report)
 
 
 def evaluate(dataset_dir, splits_dir, model_dir, bundle_dir, out_dir: str | Path,
              calibrated_bundle_dir: str | Path, *, latency_runs: int | None = None,
-             target_dangerous_as_edible: float | None = None) -> dict:
+             target_dangerous_as_edible: float | None = None) -> Evaluation:
     """Evaluate Keras and every TFLite variant; fit the calibration and safety policy.
 
     Predicts the validation and test splits with every variant, fits a temperature and the
@@ -223,7 +224,7 @@ def evaluate(dataset_dir, splits_dir, model_dir, bundle_dir, out_dir: str | Path
     """
     from mushroom.bundle import CALIBRATION, read_bundle
     from mushroom.calibration import DEFAULT_TARGET
-    from mushroom.data import load_images, load_split
+    from mushroom.datasets import load_images, load_split
     from mushroom.evaluate import (
         calibration_file,
         evaluate_predictions,
@@ -231,6 +232,7 @@ def evaluate(dataset_dir, splits_dir, model_dir, bundle_dir, out_dir: str | Path
         measure_variants_latency,
         predict_variants,
     )
+    from mushroom.evaluation import write_evaluation
     from mushroom.models import load_model
     from mushroom.report import write_report
     from mushroom.tracking import log_evaluation
@@ -253,90 +255,80 @@ def evaluate(dataset_dir, splits_dir, model_dir, bundle_dir, out_dir: str | Path
         test_probs = {k: p[n_val:] for k, p in probs.items()}
         latency = measure_variants_latency(bundle, images[n_val], latency_runs)
         result = evaluate_predictions(test.labels, test_probs, bundle, val.labels, val_probs, latency, target)
-        write_json_atomic(out_dir / EVALUATION, result)
+        path = write_evaluation(result, out_dir)
         np.savez_compressed(out_dir / "predictions.npz", labels=test.labels, **test_probs,
                             val_labels=val.labels, **{f"val_{k}": p for k, p in val_probs.items()})
-        report = write_report(result, out_dir)
+        report = write_report(result, out_dir, bundle.default_variant)
         shutil.copytree(bundle_dir, calibrated_bundle_dir, dirs_exist_ok=True)
         write_json_atomic(Path(calibrated_bundle_dir) / CALIBRATION, calibration_file(result))
-        log.info("evaluate %s: wrote %s, report %s and calibrated bundle %s", result["model_name"],
-                 out_dir / EVALUATION, report["html"], calibrated_bundle_dir)
-        for name, v in result["variants"].items():
-            cal = v["calibrated"]
+        log.info("evaluate %s: wrote %s, report %s and calibrated bundle %s", result.model_name, path,
+                 report["html"], calibrated_bundle_dir)
+        for name, v in result.ordered().items():
+            fitted = v.calibrated.policy
             log.info("evaluate %s: top-1 %.3f, T %.2f, ECE %.3f -> %.3f, edible threshold %s, coverage %.2f",
-                     name, v["top1"], v["temperature"], v["uncalibrated"]["calibration"]["ece"],
-                     cal["calibration"]["ece"], cal["policy"]["edible_threshold"], cal["policy"]["coverage"])
+                     name, v.top1, v.temperature, v.uncalibrated.calibration.ece, v.calibrated.calibration.ece,
+                     fitted.edible_threshold, fitted.coverage)
         log_evaluation(result, flatten_metrics(result), report, calibrated_bundle_dir,
                        bundle.metadata.get("model_config"))
     return result
 
 
-def flat_metrics(evaluation: dict) -> dict[str, float]:
-    """Flatten an evaluation into ``{variant_metric: value}`` for KFP ``Metrics``."""
+@dataclass(frozen=True)
+class EvaluationOutputs:
+    """What the evaluate component shows in KFP: headline metrics and the shipped variant's plots.
+
+    Attributes:
+        metrics: Flat name -> number metrics (:func:`mushroom.evaluate.flatten_metrics`).
+        variant: The evaluation key shown: the variant the bundle ships.
+        species: Class names, in class order.
+        confusion_matrix: The shown variant's test confusion matrix.
+        roc: The shown variant's ROC of calibrated P(edible) (None: one class only).
+    """
+
+    metrics: dict[str, float]
+    variant: str
+    species: list[str]
+    confusion_matrix: list[list[int]]
+    roc: RocCurve | None
+
+
+def evaluation_outputs(evaluation: Evaluation, bundle_dir: str | Path) -> EvaluationOutputs:
+    """The KFP view of ``evaluation`` for the bundle in ``bundle_dir`` (its default variant)."""
+    from mushroom.bundle import read_bundle
     from mushroom.evaluate import flatten_metrics
 
-    return flatten_metrics(evaluation)
-
-
-def _comparison_summary(e: dict) -> dict:
-    """The headline numbers of one evaluation, per variant (for ``comparison.json``)."""
-    variants = {}
-    for name, v in e["variants"].items():
-        cal = v["calibrated"]
-        variants[name] = {
-            **{k: v[k] for k in ("top1", "top3", "top5")},
-            "macro_f1": v["species"]["macro_f1"],
-            "ece_uncalibrated": v["uncalibrated"]["calibration"]["ece"],
-            "ece_calibrated": cal["calibration"]["ece"],
-            "edible_roc_auc": cal["edibility"]["roc_auc"],
-            "dangerous_as_edible_rate": cal["policy"]["risk"],
-            "coverage": cal["policy"]["coverage"],
-            **({"size_mb": v["size_mb"]} if "size_mb" in v else {}),
-            **({"latency": v["latency"]} if "latency" in v else {}),
-            **({"vs_float32": v["vs_float32"]} if "vs_float32" in v else {}),
-        }
-    head = {k: e[k] for k in ("model_name", "architecture", "image_size", "num_test_photos")}
-    return {**head, "variants": variants}
+    key = evaluation.shown_variant(read_bundle(bundle_dir).default_variant)
+    shown = evaluation.variants[key]
+    return EvaluationOutputs(flatten_metrics(evaluation), key, evaluation.species,
+                             shown.species.confusion_matrix, shown.calibrated.edibility.roc_curve)
 
 
 def compare(evaluation_dirs: list, bundle_dirs: list, best_bundle_dir: str | Path,
             best_evaluation_dir: str | Path) -> str:
     """Tabulate every configuration and variant and copy the best bundle and its evaluation.
 
-    The best configuration has the highest int8 top-1 on the test split (ties: smaller int8
-    file). ``best_evaluation_dir`` gets the best evaluation folder (``evaluation.json``, its
-    report and plots) plus ``comparison.md``, ``comparison.json`` and ``comparison.html``
-    covering every configuration and variant, with the absolute and relative change of each
-    variant against the configuration's TFLite float32 model. Returns the Markdown text.
+    The choice and the tables are :func:`mushroom.report.compare_evaluations`'s.
+    ``best_evaluation_dir`` gets the best evaluation folder (``evaluation.json``, its report and
+    plots) plus ``comparison.md``, ``comparison.json`` and ``comparison.html`` covering every
+    configuration and variant. Returns the Markdown text.
     """
-    from mushroom.report import COMPARISON_REPORT, comparison_rows, write_comparison_report
+    from mushroom.bundle import read_bundle
+    from mushroom.evaluation import read_evaluation
+    from mushroom.report import COMPARISON_REPORT, compare_evaluations
 
     if not evaluation_dirs:
         raise ValueError("compare: no evaluations")
-    evaluations = [read_json(Path(d) / EVALUATION) for d in evaluation_dirs]
-    folders = {e["model_name"]: Path(d) for e, d in zip(evaluations, evaluation_dirs, strict=True)}
-    by_name = {read_json(Path(b) / "metadata.json")["model_name"]: Path(b) for b in bundle_dirs}
-
-    def int8(e: dict) -> dict:  # the default variant stands in where a bundle has no int8
-        return e["variants"].get("tflite_int8") or e["variants"][f"tflite_{e['default_variant']}"]
-
-    best = max(evaluations, key=lambda e: (int8(e)["top1"], -int8(e)["size_mb"]))
-    header, rows = comparison_rows(evaluations)
-    table = "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-                      + ["| " + " | ".join(r) + " |" for r in rows])
-    text = (f"# Model comparison (test split)\n\n{table}\n\nChanges are against the same configuration's "
-            f"TFLite float32 model.\n\nChosen: **{best['model_name']}** (highest int8 top-1).\n")
-    shutil.copytree(by_name[best["model_name"]], best_bundle_dir, dirs_exist_ok=True)
+    evaluations = [read_evaluation(d) for d in evaluation_dirs]
+    folders = {e.model_name: Path(d) for e, d in zip(evaluations, evaluation_dirs, strict=True)}
+    bundles = {b.metadata["model_name"]: b for b in map(read_bundle, bundle_dirs)}
+    comparison = compare_evaluations(evaluations, {name: b.default_variant for name, b in bundles.items()})
+    shutil.copytree(bundles[comparison.best].root, best_bundle_dir, dirs_exist_ok=True)
     out_dir = Path(best_evaluation_dir)
-    shutil.copytree(folders[best["model_name"]], out_dir, dirs_exist_ok=True)  # evaluation.json included
-    write_text_atomic(out_dir / "comparison.md", text)
-    write_json_atomic(out_dir / "comparison.json", {
-        "best": best["model_name"], "evaluations": [_comparison_summary(e) for e in evaluations],
-        "table": {"header": header, "rows": rows}})
-    write_comparison_report(evaluations, best["model_name"], out_dir)
-    log.info("compare: %d configurations, best %s; wrote %s", len(evaluations), best["model_name"],
+    shutil.copytree(folders[comparison.best], out_dir, dirs_exist_ok=True)  # evaluation.json included
+    comparison.write(out_dir)
+    log.info("compare: %d configurations, best %s; wrote %s", len(evaluations), comparison.best,
              out_dir / COMPARISON_REPORT)
-    return text
+    return comparison.markdown
 
 
 def setup_logging(level: int = logging.INFO) -> None:

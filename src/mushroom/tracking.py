@@ -15,7 +15,12 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from mushroom import variants as registry
+
+if TYPE_CHECKING:
+    from mushroom.evaluation import Evaluation
 
 log = logging.getLogger(__name__)
 
@@ -146,20 +151,20 @@ def log_training_history(history: dict[str, list], config: dict[str, Any], name:
         tracker.log_summary({f"best_{k}": (min(v) if "loss" in k else max(v)) for k, v in numeric.items()})
 
 
-def log_evaluation(evaluation: dict[str, Any], metrics: dict[str, float], report: dict[str, Any],
+def log_evaluation(evaluation: Evaluation, metrics: dict[str, float], report: dict[str, Any],
                    bundle_dir: str | Path, config: dict[str, Any] | None = None) -> None:
     """Log an evaluation: config, flat metrics, the report's plots and HTML, the bundle as an artifact.
 
     Args:
-        evaluation: The evaluation dict (``evaluation.json``).
+        evaluation: The evaluation (``evaluation.json``).
         metrics: Flat name -> number metrics.
         report: The return value of :func:`mushroom.report.write_report`.
         bundle_dir: The calibrated bundle folder.
         config: The model configuration (default: the evaluation's name and architecture).
     """
-    name = evaluation["model_name"]
-    config = config or {"model_name": name, "architecture": evaluation["architecture"],
-                        "image_size": evaluation["image_size"]}
+    name = evaluation.model_name
+    config = config or {"model_name": name, "architecture": evaluation.architecture,
+                        "image_size": evaluation.image_size}
     with tracking_run(name, "evaluate", config) as tracker:
         if not tracker.enabled:
             return
@@ -167,6 +172,6 @@ def log_evaluation(evaluation: dict[str, Any], metrics: dict[str, float], report
         tracker.log_images({f"plots/{stem}": path for stem, path in report.get("plots", {}).items()})
         if report.get("html"):
             tracker.log_html("report", report["html"])
-        int8 = evaluation["variants"].get("tflite_int8", {})
+        full_integer = evaluation.variant(registry.FULL_INTEGER)
         tracker.log_artifact(bundle_dir, f"bundle-{name}", "model",
-                             {"model_name": name, "top1_int8": int8.get("top1")})
+                             {"model_name": name, f"top1_{registry.FULL_INTEGER}": full_integer and full_integer.top1})

@@ -61,50 +61,38 @@ class ObservationPage:
         return cls(data["id_above"], data["next_id_above"], data["done"], data["observations"], True)
 
 
-def open_api_session(
-    state_dir: Path,
-    *,
-    user_agent: str,
-    requests_per_minute: int,
-    requests_per_day: int,
-    timeout_s: float,
-    max_retries: int,
-    backoff_factor: float,
-    backoff_max: float,
-) -> ClientSession:
+def open_api_session(state_dir: Path, config: INaturalistSourceConfig) -> ClientSession:
     """A pyinaturalist session with its rate limits, retries and cache kept in ``state_dir``.
 
     Args:
         state_dir: Folder for the SQLite cache and rate-limit databases.
-        user_agent: Appended to pyinaturalist's User-Agent.
-        requests_per_minute: Also sets the per-second rate (``/ 60``, burst of 5); capped below
-            ``requests_per_day``.
-        requests_per_day: Daily request budget (iNaturalist asks for at most 10,000).
-        timeout_s: Read timeout per request.
-        max_retries: Retries for 429 (honouring ``Retry-After``), 5xx, timeouts, broken JSON.
-        backoff_factor: urllib3 exponential backoff factor.
-        backoff_max: Longest single backoff sleep.
+        config: The source settings used: ``user_agent`` (appended to pyinaturalist's),
+            ``requests_per_minute`` (also the per-second rate, ``/ 60``, burst of 5; capped below
+            ``requests_per_day``), ``requests_per_day`` (iNaturalist asks for at most 10,000),
+            ``timeout_s`` (read timeout per request), and ``max_retries``, ``backoff_factor``
+            and ``backoff_max`` (retries for 429 honouring ``Retry-After``, 5xx, timeouts,
+            broken JSON, with urllib3's exponential backoff).
 
     Returns:
         The session; close it when done.
     """
     state_dir.mkdir(parents=True, exist_ok=True)
     # pyrate-limiter wants each longer window to allow more requests; the day's budget wins.
-    requests_per_minute = min(requests_per_minute, requests_per_day - 1)
+    requests_per_minute = min(config.requests_per_minute, config.requests_per_day - 1)
     session = ClientSession(
         cache_file=str(state_dir / API_CACHE_NAME),
         ratelimit_path=str(state_dir / RATELIMIT_NAME),
         per_second=requests_per_minute / 60,
         per_minute=requests_per_minute,
-        per_day=requests_per_day,
-        max_retries=max_retries,
-        backoff_factor=backoff_factor,
-        timeout=timeout_s,
-        user_agent=user_agent,
+        per_day=config.requests_per_day,
+        max_retries=config.max_retries,
+        backoff_factor=config.backoff_factor,
+        timeout=config.timeout_s,
+        user_agent=config.user_agent,
     )
     # pyinaturalist retries 5xx on https:// only; add 429 (urllib3 then sleeps for Retry-After)
     # and mount for http:// too, so a local API behaves like the real one.
-    session.retries = make_retry(max_retries, backoff_factor, backoff_max)
+    session.retries = make_retry(config)
     adapter = HTTPAdapter(max_retries=session.retries)
     session.mount("https://", adapter)
     session.mount("http://", adapter)

@@ -22,23 +22,26 @@ from requests.adapters import HTTPAdapter
 from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, ReadTimeoutError
 from urllib3.util import Retry
 
+from mushroom.config import INaturalistSourceConfig
 from mushroom.preprocess import to_rgb
 
 #: Statuses worth another try; anything else (404, 403, ...) is final.
 RETRY_STATUSES = (429, 500, 502, 503, 504)
 
 
-def make_retry(max_retries: int, backoff_factor: float, backoff_max: float, raise_on_status: bool = True) -> Retry:
-    """urllib3 retries for GETs: 429 (honouring Retry-After) and 5xx, with exponential backoff."""
+def make_retry(config: INaturalistSourceConfig, raise_on_status: bool = True) -> Retry:
+    """urllib3 retries for GETs: 429 (honouring Retry-After) and 5xx, with the config's exponential backoff."""
     return Retry(
-        total=max_retries,
-        backoff_factor=backoff_factor,
-        backoff_max=backoff_max,
+        total=config.max_retries,
+        backoff_factor=config.backoff_factor,
+        backoff_max=config.backoff_max,
         status_forcelist=RETRY_STATUSES,
         allowed_methods=frozenset({"GET"}),
         respect_retry_after_header=True,
         raise_on_status=raise_on_status,
     )
+
+
 #: Failure reasons a later run tries again (with ``http_429`` and ``http_5xx``); others are final.
 TRANSIENT_REASONS = frozenset({"timeout", "connection_error"})
 CONNECT_TIMEOUT_S = 5.0
@@ -142,35 +145,22 @@ class PhotoDownloader:
     """Fetch and validate photos; safe to call from many threads.
 
     Args:
+        config: The source settings used: ``concurrency`` (threads that will call :meth:`fetch`;
+            sizes the connection pool), ``timeout_s`` (read timeout per request), ``max_retries``
+            (per photo: status, connection, timeout and body errors together), ``backoff_factor``
+            (sleeps ``factor * 2**(retry - 1)`` seconds), ``backoff_max``, ``min_photo_side``
+            (smallest accepted width or height) and ``media_bytes_per_hour`` (:class:`MediaBudget`).
         user_agent: The User-Agent header iNaturalist asks clients to set.
-        concurrency: Threads that will call :meth:`fetch` (sizes the connection pool).
-        timeout_s: Read timeout per request.
-        max_retries: Retries per photo (status, connection, timeout and body errors together).
-        backoff_factor: urllib3 backoff factor: sleeps ``factor * 2**(retry - 1)`` seconds.
-        backoff_max: Longest single backoff sleep.
-        min_side: Smallest accepted width or height in pixels.
-        bytes_per_hour: Media volume cap (see :class:`MediaBudget`).
     """
 
-    def __init__(
-        self,
-        *,
-        user_agent: str,
-        concurrency: int,
-        timeout_s: float,
-        max_retries: int,
-        backoff_factor: float,
-        backoff_max: float,
-        min_side: int,
-        bytes_per_hour: int,
-    ):
-        self.retry = make_retry(max_retries, backoff_factor, backoff_max, raise_on_status=False)
-        self.timeout = (min(CONNECT_TIMEOUT_S, timeout_s), timeout_s)
-        self.min_side = min_side
-        self.budget = MediaBudget(bytes_per_hour)
+    def __init__(self, config: INaturalistSourceConfig, user_agent: str):
+        self.retry = make_retry(config, raise_on_status=False)
+        self.timeout = (min(CONNECT_TIMEOUT_S, config.timeout_s), config.timeout_s)
+        self.min_side = config.min_photo_side
+        self.budget = MediaBudget(config.media_bytes_per_hour)
         self.session = requests.Session()
         self.session.headers["User-Agent"] = user_agent
-        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=concurrency, max_retries=self.retry)
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=config.concurrency, max_retries=self.retry)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         self._lock = threading.Lock()

@@ -18,6 +18,7 @@ from typing import Any
 
 from mushroom.fileio import read_json, write_json_atomic, write_text_atomic
 from mushroom.manifest import PhotoRecord
+from mushroom.report.tables import md_table
 from mushroom.species import Species
 
 ATTRIBUTIONS_NAME = "ATTRIBUTIONS.csv"
@@ -180,17 +181,19 @@ def render_card(card: dict[str, Any]) -> str:
         "",
         "## Photos per species",
         "",
-        "| taxon | species | common name | photos | target | status | observed |",
-        "|---|---|---|---|---|---|---|",
+        md_table(["taxon", "species", "common name", "photos", "target", "status", "observed"],
+                 [[s["taxon_id"], f"*{s['scientific_name']}*", s["common_name"], s["photos"], s["target"],
+                   s["status"], f"{s['observed_from'] or '-'} to {s['observed_to'] or '-'}"] for s in card["species"]]),
+        "",
+        "## Photos per licence",
+        "",
+        md_table(["licence", "photos"], list(card["photos_per_license"].items())),
+        "",
+        "## Photos not kept",
+        "",
+        md_table(["reason", "photos"], list(card["failures_by_reason"].items()) or [["(none)", 0]]),
+        "",
+        "Details per photo are in `failures.csv`.",
+        "",
     ]
-    for s in card["species"]:
-        lines.append(
-            f"| {s['taxon_id']} | *{s['scientific_name']}* | {s['common_name']} | {s['photos']} | "
-            f"{s['target']} | {s['status']} | {s['observed_from'] or '-'} to {s['observed_to'] or '-'} |"
-        )
-    lines += ["", "## Photos per licence", "", "| licence | photos |", "|---|---|"]
-    lines += [f"| {code} | {n} |" for code, n in card["photos_per_license"].items()]
-    lines += ["", "## Photos not kept", "", "| reason | photos |", "|---|---|"]
-    lines += [f"| {reason} | {n} |" for reason, n in card["failures_by_reason"].items()] or ["| (none) | 0 |"]
-    lines += ["", "Details per photo are in `failures.csv`.", ""]
     return "\n".join(lines)

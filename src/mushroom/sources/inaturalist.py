@@ -191,26 +191,8 @@ class _Acquisition:
         self.seen_photos: dict[str, str] = {}  # photo id -> observation id
         self.seen_bytes: dict[str, str] = {}  # sha256 -> photo id
         self.api_requests = 0
-        self.api = open_api_session(
-            out_dir / STATE_DIR,
-            user_agent=config.user_agent,
-            requests_per_minute=config.requests_per_minute,
-            requests_per_day=config.requests_per_day,
-            timeout_s=config.timeout_s,
-            max_retries=config.max_retries,
-            backoff_factor=config.backoff_factor,
-            backoff_max=config.backoff_max,
-        )
-        self.downloader = PhotoDownloader(
-            user_agent=self.api.headers["User-Agent"],
-            concurrency=config.concurrency,
-            timeout_s=config.timeout_s,
-            max_retries=config.max_retries,
-            backoff_factor=config.backoff_factor,
-            backoff_max=config.backoff_max,
-            min_side=config.min_photo_side,
-            bytes_per_hour=config.media_bytes_per_hour,
-        )
+        self.api = open_api_session(out_dir / STATE_DIR, config)
+        self.downloader = PhotoDownloader(config, user_agent=self.api.headers["User-Agent"])
         self.pool = ThreadPoolExecutor(config.concurrency, thread_name_prefix="inat-photo")
         self.progress = tqdm(
             total=config.photos_per_species * len(catalog),

@@ -1,0 +1,326 @@
+"""The typed evaluation: what :mod:`mushroom.evaluate` builds and everything else reads.
+
+``evaluation.json`` is :meth:`Evaluation.to_json` of these models; :func:`read_evaluation`
+reads it back, the current and the previous schema version, and refuses newer ones. Readers
+(the report, ``compare``, tracking, the KFP components) use attributes, never string keys.
+
+Fields are added as optional ones (absent when not measured) with a schema version bump, so
+that files written before them still load: e.g. ``VariantEvaluation.validation`` holds the
+validation split's figures.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from mushroom import variants as registry
+from mushroom.fileio import read_json, write_json_atomic
+from mushroom.versioning import check_schema_version
+
+SCHEMA_VERSION = 2  # 1: no schema_version field, a default_variant copy of the bundle's choice
+EVALUATION = "evaluation.json"
+
+
+class _Model(BaseModel):
+    # Assignments are validated too: the evaluate stage fills size, latency and comparisons late.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --- species ---------------------------------------------------------------------------------
+
+
+class TopK(_Model):
+    """Top-k accuracy: the true species among the k most probable."""
+
+    top1: float
+    top3: float
+    top5: float
+
+
+class SpeciesSummary(TopK):
+    """Top-k and macro precision/recall/F1 over the species present."""
+
+    macro_precision: float
+    macro_recall: float
+    macro_f1: float
+
+
+class SpeciesRow(_Model):
+    species: str
+    edibility: str
+    precision: float
+    recall: float
+    f1: float
+    support: int
+
+
+class ConfusedPair(_Model):
+    species: list[str]
+    count: int
+    first_as_second: int
+    second_as_first: int
+
+
+class SpeciesMetrics(SpeciesSummary):
+    """Everything about species on one split (the ranking, so calibration never changes it)."""
+
+    per_species: list[SpeciesRow]
+    confusion_matrix: list[list[int]]
+    most_confused: list[ConfusedPair]
+
+
+# --- calibration, edibility, the safety policy --------------------------------------------------
+
+
+class ReliabilityBin(_Model):
+    lower: float
+    upper: float
+    count: int
+    accuracy: float | None
+    confidence: float | None
+
+
+class CalibrationMetrics(_Model):
+    ece: float
+    mce: float
+    bins: int
+    mean_confidence: float
+    std_confidence: float
+    accuracy: float
+    nll: float
+    brier: float
+    reliability: list[ReliabilityBin]
+
+
+class DecisionScores(_Model):
+    """Precision/recall/F1 of a yes/no decision; None where undefined."""
+
+    precision: float | None
+    recall: float | None
+    f1: float | None
+
+
+class NaiveEdible(DecisionScores):
+    """"Edible" whenever P(edible) >= 0.5, as a plain classifier would say."""
+
+    dangerous_as_edible_rate: float | None
+
+
+class RocCurve(_Model):
+    fpr: list[float]
+    tpr: list[float]
+    threshold: list[float]
+
+
+class MeanPEdible(_Model):
+    edible: float | None
+    dangerous: float | None
+
+
+class EdibilityMetrics(_Model):
+    photos: int
+    edible_photos: int
+    dangerous_photos: int
+    deadly_photos: int
+    roc_auc: float | None
+    roc_curve: RocCurve | None
+    verdict_edible: DecisionScores
+    dangerous_as_edible_rate: float | None
+    deadly_top1_edible_rate: float | None
+    dangerous_missing_from_top5_rate: float | None
+    dangerous_missing_from_top5_share: float
+    naive_edible: NaiveEdible
+    mean_p_edible: MeanPEdible
+
+
+class RiskCoverage(_Model):
+    threshold: list[float]
+    coverage: list[float]
+    risk: list[float | None]
+    selective_risk: list[float]
+    edible_share: list[float]
+
+
+class PolicyMetrics(_Model):
+    """The fitted policy (on validation) and how it does on the test split."""
+
+    temperature: float
+    edible_threshold: float | None
+    not_edible_below: float
+    target: float
+    confidence: float | None
+    val_dangerous_as_edible_rate: float | None
+    val_coverage: float
+    coverage: float
+    risk: float | None
+    selective_risk: float | None
+    verdicts: dict[str, int]
+    risk_coverage: RiskCoverage
+
+
+class Assessment(_Model):
+    """Every probability-dependent figure of the test split under one calibration."""
+
+    species: SpeciesSummary
+    calibration: CalibrationMetrics
+    edibility: EdibilityMetrics
+    policy: PolicyMetrics
+
+
+# --- speed and the comparison with the reference ------------------------------------------------
+
+
+class LatencyStats(_Model):
+    median_ms: float
+    p90_ms: float
+    mean_ms: float
+    num_threads: int | None = None
+    runs: int | None = None
+    warmup: int | None = None
+
+
+class Latency(_Model):
+    threads_1: LatencyStats
+    threads_all: LatencyStats
+
+
+class Change(_Model):
+    absolute: float | None
+    relative: float | None
+
+
+class VsReference(_Model):
+    """A variant against the TFLite float32 reference of the same configuration."""
+
+    top1_agreement: float | None
+    top1_change: Change
+    top3_change: Change
+    top5_change: Change
+    macro_f1_change: Change
+    ece_change: Change
+    size_ratio: float | None = None
+    latency_ratio_threads_1: float | None = None
+    latency_ratio_threads_all: float | None = None
+
+
+class ValNll(_Model):
+    uncalibrated: float
+    calibrated: float
+
+
+class VariantEvaluation(TopK):
+    """One model variant (Keras or a TFLite variant) on the test split."""
+
+    temperature: float
+    val_nll: ValNll
+    species: SpeciesMetrics
+    uncalibrated: Assessment
+    calibrated: Assessment
+    size_mb: float | None = None  # TFLite variants only
+    latency: Latency | None = None
+    vs_float32: VsReference | None = None
+    validation: TopK | None = None  # the validation split, where the figures were fitted
+
+
+class Int8VsFloat32(_Model):
+    """Full int8 against float32, the headline of the project."""
+
+    top1_agreement: float | None
+    top1_change: float
+    top5_change: float
+    top1_relative_change: float | None
+    size_ratio: float
+    latency_ratio_threads_1: float | None = None
+    latency_ratio_threads_all: float | None = None
+
+
+class LatencySettings(_Model):
+    batch: int
+    runs: int
+    warmup: int
+    threads_all: int
+
+
+class Evaluation(_Model):
+    """One configuration's evaluation: every variant, on the test split."""
+
+    schema_version: int = SCHEMA_VERSION
+    model_name: str
+    architecture: str
+    image_size: int
+    num_test_photos: int
+    num_val_photos: int
+    num_classes: int
+    species: list[str]
+    edibility: list[str]
+    target_dangerous_as_edible: float
+    ece_bins: int
+    variants: dict[str, VariantEvaluation]
+    latency_settings: LatencySettings | None = None
+    int8_vs_float32: Int8VsFloat32 | None = None
+
+    def variant(self, name: str) -> VariantEvaluation | None:
+        """The evaluation of TFLite variant ``name`` (``int8``, ...); None if not evaluated."""
+        return self.variants.get(registry.evaluation_key(name))
+
+    @property
+    def reference(self) -> VariantEvaluation | None:
+        """The TFLite float32 reference."""
+        return self.variant(registry.REFERENCE)
+
+    def tflite_variants(self) -> dict[str, VariantEvaluation]:
+        """TFLite variants by variant name (no Keras), in report order."""
+        return {registry.variant_of_key(k): self.variants[k] for k in registry.report_order(self.variants)
+                if registry.variant_of_key(k) is not None}
+
+    def ordered(self) -> dict[str, VariantEvaluation]:
+        """Every evaluated model by evaluation key, in report order."""
+        return {k: self.variants[k] for k in registry.report_order(self.variants)}
+
+    def shown_variant(self, shipped: str | None) -> str:
+        """The evaluation key to show in single-variant views (KFP confusion matrix, ROC).
+
+        The variant the bundle ships (``shipped``), else the registry's fallback, else the first.
+        """
+        tflite = self.tflite_variants()
+        name = shipped if shipped in tflite else registry.fallback_variant(tflite) if tflite else None
+        return registry.evaluation_key(name) if name else next(iter(self.ordered()))
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON form (``evaluation.json``); fields never measured are left out."""
+        return self.model_dump(mode="json", exclude_unset=True) | {"schema_version": self.schema_version}
+
+
+def migrate(data: dict[str, Any]) -> dict[str, Any]:
+    """An ``evaluation.json`` dict of this or the previous schema version in the current form."""
+    data = dict(data)
+    if data.get("schema_version", 1) == 1:
+        data.pop("default_variant", None)  # the bundle's metadata.json is the one record of it
+    data["schema_version"] = SCHEMA_VERSION
+    return data
+
+
+def parse_evaluation(data: dict[str, Any], source: str = "evaluation") -> Evaluation:
+    """Validate an ``evaluation.json`` dict (current or previous schema version)."""
+    check_schema_version(data, SCHEMA_VERSION, source)
+    try:
+        return Evaluation.model_validate(migrate(data))
+    except ValidationError as err:
+        raise ValueError(f"{source} is not a valid evaluation: {err}") from None
+
+
+def read_evaluation(folder_or_file: str | Path) -> Evaluation:
+    """Read ``evaluation.json`` from a file or the evaluation folder holding it."""
+    path = Path(folder_or_file)
+    path = path / EVALUATION if path.is_dir() else path
+    return parse_evaluation(read_json(path), str(path))
+
+
+def write_evaluation(evaluation: Evaluation, folder: str | Path) -> Path:
+    """Write ``evaluation.json`` into ``folder`` atomically; returns its path."""
+    path = Path(folder) / EVALUATION
+    write_json_atomic(path, evaluation.to_json())
+    return path

@@ -1,0 +1,59 @@
+"""The self-contained HTML pages (plots embedded as PNG data), rendered from Jinja2 templates.
+
+The templates and the stylesheet are in ``templates/``; every value is autoescaped. Jinja2 is
+imported when a page is rendered.
+"""
+
+from __future__ import annotations
+
+import base64
+from functools import cache
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from mushroom import variants as registry
+from mushroom.report.tables import SECTIONS, Table, section_tables, settings_line, species_tables
+
+if TYPE_CHECKING:
+    from mushroom.evaluation import Evaluation
+    from mushroom.report.plots import Plot
+
+
+class _Image(NamedTuple):
+    caption: str
+    data: str  # base64 PNG
+
+
+@cache
+def _environment():
+    import jinja2
+
+    return jinja2.Environment(loader=jinja2.PackageLoader("mushroom.report", "templates"), autoescape=True,
+                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+
+
+def _render(template: str, **context: Any) -> str:
+    return _environment().get_template(template).render(reference=registry.REFERENCE, **context) + "\n"
+
+
+def _image(plot: Plot) -> _Image:
+    return _Image(plot.caption, base64.b64encode(plot.png).decode("ascii"))
+
+
+def render_html(evaluation: Evaluation, plots: dict[str, Plot], shipped_variant: str | None = None) -> str:
+    """The evaluation report: every section of :data:`SECTIONS`, its tables and ``plots``.
+
+    Args:
+        evaluation: The evaluation.
+        plots: By file stem (:func:`mushroom.report.plots.build_plots`); shown by stem prefix.
+        shipped_variant: The variant the bundle ships (``metadata.json``'s ``default_variant``).
+    """
+    return _render("report.html.j2", title=f"Evaluation {evaluation.model_name}", evaluation=evaluation,
+                   settings=settings_line(evaluation, shipped_variant), sections=SECTIONS,
+                   tables=section_tables(evaluation), species_tables=species_tables(evaluation, shipped_variant),
+                   images={stem: _image(plot) for stem, plot in plots.items()})
+
+
+def render_comparison_html(table: Table, plot: Plot, best: str) -> str:
+    """The comparison page: every configuration and variant, and accuracy against cost."""
+    return _render("comparison.html.j2", title="Model comparison", best=best, table=table, image=_image(plot),
+                   full_integer=registry.FULL_INTEGER)

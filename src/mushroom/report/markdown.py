@@ -1,0 +1,29 @@
+"""``summary.md``: the report's tables as Markdown."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from mushroom.report.tables import SECTIONS, md_table, section_tables, settings_line
+
+if TYPE_CHECKING:
+    from mushroom.evaluation import Evaluation
+
+# The sections of the HTML report that the summary repeats, after the overview.
+_SUMMARY_SECTIONS = ("policy", "edibility", "calibration", "speed", "quantization")
+
+
+def render_summary(evaluation: Evaluation, shipped_variant: str | None = None) -> str:
+    """A short Markdown summary: overview, safety, calibration, speed and the float32 -> int8 change.
+
+    Args:
+        evaluation: The evaluation.
+        shipped_variant: The variant the bundle ships (``metadata.json``'s ``default_variant``).
+    """
+    tables = section_tables(evaluation)
+    lines = [f"# Evaluation: {evaluation.model_name}", "", settings_line(evaluation, shipped_variant), "",
+             md_table(tables["overview"].header, tables["overview"].rows)]
+    for section in _SUMMARY_SECTIONS:
+        if tables[section].rows:
+            lines += ["", f"## {SECTIONS[section]}", "", md_table(tables[section].header, tables[section].rows)]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,236 @@
+"""The report's plots, as PNG bytes.
+
+matplotlib is imported when a plot is drawn, with its object-oriented API and the Agg canvas
+(no pyplot, no display, no global backend switch).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
+
+import numpy as np
+
+from mushroom.fileio import write_bytes_atomic
+from mushroom.report.tables import assessments, focus_variants, latency, median_ms
+
+if TYPE_CHECKING:
+    from mushroom.evaluation import CalibrationMetrics, EdibilityMetrics, Evaluation, PolicyMetrics
+
+PLOTS = "plots"  # the folder of PNG files next to a report
+_COLORS = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666")
+
+
+class Plot(NamedTuple):
+    """One plot: its caption and PNG bytes."""
+
+    caption: str
+    png: bytes
+
+
+class Point(NamedTuple):
+    """One TFLite variant in an accuracy-against-cost plot.
+
+    Attributes:
+        label: The variant name, written next to the point.
+        top1: Top-1 accuracy on the test split.
+        size_mb: File size.
+        latency_ms: Median latency with one thread (None: not measured).
+        group: The configuration (one colour per group).
+    """
+
+    label: str
+    top1: float
+    size_mb: float
+    latency_ms: float | None
+    group: str
+
+
+def _color(i: int) -> str:
+    return _COLORS[i % len(_COLORS)]
+
+
+def _figure(width: float, height: float):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=100, layout="constrained")
+
+
+def _png(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def save_plot(out_dir: str | Path, stem: str, png: bytes) -> Path:
+    """Write ``png`` to ``out_dir/plots/<stem>.png`` atomically; returns the path."""
+    path = Path(out_dir) / PLOTS / f"{stem}.png"
+    write_bytes_atomic(path, png)
+    return path
+
+
+# --- one function per kind of plot ------------------------------------------------------------
+
+
+def plot_confusion(matrix: list[list[int]], names: list[str], title: str) -> bytes:
+    """Row-normalised confusion matrix (counts written in the cells when it is small)."""
+    m = np.asarray(matrix, dtype=float)
+    n = len(names)
+    rows = m.sum(axis=1, keepdims=True)
+    norm = np.divide(m, rows, out=np.zeros_like(m), where=rows > 0)
+    side = min(14.0, max(4.5, 0.28 * n + 3.0))
+    fig = _figure(side + 1.2, side)
+    ax = fig.add_subplot()
+    image = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, shrink=0.8, label="share of the true species")
+    size = 8 if n <= 12 else 6 if n <= 30 else 4
+    ax.set_xticks(range(n), names, rotation=60, ha="right", fontsize=size)
+    ax.set_yticks(range(n), names, fontsize=size)
+    ax.set_xlabel("predicted species")
+    ax.set_ylabel("true species")
+    ax.set_title(title)
+    if n <= 15:
+        for i in range(n):
+            for j in range(n):
+                if m[i, j]:
+                    ax.text(j, i, int(m[i, j]), ha="center", va="center", fontsize=8,
+                            color="white" if norm[i, j] > 0.5 else "black")
+    return _png(fig)
+
+
+def plot_reliability(blocks: dict[str, CalibrationMetrics], title: str) -> bytes:
+    """Reliability diagrams side by side (before and after temperature scaling)."""
+    fig = _figure(10, 4.4)
+    axes = fig.subplots(1, len(blocks), sharey=True)
+    for ax, (stage, cal) in zip(np.atleast_1d(axes), blocks.items(), strict=True):
+        bins = cal.reliability
+        centers = [(b.lower + b.upper) / 2 for b in bins]
+        width = bins[0].upper - bins[0].lower
+        acc = [b.accuracy or 0.0 for b in bins]
+        conf = [b.confidence if b.count else np.nan for b in bins]
+        ax.bar(centers, acc, width=width * 0.95, color="#4a90d9", edgecolor="#1f4e79", label="accuracy")
+        ax.bar(centers, np.nan_to_num(np.array(conf, dtype=float) - np.array(acc)), bottom=acc, width=width * 0.95,
+               color="#f4a3a3", alpha=0.6, edgecolor="#c0392b", label="gap to confidence")
+        ax.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
+        for x, b in zip(centers, bins, strict=True):
+            if b.count:
+                ax.text(x, 0.01, str(b.count), ha="center", va="bottom", fontsize=6, color="white")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("confidence (top-1 probability)")
+        ax.set_title(f"{stage}: ECE {cal.ece:.3f}, mean conf. {cal.mean_confidence:.2f}, "
+                     f"acc. {cal.accuracy:.2f}", fontsize=9)
+        ax.legend(loc="upper left", fontsize=7)
+    np.atleast_1d(axes)[0].set_ylabel("accuracy")
+    fig.suptitle(title)
+    return _png(fig)
+
+
+def plot_risk_coverage(policies: dict[str, PolicyMetrics], target: float) -> bytes:
+    """Dangerous-as-edible rate and selective risk against coverage, chosen point marked."""
+    fig = _figure(11, 4.4)
+    left, right = fig.subplots(1, 2)
+    for i, (name, policy) in enumerate(policies.items()):
+        color = _color(i)
+        curve = policy.risk_coverage
+        risk = [np.nan if r is None else r for r in curve.risk]
+        left.plot(curve.coverage, risk, "-", color=color, label=name, alpha=0.85)
+        right.plot(curve.coverage, curve.selective_risk, "-", color=color, label=name, alpha=0.85)
+        for ax, chosen in ((left, policy.risk), (right, policy.selective_risk)):
+            if chosen is not None:
+                ax.plot([policy.coverage], [chosen], "o", color=color, markersize=8, markeredgecolor="black")
+    left.axhline(target, color="red", linestyle=":", label=f"target {target:.1%} (on val)")
+    left.set_xlabel("coverage (share of photos with a verdict)")
+    left.set_ylabel("dangerous photos called edible")
+    left.set_title("risk of the verdict 'edible' (dot: chosen threshold)", fontsize=9)
+    right.set_xlabel("coverage (share of photos with a verdict)")
+    right.set_ylabel("wrong verdicts among covered photos")
+    right.set_title("selective risk (dot: chosen threshold)", fontsize=9)
+    for ax in (left, right):
+        ax.set_xlim(0, 1.02)
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def plot_edible_roc(edibility: dict[str, EdibilityMetrics]) -> bytes:
+    """ROC curves of P(edible) per variant (a variant without a curve is left out)."""
+    fig = _figure(5.5, 5)
+    ax = fig.add_subplot()
+    for i, (name, e) in enumerate(edibility.items()):
+        if e.roc_curve is not None:
+            ax.plot(e.roc_curve.fpr, e.roc_curve.tpr, color=_color(i), label=f"{name} (AUC {e.roc_auc:.3f})")
+    ax.plot([0, 1], [0, 1], "--", color="gray", label="chance")
+    ax.set_xlabel("false positive rate (not edible called edible)")
+    ax.set_ylabel("true positive rate (edible called edible)")
+    ax.set_title("ROC of P(edible)")
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def plot_accuracy_vs_cost(points: list[Point], title: str) -> bytes:
+    """Top-1 accuracy against file size and against CPU latency (one thread), one colour per group."""
+    fig = _figure(11, 4.4)
+    axes = fig.subplots(1, 2, sharey=True)
+    costs: tuple[tuple[Callable[[Point], float | None], str], ...] = (
+        (lambda p: p.size_mb, "model file size (MB)"),
+        (lambda p: p.latency_ms, "CPU latency per image, 1 thread, median (ms)"))
+    groups = sorted({p.group for p in points})
+    for ax, (cost, xlabel) in zip(axes, costs, strict=True):
+        for i, group in enumerate(groups):
+            mine = sorted((p for p in points if p.group == group and cost(p) is not None), key=cost)
+            if not mine:
+                continue
+            ax.plot([cost(p) for p in mine], [p.top1 for p in mine], "o", color=_color(i), label=group,
+                    markersize=7, alpha=0.85)
+            for p in mine:
+                ax.annotate(p.label, (cost(p), p.top1), textcoords="offset points", xytext=(5, 5), fontsize=7)
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel("top-1 accuracy (test)")
+    fig.suptitle(title)
+    return _png(fig)
+
+
+# --- the plots of one evaluation ------------------------------------------------------------------
+
+
+def tflite_points(evaluation: Evaluation) -> list[Point]:
+    """Every TFLite variant of ``evaluation`` with a file size, in report order."""
+    return [Point(name, v.top1, v.size_mb, median_ms(latency(v)[0]), evaluation.model_name)
+            for name, v in evaluation.tflite_variants().items() if v.size_mb is not None]
+
+
+def build_plots(evaluation: Evaluation, shipped_variant: str | None = None) -> dict[str, Plot]:
+    """Every plot of one evaluation, by file stem.
+
+    Confusion matrices of the focus variants (:func:`focus_variants`), a reliability diagram per
+    variant, risk-coverage, ROC of P(edible) and accuracy against size and latency.
+    """
+    variants = evaluation.ordered()
+    plots: dict[str, Plot] = {}
+    for key in focus_variants(evaluation, shipped_variant):
+        caption = f"Species confusion matrix, {key} (test split, rows normalised, counts in cells)"
+        plots[f"confusion_{key}"] = Plot(caption, plot_confusion(variants[key].species.confusion_matrix,
+                                                                  evaluation.species, f"{key}: confusion"))
+    for key, v in variants.items():
+        plots[f"reliability_{key}"] = Plot(
+            f"Reliability diagram, {key}: before and after temperature scaling (T = {v.temperature:.2f}, "
+            f"{evaluation.ece_bins} equal-width bins; bar labels: photos per bin)",
+            plot_reliability({stage: a.calibration for stage, a in assessments(v).items()}, key))
+    plots["risk_coverage"] = Plot(
+        "Risk-coverage of the safety policy (calibrated; the edible threshold sweeps the test scores)",
+        plot_risk_coverage({k: v.calibrated.policy for k, v in variants.items()},
+                           evaluation.target_dangerous_as_edible))
+    plots["edible_roc"] = Plot("ROC of P(edible), calibrated, test split",
+                               plot_edible_roc({k: v.calibrated.edibility for k, v in variants.items()}))
+    points = tflite_points(evaluation)
+    if points:
+        plots["accuracy_vs_cost"] = Plot("Top-1 accuracy against size and CPU latency per TFLite variant",
+                                         plot_accuracy_vs_cost(points, evaluation.model_name))
+    return plots

@@ -1,0 +1,281 @@
+"""The report's tables: number formatting, every table's header and rows, and Markdown tables.
+
+Cells are plain strings, so the HTML report, ``summary.md`` and the comparison show the same
+figures. Nothing heavy is imported here (no plotting, no templates): :func:`md_table` is the
+project's one Markdown table writer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
+
+from mushroom import variants as registry
+
+if TYPE_CHECKING:
+    from mushroom.evaluation import (
+        Assessment,
+        Change,
+        DecisionScores,
+        Evaluation,
+        LatencyStats,
+        SpeciesRow,
+        VariantEvaluation,
+    )
+
+DASH = "\u2014"  # a missing value
+SECTIONS = {
+    "overview": "Overview",
+    "species": "Species",
+    "edibility": "Edibility",
+    "calibration": "Calibration",
+    "policy": "Safety policy",
+    "speed": "Speed and size",
+    "quantization": f"{registry.REFERENCE.capitalize()} to {registry.FULL_INTEGER}",
+}
+
+
+class Table(NamedTuple):
+    """One table: column names, rows of formatted cells and an optional title."""
+
+    header: list[str]
+    rows: list[list[str]]
+    title: str = ""
+
+
+# --- formatting ----------------------------------------------------------------------------
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    """A number for a table (integers as they are); an em dash for a missing value."""
+    if value is None:
+        return DASH
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return str(value)
+    return f"{float(value):.{digits}f}"
+
+
+def pct(value: float | None, digits: int = 1) -> str:
+    """A share as a percentage; an em dash for a missing value."""
+    return DASH if value is None else f"{100 * float(value):.{digits}f}%"
+
+
+def signed(value: float | None, digits: int = 3) -> str:
+    """A change with its sign; a change that rounds to zero reads +0 (never -0)."""
+    if value is None:
+        return DASH
+    rounded = round(float(value), digits) + 0.0
+    return f"{rounded:+.{digits}f}"
+
+
+def change(value: Change) -> str:
+    """An absolute and a relative change: ``+0.012 / +1.5%``."""
+    return f"{signed(value.absolute)} / {pct(value.relative)}"
+
+
+def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A Markdown (GitHub) table; cells are written with ``str`` and their pipes escaped.
+
+    Args:
+        header: Column names.
+        rows: One sequence of cells per row, as long as ``header``.
+
+    Returns:
+        The table's lines, without a trailing newline.
+    """
+    def line(cells: Sequence[Any]) -> str:
+        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+    return "\n".join([line(header), "|" + "---|" * len(header), *(line(r) for r in rows)])
+
+
+def _prf(scores: DecisionScores | SpeciesRow) -> str:
+    return f"{fmt(scores.precision, 2)} / {fmt(scores.recall, 2)} / {fmt(scores.f1, 2)}"
+
+
+def _median_p90(stats: LatencyStats | None) -> str:
+    return DASH + " / " + DASH if stats is None else f"{fmt(stats.median_ms, 2)} / {fmt(stats.p90_ms, 2)}"
+
+
+# --- what the tables show --------------------------------------------------------------------
+
+
+def assessments(variant: VariantEvaluation) -> dict[str, Assessment]:
+    """A variant's figures before and after temperature scaling, in that order."""
+    return {"uncalibrated": variant.uncalibrated, "calibrated": variant.calibrated}
+
+
+def latency(variant: VariantEvaluation) -> tuple[LatencyStats | None, LatencyStats | None]:
+    """A variant's latency with one thread and with all cores; Nones where not measured."""
+    return (variant.latency.threads_1, variant.latency.threads_all) if variant.latency else (None, None)
+
+
+def median_ms(stats: LatencyStats | None) -> float | None:
+    """The median latency; None where not measured."""
+    return None if stats is None else stats.median_ms
+
+
+def focus_variants(evaluation: Evaluation, shipped_variant: str | None = None) -> list[str]:
+    """The evaluation keys shown in detail (per-species tables, confusion matrices).
+
+    Keras, the float32 reference, full int8 and the variant the bundle ships, where evaluated,
+    in report order. Every variant is in ``evaluation.json``.
+
+    Args:
+        evaluation: The evaluation.
+        shipped_variant: The bundle's default variant (``metadata.json``); None: the fallback.
+    """
+    wanted = {registry.KERAS_KEY, registry.REFERENCE_KEY, registry.FULL_INTEGER_KEY,
+              evaluation.shown_variant(shipped_variant)}
+    return [key for key in evaluation.ordered() if key in wanted]
+
+
+def shipped_name(evaluation: Evaluation, shipped_variant: str | None) -> str:
+    """The variant ``identify`` uses: the one shipped; when not known, the registry's fallback."""
+    return shipped_variant or registry.variant_of_key(evaluation.shown_variant(None)) or DASH
+
+
+def settings_line(evaluation: Evaluation, shipped_variant: str | None = None) -> str:
+    """One paragraph: the configuration, the splits, the safety target and the latency setup."""
+    e = evaluation
+    line = (f"{e.model_name} ({e.architecture}, {e.image_size} px, {e.num_classes} species); "
+            f"test split {e.num_test_photos} photos; temperature and safety threshold fitted on the "
+            f"validation split ({e.num_val_photos} photos) with a dangerous-as-edible target of "
+            f"{e.target_dangerous_as_edible:.1%}. Default variant (used by identify): "
+            f"{shipped_name(e, shipped_variant)}.")
+    if e.latency_settings:
+        s = e.latency_settings
+        line += (f" Latency: batch 1, {s.warmup} warm-up and {s.runs} timed runs, 1 thread and "
+                 f"{s.threads_all} threads.")
+    return line
+
+
+# --- one table per section ------------------------------------------------------------------------
+
+
+def overview_table(evaluation: Evaluation) -> Table:
+    """Headline figures of every variant: accuracy, calibration, safety, size and speed."""
+    header = ["variant", "top-1", "top-5", "macro F1", "ECE before -> after", "AUC P(edible)",
+              "dangerous as edible", "coverage", "size MB", "latency ms (1 thread)"]
+    rows = []
+    for key, v in evaluation.ordered().items():
+        cal = v.calibrated
+        rows.append([
+            key, fmt(v.top1), fmt(v.top5), fmt(v.species.macro_f1),
+            f"{fmt(v.uncalibrated.calibration.ece)} -> {fmt(cal.calibration.ece)}",
+            fmt(cal.edibility.roc_auc), pct(cal.policy.risk, 2), pct(cal.policy.coverage),
+            fmt(v.size_mb, 2), fmt(median_ms(latency(v)[0]), 2),
+        ])
+    return Table(header, rows)
+
+
+def species_tables(evaluation: Evaluation, shipped_variant: str | None = None) -> list[Table]:
+    """Accuracy per variant, then per species and the most confused pairs of the focus variants."""
+    variants = evaluation.ordered()
+    accuracy = Table(["variant", "top-1", "top-3", "top-5", "macro precision", "macro recall", "macro F1"],
+                     [[key, fmt(v.species.top1), fmt(v.species.top3), fmt(v.species.top5),
+                       fmt(v.species.macro_precision), fmt(v.species.macro_recall), fmt(v.species.macro_f1)]
+                      for key, v in variants.items()],
+                     "Accuracy per variant")
+    names = focus_variants(evaluation, shipped_variant)
+    per = {n: {r.species: r for r in variants[n].species.per_species} for n in names}
+    header = ["species", "edibility", "test photos", *(f"{n} P / R / F1" for n in names)]
+    rows = [[row.species, row.edibility, str(row.support), *(_prf(per[n][row.species]) for n in names)]
+            for row in variants[names[0]].species.per_species]
+    tables = [accuracy, Table(header, rows, "Per species (precision / recall / F1)")]
+    for name in names:
+        pairs = variants[name].species.most_confused
+        tables.append(Table(["species A", "species B", "confusions", "A as B", "B as A"],
+                            [[*p.species[:2], str(p.count), str(p.first_as_second), str(p.second_as_first)]
+                             for p in pairs] or [["(none)", "", "", "", ""]],
+                            f"Most confused species pairs, {name}"))
+    return tables
+
+
+def edibility_table(evaluation: Evaluation) -> Table:
+    """The edible/not edible decision of every variant, before and after calibration."""
+    header = ["variant", "calibration", "AUC P(edible)", "verdict edible P / R / F1", "dangerous as edible",
+              "naive (P >= 0.5) dangerous as edible", "deadly with edible top-1",
+              "dangerous missing from top-5"]
+    rows = []
+    for key, v in evaluation.ordered().items():
+        for stage, a in assessments(v).items():
+            e = a.edibility
+            rows.append([key, stage, fmt(e.roc_auc), _prf(e.verdict_edible), pct(e.dangerous_as_edible_rate, 2),
+                         pct(e.naive_edible.dangerous_as_edible_rate, 2), pct(e.deadly_top1_edible_rate, 2),
+                         pct(e.dangerous_missing_from_top5_rate, 2)])
+    return Table(header, rows)
+
+
+def calibration_table(evaluation: Evaluation) -> Table:
+    """Calibration errors of every variant before and after temperature scaling."""
+    header = ["variant", "temperature", "calibration", "ECE", "MCE", "mean confidence", "std confidence",
+              "accuracy", "NLL", "Brier"]
+    rows = []
+    for key, v in evaluation.ordered().items():
+        for stage, a in assessments(v).items():
+            c = a.calibration
+            rows.append([key, fmt(a.policy.temperature, 3), stage, fmt(c.ece), fmt(c.mce), fmt(c.mean_confidence),
+                         fmt(c.std_confidence), fmt(c.accuracy), fmt(c.nll), fmt(c.brier)])
+    return Table(header, rows)
+
+
+def policy_table(evaluation: Evaluation) -> Table:
+    """The safety policy of every variant: thresholds, coverage and risk on validation and test."""
+    header = ["variant", "calibration", "edible threshold", "not edible below", "val: dangerous as edible",
+              "val coverage", "test coverage", "test risk (dangerous as edible)", "test selective risk",
+              "edible / not edible / uncertain"]
+    rows = []
+    for key, v in evaluation.ordered().items():
+        for stage, a in assessments(v).items():
+            p = a.policy
+            threshold = "never edible" if p.edible_threshold is None else fmt(p.edible_threshold, 4)
+            rows.append([key, stage, threshold, fmt(p.not_edible_below, 3), pct(p.val_dangerous_as_edible_rate, 2),
+                         pct(p.val_coverage), pct(p.coverage), pct(p.risk, 2), pct(p.selective_risk),
+                         " / ".join(str(c) for c in p.verdicts.values())])
+    return Table(header, rows)
+
+
+def speed_table(evaluation: Evaluation) -> Table:
+    """File size and CPU latency of every TFLite variant, and their ratios to float32."""
+    header = ["variant", "size MB", "size vs float32", "1 thread median / p90 ms",
+              "all cores median / p90 ms", "latency vs float32 (1 thread / all)"]
+    rows = []
+    for key, v in evaluation.ordered().items():
+        if v.size_mb is None:
+            continue
+        d = v.vs_float32
+        if key == registry.REFERENCE_KEY:
+            size_ratio, latency_ratio = "1.000", "1.00 / 1.00"
+        elif d is None:  # no reference to compare with
+            size_ratio, latency_ratio = DASH, DASH
+        else:
+            size_ratio = fmt(d.size_ratio, 3)
+            latency_ratio = f"{fmt(d.latency_ratio_threads_1, 2)} / {fmt(d.latency_ratio_threads_all, 2)}"
+        one, every = latency(v)
+        rows.append([key, fmt(v.size_mb, 3), size_ratio, _median_p90(one), _median_p90(every), latency_ratio])
+    return Table(header, rows)
+
+
+def quantization_table(evaluation: Evaluation) -> Table:
+    """Absolute and relative change of each variant against TFLite float32 (no rows: no reference)."""
+    header = ["variant", "top-1 change (abs / rel)", "top-5 change (abs / rel)", "macro F1 change",
+              "ECE change (calibrated)", "top-1 agreement with float32", "size ratio",
+              "latency ratio (1 thread)"]
+    rows = []
+    for key, v in evaluation.ordered().items():
+        d = v.vs_float32
+        if d is not None:
+            rows.append([key, change(d.top1_change), change(d.top5_change), signed(d.macro_f1_change.absolute),
+                         signed(d.ece_change.absolute), pct(d.top1_agreement), fmt(d.size_ratio),
+                         fmt(d.latency_ratio_threads_1)])
+    return Table(header, rows)
+
+
+def section_tables(evaluation: Evaluation) -> dict[str, Table]:
+    """The one-table sections, by section id (:data:`SECTIONS`), in report order."""
+    return {"overview": overview_table(evaluation), "edibility": edibility_table(evaluation),
+            "calibration": calibration_table(evaluation), "policy": policy_table(evaluation),
+            "speed": speed_table(evaluation), "quantization": quantization_table(evaluation)}

@@ -1,0 +1,277 @@
+"""The registry of TFLite variants: each one defined once, as a build function plus its facts.
+
+Every other module (config validation, the quantize stage, the evaluation, the report, the
+bundle, the safety policy and ``identify``) reads variants from here. A variant is added by
+:func:`register`-ing a :class:`Variant`; nothing else has to change.
+
+A build function gets the exported SavedModel and representative photos
+(:class:`BuildInputs`) and yields one or more attempts (flatbuffer, facts). Most variants
+yield one; a variant that escalates (``int8_selective``) yields better-but-bigger attempts
+until the quantize stage accepts one. A build function may run the TFLite converter, a
+post-conversion quantizer or anything else that produces a ``.tflite`` flatbuffer.
+
+TensorFlow is imported inside the build functions only: reading the registry (as ``identify``
+does) needs no TensorFlow.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mushroom.registry import Registry
+
+REFERENCE = "float32"  # every other variant is compared with this one
+FULL_INTEGER = "int8"  # the integer-only variant every run must build
+REQUIRED = (REFERENCE, FULL_INTEGER)
+# The variant a bundle is used with when it records no choice (bundles from before the choice
+# existed): the first of these that the bundle has.
+FALLBACK_ORDER = (FULL_INTEGER, REFERENCE)
+
+KERAS_KEY = "keras"  # the evaluation's key for the Keras model itself
+_KEY_PREFIX = "tflite_"
+
+
+@dataclass(frozen=True)
+class BuildInputs:
+    """What a build function may use.
+
+    Attributes:
+        saved_model: The trained model exported as a TF SavedModel.
+        representative: Train photos, balanced across species, as ``(n, size, size, 3)`` 0-255.
+        debug_samples: Photos for per-layer error analysis.
+        escalation_steps: For escalating builds: how many layers to keep in float, in order.
+        notes: Facts a build adds to the quantization report (e.g. the worst layers).
+    """
+
+    saved_model: Path
+    representative: np.ndarray
+    debug_samples: int = 64
+    escalation_steps: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+# A build yields (flatbuffer, facts) attempts; the quantize stage keeps the first acceptable one.
+BuildFunction = Callable[[BuildInputs], Iterator[tuple[bytes, dict[str, Any]]]]
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One TFLite variant.
+
+    Attributes:
+        name: Short name: the bundle file is ``model_<name>.tflite``.
+        build: The build function (see the module docstring).
+        description: One line for reports and docs.
+        integer: Uses integer arithmetic (a candidate for the quantize stage's choice).
+        integer_only: Every op runs in integers (integer-only NPUs, Edge TPUs).
+        needs_representative: The build needs representative photos.
+    """
+
+    name: str
+    build: BuildFunction
+    description: str
+    integer: bool = False
+    integer_only: bool = False
+    needs_representative: bool = False
+
+
+_REGISTRY: Registry[Variant] = Registry("variant", protected=REQUIRED)
+
+
+def register(variant: Variant) -> Variant:
+    """Add ``variant`` after the registered ones (report order is registration order)."""
+    if not variant.name.isidentifier():
+        raise ValueError(f"variant name {variant.name!r} must be letters, digits and '_'")
+    return _REGISTRY.register(variant)
+
+
+unregister = _REGISTRY.unregister
+get = _REGISTRY.get
+names = _REGISTRY.names
+
+
+def integer_names() -> list[str]:
+    """The variants the quantize stage may choose."""
+    return [v.name for v in _REGISTRY if v.integer]
+
+
+def fallback_variant(available: Iterable[str]) -> str:
+    """The variant to use when none was chosen: the first of :data:`FALLBACK_ORDER` available."""
+    available = list(available)
+    for name in FALLBACK_ORDER:
+        if name in available:
+            return name
+    if not available:
+        raise ValueError("no variants to choose from")
+    return available[0]
+
+
+# --- evaluation keys: the Keras model and each variant ------------------------------------
+
+
+def evaluation_key(name: str) -> str:
+    """The evaluation's key for TFLite variant ``name`` (e.g. ``tflite_int8``)."""
+    return f"{_KEY_PREFIX}{name}"
+
+
+def variant_of_key(key: str) -> str | None:
+    """The variant name of an evaluation key; None for the Keras model."""
+    return key.removeprefix(_KEY_PREFIX) if key.startswith(_KEY_PREFIX) else None
+
+
+REFERENCE_KEY = evaluation_key(REFERENCE)
+FULL_INTEGER_KEY = evaluation_key(FULL_INTEGER)
+
+
+def report_order(keys: Iterable[str]) -> list[str]:
+    """Evaluation keys in report order: Keras, registered variants, then unknown ones by name."""
+    order = [KERAS_KEY, *(evaluation_key(n) for n in names())]
+    return sorted(keys, key=lambda k: (order.index(k) if k in order else len(order), k))
+
+
+# --- build functions ----------------------------------------------------------------------
+
+
+def _samples(representative: np.ndarray):
+    def generate():
+        for image in representative:
+            yield [image[None].astype(np.float32)]
+
+    return generate
+
+
+def _converter(inputs: BuildInputs, optimize: bool = True):
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(inputs.saved_model))
+    if optimize:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    return converter
+
+
+def _calibrated_converter(inputs: BuildInputs, ops, io_type=None):
+    """A converter that quantizes activations with the representative photos."""
+    import tensorflow as tf
+
+    if inputs.representative is None or len(inputs.representative) == 0:
+        raise ValueError("quantizing activations needs at least one representative image")
+    converter = _converter(inputs)
+    converter.representative_dataset = _samples(inputs.representative)
+    converter.target_spec.supported_ops = ops
+    converter.inference_input_type = converter.inference_output_type = io_type or tf.float32
+    return converter
+
+
+def _full_integer_converter(inputs: BuildInputs):
+    import tensorflow as tf
+
+    return _calibrated_converter(inputs, [tf.lite.OpsSet.TFLITE_BUILTINS_INT8])
+
+
+def build_float32(inputs: BuildInputs):
+    yield _converter(inputs, optimize=False).convert(), {}
+
+
+def build_float16(inputs: BuildInputs):
+    import tensorflow as tf
+
+    converter = _converter(inputs)
+    converter.target_spec.supported_types = [tf.float16]
+    yield converter.convert(), {}
+
+
+def build_dynamic_int8(inputs: BuildInputs):
+    yield _converter(inputs).convert(), {}
+
+
+def build_int8(inputs: BuildInputs):
+    yield _full_integer_converter(inputs).convert(), {}
+
+
+def build_int8_io(inputs: BuildInputs):
+    import tensorflow as tf
+
+    yield _calibrated_converter(inputs, [tf.lite.OpsSet.TFLITE_BUILTINS_INT8], tf.int8).convert(), {}
+
+
+def build_int16x8(inputs: BuildInputs):
+    import tensorflow as tf
+
+    # Ops without a 16x8 kernel (e.g. MobileNetV3's HARD_SWISH) fall back to float.
+    ops = [tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
+    yield _calibrated_converter(inputs, ops).convert(), {}
+
+
+@dataclass
+class LayerError:
+    """Quantization error of one layer's output, from the TFLite quantization debugger."""
+
+    op_name: str
+    tensor_name: str
+    rmse_over_scale: float  # RMS error in units of the int8 step: ~0.29 is rounding alone
+    mean_abs_error: float
+    scale: float
+
+
+def layer_error_report(inputs: BuildInputs):
+    """Per-layer quantization error of full int8, worst first.
+
+    Returns:
+        ``(errors, debugger)``; the debugger can re-quantize with layers left in float.
+    """
+    import tensorflow as tf
+
+    debug_data = _samples(inputs.representative[: inputs.debug_samples])
+    debugger = tf.lite.experimental.QuantizationDebugger(converter=_full_integer_converter(inputs),
+                                                         debug_dataset=debug_data)
+    debugger.run()
+    buf = io.StringIO()
+    debugger.layer_statistics_dump(buf)
+    errors = []
+    for row in csv.DictReader(io.StringIO(buf.getvalue())):
+        scale = float(row["scale"])
+        mse = float(row["mean_squared_error"])
+        ratio = math.sqrt(mse) / scale if scale > 0 and mse == mse else float("inf")
+        errors.append(LayerError(row["op_name"], row["tensor_name"], ratio, float(row["mean_error"]), scale))
+    errors.sort(key=lambda e: e.rmse_over_scale, reverse=True)
+    return errors, debugger
+
+
+def build_int8_selective(inputs: BuildInputs):
+    """Full int8 with the worst 1, 2, 4, ... layers left in float: one attempt per step."""
+    import tensorflow as tf
+
+    errors, debugger = layer_error_report(inputs)
+    inputs.notes["layer_errors"] = [vars(e) for e in errors[:20]]
+    inputs.notes["layers_checked"] = len(errors)
+    for k in [s for s in inputs.escalation_steps if s <= len(errors)] or [len(errors)]:
+        names_ = [e.tensor_name for e in errors[:k]]
+        debugger.options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=names_)
+        yield debugger.get_nondebug_quantized_model(), {"float_layers": names_}
+
+
+for _variant in (
+    Variant("float32", build_float32, "plain conversion, the reference"),
+    Variant("float16", build_float16, "float16 weights"),
+    Variant("dynamic_int8", build_dynamic_int8, "int8 weights, float activations (dynamic range)",
+            integer=True),
+    Variant("int8", build_int8, "full integer (int8 weights and activations), float input/output",
+            integer=True, integer_only=True, needs_representative=True),
+    Variant("int8_io", build_int8_io, "full integer with int8 input/output (NPUs, microcontrollers)",
+            integer=True, integer_only=True, needs_representative=True),
+    Variant("int16x8", build_int16x8, "int16 activations, int8 weights", integer=True,
+            needs_representative=True),
+    Variant("int8_selective", build_int8_selective,
+            "full integer except the layers whose quantization error is largest", integer=True,
+            needs_representative=True),
+):
+    register(_variant)
+del _variant

@@ -14,7 +14,10 @@ from mushroom.calibration import (
     calibration_metrics,
     choose_edible_threshold,
     dangerous_as_edible_rate,
+    ece_interval,
+    expected_calibration_error,
     fit_temperature,
+    fit_temperature_cv,
     negative_log_likelihood,
     reliability_bins,
     risk_coverage_curve,
@@ -25,6 +28,7 @@ from mushroom.evaluate import (
     evaluate_predictions,
     flatten_metrics,
     species_metrics,
+    split_warnings,
     top_list_misses,
 )
 from mushroom.evaluation import Evaluation
@@ -168,6 +172,62 @@ def test_temperature_scaling_sharpens_an_underconfident_model():
     assert negative_log_likelihood(probs, labels, t) < negative_log_likelihood(probs, labels)
 
 
+def _model_outputs(rng, n, sharpen):
+    """Labels drawn from true probabilities, and a model that reports them sharpened ``sharpen`` times."""
+    logits = rng.normal(size=(n, 5)) * 1.5
+    truth = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    labels = np.array([rng.choice(5, p=row) for row in truth])
+    said = np.exp(logits * sharpen)
+    return (said / said.sum(1, keepdims=True)).astype(np.float32), labels
+
+
+def test_temperature_is_kept_where_held_out_nll_drops_and_lowers_test_nll():
+    rng = np.random.default_rng(1)
+    (val_probs, val_labels), (test_probs, test_labels) = (_model_outputs(rng, 1000, 3.0) for _ in range(2))
+    fit = fit_temperature_cv(val_probs, val_labels)
+    assert fit["kept"] and fit["folds"] == 5 and fit["temperature"] == pytest.approx(3.0, rel=0.1)
+    assert fit["heldout_nll_calibrated"] < fit["heldout_nll_uncalibrated"]
+    assert negative_log_likelihood(test_probs, test_labels, fit["temperature"]) < \
+        0.8 * negative_log_likelihood(test_probs, test_labels)
+
+
+def test_temperature_that_does_not_help_held_out_is_not_kept():
+    rng = np.random.default_rng(1)
+    val_probs, val_labels = _model_outputs(rng, 1000, 1.0)  # already calibrated
+    fit = fit_temperature_cv(val_probs, val_labels)
+    assert not fit["kept"] and fit["temperature"] == 1.0 and fit["fitted"] != 1.0
+    assert fit["heldout_nll_calibrated"] >= fit["heldout_nll_uncalibrated"]
+    assert fit["reason"].startswith("not kept")
+    few = fit_temperature_cv(val_probs[:12], val_labels[:12])
+    assert few["temperature"] == 1.0 and not few["kept"] and "too few" in few["reason"]
+
+
+def test_equal_mass_ece_and_bootstrap_interval():
+    # Equal mass, 2 bins of 2: {0.55, 0.6} (both right: gap 0.425), {0.9, 0.95} (1 of 2 right: gap 0.425).
+    confidence, correct = np.array([0.9, 0.55, 0.95, 0.6]), np.array([True, True, False, True])
+    assert expected_calibration_error(confidence, correct, 2, equal_mass=True) == pytest.approx(0.425)
+    assert expected_calibration_error(confidence, correct, 15) == pytest.approx(
+        calibration_errors(confidence, correct)["ece"])
+    rng = np.random.default_rng(0)
+    confidence = rng.uniform(0.3, 1.0, 400)
+    low, high = ece_interval(confidence, rng.random(400) < confidence - 0.2)  # 0.2 over-confident
+    assert low < 0.2 < high and high - low < 0.15
+    metrics = calibration_metrics(PROBS, LABELS)
+    assert metrics["photos"] == 6 and len(metrics["ece_interval"]) == 2
+
+
+def test_too_small_validation_splits_are_named():
+    from mushroom.calibration import photos_to_certify, rate_upper_bound
+
+    assert photos_to_certify(0.005) == 598  # the README's "about 600"
+    assert rate_upper_bound(0, 598, 0.95) <= 0.005 < rate_upper_bound(0, 597, 0.95)
+    warnings = split_warnings(np.array([2, 3, 0, 1] * 10), CATALOG, 0.005)
+    assert len(warnings) == 2
+    assert "40 validation photos are too few" in warnings[0]
+    assert "20 poisonous or deadly validation photos cannot certify" in warnings[1] and "598" in warnings[1]
+    assert split_warnings(np.array([2, 3] * 300), CATALOG, 0.005) == []
+
+
 def test_species_metrics_confusion_and_most_confused():
     s = species_metrics(LABELS, PROBS, CATALOG)
     predicted = [0, 2, 0, 3, 0, 2]
@@ -304,6 +364,8 @@ def test_calibrated_bundle_has_a_fitted_calibration(trained_run, evaluation):
     assert "default_variant" not in calibration
     assert bundle.default_variant == bundle.metadata["default_variant"] in calibration["variants"]
     assert calibration["target_dangerous_as_edible"] == 0.005
+    # The fixture's 32 validation photos support neither a temperature nor the safety threshold: said so.
+    assert calibration["warnings"] == evaluation["warnings"] and len(evaluation["warnings"]) == 2
     assert set(calibration["variants"]) == set(bundle.metadata["variants"]) >= {"float32", "int8"}
     for variant, entry in calibration["variants"].items():
         assert set(entry) == {"temperature", "edible_threshold", "not_edible_below"}
@@ -336,6 +398,9 @@ def test_report_files_are_written(trained_run):
     out = trained_run["evaluation"]
     assert (out / "report.html").stat().st_size > 20_000
     assert (out / "summary.md").read_text().startswith("# Evaluation: tiny-mobilenet")
+    html = (out / "report.html").read_text()
+    assert html.count('class="warn"') == 2 and "validation photos are too few" in html
+    assert "held-out NLL" in html and "ECE equal-mass" in html
     assert len(list((out / "plots").glob("*.png"))) >= 5
 
 

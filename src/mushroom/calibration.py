@@ -23,6 +23,9 @@ TEMPERATURE_BOUNDS = (0.05, 20.0)
 DEFAULT_TARGET = 0.005  # dangerous-as-edible rate allowed on the validation split
 DEFAULT_CONFIDENCE = 0.95  # ... as an upper confidence bound, not just the observed rate
 NOT_EDIBLE_BELOW = 0.5
+CV_FOLDS = 5  # temperature scaling is cross-validated on the validation split
+MIN_PHOTOS_PER_FOLD = 10
+BOOTSTRAP = 200  # resamples for the ECE interval
 _EPS = 1e-12  # the same clip as policy.apply_temperature
 
 
@@ -69,6 +72,51 @@ def fit_temperature(probs: np.ndarray, labels: np.ndarray,
     return temperature
 
 
+def fit_temperature_cv(probs: np.ndarray, labels: np.ndarray, folds: int = CV_FOLDS, seed: int = 0,
+                       bounds: tuple[float, float] = TEMPERATURE_BOUNDS) -> dict[str, Any]:
+    """Temperature scaling that is kept only where it lowers held-out NLL.
+
+    The validation split is cut into ``folds`` folds; for each, a temperature is fitted on the
+    other folds and the held-out fold's NLL is measured with it and with T = 1. The temperature
+    fitted on the whole split is kept only when the held-out NLL summed over the folds is lower
+    with scaling; otherwise T = 1. The test split is never read.
+
+    Args:
+        probs: Class probabilities ``(n, classes)`` on the validation split.
+        labels: True class indices ``(n,)``.
+        folds: Cross-validation folds (fewer when there are fewer photos).
+        seed: Shuffles the photos into folds.
+        bounds: The smallest and largest temperature allowed.
+
+    Returns:
+        ``temperature`` (1.0 when not kept), ``kept``, ``reason``, ``fitted`` (the whole-split
+        fit, kept or not), ``folds``, ``photos`` and the held-out NLL ``heldout_nll_uncalibrated``
+        / ``heldout_nll_calibrated`` (None without cross-validation).
+    """
+    from sklearn.model_selection import KFold
+
+    probs, labels = np.asarray(probs), np.asarray(labels, dtype=np.int64)
+    n = len(labels)
+    result: dict[str, Any] = {"temperature": 1.0, "kept": False, "fitted": None, "folds": 0, "photos": int(n),
+                              "heldout_nll_uncalibrated": None, "heldout_nll_calibrated": None}
+    if n < 2 * MIN_PHOTOS_PER_FOLD:
+        return {**result, "reason": f"{n} validation photos are too few to cross-validate a temperature "
+                                    f"(at least {2 * MIN_PHOTOS_PER_FOLD}); T = 1"}
+    k = int(min(folds, n // MIN_PHOTOS_PER_FOLD))
+    plain = scaled = 0.0
+    for fit_rows, held_rows in KFold(n_splits=k, shuffle=True, random_state=seed).split(probs):
+        t = fit_temperature(probs[fit_rows], labels[fit_rows], bounds)
+        plain += negative_log_likelihood(probs[held_rows], labels[held_rows]) * len(held_rows)
+        scaled += negative_log_likelihood(probs[held_rows], labels[held_rows], t) * len(held_rows)
+    fitted = fit_temperature(probs, labels, bounds)
+    result.update(fitted=fitted, folds=k, heldout_nll_uncalibrated=plain / n, heldout_nll_calibrated=scaled / n)
+    if scaled < plain - 1e-12:
+        return {**result, "temperature": fitted, "kept": True,
+                "reason": f"kept: held-out NLL {plain / n:.4f} -> {scaled / n:.4f} over {k} folds"}
+    return {**result, "reason": f"not kept: scaling does not lower held-out NLL over {k} folds "
+                                f"({plain / n:.4f} -> {scaled / n:.4f}); T = 1"}
+
+
 def reliability_bins(confidence: np.ndarray, correct: np.ndarray,
                      n_bins: int = ECE_BINS) -> list[dict[str, Any]]:
     """Equal-width confidence bins ``(lo, hi]`` over [0, 1] (the first includes 0).
@@ -109,8 +157,42 @@ def calibration_errors(confidence: np.ndarray, correct: np.ndarray,
     return {"ece": float(sum(c * g for c, g in gaps) / total), "mce": float(max(g for _, g in gaps))}
 
 
+def _bin_index(confidence: np.ndarray, n_bins: int, equal_mass: bool) -> np.ndarray:
+    """Each example's bin: equal-width over [0, 1] (as :func:`reliability_bins`), or equal-count."""
+    if equal_mass:
+        order = np.argsort(confidence, kind="stable")
+        index = np.empty(len(confidence), dtype=np.int64)
+        index[order] = np.arange(len(confidence)) * n_bins // max(len(confidence), 1)
+        return index
+    return np.searchsorted(np.linspace(0.0, 1.0, n_bins + 1)[1:-1], confidence, side="left")
+
+
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, n_bins: int = ECE_BINS,
+                               equal_mass: bool = False) -> float:
+    """ECE with equal-width bins (as :func:`calibration_errors`) or equal-mass bins (same count each)."""
+    confidence = np.asarray(confidence, dtype=np.float64)
+    if not len(confidence):
+        return 0.0
+    index = _bin_index(confidence, n_bins, equal_mass)
+    gap = np.bincount(index, confidence - np.asarray(correct, dtype=np.float64), minlength=n_bins)
+    return float(np.abs(gap).sum() / len(confidence))
+
+
+def ece_interval(confidence: np.ndarray, correct: np.ndarray, n_bins: int = ECE_BINS, resamples: int = BOOTSTRAP,
+                 level: float = 0.95, seed: int = 0) -> list[float] | None:
+    """A percentile bootstrap interval of the (equal-width) ECE: photos resampled with replacement."""
+    confidence, correct = np.asarray(confidence, dtype=np.float64), np.asarray(correct, dtype=np.float64)
+    if len(confidence) < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    draws = [expected_calibration_error(confidence[rows], correct[rows], n_bins)
+             for rows in rng.integers(0, len(confidence), (resamples, len(confidence)))]
+    low, high = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2])
+    return [float(low), float(high)]
+
+
 def calibration_metrics(probs: np.ndarray, labels: np.ndarray, n_bins: int = ECE_BINS) -> dict[str, Any]:
-    """ECE, MCE, mean and std of top-1 confidence, NLL, Brier score and the reliability bins."""
+    """ECE (with a bootstrap interval and beside equal-mass ECE), MCE, top-1 confidence, NLL, Brier, bins."""
     probs = np.asarray(probs, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.int64)
     confidence = probs.max(axis=1)
@@ -118,6 +200,9 @@ def calibration_metrics(probs: np.ndarray, labels: np.ndarray, n_bins: int = ECE
     onehot = np.eye(probs.shape[1])[labels]
     return {
         **calibration_errors(confidence, correct, n_bins),
+        "ece_interval": ece_interval(confidence, correct, n_bins),
+        "ece_equal_mass": expected_calibration_error(confidence, correct, n_bins, equal_mass=True),
+        "photos": int(len(labels)),
         "bins": n_bins,
         "mean_confidence": float(confidence.mean()),
         "std_confidence": float(confidence.std()),
@@ -150,6 +235,13 @@ def rate_upper_bound(k: np.ndarray | int, n: int, confidence: float) -> np.ndarr
     k = np.asarray(k, dtype=np.float64)
     bound = beta.ppf(confidence, k + 1, np.maximum(n - k, 1e-12))
     return np.where(k >= n, 1.0, bound)
+
+
+def photos_to_certify(target: float, confidence: float = DEFAULT_CONFIDENCE) -> int:
+    """The fewest dangerous photos whose upper bound can reach ``target`` even with no error at all."""
+    if target <= 0:
+        raise ValueError("a zero target can never be certified")
+    return int(np.ceil(np.log(1 - confidence) / np.log(1 - target)))
 
 
 def choose_edible_threshold(p_edible: np.ndarray, dangerous: np.ndarray,

@@ -43,9 +43,10 @@ from mushroom.calibration import (
     calibration_metrics,
     choose_edible_threshold,
     dangerous_as_edible_rate,
-    fit_temperature,
+    fit_temperature_cv,
     make_policy,
     negative_log_likelihood,
+    photos_to_certify,
     risk_coverage_curve,
     verdicts,
 )
@@ -68,6 +69,7 @@ TOP_K = (1, 3, 5)
 LATENCY_RUNS = 30
 LATENCY_WARMUP = 5
 MOST_CONFUSED = 10
+CALIBRATION_MIN_PHOTOS = 200  # fewer validation photos: temperature and ECE are rough
 
 
 def _num(value) -> float | None:
@@ -292,17 +294,19 @@ def evaluate_variant(test_labels: np.ndarray, test_probs: np.ndarray, val_labels
                      target: float = DEFAULT_TARGET) -> VariantEvaluation:
     """Every metric of one variant on the test split, before and after temperature scaling.
 
-    The temperature and both policies (for temperature 1 and for the fitted temperature) are
-    fitted on the validation split only; the validation split's top-k is kept beside them.
+    The temperature is cross-validated on the validation split and kept only where it lowers
+    held-out NLL (:func:`mushroom.calibration.fit_temperature_cv`); both policies (for
+    temperature 1 and for the kept temperature) are fitted on the validation split only; the
+    validation split's top-k is kept beside them.
     """
-    temperature = fit_temperature(val_probs, val_labels)
-    log.info("temperature %.3f: val NLL %.4f -> %.4f", temperature,
-             negative_log_likelihood(val_probs, val_labels),
-             negative_log_likelihood(val_probs, val_labels, temperature))
+    fit = fit_temperature_cv(val_probs, val_labels)
+    temperature = fit["temperature"]
+    log.info("temperature %.3f (%s)", temperature, fit["reason"])
     species = species_metrics(test_labels, test_probs, catalog)
     return VariantEvaluation.model_validate({
         **summarize(test_labels, test_probs),
         "temperature": temperature,
+        "temperature_fit": fit,
         "val_nll": {"uncalibrated": negative_log_likelihood(val_probs, val_labels),
                     "calibrated": negative_log_likelihood(val_probs, val_labels, temperature)},
         "species": species,
@@ -412,6 +416,9 @@ def evaluate_predictions(test_labels: np.ndarray, test_probs: dict[str, np.ndarr
         num_classes=len(catalog), species=[s.scientific_name for s in catalog],
         edibility=[s.edibility for s in catalog], target_dangerous_as_edible=target, ece_bins=15,
         variants=evaluated)
+    evaluation.warnings = split_warnings(val_labels, catalog, target)
+    for warning in evaluation.warnings:
+        log.warning("evaluate: %s", warning)
     if latency:
         measured = next(iter(latency.values()))["threads_all"]
         evaluation.latency_settings = {"batch": 1, "runs": measured.get("runs", LATENCY_RUNS),
@@ -432,6 +439,22 @@ def evaluate_predictions(test_labels: np.ndarray, test_probs: dict[str, np.ndarr
     return evaluation
 
 
+def split_warnings(val_labels: np.ndarray, catalog: Catalog, target: float,
+                   confidence: float = DEFAULT_CONFIDENCE) -> list[str]:
+    """What the validation split is too small to support: the calibration, the safety threshold."""
+    warnings = []
+    if len(val_labels) < CALIBRATION_MIN_PHOTOS:
+        warnings.append(f"{len(val_labels)} validation photos are too few for the temperature and ECE to be "
+                        f"reliable (want at least {CALIBRATION_MIN_PHOTOS})")
+    dangerous = int(edibility_masks(catalog)["dangerous"][val_labels].sum())
+    needed = photos_to_certify(target, confidence)
+    if dangerous < needed:
+        warnings.append(f"{dangerous} poisonous or deadly validation photos cannot certify a dangerous-as-edible "
+                        f"rate of {target:.1%} at {confidence:.0%} confidence (that takes at least {needed} even with "
+                        "no error), so the safety policy never says 'edible'")
+    return warnings
+
+
 def calibration_file(evaluation: Evaluation) -> dict[str, Any]:
     """The bundle's ``calibration.json`` (format of :mod:`mushroom.policy`) from an evaluation.
 
@@ -442,13 +465,15 @@ def calibration_file(evaluation: Evaluation) -> dict[str, Any]:
             "variants": {name: {"temperature": p.temperature, "edible_threshold": p.edible_threshold,
                                 "not_edible_below": p.not_edible_below} for name, p in fitted.items()},
             "target_dangerous_as_edible": evaluation.target_dangerous_as_edible,
-            "fitted_on": {"split": "val", "photos": evaluation.num_val_photos}}
+            "fitted_on": {"split": "val", "photos": evaluation.num_val_photos},
+            "warnings": evaluation.warnings}
 
 
 # Left out of the flat metrics: curves and tables, and settings or counts that are no metric.
 _NOT_FLAT = frozenset({"roc_curve", "risk_coverage", "reliability", "per_species", "confusion_matrix",
                        "most_confused", "verdicts", "bins", "target", "photos", "edible_photos",
-                       "dangerous_photos", "deadly_photos", "num_threads", "runs", "warmup"})
+                       "dangerous_photos", "deadly_photos", "num_threads", "runs", "warmup", "folds",
+                       "fitted"})
 
 
 def flatten_metrics(evaluation: Evaluation) -> dict[str, float]:

@@ -84,8 +84,11 @@ class ReliabilityBin(_Model):
 
 
 class CalibrationMetrics(_Model):
-    ece: float
+    ece: float  # equal-width bins
     mce: float
+    ece_interval: list[float] | None = None  # 95% percentile bootstrap over photos
+    ece_equal_mass: float | None = None  # bins of equal photo counts
+    photos: int | None = None
     bins: int
     mean_confidence: float
     std_confidence: float
@@ -206,6 +209,19 @@ class VsReference(_Model):
     latency_ratio_threads_all: float | None = None
 
 
+class TemperatureFit(_Model):
+    """How the temperature was chosen: cross-validated on the validation split, kept only if it helps."""
+
+    temperature: float
+    kept: bool
+    reason: str
+    fitted: float | None
+    folds: int
+    photos: int
+    heldout_nll_uncalibrated: float | None
+    heldout_nll_calibrated: float | None
+
+
 class ValNll(_Model):
     uncalibrated: float
     calibrated: float
@@ -215,6 +231,7 @@ class VariantEvaluation(TopK):
     """One model variant (Keras or a TFLite variant) on the test split."""
 
     temperature: float
+    temperature_fit: TemperatureFit | None = None
     val_nll: ValNll
     species: SpeciesMetrics
     uncalibrated: Assessment
@@ -259,6 +276,7 @@ class Evaluation(_Model):
     target_dangerous_as_edible: float
     ece_bins: int
     variants: dict[str, VariantEvaluation]
+    warnings: list[str] | None = None  # what the validation split is too small to support
     latency_settings: LatencySettings | None = None
     int8_vs_float32: Int8VsFloat32 | None = None
 

@@ -22,6 +22,7 @@ def render_summary(evaluation: Evaluation, shipped_variant: str | None = None) -
     """
     tables = section_tables(evaluation)
     lines = [f"# Evaluation: {evaluation.model_name}", "", settings_line(evaluation, shipped_variant), "",
+             *(f"> **Warning:** {w}\n" for w in evaluation.warnings or []),
              md_table(tables["overview"].header, tables["overview"].rows)]
     for section in _SUMMARY_SECTIONS:
         if tables[section].rows:

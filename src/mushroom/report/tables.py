@@ -211,14 +211,25 @@ def edibility_table(evaluation: Evaluation) -> Table:
 
 def calibration_table(evaluation: Evaluation) -> Table:
     """Calibration errors of every variant before and after temperature scaling."""
-    header = ["variant", "temperature", "calibration", "ECE", "MCE", "mean confidence", "std confidence",
-              "accuracy", "NLL", "Brier"]
+    header = ["variant", "temperature", "calibration", "ECE (95% bootstrap)", "ECE equal-mass", "MCE",
+              "mean confidence", "std confidence", "accuracy", "NLL", "Brier", "photos"]
     rows = []
     for key, v in evaluation.ordered().items():
         for stage, a in assessments(v).items():
             c = a.calibration
-            rows.append([key, fmt(a.policy.temperature, 3), stage, fmt(c.ece), fmt(c.mce), fmt(c.mean_confidence),
-                         fmt(c.std_confidence), fmt(c.accuracy), fmt(c.nll), fmt(c.brier)])
+            interval = f" ({fmt(c.ece_interval[0])}-{fmt(c.ece_interval[1])})" if c.ece_interval else ""
+            rows.append([key, fmt(a.policy.temperature, 3), stage, f"{fmt(c.ece)}{interval}", fmt(c.ece_equal_mass),
+                         fmt(c.mce), fmt(c.mean_confidence), fmt(c.std_confidence), fmt(c.accuracy), fmt(c.nll),
+                         fmt(c.brier), fmt(c.photos)])
+    return Table(header, rows)
+
+
+def temperature_table(evaluation: Evaluation) -> Table:
+    """How each variant's temperature was chosen: cross-validated on validation, kept only if it helps."""
+    header = ["variant", "temperature", "kept", "held-out NLL without -> with scaling", "folds", "reason"]
+    rows = [[key, fmt(f.temperature, 3), "yes" if f.kept else "no",
+             f"{fmt(f.heldout_nll_uncalibrated, 4)} -> {fmt(f.heldout_nll_calibrated, 4)}", fmt(f.folds), f.reason]
+            for key, v in evaluation.ordered().items() if (f := v.temperature_fit) is not None]
     return Table(header, rows)
 
 
@@ -275,7 +286,8 @@ def quantization_table(evaluation: Evaluation) -> Table:
 
 
 def section_tables(evaluation: Evaluation) -> dict[str, Table]:
-    """The one-table sections, by section id (:data:`SECTIONS`), in report order."""
+    """The one-table sections by section id (:data:`SECTIONS`), plus the calibration section's temperature table."""
     return {"overview": overview_table(evaluation), "edibility": edibility_table(evaluation),
-            "calibration": calibration_table(evaluation), "policy": policy_table(evaluation),
+            "calibration": calibration_table(evaluation), "temperature": temperature_table(evaluation),
+            "policy": policy_table(evaluation),
             "speed": speed_table(evaluation), "quantization": quantization_table(evaluation)}

@@ -404,7 +404,7 @@ def test_report_files_are_written(trained_run):
     assert len(list((out / "plots").glob("*.png"))) >= 5
 
 
-def test_compare_tabulates_variants_and_picks_best_int8(trained_run, tmp_path):
+def test_compare_tabulates_variants_and_picks_on_validation(trained_run, tmp_path):
     from mushroom import stages
 
     # A second configuration: the same run under another name, with a better int8 top-1.
@@ -413,7 +413,10 @@ def test_compare_tabulates_variants_and_picks_best_int8(trained_run, tmp_path):
     shutil.copytree(trained_run["calibrated_bundle"], other_bundle)
     e = read_json(other_eval / "evaluation.json")
     e["model_name"] = "tiny-b"
-    e["variants"]["tflite_int8"]["top1"] = min(1.0, e["variants"]["tflite_int8"]["top1"] + 0.1)  # the JSON file
+    shipped = read_json(other_bundle / "metadata.json")["default_variant"]
+    figures = e["variants"][f"tflite_{shipped}"]  # the JSON file: better on validation, worse on test
+    figures["validation"]["top1"] = figures["validation"]["top1"] + 0.1
+    figures["top1"] = 0.0
     (other_eval / "evaluation.json").write_text(json.dumps(e))
     meta = read_json(other_bundle / "metadata.json")
     meta["model_name"] = "tiny-b"
@@ -422,7 +425,7 @@ def test_compare_tabulates_variants_and_picks_best_int8(trained_run, tmp_path):
     text = stages.compare([trained_run["evaluation"], other_eval],
                           [trained_run["calibrated_bundle"], other_bundle],
                           tmp_path / "best_bundle", tmp_path / "best_eval")
-    assert "Chosen: **tiny-b**" in text
+    assert f"Chosen: **tiny-b**, variant **{shipped}**" in text
     assert "tflite_int8" in text and "tflite_float32" in text and "keras" in text
     comparison = read_json(tmp_path / "best_eval" / "comparison.json")
     assert comparison["best"] == "tiny-b"

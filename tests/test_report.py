@@ -138,8 +138,10 @@ def test_report_and_summary_name_the_numbers(synthetic_report):
 
 
 def test_comparison_report_embeds_its_plot(tmp_path):
+    from mushroom.report.comparison import Choice
+
     evaluations = [synthetic_evaluation(tmp_path / f"c{i}", n_classes=6, seed=i) for i in range(2)]
-    path = write_comparison_report(evaluations, "synthetic-1", tmp_path / "out")
+    path = write_comparison_report(evaluations, Choice("synthetic-1", "int8", "a reason"), tmp_path / "out")
     page = parse(path)
     assert page.external == [] and {"comparison", "tradeoff"} <= page.ids
     assert_embedded_pngs(page, 1)
@@ -228,36 +230,72 @@ def two_evaluations(tmp_path_factory):
     return [synthetic_evaluation(root / f"c{i}", n_classes=6, seed=i) for i in range(2)]
 
 
-def _copy(evaluation: Evaluation, name: str, **full_integer) -> Evaluation:
-    """``evaluation`` under another model name, with some of its int8 figures changed."""
+def _copy(evaluation: Evaluation, name: str, variant: str = registry.FULL_INTEGER, *, val_top1: float | None = None,
+          **test_figures) -> Evaluation:
+    """``evaluation`` under another model name, with some figures of ``variant`` changed."""
     copy = evaluation.model_copy(deep=True)
     copy.model_name = name
-    for field, value in full_integer.items():
-        setattr(copy.variant(registry.FULL_INTEGER), field, value)
+    changed = copy.variant(variant)
+    if val_top1 is not None:
+        changed.validation.top1 = val_top1
+    for field, value in test_figures.items():
+        setattr(changed, field, value)
     return copy
 
 
-def test_compare_picks_the_highest_int8_top1_then_the_smaller_file(two_evaluations):
+def test_compare_chooses_the_shipped_variant_by_validation_top1_then_size(two_evaluations):
     from mushroom.report import compare_evaluations
 
     first = two_evaluations[0]
     int8 = first.variant(registry.FULL_INTEGER)
-    better, smaller = _copy(first, "better", top1=int8.top1 + 0.01), _copy(first, "smaller", size_mb=int8.size_mb / 2)
+    better = _copy(first, "better", val_top1=int8.validation.top1 + 0.01)
+    smaller = _copy(first, "smaller", size_mb=int8.size_mb / 2)
     shipped = {e.model_name: registry.FULL_INTEGER for e in (first, better, smaller)}
-    assert compare_evaluations([first, better, smaller], shipped).best == "better"
-    assert compare_evaluations([first, smaller], shipped).best == "smaller"  # the same top-1
+    comparison = compare_evaluations([first, better, smaller], shipped)
+    assert (comparison.best, comparison.choice.variant) == ("better", registry.FULL_INTEGER)
+    assert compare_evaluations([first, smaller], shipped).best == "smaller"  # the same validation top-1
+    # Another configuration shipping float32 is judged by float32's figures.
+    by_float = _copy(first, "by-float", registry.REFERENCE, val_top1=int8.validation.top1 + 0.05)
+    chosen = compare_evaluations([better, by_float], {**shipped, "by-float": registry.REFERENCE}).choice
+    assert (chosen.model_name, chosen.variant) == ("by-float", registry.REFERENCE)
 
 
-def test_compare_lets_the_shipped_variant_stand_in_for_a_missing_int8(two_evaluations):
+def test_compare_never_reads_the_test_split(two_evaluations):
+    from mushroom.report import compare_evaluations
+
+    first = two_evaluations[0]
+    int8 = first.variant(registry.FULL_INTEGER)
+    val_winner = _copy(first, "val-winner", val_top1=int8.validation.top1 + 0.02, top1=0.0, top5=0.0)
+    test_winner = _copy(first, "test-winner", top1=1.0, top3=1.0, top5=1.0)
+    shipped = {"val-winner": registry.FULL_INTEGER, "test-winner": registry.FULL_INTEGER}
+    assert compare_evaluations([test_winner, val_winner], shipped).best == "val-winner"
+    assert compare_evaluations([val_winner, test_winner], shipped).best == "val-winner"
+
+
+def test_compare_puts_the_safety_target_first(two_evaluations):
+    from mushroom.report import compare_evaluations
+
+    first = two_evaluations[0]
+    int8 = first.variant(registry.FULL_INTEGER)
+    unsafe = _copy(first, "unsafe", val_top1=int8.validation.top1 + 0.2)
+    unsafe.variant(registry.FULL_INTEGER).calibrated.policy.val_dangerous_as_edible_rate = 0.5  # target 0.02
+    shipped = {first.model_name: registry.FULL_INTEGER, "unsafe": registry.FULL_INTEGER}
+    comparison = compare_evaluations([unsafe, first], shipped)
+    assert comparison.best == first.model_name and "1 of 2 configuration(s)" in comparison.choice.reason
+
+
+def test_compare_needs_the_shipped_variant_and_validation_figures(two_evaluations):
     from mushroom.report import compare_evaluations
 
     first = two_evaluations[0]
     no_int8 = _copy(first, "no-int8")
     del no_int8.variants[registry.FULL_INTEGER_KEY]
-    no_int8.reference.top1 = 1.0
-    assert compare_evaluations([first, no_int8], {"no-int8": registry.REFERENCE}).best == "no-int8"
-    with pytest.raises(ValueError, match="no-int8"):
-        compare_evaluations([first, no_int8], {})
+    with pytest.raises(ValueError, match="no-int8 ships 'int8'"):
+        compare_evaluations([first, no_int8], {"no-int8": registry.FULL_INTEGER})
+    old = _copy(first, "old")
+    old.variant(registry.FULL_INTEGER).validation = None
+    with pytest.raises(ValueError, match="old's evaluation has no validation figures"):
+        compare_evaluations([first, old], {"old": registry.FULL_INTEGER})
 
 
 def test_comparison_documents(two_evaluations, tmp_path):
@@ -265,8 +303,10 @@ def test_comparison_documents(two_evaluations, tmp_path):
     from mushroom.report import compare_evaluations
 
     comparison = compare_evaluations(two_evaluations, {e.model_name: registry.FULL_INTEGER for e in two_evaluations})
-    assert comparison.markdown.startswith("# Model comparison (test split)\n\n| model | architecture | px |")
-    assert comparison.markdown.endswith(f"\n\nChosen: **{comparison.best}** (highest int8 top-1).\n")
+    assert comparison.markdown.startswith(f"# Model comparison\n\nChosen: **{comparison.best}**, variant **int8**: "
+                                          "highest validation top-1")
+    assert "reads the validation split only" in comparison.markdown
+    assert "\n\n| model | architecture | px | variant | shipped / chosen | val top-1 |" in comparison.markdown
     summary = comparison.summary
     assert [e["model_name"] for e in summary["evaluations"]] == ["synthetic-0", "synthetic-1"]
     assert set(summary["evaluations"][0]["variants"]) == {"keras", "tflite_float32", "tflite_int8"}
@@ -275,11 +315,15 @@ def test_comparison_documents(two_evaluations, tmp_path):
         two_evaluations[0].variant(registry.FULL_INTEGER).vs_float32.top1_change.absolute)
     assert [row[:4] for row in summary["table"]["rows"][:3]] == [
         ["synthetic-0", "none", "64", key] for key in ("keras", "tflite_float32", "tflite_int8")]
+    roles = [row[4] for row in summary["table"]["rows"]]
+    assert roles.count("CHOSEN") == 1 and roles.count("shipped") == 1
+    assert summary["chosen_variant"] == registry.FULL_INTEGER and summary["reason"] == comparison.choice.reason
     paths = comparison.write(tmp_path)
     assert paths["markdown"].read_text(encoding="utf-8") == comparison.markdown
     assert read_json(paths["json"])["best"] == comparison.best
     assert read_json(paths["json"])["table"] == summary["table"]
     assert {"comparison", "tradeoff"} <= parse(paths["html"]).ids
+    assert paths["html"].read_text(encoding="utf-8").count('<tr class="chosen">') == 1
 
 
 def test_md_table_escapes_pipes():

@@ -307,7 +307,8 @@ def compare(evaluation_dirs: list, bundle_dirs: list, best_bundle_dir: str | Pat
             best_evaluation_dir: str | Path) -> str:
     """Tabulate every configuration and variant and copy the best bundle and its evaluation.
 
-    The choice and the tables are :func:`mushroom.report.compare_evaluations`'s.
+    The choice (on the validation split, by each bundle's shipped variant, under the safety
+    target) and the tables are :func:`mushroom.report.compare_evaluations`'s.
     ``best_evaluation_dir`` gets the best evaluation folder (``evaluation.json``, its report and
     plots) plus ``comparison.md``, ``comparison.json`` and ``comparison.html`` covering every
     configuration and variant. Returns the Markdown text.
@@ -326,8 +327,8 @@ def compare(evaluation_dirs: list, bundle_dirs: list, best_bundle_dir: str | Pat
     out_dir = Path(best_evaluation_dir)
     shutil.copytree(folders[comparison.best], out_dir, dirs_exist_ok=True)  # evaluation.json included
     comparison.write(out_dir)
-    log.info("compare: %d configurations, best %s; wrote %s", len(evaluations), comparison.best,
-             out_dir / COMPARISON_REPORT)
+    log.info("compare: %d configurations; chose %s, variant %s (%s); wrote %s", len(evaluations),
+             comparison.best, comparison.choice.variant, comparison.choice.reason, out_dir / COMPARISON_REPORT)
     return comparison.markdown
 
 

@@ -16,7 +16,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mushroom.fileio import write_text_atomic
-from mushroom.report.comparison import COMPARISON_REPORT, Comparison, compare_evaluations, write_comparison_report
+from mushroom.report.comparison import (
+    COMPARISON_REPORT,
+    Choice,
+    Comparison,
+    compare_evaluations,
+    write_comparison_report,
+)
 from mushroom.report.html import render_html
 from mushroom.report.markdown import render_summary
 from mushroom.report.plots import PLOTS, build_plots, save_plot
@@ -26,7 +32,7 @@ if TYPE_CHECKING:
     from mushroom.evaluation import Evaluation
 
 __all__ = [
-    "COMPARISON_REPORT", "PLOTS", "REPORT", "SECTIONS", "SUMMARY", "Comparison", "compare_evaluations",
+    "COMPARISON_REPORT", "PLOTS", "REPORT", "SECTIONS", "SUMMARY", "Choice", "Comparison", "compare_evaluations",
     "focus_variants", "md_table", "render_summary", "write_comparison_report", "write_report",
 ]
 

@@ -1,9 +1,10 @@
 """The comparison of every configuration: the choice of the best one and its documents.
 
-``compare_evaluations`` picks the configuration with the highest full-integer top-1 on the
-test split (ties: the smaller full-integer file; a configuration without a full-integer
-variant competes with the variant its bundle ships) and tabulates every configuration and
-variant against its own TFLite float32 reference.
+``compare_evaluations`` chooses on the validation split only, by the variant each bundle
+ships: among configurations whose shipped variant keeps the validation dangerous-as-edible
+rate within the target, the highest validation top-1, then the smaller file, then the lower
+latency. Test figures are tabulated for every configuration and variant (against its own TFLite
+float32 reference) but never read to choose.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from mushroom.report.tables import DASH, Table, change, fmt, latency, md_table, 
 if TYPE_CHECKING:
     from mushroom.evaluation import Evaluation, VariantEvaluation
 
+CHOICE_NOTE = "The choice reads the validation split only; test figures are reported, never used to choose."
 COMPARISON_REPORT = "comparison.html"
 COMPARISON_MARKDOWN = "comparison.md"
 COMPARISON_JSON = "comparison.json"
@@ -32,17 +34,23 @@ class Comparison:
     """The outcome of :func:`compare_evaluations`.
 
     Attributes:
-        best: The chosen configuration's model name.
+        choice: The chosen configuration and variant, and why.
         markdown: ``comparison.md``: the table, a note and the choice.
         summary: ``comparison.json``: ``best``, each configuration's headline figures per
             variant (``evaluations``) and the table (``table``: ``header`` and ``rows``).
         evaluations: The evaluations compared, in the order given.
     """
 
-    best: str
+    choice: Choice
     markdown: str
     summary: dict[str, Any]
     evaluations: list[Evaluation] = field(repr=False)
+    shipped: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def best(self) -> str:
+        """The chosen configuration's model name."""
+        return self.choice.model_name
 
     def write(self, out_dir: str | Path) -> dict[str, Path]:
         """Write ``comparison.md``, ``comparison.json`` and ``comparison.html`` (and its plot) atomically.
@@ -53,48 +61,85 @@ class Comparison:
         out_dir = Path(out_dir)
         write_text_atomic(out_dir / COMPARISON_MARKDOWN, self.markdown)
         write_json_atomic(out_dir / COMPARISON_JSON, self.summary)
-        html = write_comparison_report(self.evaluations, self.best, out_dir)
+        html = write_comparison_report(self.evaluations, self.choice, out_dir, self.shipped)
         return {"markdown": out_dir / COMPARISON_MARKDOWN, "json": out_dir / COMPARISON_JSON, "html": html}
 
 
-def _contender(evaluation: Evaluation, shipped: dict[str, str]) -> VariantEvaluation:
-    """The variant a configuration competes with: full integer, else the variant its bundle ships."""
-    for name in (registry.FULL_INTEGER, shipped.get(evaluation.model_name)):
-        variant = evaluation.variant(name) if name else None
-        if variant is not None:
-            return variant
-    raise ValueError(f"compare: {evaluation.model_name} has neither a {registry.FULL_INTEGER} variant nor an "
-                     f"evaluated shipped variant ({shipped.get(evaluation.model_name)})")
+@dataclass(frozen=True)
+class Choice:
+    """The chosen configuration, the variant it ships, and why."""
+
+    model_name: str
+    variant: str
+    reason: str
 
 
-def choose_best(evaluations: list[Evaluation], shipped: dict[str, str]) -> Evaluation:
-    """The evaluation with the highest full-integer test top-1; ties: the smaller file.
+def _shipped(evaluation: Evaluation, shipped: dict[str, str]) -> tuple[str, VariantEvaluation]:
+    """The variant a configuration's bundle ships, and its evaluation."""
+    name = shipped.get(evaluation.model_name) or registry.fallback_variant(evaluation.tflite_variants())
+    variant = evaluation.variant(name)
+    if variant is None:
+        raise ValueError(f"compare: {evaluation.model_name} ships {name!r}, which its evaluation does not hold")
+    if variant.validation is None:
+        raise ValueError(f"compare: {evaluation.model_name}'s evaluation has no validation figures (written by an "
+                         "older version); rerun its evaluate stage to compare it")
+    return name, variant
+
+
+def _is_safe(evaluation: Evaluation, variant: VariantEvaluation) -> bool:
+    rate = variant.calibrated.policy.val_dangerous_as_edible_rate
+    return rate is None or rate <= evaluation.target_dangerous_as_edible + 1e-12
+
+
+def choose_best(evaluations: list[Evaluation], shipped: dict[str, str]) -> Choice:
+    """Choose on the validation split, by each bundle's shipped variant, under the safety target.
+
+    Rank: the validation dangerous-as-edible rate within the target first, then the highest
+    validation top-1, then the smaller file, then the lower single-thread latency.
 
     Args:
         evaluations: One per configuration.
-        shipped: Model name -> the variant its bundle ships (stands in where there is no int8).
+        shipped: Model name -> the variant its bundle ships (``metadata.json``'s ``default_variant``).
     """
-    def rank(e: Evaluation) -> tuple[float, float]:
-        v = _contender(e, shipped)
-        return v.top1, -v.size_mb
+    def rank(e: Evaluation) -> tuple:
+        _, v = _shipped(e, shipped)
+        one_thread = v.latency.threads_1.median_ms if v.latency else float("inf")
+        return _is_safe(e, v), v.validation.top1, -(v.size_mb or 0.0), -one_thread
 
-    return max(evaluations, key=rank)
+    best = max(evaluations, key=rank)
+    name, v = _shipped(best, shipped)
+    safe = sum(_is_safe(e, _shipped(e, shipped)[1]) for e in evaluations)
+    reason = (f"highest validation top-1 ({v.validation.top1:.3f}) of the shipped variants among the {safe} of "
+              f"{len(evaluations)} configuration(s) within the dangerous-as-edible target on validation"
+              if _is_safe(best, v) else
+              f"no configuration meets the dangerous-as-edible target on validation; highest validation top-1 "
+              f"({v.validation.top1:.3f})")
+    return Choice(best.model_name, name, reason)
 
 
-def comparison_table(evaluations: list[Evaluation]) -> Table:
-    """One row per configuration and variant: accuracy, safety, size, latency and change vs float32."""
-    header = ["model", "architecture", "px", "variant", "top-1", "top-5", "macro F1", "ECE (calibrated)",
-              "dangerous as edible", "coverage", "size MB", "latency ms 1 thread / all",
-              "top-1 vs float32 (abs / rel)", "top-5 vs float32 (abs / rel)", "size vs float32",
-              "latency vs float32 (1 thread)"]
+def comparison_table(evaluations: list[Evaluation], shipped: dict[str, str] | None = None,
+                     choice: Choice | None = None) -> Table:
+    """One row per configuration and variant: accuracy, safety, size, latency and change vs float32.
+
+    The shipped variant of each configuration is marked, and the chosen one ``CHOSEN``.
+    """
+    shipped = shipped or {}
+    header = ["model", "architecture", "px", "variant", "shipped / chosen", "val top-1", "top-1", "top-5",
+              "macro F1", "ECE (calibrated)", "dangerous as edible", "coverage", "size MB",
+              "latency ms 1 thread / all", "top-1 vs float32 (abs / rel)", "top-5 vs float32 (abs / rel)",
+              "size vs float32", "latency vs float32 (1 thread)"]
     rows = []
     for e in evaluations:
         for key, v in e.ordered().items():
             cal, d = v.calibrated, v.vs_float32
             one, every = latency(v)
             changes = (change(d.top1_change), change(d.top5_change)) if d else (DASH, DASH)
+            name = registry.variant_of_key(key)
+            role = ("CHOSEN" if choice and (e.model_name, name) == (choice.model_name, choice.variant) else
+                    "shipped" if name is not None and name == shipped.get(e.model_name) else "")
             rows.append([
-                e.model_name, e.architecture, str(e.image_size), key, fmt(v.top1), fmt(v.top5),
+                e.model_name, e.architecture, str(e.image_size), key, role,
+                fmt(v.validation.top1 if v.validation else None), fmt(v.top1), fmt(v.top5),
                 fmt(v.species.macro_f1), fmt(cal.calibration.ece), pct(cal.policy.risk, 2), pct(cal.policy.coverage),
                 fmt(v.size_mb, 2),
                 f"{fmt(one.median_ms, 2)} / {fmt(every.median_ms, 2)}" if v.latency else DASH,
@@ -145,18 +190,21 @@ def compare_evaluations(evaluations: list[Evaluation], shipped: dict[str, str]) 
     """
     if not evaluations:
         raise ValueError("compare: no evaluations")
-    best = choose_best(evaluations, shipped).model_name
-    table = comparison_table(evaluations)
-    markdown = (f"# Model comparison (test split)\n\n{md_table(table.header, table.rows)}\n\n"
-                f"Changes are against the same configuration's TFLite {registry.REFERENCE} model.\n\n"
-                f"Chosen: **{best}** (highest {registry.FULL_INTEGER} top-1).\n")
-    summary = {"best": best, "evaluations": [summarize_evaluation(e) for e in evaluations],
+    choice = choose_best(evaluations, shipped)
+    table = comparison_table(evaluations, shipped, choice)
+    markdown = (f"# Model comparison\n\nChosen: **{choice.model_name}**, variant **{choice.variant}**: "
+                f"{choice.reason}. {CHOICE_NOTE}\n\n{md_table(table.header, table.rows)}\n\n"
+                f"Figures are on the test split unless marked val. Changes are against the same configuration's "
+                f"TFLite {registry.REFERENCE} model.\n")
+    summary = {"best": choice.model_name, "chosen_variant": choice.variant, "reason": choice.reason,
+               "evaluations": [summarize_evaluation(e) for e in evaluations],
                "table": {"header": table.header, "rows": table.rows}}
-    return Comparison(best, markdown, summary, list(evaluations))
+    return Comparison(choice, markdown, summary, list(evaluations), shipped)
 
 
-def write_comparison_report(evaluations: list[Evaluation], best: str, out_dir: str | Path) -> Path:
-    """Write ``comparison.html`` (the table, and accuracy against size and latency) into ``out_dir``.
+def write_comparison_report(evaluations: list[Evaluation], choice: Choice, out_dir: str | Path,
+                            shipped: dict[str, str] | None = None) -> Path:
+    """Write ``comparison.html`` (the choice, the table, accuracy against size and latency) into ``out_dir``.
 
     The plot is also written to ``plots/comparison_accuracy_vs_cost.png``. Returns the HTML path.
     """
@@ -165,5 +213,6 @@ def write_comparison_report(evaluations: list[Evaluation], best: str, out_dir: s
     plot = Plot("Top-1 accuracy against file size and CPU latency (1 thread, median), per configuration",
                 plot_accuracy_vs_cost(points, "Every configuration and TFLite variant (test split)"))
     save_plot(out_dir, _PLOT_STEM, plot.png)
-    write_text_atomic(out_dir / COMPARISON_REPORT, render_comparison_html(comparison_table(evaluations), plot, best))
+    table = comparison_table(evaluations, shipped, choice)
+    write_text_atomic(out_dir / COMPARISON_REPORT, render_comparison_html(table, plot, choice, CHOICE_NOTE))
     return out_dir / COMPARISON_REPORT

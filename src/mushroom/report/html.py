@@ -53,7 +53,8 @@ def render_html(evaluation: Evaluation, plots: dict[str, Plot], shipped_variant:
                    images={stem: _image(plot) for stem, plot in plots.items()})
 
 
-def render_comparison_html(table: Table, plot: Plot, best: str) -> str:
-    """The comparison page: every configuration and variant, and accuracy against cost."""
-    return _render("comparison.html.j2", title="Model comparison", best=best, table=table, image=_image(plot),
-                   full_integer=registry.FULL_INTEGER)
+def render_comparison_html(table: Table, plot: Plot, choice, note: str) -> str:
+    """The comparison page: the choice (a :class:`mushroom.report.comparison.Choice`), every configuration
+    and variant, and accuracy against cost."""
+    return _render("comparison.html.j2", title="Model comparison", choice=choice, note=note, table=table,
+                   image=_image(plot))

@@ -57,13 +57,26 @@ def test_bad_inputs_name_the_problem(tmp_path):
         load_image(empty, 32)
     text = tmp_path / "notes.jpg"
     text.write_text("hello")
-    with pytest.raises(ImageError, match="not a readable image"):
+    with pytest.raises(ImageError, match=r"notes.jpg: not an image file Pillow can read \(JPEG, PNG") as caught:
         load_image(text, 32)
+    assert "BytesIO" not in str(caught.value)  # no object repr in the message
     data = _bytes(Image.new("RGB", (200, 200), (1, 2, 3)), "JPEG")
     truncated = tmp_path / "truncated.jpg"
     truncated.write_bytes(data[: len(data) // 2])
     with pytest.raises(ImageError, match="not a readable image"):
         load_image(truncated, 32)
+
+
+def test_folders_expand_to_their_photo_files(tmp_path):
+    from mushroom.preprocess import expand_photos
+
+    (tmp_path / "a" / "deep").mkdir(parents=True)
+    for name in ("a/deep/z.JPG", "a/b.png", "a/notes.txt", "c.jpg"):
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "empty").mkdir()
+    given = [tmp_path / "a", tmp_path / "c.jpg", tmp_path / "empty", tmp_path / "missing.jpg"]
+    assert expand_photos(given) == [str(tmp_path / n) for n in ("a/b.png", "a/deep/z.JPG", "c.jpg", "empty",
+                                                                 "missing.jpg")]
 
 
 def test_very_large_photo():

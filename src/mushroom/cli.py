@@ -46,13 +46,14 @@ def _cmd_dataset(args: argparse.Namespace) -> int:
 
 def _cmd_identify(args: argparse.Namespace) -> int:
     from mushroom.identify import Identifier, format_answer, format_footer, format_header, report
+    from mushroom.preprocess import expand_photos
 
     identifier = Identifier(args.bundle, variant=args.variant, num_threads=args.threads,
                             cache_dir=args.cache_dir, refresh=args.refresh)  # BundleError: exit 2
     if not args.json:
         print(format_header(identifier), end="\n\n", flush=True)
     answers = []
-    for answer in identifier.identify_many(args.photos):
+    for answer in identifier.identify_many(expand_photos(args.photos)):
         answers.append(answer)
         if not answer.ok:
             print(f"error: {answer.error}", file=sys.stderr, flush=True)
@@ -128,7 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "and lookalike warnings for each photo. It informs; it NEVER gives permission to eat.",
         epilog="exit status: 0 every photo answered, 1 some photos failed, 2 bundle or usage error",
     )
-    p.add_argument("photos", nargs="+", metavar="PHOTO", help="photo files (JPEG, PNG, ...)")
+    p.add_argument("photos", nargs="+", metavar="PHOTO",
+                   help="photo files (JPEG, PNG, ...) or folders (their photo files, recursively, sorted)")
     p.add_argument("--bundle", default=os.environ.get("MUSHROOM_BUNDLE"),
                    help="bundle folder, publish destination (its latest run) or gs:// prefix "
                         "(default: $MUSHROOM_BUNDLE)")

@@ -10,7 +10,7 @@ import io
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 # Decompression-bomb guard stays on, but phone photos (up to ~100 MP) must open.
 Image.MAX_IMAGE_PIXELS = 200_000_000
@@ -66,7 +66,7 @@ def open_image(source: str | Path | bytes, size_hint: int | None = None) -> Imag
         if not path.exists():
             raise ImageError(f"{name}: file not found")
         if path.is_dir():
-            raise ImageError(f"{name}: is a directory, not a photo")
+            raise ImageError(f"{name}: is a directory with no photo files in it (JPEG, PNG, ...)")
         source = path.read_bytes()
     if len(source) == 0:
         raise ImageError(f"{name}: file is empty")
@@ -75,10 +75,30 @@ def open_image(source: str | Path | bytes, size_hint: int | None = None) -> Imag
         if size_hint and image.format == "JPEG":
             image.draft("RGB", (2 * size_hint, 2 * size_hint))
         image.load()
-    except OSError as err:  # UnidentifiedImageError is an OSError too
+    except UnidentifiedImageError:
+        raise ImageError(f"{name}: not an image file Pillow can read (JPEG, PNG, WebP, ...)") from None
+    except OSError as err:  # truncated or damaged image data
         raise ImageError(f"{name}: not a readable image ({err})") from None
     image = ImageOps.exif_transpose(image)
     return to_rgb(image)
+
+
+#: File suffixes taken when a folder of photos is given (case-insensitive).
+PHOTO_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
+
+
+def expand_photos(paths: list[str | Path]) -> list[str]:
+    """Files as given; folders replaced by the photo files inside them, recursively and sorted.
+
+    A folder contributes only files whose suffix is in :data:`PHOTO_SUFFIXES`; a folder with
+    none, or a path that does not exist, is kept, so that reading it reports the error.
+    """
+    photos: list[str] = []
+    for path in map(Path, paths):
+        found = sorted(str(p) for p in path.rglob("*") if p.is_file() and p.suffix.lower() in PHOTO_SUFFIXES) \
+            if path.is_dir() else []
+        photos += found or [str(path)]
+    return photos
 
 
 def load_image(source: str | Path | bytes, size: int) -> np.ndarray:

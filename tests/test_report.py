@@ -360,3 +360,16 @@ def test_importing_the_report_imports_no_plotting_nor_templates():
             "assert new <= {'mushroom', 'numpy'}, sorted(new)\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+def test_zero_risk_from_abstaining_is_said_so():
+    from mushroom.evaluation import read_evaluation
+    from mushroom.report.tables import overview_table
+
+    evaluation = read_evaluation(Path(__file__).parent / "golden" / "evaluation.json")
+    rows = {row[0]: row for row in overview_table(evaluation).rows}
+    column = overview_table(evaluation).header.index("dangerous as edible")
+    for key, v in evaluation.ordered().items():
+        cell = rows[key][column]
+        assert cell.endswith("(never says edible)") == (v.calibrated.policy.edible_threshold is None), cell
+    assert any(v.calibrated.policy.edible_threshold is None for v in evaluation.variants.values())

@@ -169,6 +169,10 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as err:  # the base install is the identifier only
+        print(f"error: `mushroom {args.command}` needs the pipeline extra ({err.name} is not installed): "
+              "pip install '.[pipeline]' in a quantized-mushroom checkout", file=sys.stderr)
+        return 2
     except BrokenPipeError:  # `mushroom species | head`: stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1

@@ -17,7 +17,7 @@ from mushroom import variants as registry
 from mushroom.fileio import write_json_atomic, write_text_atomic
 from mushroom.report.html import render_comparison_html
 from mushroom.report.plots import Plot, plot_accuracy_vs_cost, save_plot, tflite_points
-from mushroom.report.tables import DASH, Table, change, fmt, latency, md_table, pct
+from mushroom.report.tables import DASH, Table, change, fmt, latency, md_table, pct, risk
 
 if TYPE_CHECKING:
     from mushroom.evaluation import Evaluation, VariantEvaluation
@@ -140,7 +140,7 @@ def comparison_table(evaluations: list[Evaluation], shipped: dict[str, str] | No
             rows.append([
                 e.model_name, e.architecture, str(e.image_size), key, role,
                 fmt(v.validation.top1 if v.validation else None), fmt(v.top1), fmt(v.top5),
-                fmt(v.species.macro_f1), fmt(cal.calibration.ece), pct(cal.policy.risk, 2), pct(cal.policy.coverage),
+                fmt(v.species.macro_f1), fmt(cal.calibration.ece), risk(cal.policy), pct(cal.policy.coverage),
                 fmt(v.size_mb, 2),
                 f"{fmt(one.median_ms, 2)} / {fmt(every.median_ms, 2)}" if v.latency else DASH,
                 *changes, fmt(d.size_ratio if d else None), fmt(d.latency_ratio_threads_1 if d else None),

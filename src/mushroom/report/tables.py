@@ -152,6 +152,12 @@ def settings_line(evaluation: Evaluation, shipped_variant: str | None = None) ->
     return line
 
 
+def risk(policy) -> str:
+    """The test dangerous-as-edible rate, saying when its 0% comes from never saying 'edible'."""
+    text = pct(policy.risk, 2)
+    return f"{text} (never says edible)" if policy.edible_threshold is None and policy.risk is not None else text
+
+
 # --- one table per section ------------------------------------------------------------------------
 
 
@@ -165,7 +171,7 @@ def overview_table(evaluation: Evaluation) -> Table:
         rows.append([
             key, fmt(v.top1), fmt(v.top5), fmt(v.species.macro_f1),
             f"{fmt(v.uncalibrated.calibration.ece)} -> {fmt(cal.calibration.ece)}",
-            fmt(cal.edibility.roc_auc), pct(cal.policy.risk, 2), pct(cal.policy.coverage),
+            fmt(cal.edibility.roc_auc), risk(cal.policy), pct(cal.policy.coverage),
             fmt(v.size_mb, 2), fmt(median_ms(latency(v)[0]), 2),
         ])
     return Table(header, rows)

@@ -1,7 +1,8 @@
 """KFP components: one per stage, thin typed wrappers around ``mushroom.stages``.
 
-Every component runs in the one project image (``components.image.IMAGE``) with the
-``mushroom`` package and kfp preinstalled, so nothing is pip-installed at run time.
+Every component runs in a project image (``components.image``: the GPU one for stages that request
+accelerators, else the CPU one) with the ``mushroom`` package and kfp preinstalled, so nothing is
+pip-installed at run time.
 """
 
 from components.acquire import acquire_dataset

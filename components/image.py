@@ -1,23 +1,27 @@
-"""The one image every component runs in.
+"""The project's images, one per role, from one place.
 
-Set ``MUSHROOM_IMAGE`` (a tag or, better, a digest) before compiling to pin another
-build; ``:latest`` and untagged images are refused.
+Stages that request accelerators (``cluster.stages.<stage>.accelerator_count``) run the GPU image,
+every other stage the CPU image. ``MUSHROOM_IMAGE`` names the CPU image (default
+:data:`DEFAULT_IMAGE`); the GPU image is the same reference with ``-gpu`` appended to its tag, or
+``MUSHROOM_GPU_IMAGE`` where it is pinned otherwise (required when ``MUSHROOM_IMAGE`` is a
+digest). ``make compile``/``make submit`` set both from ``IMAGE`` and ``TAG``. Untagged and
+``:latest`` references are refused (:class:`mushroom.config.ImagesConfig`).
 """
 
 import os
-import re
 
-DEFAULT_IMAGE = "ghcr.io/quantized-mushroom/mushroom:0.1.0"
+from mushroom.config import ImagesConfig, parse_images
 
+DEFAULT_IMAGE = "ghcr.io/quantized-mushroom/mushroom:0.1.0"  # the Makefile's IMAGE:TAG
 
-def project_image() -> str:
-    image = os.environ.get("MUSHROOM_IMAGE", DEFAULT_IMAGE)
-    name = image.rsplit("/", 1)[-1]
-    if "@sha256:" not in image and (":" not in name or name.endswith(":latest")):
-        raise ValueError(f"MUSHROOM_IMAGE={image!r} must be pinned by a tag other than 'latest' or a digest")
-    if not re.fullmatch(r"[\w.\-/:@]+", image):
-        raise ValueError(f"MUSHROOM_IMAGE={image!r} is not a valid image reference")
-    return image
+# The components' default image; pipelines.pipeline sets every task's image by its role.
+IMAGE = DEFAULT_IMAGE
 
 
-IMAGE = project_image()
+def project_images() -> ImagesConfig:
+    """The CPU and GPU images named by the environment.
+
+    Raises:
+        ConfigError: an image is not pinned; the message names the variable.
+    """
+    return parse_images(os.environ, DEFAULT_IMAGE)

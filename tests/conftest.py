@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import collections
 import os
+import threading
 
 import pytest
 
@@ -73,6 +75,10 @@ def gcs_server():
     os.environ["GOOGLE_CLOUD_PROJECT"] = "test"
     server = FakeGCSServer(host="127.0.0.1")
     server.start()  # sets STORAGE_EMULATOR_HOST
+    # The wrapper pipes the server's log to us and never reads it: once the pipe (64 KiB, a few
+    # hundred requests) is full, the server blocks on its next log line and every request hangs.
+    log_tail = collections.deque(maxlen=200)
+    threading.Thread(target=log_tail.extend, args=(server._process.stderr,), daemon=True).start()
     try:
         assert os.environ["STORAGE_EMULATOR_HOST"] == server.url
         yield server

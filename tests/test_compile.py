@@ -1,5 +1,6 @@
 """Compile the pipeline and assert on the IR spec."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -103,19 +104,102 @@ def test_every_task_runs_as_non_root_with_cluster_settings(platform):
         assert {"configMapKey": "STORAGE_EMULATOR_HOST", "envVar": "STORAGE_EMULATOR_HOST"} in env["keyToEnv"]
 
 
-def test_retries_and_caching(spec):
+def test_retries_with_backoff_and_caching(spec):
     tasks = spec["root"]["dag"]["tasks"]
-    assert tasks["acquire-dataset"]["retryPolicy"]["maxRetryCount"] == 2
-    assert tasks["publish-bundle"]["retryPolicy"]["maxRetryCount"] == 2
+    backoff = {"backoffDuration": "60s", "backoffFactor": 2.0, "backoffMaxDuration": "3600s"}
+    assert tasks["acquire-dataset"]["retryPolicy"] == {"maxRetryCount": 2, **backoff}
+    assert tasks["publish-bundle"]["retryPolicy"] == {"maxRetryCount": 2, **backoff}
+    assert "retryPolicy" not in tasks["split-dataset"] and "retryPolicy" not in tasks["compare-models"]
+    _, loop = _loop(spec)
+    body = spec["components"][loop["componentRef"]["name"]]["dag"]["tasks"]
+    assert all("retryPolicy" not in task for task in body.values())  # a retry cannot tell preemption from a bug
     assert tasks["publish-bundle"]["cachingOptions"] == {}  # caching off: always publish
     assert tasks["acquire-dataset"]["cachingOptions"] == {"enableCache": True}
 
 
-def test_every_image_is_the_pinned_project_image(spec):
-    images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
-    assert len(images) == 1
-    (image,) = images
-    assert ":" in image.rsplit("/", 1)[-1] and not image.endswith(":latest")
+def test_timeouts_and_scratch_are_kubernetes_platform_config(platform):
+    timeouts = {name: int(e["activeDeadlineSeconds"]) for name, e in platform.items()}
+    assert timeouts["exec-train-classifier"] == 24 * 3600 and timeouts["exec-split-dataset"] == 3600
+    for executor in platform.values():
+        (scratch,) = executor["emptyDirMounts"]
+        assert scratch["mountPath"] == "/tmp" and scratch["sizeLimit"]
+    assert platform["exec-tune-model"]["emptyDirMounts"][0]["sizeLimit"] == "20Gi"  # paper.yaml
+
+
+# --------------------------------------------------------------------------- the committed YAML
+
+# Which image every executor of the committed YAML runs: GPU stages the GPU image, the others
+# the CPU image (`make compile` with the Makefile's IMAGE and TAG).
+CPU_IMAGE = "ghcr.io/quantized-mushroom/mushroom:0.1.0"
+GPU_IMAGE = "ghcr.io/quantized-mushroom/mushroom:0.1.0-gpu"
+EXECUTORS = ["exec-acquire-dataset", "exec-split-dataset", "exec-tune-model", "exec-train-classifier",
+             "exec-quantize-to-bundle", "exec-evaluate-model", "exec-compare-models", "exec-publish-bundle"]
+EXPECTED_IMAGES = {
+    "paper": {e: GPU_IMAGE if e in ("exec-tune-model", "exec-train-classifier") else CPU_IMAGE for e in EXECUTORS},
+    "demo": dict.fromkeys(EXECUTORS, CPU_IMAGE),  # accelerator_count 0 everywhere: CPU TensorFlow
+}
+
+
+def _committed(name: str) -> list[dict]:
+    return list(yaml.safe_load_all((CONFIGS.parent / "compiled" / f"{name}.yaml").read_text()))
+
+
+@pytest.mark.parametrize("name", ["paper", "demo"])
+def test_committed_yaml_runs_each_stage_in_the_image_of_its_role(name):
+    executors = _committed(name)[0]["deploymentSpec"]["executors"]
+    assert {e: executors[e]["container"]["image"] for e in executors} == EXPECTED_IMAGES[name]
+    for executor in executors.values():
+        has_gpu = "accelerator" in executor["container"].get("resources", {})
+        assert executor["container"]["image"] == (GPU_IMAGE if has_gpu else CPU_IMAGE)
+
+
+def _quantity(text: str) -> float:
+    units = {"m": 1e-3, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "K": 1e3, "M": 1e6, "G": 1e9}
+    for unit, factor in sorted(units.items(), key=lambda u: -len(u[0])):
+        if text.endswith(unit):
+            return float(text[: -len(unit)]) * factor
+    return float(text)
+
+
+# The demo's target: one 4-CPU / 8 GB node (about 7.5 GiB allocatable) that also runs
+# Kubernetes, standalone Kubeflow Pipelines and the GCS emulator, whose pods request about
+# 1.8 CPU / 2.5 GiB (README, "Run on a cluster", lists the figures and their sources).
+DEMO_NODE = {"cpu": 4.0, "memory": 7.5 * 2**30}
+OTHER_PODS = {"cpu": 1.8, "memory": 2.5 * 2**30}
+
+
+def test_committed_demo_yaml_fits_one_4_cpu_8_gb_node_with_kubeflow_pipelines():
+    spec = _committed("demo")[0]
+    executors = spec["deploymentSpec"]["executors"]
+    requests = {name: {"cpu": _quantity(e["container"]["resources"]["resourceCpuRequest"]),
+                       "memory": _quantity(e["container"]["resources"]["resourceMemoryRequest"])}
+                for name, e in executors.items()}
+    _, loop = _loop(spec)
+    width = loop["iteratorPolicy"]["parallelismLimit"]
+    body = spec["components"][loop["componentRef"]["name"]]["dag"]["tasks"]
+    loop_executors = [spec["components"][t["componentRef"]["name"]]["executorLabel"] for t in body.values()]
+    for resource in ("cpu", "memory"):
+        # Each model configuration runs its loop stages one after the other, `width` at a time.
+        in_loop = width * max(requests[e][resource] for e in loop_executors)
+        alone = max(r[resource] for e, r in requests.items() if e not in loop_executors)
+        assert max(in_loop, alone) + OTHER_PODS[resource] <= DEMO_NODE[resource], resource
+    assert width == 2
+
+
+def test_committed_paper_yaml_stays_gpu_sized():
+    executors = _committed("paper")[0]["deploymentSpec"]["executors"]
+    for name in ("exec-tune-model", "exec-train-classifier"):
+        resources = executors[name]["container"]["resources"]
+        assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
+        assert resources["resourceMemoryRequest"] == "16Gi" and resources["resourceCpuRequest"] == "4"
+
+
+def test_loop_body_is_the_config_loop_stages(spec):
+    from mushroom.config import LOOP_STAGES
+
+    _, loop = _loop(spec)
+    body = spec["components"][loop["componentRef"]["name"]]["dag"]["tasks"]
+    assert sorted(t["taskInfo"]["name"] for t in body.values()) == sorted(LOOP_STAGES)
 
 
 def test_no_runtime_pip_install(spec):
@@ -149,9 +233,9 @@ def test_compile_twice_gives_identical_bytes(tmp_path):
 @pytest.mark.parametrize("name", ["paper", "demo"])
 def test_committed_compiled_pipeline_is_up_to_date(name, tmp_path):
     """`make compile` must have been run after changing the pipeline, components or configs."""
-    from components.image import DEFAULT_IMAGE, IMAGE
+    import os
 
-    assert IMAGE == DEFAULT_IMAGE, "unset MUSHROOM_IMAGE to compare with the committed YAML"
+    assert not {"MUSHROOM_IMAGE", "MUSHROOM_GPU_IMAGE"} & set(os.environ), "unset them to compare"
     committed = CONFIGS.parent / "compiled" / f"{name}.yaml"
     fresh = compile_pipeline(CONFIGS / f"{name}.yaml", tmp_path / f"{name}.yaml")
     assert fresh.read_bytes() == committed.read_bytes(), f"{committed} is stale: run `make compile`"
@@ -202,3 +286,84 @@ def test_mushroom_pipeline_runs_the_action_in_the_checkout(monkeypatch, tmp_path
     err = capfd.readouterr().err
     assert "inside a quantized-mushroom checkout" in err
     assert f"python -m pipelines.submit {CONFIGS / 'paper.yaml'} --host http://kfp:8080" in err
+
+
+# --------------------------------------------------------------------------- bad input, before any work
+
+
+def _write_config(tmp_path, mutate) -> Path:
+    data = yaml.safe_load((CONFIGS / "demo.yaml").read_text())
+    mutate(data)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize("image", ["ghcr.io/quantized-mushroom/mushroom:latest", "ghcr.io/quantized-mushroom/mushroom",
+                                   "localhost:5000/mushroom"])
+def test_unpinned_image_stops_compile_and_submit_naming_the_variable(image, monkeypatch, tmp_path, capsys):
+    from pipelines.compile import main as compile_main
+    from pipelines.submit import main as submit_main
+
+    monkeypatch.setenv("MUSHROOM_IMAGE", image)
+    assert compile_main([str(CONFIGS / "demo.yaml"), str(tmp_path / "out.yaml")]) == 2
+    assert not (tmp_path / "out.yaml").exists()
+    err = capsys.readouterr().err
+    assert f"MUSHROOM_IMAGE: {image!r} must be pinned" in err and len(err.strip().splitlines()) == 2
+    assert submit_main([str(CONFIGS / "paper.yaml"), "--host", "http://h", "--dry-run"]) == 2
+    assert "MUSHROOM_IMAGE" in capsys.readouterr().err
+
+
+def test_gpu_image_follows_the_cpu_tag_or_its_own_pin(monkeypatch, capsys):
+    from pipelines.submit import main
+
+    digest = "sha256:" + "a" * 64
+    monkeypatch.setenv("MUSHROOM_IMAGE", "reg.example/m:1.2.0")
+    assert main([str(CONFIGS / "paper.yaml"), "--host", "http://h", "--dry-run"]) == 0
+    images = json.loads(capsys.readouterr().out)["images"]
+    assert images["train"] == "reg.example/m:1.2.0-gpu" and images["evaluate"] == "reg.example/m:1.2.0"
+    monkeypatch.setenv("MUSHROOM_IMAGE", f"reg.example/m@{digest}")
+    assert main([str(CONFIGS / "paper.yaml"), "--host", "http://h", "--dry-run"]) == 2
+    assert "MUSHROOM_GPU_IMAGE is required when MUSHROOM_IMAGE is pinned by digest" in capsys.readouterr().err
+    monkeypatch.setenv("MUSHROOM_GPU_IMAGE", f"reg.example/m-gpu@{digest}")
+    assert main([str(CONFIGS / "paper.yaml"), "--host", "http://h", "--dry-run"]) == 0
+    assert json.loads(capsys.readouterr().out)["images"]["tune"] == f"reg.example/m-gpu@{digest}"
+
+
+@pytest.mark.parametrize("mutate, field", [
+    (lambda d: d["cluster"].update(stages={"train": {"cpu_request": "4", "cpu_limit": "2"}}),
+     "cluster.stages.train: cpu_request 4 is above cpu_limit 2"),
+    (lambda d: d["cluster"].update(accelerator_type="nvidia.com/gpus"),
+     "cluster.accelerator_type: unknown accelerator 'nvidia.com/gpus'"),
+    (lambda d: d["cluster"].update(stages={"tune": {"memory_request": "16Gi", "memory_limit": "16Gi"}}),
+     "stages.tune.memory_request 16Gi is more than node.memory 7680Mi - node.reserved_memory 2560Mi"),
+])
+def test_bad_cluster_values_stop_compile_and_submit_naming_the_field(mutate, field, tmp_path, capsys):
+    from pipelines.compile import main as compile_main
+    from pipelines.submit import main as submit_main
+
+    config = _write_config(tmp_path, mutate)
+    assert compile_main([str(config), str(tmp_path / "out.yaml")]) == 2
+    assert not (tmp_path / "out.yaml").exists()
+    assert field in capsys.readouterr().err
+    assert submit_main([str(config), "--host", "http://h", "--publish-destination", "gs://b/p", "--dry-run"]) == 2
+    assert field in capsys.readouterr().err
+
+
+def test_submit_publish_destination_override_and_stage_images(capsys):
+    from pipelines.submit import main
+
+    assert main([str(CONFIGS / "demo.yaml"), "--host", "http://h", "--dry-run",
+                 "--publish-destination", "gs://mushroom-artifacts/published"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["arguments"]["publish_destination"] == "gs://mushroom-artifacts/published"
+    assert set(plan["images"].values()) == {CPU_IMAGE} and plan["pipeline_root"] is None
+
+
+def test_images_entry_point_lists_what_the_compiled_yaml_names(capsys):
+    from pipelines.images import main
+
+    for name in ("paper", "demo"):
+        assert main([str(CONFIGS / f"{name}.yaml")]) == 0
+        printed = capsys.readouterr().out.split()
+        assert sorted(printed) == sorted(set(EXPECTED_IMAGES[name].values()))

@@ -99,3 +99,103 @@ def test_run_entry_point_fails_fast_on_bad_config(tmp_path, capsys):
     assert main([str(path), "--output", str(tmp_path / "out")]) == 2
     assert "models.0.architecture" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------- cluster: scheduling
+
+
+def test_cluster_defaults_fit_the_demo_node_and_paper_stays_gpu_sized():
+    from mushroom.config import cpu_millis, memory_bytes, peak_requests
+
+    demo = load_config(CONFIGS / "demo.yaml").cluster
+    assert demo.fit == "run" and demo.node.cpu == "4" and demo.node.memory == "7680Mi"
+    peak = peak_requests(demo)
+    assert peak["cpu"] + cpu_millis(demo.node.reserved_cpu) <= 4000
+    assert peak["memory"] + memory_bytes(demo.node.reserved_memory) <= 7680 * 2**20
+    assert all(demo.stages.of(s).accelerator_count == 0 for s in ("tune", "train"))
+    paper = load_config(CONFIGS / "paper.yaml").cluster
+    for stage in ("tune", "train"):
+        assert paper.stages.of(stage).accelerator_count == 1 and paper.stages.of(stage).memory_request == "16Gi"
+    assert paper.stages.evaluate.accelerator_count == 0 and paper.fit == "stage"
+
+
+def test_a_stage_given_in_part_keeps_its_other_defaults():
+    from mushroom.config import DEFAULT_STAGES
+
+    data = _demo()
+    data["cluster"]["stages"] = {"train": {"timeout_s": 600}, "publish": {"retries": 1}}
+    cluster = parse_config(data).cluster
+    assert cluster.stages.train.timeout_s == 600
+    assert cluster.stages.train.memory_request == DEFAULT_STAGES["train"]["memory_request"]
+    assert cluster.stages.publish.retries == 1 and cluster.stages.publish.caching is False
+    assert cluster.stages.acquire.retries == 2 and cluster.stages.tune.retries == 0
+
+
+def test_request_above_its_limit_names_the_stage_and_field():
+    message = _error_for(lambda d: d["cluster"].update(stages={"evaluate": {"memory_request": "3Gi",
+                                                                            "memory_limit": "2Gi"}}))
+    assert "cluster.stages.evaluate: memory_request 3Gi is above memory_limit 2Gi" in message
+    assert len(message.splitlines()) == 2  # one error, not a cascade
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("memory_request", "2GB", "cluster.stages.tune.memory_request: '2GB' is not a memory quantity"),
+    ("memory_request", "1.5Gi", "cluster.stages.tune.memory_request: '1.5Gi' is not a memory quantity"),
+    ("cpu_limit", "two", "cluster.stages.tune.cpu_limit: 'two' is not a CPU quantity"),
+    ("retries", 5, "cluster.stages.tune.retries: Input should be less than or equal to 3"),
+    ("timeout_s", 10, "cluster.stages.tune.timeout_s: Input should be greater than or equal to 60"),
+])
+def test_bad_stage_values_name_the_field(field, value, expected):
+    assert expected in _error_for(lambda d: d["cluster"].update(stages={"tune": {field: value}}))
+
+
+def test_numbers_in_yaml_are_quantities():
+    data = _demo()
+    data["cluster"]["stages"] = {"tune": {"cpu_request": 1, "cpu_limit": 1.5}}
+    tune = parse_config(data).cluster.stages.tune
+    assert (tune.cpu_request, tune.cpu_limit) == ("1", "1.5")
+
+
+def test_unknown_accelerator_names_the_field_and_the_allowed():
+    message = _error_for(lambda d: d["cluster"].update(accelerator_type="NVIDIA_L4"))
+    assert "cluster.accelerator_type: unknown accelerator 'NVIDIA_L4'; allowed: ['nvidia.com/gpu']" in message
+
+
+@pytest.mark.parametrize("mutate, expected", [
+    (lambda c: c.update(stages={"train": {"memory_request": "6Gi", "memory_limit": "8Gi"}}),
+     "stages.train.memory_request 6Gi is more than node.memory 7680Mi - node.reserved_memory 2560Mi = 5120Mi"),
+    (lambda c: c.update(stages={"train": {"cpu_request": "3", "cpu_limit": "3"}}),
+     "stages.train.cpu_request 3 is more than node.cpu 4 - node.reserved_cpu 1800m = 2200m"),
+    (lambda c: c.update(stages={"tune": {"accelerator_count": 1}}),
+     "stages.tune.accelerator_count 1 is more than node.accelerators 0"),
+    (lambda c: c["node"].update(ephemeral_storage="2Gi"),
+     "stages.tune.scratch_size 4Gi is more than node.ephemeral_storage 2Gi"),
+    (lambda c: c.update(parallelism=3),
+     "with fit: run, the run's peak cpu (3000m: parallelism 3"),
+])
+def test_a_config_that_cannot_fit_its_node_is_refused(mutate, expected):
+    message = _error_for(lambda d: mutate(d["cluster"]))
+    assert "cluster: does not fit its node: " in message and expected in message
+
+
+def test_fit_stage_checks_each_stage_alone():
+    data = _demo()
+    data["cluster"].update(parallelism=4, fit="stage")
+    assert parse_config(data).cluster.parallelism == 4  # 4 x 2560Mi would not fit one node; each stage does
+
+
+def test_images_are_pinned_and_the_gpu_image_is_derived():
+    from mushroom.config import parse_images
+
+    images = parse_images({}, "reg.example:5000/m:0.2.0")
+    assert (images.cpu, images.gpu) == ("reg.example:5000/m:0.2.0", "reg.example:5000/m:0.2.0-gpu")
+    assert parse_images({"MUSHROOM_IMAGE": "r/m:1"}, "d:1").gpu == "r/m:1-gpu"
+    for env, expected in [
+        ({"MUSHROOM_IMAGE": "r/m:latest"}, "MUSHROOM_IMAGE: 'r/m:latest' must be pinned"),
+        ({"MUSHROOM_IMAGE": "r/m"}, "MUSHROOM_IMAGE: 'r/m' must be pinned"),
+        ({"MUSHROOM_IMAGE": "r/m@sha256:abc"}, "MUSHROOM_IMAGE: 'r/m@sha256:abc': a digest is 'sha256:'"),
+        ({"MUSHROOM_GPU_IMAGE": "r/g:latest"}, "MUSHROOM_GPU_IMAGE: 'r/g:latest' must be pinned"),
+    ]:
+        with pytest.raises(ConfigError) as info:
+            parse_images(env, "d:1")
+        assert expected in str(info.value) and len(str(info.value).splitlines()) == 2

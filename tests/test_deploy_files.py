@@ -479,7 +479,8 @@ def test_overlay_renders_and_renders_valid_objects(overlay):
     assert ("ServiceAccount", "mushroom-pipeline-runner") in kinds
     assert ("Namespace", "mushroom") in kinds
     for doc in docs:
-        kubernetes_validate.validate(doc, KUBERNETES_VERSIONS[0], strict=True)
+        for version in KUBERNETES_VERSIONS:
+            kubernetes_validate.validate(doc, version, strict=True)
         if doc["kind"] != "Namespace":
             assert doc["metadata"].get("namespace"), (
                 f"{doc['kind']}/{doc['metadata']['name']} has no namespace"
@@ -489,6 +490,12 @@ def test_overlay_renders_and_renders_valid_objects(overlay):
     settings = next(
         d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "mushroom-settings"
     )
+    # Every setting is one the pipeline's tasks read (nothing unread, like a PUBLISH_DESTINATION
+    # that no task looked at); where a run publishes is its own parameter.
+    from pipelines.pipeline import SETTINGS_CONFIG_MAP, SETTINGS_ENV
+
+    assert settings["metadata"]["name"] == SETTINGS_CONFIG_MAP and settings["metadata"]["namespace"] == "kubeflow"
+    assert set(settings["data"]) <= set(SETTINGS_ENV), set(settings["data"]) - set(SETTINGS_ENV)
     if overlay == "gke":
         assert "STORAGE_EMULATOR_HOST" not in settings["data"]
         sa = next(d for d in docs if d["kind"] == "ServiceAccount")
@@ -504,3 +511,89 @@ def test_overlay_renders_and_renders_valid_objects(overlay):
             settings["data"]["STORAGE_EMULATOR_HOST"] == "http://gcs-emulator.mushroom.svc.cluster.local:4443"
         )
         assert ("Deployment", "gcs-emulator") in kinds and ("Service", "gcs-emulator") in kinds
+
+
+# --------------------------------------------------------------------------- the cluster demo, as written
+
+SCRIPT = ROOT / "scripts" / "cluster-demo.sh"
+
+
+def script_setting(name: str) -> str:
+    match = re.search(rf"^{name}=(\S+)", SCRIPT.read_text(encoding="utf-8"), re.M)
+    assert match, f"{SCRIPT.name} sets no {name}"
+    return match.group(1)
+
+
+def test_cluster_demo_pins_what_upstream_md_and_the_kind_config_pin():
+    upstream = (MANIFESTS / "UPSTREAM.md").read_text(encoding="utf-8")
+    kfp = script_setting("KFP_VERSION")
+    assert set(re.findall(r"PIPELINE_VERSION=(\S+)", upstream)) == {kfp}
+    sdk = re.search(r'"kfp>=(\d+\.\d+),', (ROOT / "pyproject.toml").read_text(encoding="utf-8")).group(1)
+    assert kfp.startswith(sdk + "."), f"KFP backend {kfp} does not match the kfp {sdk} SDK"
+    (kind_config,) = load_documents(KIND_CLUSTER)
+    assert kind_config["name"] == script_setting("CLUSTER") == "mushroom"
+    assert {n["image"] for n in kind_config["nodes"]} == {f"kindest/node:{script_setting('KUBERNETES_VERSION')}"}
+
+
+FAKE_TOOL = r"""#!/usr/bin/env bash
+echo "$(basename "$0") $*" >> "$FAKE_LOG"
+case "$(basename "$0") $1 $2" in
+  "py -m pipelines.images"|"py -c "*) exec "$REAL_PY" "$@" ;;
+  "curl "*) [[ "$*" == */o\?prefix=* ]] && echo '{"items": [{"name": "published/latest"}]}' ;;
+esac
+exit 0
+"""
+
+
+def run_cluster_demo(tmp_path: Path, step: str, kube: str) -> list[str]:
+    """Run a step of scripts/cluster-demo.sh with every outside tool replaced by a recorder."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    for tool in ("kind", "minikube", "kubectl", "docker", "make", "curl", "py"):
+        (bin_dir / tool).write_text(FAKE_TOOL)
+        (bin_dir / tool).chmod(0o755)
+    log = tmp_path / "calls.log"
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "FAKE_LOG": str(log), "REAL_PY": sys.executable,
+           "PY": str(bin_dir / "py"), "KUBE": kube, "OUT": str(tmp_path / "out"), "HOME": str(tmp_path)}
+    proc = subprocess.run([str(SCRIPT), step], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return log.read_text().splitlines()
+
+
+def test_kind_demo_runs_every_step_in_order_with_the_names_the_cluster_and_yaml_use(tmp_path):
+    calls = run_cluster_demo(tmp_path, "all", "kind")
+    ctx = "kubectl --context kind-mushroom"
+    kfp = "github.com/kubeflow/pipelines/manifests/kustomize"
+    image = "ghcr.io/quantized-mushroom/mushroom:0.1.0"
+    expected = [
+        "kind create cluster --config manifests/kind/cluster.yaml --wait 5m",
+        f"{ctx} apply -k {kfp}/cluster-scoped-resources?ref=2.17.3",
+        f"{ctx} apply -k {kfp}/env/platform-agnostic?ref=2.17.3",
+        f"{ctx} apply -k manifests/kind",
+        "make --no-print-directory build-cpu IMAGE=ghcr.io/quantized-mushroom/mushroom TAG=0.1.0",
+        f"kind load docker-image --name mushroom {image}",
+        "py -m pipelines.submit pipelines/configs/demo.yaml --host http://localhost:8080 "
+        "--publish-destination gs://mushroom-artifacts/published --wait 7200",
+    ]
+    positions = [next((i for i, c in enumerate(calls) if c == e), None) for e in expected]
+    assert None not in positions, [e for e, p in zip(expected, positions, strict=True) if p is None]
+    assert positions == sorted(positions), calls
+    # Only the images the committed demo YAML names are built and loaded, under those names.
+    compiled = next(yaml.safe_load_all((ROOT / "pipelines" / "compiled" / "demo.yaml").read_text()))
+    named = {e["container"]["image"] for e in compiled["deploymentSpec"]["executors"].values()}
+    loaded = {c.rsplit(" ", 1)[1] for c in calls if c.startswith("kind load docker-image")}
+    assert loaded == named == {image}
+    assert not any("build-gpu" in c for c in calls)
+    # The pipeline root is KFP's own object store: never the emulator (see UPSTREAM.md).
+    assert not any("--pipeline-root" in c for c in calls)
+
+
+def test_minikube_demo_starts_the_node_the_demo_is_sized_for(tmp_path):
+    calls = run_cluster_demo(tmp_path, "cluster", "minikube")
+    assert "minikube start -p mushroom --kubernetes-version=v1.33.1 --cpus=4 --memory=8g" in calls
+    calls = run_cluster_demo(tmp_path, "images", "minikube")
+    assert "minikube -p mushroom image load ghcr.io/quantized-mushroom/mushroom:0.1.0" in calls
+    from mushroom.config import load_config
+
+    node = load_config(ROOT / "pipelines" / "configs" / "demo.yaml").cluster.node
+    assert (node.cpu, node.memory) == ("4", "7680Mi")  # what a --memory=8g node allocates, about

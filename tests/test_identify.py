@@ -296,9 +296,9 @@ def test_each_bad_photo_gets_a_clear_error_and_the_others_are_answered(bundle_di
     (tmp_path / "folder").mkdir()
     bad = {
         tmp_path / "missing.jpg": "file not found",
-        tmp_path / "folder": "is a directory",
+        tmp_path / "folder": "is a directory with no photo files",
         tmp_path / "empty.jpg": "file is empty",
-        tmp_path / "notes.jpg": "not a readable image",
+        tmp_path / "notes.jpg": "not an image file Pillow can read",
         tmp_path / "truncated.jpg": "truncated",
     }
     photos = [photo, *bad, photo]
@@ -316,6 +316,21 @@ def test_each_bad_photo_gets_a_clear_error_and_the_others_are_answered(bundle_di
     code, out, err = run_cli(capsys, *photos, "--bundle", bundle_dir)  # the table says it too
     assert code == 1 and f"2 of {len(photos)} photo(s) answered; {len(bad)} failed" in out
     assert err.count("error: ") == len(bad)
+
+
+def test_folders_are_read_recursively_sorted_and_photo_files_only(bundle_dir, photo, tmp_path, capsys):
+    import shutil
+
+    (tmp_path / "album" / "b").mkdir(parents=True)
+    for name in ("album/b/2.JPG", "album/a.jpeg", "album/b/1.png"):
+        Image.open(photo).convert("RGB").save(tmp_path / name, "PNG" if name.endswith("png") else "JPEG")
+    (tmp_path / "album" / "notes.txt").write_text("not a photo")
+    shutil.copy(photo, tmp_path / "single.jpg")
+    code, out, err = run_cli(capsys, str(tmp_path / "album"), str(tmp_path / "single.jpg"), "--bundle", bundle_dir,
+                             "--json")
+    assert code == 0, err
+    assert [r["photo"] for r in json.loads(out)["results"]] == [
+        str(tmp_path / name) for name in ("album/a.jpeg", "album/b/1.png", "album/b/2.JPG", "single.jpg")]
 
 
 # --------------------------------------------------------------------------- bad bundles
@@ -374,10 +389,10 @@ def test_usage_errors_exit_2(photo, monkeypatch, capsys):
 
 
 def test_publish_destination_uses_its_latest_run(trained_run, bundle_dir, photo, tmp_path):
-    from mushroom.publish import publish_run
+    from mushroom.publish import identify_run, publish_run
 
     dest = tmp_path / "published"
-    publish_run(bundle_dir, Path(trained_run["evaluation"]), str(dest), "run-1")
+    publish_run(bundle_dir, Path(trained_run["evaluation"]), str(dest), identify_run("run", "1", "2026-05-01T12:00Z"))
     assert resolve_bundle(dest) == dest / "run-1" / "bundle"
     assert resolve_bundle(dest / "run-1") == dest / "run-1" / "bundle"
     assert identify(photo, dest)[0].to_dict() == identify(photo, bundle_dir)[0].to_dict()
@@ -396,11 +411,12 @@ def test_gcs_bundle_is_downloaded_once_then_used_offline(gcs_server, trained_run
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import storage
 
-    from mushroom.publish import publish_run
+    from mushroom.publish import identify_run, publish_run
 
     client = storage.Client(project="test", credentials=AnonymousCredentials())
     bucket = client.create_bucket(f"mushroom-{uuid.uuid4().hex[:12]}")
-    publish_run(bundle_dir, Path(trained_run["evaluation"]), f"gs://{bucket.name}/published", "run-1")
+    publish_run(bundle_dir, Path(trained_run["evaluation"]), f"gs://{bucket.name}/published",
+                identify_run("run", "1", "2026-05-01T12:00Z"))
     uri = f"gs://{bucket.name}/published/run-1/bundle"
     cache = tmp_path / "cache"
 
@@ -422,6 +438,27 @@ def test_gcs_bundle_is_downloaded_once_then_used_offline(gcs_server, trained_run
     code, _, err = run_cli(capsys, photo, "--bundle", uri, "--cache-dir", tmp_path / "empty-cache")
     assert code == 2
     assert "install quantized-mushroom[pipeline] or copy the bundle locally" in err
+
+
+def test_identify_follows_a_gcs_publish_root_to_its_new_latest(gcs_client, gcs_bucket, trained_run, bundle_dir,
+                                                                photo, tmp_path, capsys):
+    from mushroom.publish import identify_run, publish_run
+
+    root, cache = f"gs://{gcs_bucket.name}/published", tmp_path / "cache"
+    evaluation = Path(trained_run["evaluation"])
+    publish_run(bundle_dir, evaluation, root, identify_run("run", "1", "2026-05-01T12:00Z"), client=gcs_client)
+    code, out, err = run_cli(capsys, photo, "--bundle", root, "--cache-dir", cache, "--json")
+    assert code == 0, err
+    assert json.loads(out)["bundle"]["path"] == str(cache / gcs_bucket.name / "published" / "run-1" / "bundle")
+
+    publish_run(bundle_dir, evaluation, root, identify_run("run", "2", "2026-05-02T12:00Z"), client=gcs_client)
+    code, out, err = run_cli(capsys, photo, "--bundle", root, "--cache-dir", cache, "--json")
+
+    assert code == 0, err
+    assert json.loads(out)["bundle"]["path"] == str(cache / gcs_bucket.name / "published" / "run-2" / "bundle")
+    assert json.loads(out)["results"][0] == identify(photo, bundle_dir)[0].to_dict()
+    cached = {p.relative_to(cache / gcs_bucket.name / "published").parts[:2] for p in cache.rglob("*") if p.is_file()}
+    assert cached == {("latest",), ("run-1", "bundle"), ("run-2", "bundle")}  # bundles only, one per call
 
 
 def test_gcs_prefix_without_a_bundle_is_named(gcs_server, photo, tmp_path, capsys):

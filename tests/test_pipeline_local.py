@@ -7,6 +7,7 @@ import yaml
 
 from mushroom.bundle import read_bundle
 from mushroom.fileio import read_json
+from mushroom.publish import read_latest
 
 CONFIGS = Path(__file__).resolve().parents[1] / "pipelines" / "configs"
 
@@ -59,7 +60,9 @@ def test_local_run_produces_bundles_evaluations_and_publishes(tmp_path):
     # The published run folder holds the chosen bundle and the comparison of both configs.
     published = Path(result["published"])
     assert published.parent == tmp_path / "published"
-    assert (tmp_path / "published" / "latest").read_text().strip() == published.name
+    latest = read_latest(str(tmp_path / "published"))
+    assert latest.run == published.name and latest.created is not None  # the recorded start time
+    assert latest.run.startswith("quantized-mushroom-")  # kfp.local's run name, with its job id
     read_bundle(published / "bundle")
     comparison = read_json(published / "evaluation" / "comparison.json")
     assert {e["model_name"] for e in comparison["evaluations"]} == {"tiny-a", "tiny-b"}

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from google.cloud import storage as gcs
 
+from mushroom import storage as storage_module
 from mushroom.storage import (
     ConflictError,
     GcsStore,
@@ -102,14 +103,34 @@ def test_local_download_prefix_copies_an_uploaded_folder(tmp_path):
         download_prefix(str(tmp_path / "missing"), tmp_path / "none")
 
 
-def test_local_store_reads_and_overwrites_text(tmp_path):
-    store = open_store(str(tmp_path / "dest"))
+@pytest.mark.parametrize("backend", ["folder", "gcs"])
+def test_pointers_are_replaced_only_by_compare_and_swap(tmp_path, request, backend):
+    location = str(tmp_path / "dest") if backend == "folder" else f"gs://{request.getfixturevalue('gcs_bucket').name}/p"
+    store = open_store(location)
     with pytest.raises(FileNotFoundError):
         store.read_text("pointer")
-    store.put_text("pointer", "one")
-    store.put_text("pointer", "two")
+    text, absent = store.read_pointer("pointer")
+    assert text is None
+    assert store.replace_pointer("pointer", "one", absent)
+    assert not store.replace_pointer("pointer", "stale", absent)  # it exists now
+    text, version = store.read_pointer("pointer")
+    assert text == "one\n"
+    assert store.replace_pointer("pointer", "two", version)
+    assert not store.replace_pointer("pointer", "stale", version)  # changed since that read
     assert store.read_text("pointer") == "two\n"
-    assert not store.is_folder("pointer") and store.is_folder("")
+    assert not store.is_folder("pointer")
+
+
+def test_a_lock_left_by_a_crashed_writer_is_removed_once_stale(tmp_path, monkeypatch, caplog):
+    store = open_store(str(tmp_path))
+    lock = tmp_path / ".pointer.lock"
+    lock.write_text("12345\n")
+    monkeypatch.setattr(storage_module, "LOCK_TIMEOUT_S", 0.2)
+    with pytest.raises(StorageError, match=r"\.pointer\.lock: still locked"):
+        store.replace_pointer("pointer", "one", None)
+    monkeypatch.setattr(storage_module, "STALE_LOCK_S", 0.0)
+    assert store.replace_pointer("pointer", "one", None)
+    assert "never released it" in caplog.text and not lock.exists()
 
 
 # --------------------------------------------------------------------------- cache
@@ -239,7 +260,7 @@ def test_storage_publish_and_identify_import_without_google_packages(tmp_path):
         root = pathlib.Path(sys.argv[1])
         (root / "run-1" / "bundle").mkdir(parents=True)
         (root / "latest").write_text("run-1\\n")
-        assert mushroom.publish.read_latest(str(root)) == "run-1"
+        assert mushroom.publish.read_latest(str(root)).run == "run-1"
         assert mushroom.identify.resolve_bundle(root) == root / "run-1" / "bundle"
         try:
             mushroom.storage.open_store("gs://bucket/prefix")

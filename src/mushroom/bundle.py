@@ -115,6 +115,18 @@ def write_bundle(
     return out_dir
 
 
+def shipped_variant(metadata: dict[str, Any]) -> str:
+    """The variant a bundle ships, from its ``metadata.json``: the run's choice, else the registry's fallback.
+
+    Args:
+        metadata: The bundle's ``metadata.json``.
+
+    Returns:
+        A variant name (``int8``, ...).
+    """
+    return metadata.get("default_variant") or registry.fallback_variant(metadata["variants"])
+
+
 @dataclass(frozen=True)
 class Bundle:
     """A bundle read from disk."""
@@ -142,8 +154,8 @@ class Bundle:
 
     @property
     def default_variant(self) -> str:
-        """The variant ``identify`` uses by default: the run's choice, else the registry's fallback."""
-        return self.metadata.get("default_variant") or registry.fallback_variant(self.variants)
+        """The variant ``identify`` uses by default (:func:`shipped_variant` of its metadata)."""
+        return shipped_variant(self.metadata)
 
     def policy(self, variant: str | None = None) -> Policy:
         """The calibrated safety policy of ``variant`` (default: :attr:`default_variant`)."""

@@ -6,7 +6,9 @@ lookalikes in the top 5. Every answer says that it never gives permission to eat
 
 Only numpy, Pillow and ai-edge-litert are needed: this module (and the ``mushroom identify``
 command) never imports TensorFlow, Keras, kfp, pydantic or PyYAML. ``gs://`` bundles need
-google-cloud-storage once, to fill the local cache; later calls run offline from the cache.
+google-cloud-storage to fill the local cache: a ``gs://`` publish destination's ``latest`` is
+followed on every call (one small object; only a new run's bundle is downloaded), and offline
+the bundle cached last answers, with a notice.
 
     from mushroom.identify import identify
     for answer in identify(["cep.jpg"], "outputs/demo/published"):
@@ -15,6 +17,7 @@ google-cloud-storage once, to fill the local cache; later calls run offline from
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
@@ -23,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from mushroom.bundle import LABELS, Bundle, BundleError, read_bundle
+from mushroom.bundle import LABELS, METADATA, Bundle, BundleError, read_bundle
+from mushroom.fileio import write_text_atomic
 from mushroom.policy import (
     EDIBLE,
     NOT_EDIBLE,
@@ -33,14 +37,17 @@ from mushroom.policy import (
     edible_probability,
     top_classes,
 )
-from mushroom.preprocess import ImageError, load_image
-from mushroom.publish import locate_published_bundle
+from mushroom.preprocess import ImageError, expand_photos, load_image
+from mushroom.publish import BUNDLE_FOLDER, LATEST_NAME, locate_published_bundle, read_latest
 from mushroom.species import DANGEROUS, Species
-from mushroom.storage import cache_path, download_atomically, is_gcs_uri, user_cache_dir
+from mushroom.storage import cache_path, download_atomically, is_gcs_uri, join_uri, open_store, user_cache_dir
 from mushroom.tflite import TFLiteClassifier
+
+log = logging.getLogger(__name__)
 
 TOP_K = 5
 LOOKALIKE_MIN_PROBABILITY = 0.01  # dangerous species in the top 5 above this are named
+LATEST_TIMEOUT_S = 10.0  # following a gs:// latest gives up (for the cache) after this long
 
 NOTICE = (
     "This tool only informs. It NEVER gives permission to eat a wild mushroom: "
@@ -149,21 +156,54 @@ def _bundle_folder(location: Path) -> Path:
         raise BundleError(f"{location}: {err}") from None
 
 
-def _download_gcs(uri: str, target: Path) -> None:
-    """Download ``uri`` into ``target`` all or nothing (a partial download never counts as cached)."""
+def _cached_bundle(target: Path) -> Path | None:
+    """The cached bundle of a ``gs://`` location (its cache folder ``target``), if there is one."""
+    if (target / LATEST_NAME).is_file():  # a publish destination: the run it last pointed at
+        try:
+            folder = Path(locate_published_bundle(str(target)))
+        except (OSError, ValueError):
+            return None
+        return folder if folder.is_dir() else None
+    for folder in (target / BUNDLE_FOLDER, target):  # a published run, or a bundle
+        if (folder / METADATA).is_file():
+            return folder
+    return None
+
+
+def _fetch_gcs(uri: str, cache: Path, target: Path, refresh: bool) -> Path:
+    """Resolve ``uri`` online and download only the bundle it names, unless that is cached already.
+
+    A publish destination's ``latest`` is read on every call (one small object); its run's
+    bundle is downloaded once (runs never change) and the pointer is kept beside it in the
+    cache, for offline calls. Every downloaded file is checked against its object's CRC32C.
+    """
+    store = open_store(uri)
     try:
-        download_atomically(uri, target)
-    except ImportError as err:
-        raise BundleError(
-            f"{uri}: reading a gs:// bundle needs google-cloud-storage ({err}); "
-            "install quantized-mushroom[pipeline] or copy the bundle locally"
-        ) from None
+        latest = read_latest(uri, client=store.client, timeout_s=LATEST_TIMEOUT_S)
     except FileNotFoundError:
-        raise BundleError(f"{uri}: no bundle there (no objects under this prefix)") from None
-    except Exception as err:  # network, credentials, checksum: all mean "no usable bundle"
-        raise BundleError(
-            f"{uri}: download failed ({type(err).__name__}: {err}); no cached copy in {target}"
-        ) from None
+        latest = None
+    if latest is not None:
+        bundle_uri = join_uri(uri, f"{latest.run}/{BUNDLE_FOLDER}")
+    elif store.is_folder(BUNDLE_FOLDER):
+        bundle_uri = join_uri(uri, BUNDLE_FOLDER)
+    else:
+        bundle_uri = uri
+    folder = cache_path(bundle_uri, cache)
+    if refresh or not folder.is_dir():
+        download_atomically(bundle_uri, folder, client=store.client)
+    if latest is not None:
+        write_text_atomic(target / LATEST_NAME, latest.to_text() + "\n")
+    return folder
+
+
+def _unavailable(err: Exception) -> str:
+    """Why a ``gs://`` location could not be read, in words."""
+    if isinstance(err, ImportError):
+        return (f"reading a gs:// bundle needs google-cloud-storage ({err}); "
+                "install quantized-mushroom[pipeline] or copy the bundle locally")
+    if isinstance(err, FileNotFoundError):
+        return f"no bundle there ({err})"
+    return f"cannot be read ({type(err).__name__}: {err})"
 
 
 def resolve_bundle(location: str | Path, cache_dir: str | Path | None = None, refresh: bool = False) -> Path:
@@ -172,8 +212,11 @@ def resolve_bundle(location: str | Path, cache_dir: str | Path | None = None, re
     Args:
         location: A bundle folder, a publish destination (its ``latest`` run's bundle is
             used), a published run folder, or a ``gs://`` prefix of any of them. A ``gs://``
-            prefix is downloaded once into ``cache_dir`` and read from there (offline) on
-            later calls.
+            publish destination's ``latest`` is read on every call and only that run's bundle
+            is downloaded (once) into ``cache_dir``; a ``gs://`` run or bundle is downloaded
+            once and read from the cache (offline) after that. When ``latest`` cannot be
+            followed (offline, no google-cloud-storage, ...), the bundle cached last is used
+            and a warning says so.
         cache_dir: Cache for ``gs://`` bundles (default :func:`default_cache_dir`).
         refresh: Download a ``gs://`` bundle again even if it is cached.
 
@@ -182,19 +225,27 @@ def resolve_bundle(location: str | Path, cache_dir: str | Path | None = None, re
 
     Raises:
         BundleError: A ``gs://`` bundle cannot be downloaded and is not cached, or a
-            destination's ``latest`` does not hold a run id.
+            destination's ``latest`` does not hold a run pointer.
     """
     text = str(location)
     if not is_gcs_uri(text):
         return _bundle_folder(Path(text).expanduser())
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
     try:
-        target = cache_path(text, Path(cache_dir) if cache_dir else default_cache_dir())
+        target = cache_path(text, cache)
     except ValueError:
         raise BundleError(f"{text}: not a usable gs://BUCKET/PREFIX bundle location") from None
-    if refresh or not target.is_dir():
-        _download_gcs(text, target)
-    # The whole prefix is cached, so a destination's latest run is found offline too.
-    return _bundle_folder(target)
+    cached = _cached_bundle(target)
+    if cached is not None and not refresh and not (target / LATEST_NAME).is_file():
+        return cached  # a published run never changes
+    try:
+        return _fetch_gcs(text, cache, target, refresh)
+    except Exception as err:  # offline, credentials, no such bucket, checksum: no new bundle
+        problem = _unavailable(err)
+    if cached is None:
+        raise BundleError(f"{text}: {problem}; no cached copy in {target}")
+    log.warning("notice: %s: %s; using the bundle cached at %s, which may be out of date", text, problem, cached)
+    return cached
 
 
 # --------------------------------------------------------------------------- identifier
@@ -326,9 +377,10 @@ def identify(photos: str | Path | Iterable[str | Path], bundle: str | Path | Bun
     """Identify photos with a bundle (the Python form of ``mushroom identify``).
 
     Args:
-        photos: One photo path or several.
+        photos: One photo path or several; a folder stands for its photo files, recursively
+            and sorted (:func:`mushroom.preprocess.expand_photos`).
         bundle: Bundle folder, publish destination, or ``gs://`` prefix (see :func:`resolve_bundle`).
-        variant: Model variant; default: the bundle's calibrated default (int8).
+        variant: Model variant; default: the variant the bundle's run chose.
         num_threads: Interpreter CPU threads.
         cache_dir: Cache for ``gs://`` bundles.
 
@@ -341,7 +393,7 @@ def identify(photos: str | Path | Iterable[str | Path], bundle: str | Path | Bun
     if isinstance(photos, str | Path):
         photos = [photos]
     identifier = Identifier(bundle, variant=variant, num_threads=num_threads, cache_dir=cache_dir)
-    return list(identifier.identify_many(photos))
+    return list(identifier.identify_many(expand_photos(list(photos))))
 
 
 # --------------------------------------------------------------------------- output

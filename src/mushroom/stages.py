@@ -8,6 +8,7 @@ and writes its outputs into the folder it is given.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
 from contextlib import contextmanager
@@ -28,6 +29,9 @@ log = logging.getLogger("mushroom")
 
 HYPERPARAMETERS = "hyperparameters.json"
 KERAS_MODEL = "model.keras"
+# Set by a runner that knows the container image a stage runs in (pipelines/containers.py);
+# the quantize stage records it in the bundle's metadata.json as provenance.image.
+IMAGE_ENV = {"reference": "MUSHROOM_IMAGE_REF", "id": "MUSHROOM_IMAGE_ID", "digest": "MUSHROOM_IMAGE_DIGEST"}
 
 
 @contextmanager
@@ -193,8 +197,11 @@ def quantize(dataset_dir, splits_dir, model_dir, model_config: dict[str, Any], s
         models, report = quantize_model(
             model, representative, load_images(val.paths, config.image_size), val.labels, q.variants,
             q.tolerance_points, q.min_agreement, debug_samples=q.debug_samples, latency_runs=q.latency_runs)
-        write_bundle(out_dir, models, train_split.catalog, config.model_dump(),
-                     {"representative_samples": int(len(picked)), "choice_reason": report["reason"]},
+        extra = {"representative_samples": int(len(picked)), "choice_reason": report["reason"]}
+        image = {key: os.environ[var] for key, var in IMAGE_ENV.items() if os.environ.get(var)}
+        if image:
+            extra["provenance"] = {"image": image}
+        write_bundle(out_dir, models, train_split.catalog, config.model_dump(), extra,
                      default_variant=report["chosen"])
         write_json_atomic(out_dir / "quantization_report.json", report)
         write_text_atomic(out_dir / "quantization_report.md", format_report(report))
@@ -340,11 +347,32 @@ def setup_logging(level: int = logging.INFO) -> None:
     root.setLevel(level)
 
 
-def publish(bundle_dir, evaluation_dir, destination: str, run_id: str) -> str:
-    """Publish the chosen bundle and its evaluation to a folder or ``gs://`` prefix."""
-    from mushroom.publish import publish_run
+def publish(bundle_dir, evaluation_dir, destination: str, run_name: str, job_id: str = "", created: str = "",
+            gate: dict[str, Any] | None = None) -> str:
+    """Publish the chosen bundle and its evaluation to a folder or ``gs://`` prefix; return the run's URI.
 
+    The destination is checked first (a test write), so a missing bucket or a refused write
+    fails in one line before anything is uploaded. The run lands in its own folder
+    (:func:`mushroom.publish.run_folder_name`); ``latest`` moves to it only if it is newer and
+    passes the promotion gate, and the log says why when it does not.
+
+    Args:
+        run_name: The run's display name (any text).
+        job_id: The backend's job id ("" or an unresolved placeholder: none).
+        created: The run's creation time, ISO 8601 ("" or an unresolved placeholder: now).
+        gate: ``publish.gate`` of the run configuration (default: its defaults).
+    """
+    from mushroom.config import PromotionGateConfig
+    from mushroom.promotion import PromotionGate
+    from mushroom.publish import identify_run, publish_run
+    from mushroom.storage import check_writable
+
+    gate_config = PromotionGateConfig.model_validate(gate or {})
     with _timed("publish"):
-        uri = publish_run(Path(bundle_dir), Path(evaluation_dir), destination, run_id)
-        log.info("publish: bundle and evaluation at %s", uri)
-    return uri
+        check_writable(destination)
+        run = identify_run(run_name, job_id, created)
+        result = publish_run(Path(bundle_dir), Path(evaluation_dir), destination, run,
+                             gate=PromotionGate(gate_config, bundle_dir, evaluation_dir))
+        log.info("publish: bundle and evaluation at %s (%s)", result.uri,
+                 "promoted to latest" if result.promoted else "not promoted")
+    return result.uri

@@ -4,7 +4,11 @@ A location is a local folder or ``gs://BUCKET/PREFIX``; a :class:`Store` opened 
 addresses files by keys (POSIX paths relative to the location). Files written through a
 store are immutable: :meth:`Store.write_new` never replaces a file with different bytes, and
 every write is verified against local checksums (CRC32C and MD5 for GCS, SHA-256 for a local
-folder). Only small text files written with :meth:`Store.put_text` (pointers) are overwritten.
+folder). Only small pointer files are overwritten, and only by compare-and-swap
+(:meth:`Store.read_pointer`, :meth:`Store.replace_pointer`): a writer that read an older
+version loses, re-reads and decides again. On GCS the swap is a generation precondition; on a
+local folder it is a compare of the bytes under a lock file created with ``O_EXCL`` (see
+:meth:`LocalStore.replace_pointer`).
 
 For ``gs://`` locations google-cloud-storage is used; it honours ``STORAGE_EMULATOR_HOST``
 (tests and kind/minikube clusters run fake-gcs-server). The Google packages are imported
@@ -22,7 +26,9 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Mapping
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -39,6 +45,8 @@ CACHE_NAME = "quantized-mushroom"  # the folder under $XDG_CACHE_HOME
 
 _KEY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _CHUNK = 1024 * 1024
+STALE_LOCK_S = 30.0  # a pointer lock is held for milliseconds; older ones were left by a crash
+LOCK_TIMEOUT_S = 120.0
 
 
 class StorageError(RuntimeError):
@@ -200,6 +208,53 @@ def _conflict(uri: str, existing: Checksums, sums: Checksums) -> ConflictError:
     )
 
 
+@contextmanager
+def _lock_file(path: Path) -> Iterator[None]:
+    """Hold ``path`` as a lock: created with ``O_EXCL`` (one holder at a time), removed on exit."""
+    waited = time.monotonic()
+    delay = 0.001
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            break
+        except FileExistsError:
+            try:
+                age = time.time() - path.stat().st_mtime
+            except FileNotFoundError:
+                continue  # released meanwhile
+            if age > STALE_LOCK_S:
+                log.warning("storage: removing %s, left %.0fs ago by a writer that never released it", path, age)
+                path.unlink(missing_ok=True)
+                continue
+            if time.monotonic() - waited > LOCK_TIMEOUT_S:
+                raise StorageError(f"{path}: still locked after {LOCK_TIMEOUT_S:.0f}s; "
+                                   "delete it if no publish is running") from None
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+    try:
+        os.write(fd, f"{os.getpid()}\n".encode())
+        os.close(fd)
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def check_writable(location: str, *, client: gcs.Client | None = None) -> None:
+    """Check early that files can be written to ``location``: write, then delete, a test file.
+
+    Args:
+        location: A local folder (created if missing) or ``gs://BUCKET/PREFIX``.
+        client: Optional google-cloud-storage client for ``gs://`` locations.
+
+    Raises:
+        StorageError: One line naming what is wrong: the bucket does not exist, the test
+            write or its deletion was refused, or the folder cannot be written.
+        ValueError: ``location`` is malformed.
+        ImportError: A ``gs://`` location without google-cloud-storage installed.
+    """
+    open_store(location, client).check_writable()
+
+
 def open_store(location: str, client: gcs.Client | None = None) -> Store:
     """The store for a local folder or a ``gs://`` prefix.
 
@@ -241,8 +296,20 @@ class Store:
         """
         raise NotImplementedError
 
-    def put_text(self, key: str, text: str) -> None:
-        """Write (or overwrite) a small text file, verified, with a trailing newline."""
+    def read_pointer(self, key: str, timeout_s: float | None = None) -> tuple[str | None, object]:
+        """The text of a small pointer file (None if there is none) and a version token for
+        :meth:`replace_pointer`; ``timeout_s`` bounds a remote read, retries included (None: the
+        backend's defaults)."""
+        raise NotImplementedError
+
+    def replace_pointer(self, key: str, text: str, expected: object) -> bool:
+        """Write ``text`` (plus a newline) to ``key`` only if it is still at version ``expected``
+        (the token :meth:`read_pointer` returned); verified. False, and nothing written, if another
+        writer changed it since."""
+        raise NotImplementedError
+
+    def check_writable(self) -> None:
+        """Create and delete a small test file; StorageError in one line if either fails."""
         raise NotImplementedError
 
     def read_text(self, key: str) -> str:
@@ -253,14 +320,19 @@ class Store:
         """Copy every file of the store into ``local_dir``; return how many (at least one)."""
         raise NotImplementedError
 
-    def upload_folders(self, folders: Mapping[str, Path], key: str) -> str:
-        """Upload folders to ``<key>/<name>/``, immutably; see :func:`upload_folders`."""
+    def upload_folders(self, folders: Mapping[str, Path], key: str, files: Mapping[str, Path] | None = None) -> str:
+        """Upload folders to ``<key>/<name>/`` and files to ``<key>/<name>``, immutably; see
+        :func:`upload_folders`."""
         check_key(key)
         for name in folders:
             check_key(name, "folder name")
+        for name in files or {}:
+            check_key(name, "file name")
         started = time.monotonic()
-        files = [(p, f"{name}/{rel}") for name, folder in folders.items() for p, rel in _list_files(Path(folder), name)]
-        local = {_join_key(key, rel): (path, compute_checksums(path)) for path, rel in files}
+        entries = [(p, f"{name}/{rel}") for name, folder in folders.items()
+                   for p, rel in _list_files(Path(folder), name)]
+        entries += [(Path(p), name) for name, p in (files or {}).items()]
+        local = {_join_key(key, rel): (path, compute_checksums(path)) for path, rel in entries}
         folder_uri = self.uri(key)
         log.info("upload: %d files to %s", len(local), folder_uri)
 
@@ -336,12 +408,47 @@ class LocalStore(Store):
         log.info("upload: wrote %s (%d bytes, sha256 %s)", dest, sums.size, sums.sha256)
         return True
 
-    def put_text(self, key: str, text: str) -> None:
+    def read_pointer(self, key: str, timeout_s: float | None = None) -> tuple[str | None, bytes | None]:
+        try:
+            data = self._path(key).read_bytes()
+        except FileNotFoundError:
+            return None, None
+        return data.decode("utf-8"), data  # the token is the bytes themselves
+
+    def replace_pointer(self, key: str, text: str, expected: bytes | None) -> bool:
+        """Compare-and-swap on a local folder.
+
+        A folder has no conditional write, so the compare and the swap run under a lock file,
+        ``.<name>.lock`` beside the pointer, created with ``O_CREAT | O_EXCL`` (one creator wins,
+        on local disks and NFS alike). Inside it, the pointer's bytes are compared with
+        ``expected`` and, if equal, replaced by an atomic rename. The lock is held for
+        milliseconds; one older than :data:`STALE_LOCK_S` was left by a crashed writer and is
+        removed. Equal bytes mean an equal decision, so comparing bytes (not versions) is enough.
+        """
         dest = self._path(key)
-        with atomic_path(dest) as tmp:
-            tmp.write_text(text + "\n", encoding="utf-8")
-            os.chmod(tmp, 0o644)
+        data = (text + "\n").encode("utf-8")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with _lock_file(dest.parent / f".{dest.name}.lock"):
+            try:
+                current = dest.read_bytes()
+            except FileNotFoundError:
+                current = None
+            if current != expected:
+                return False
+            with atomic_path(dest) as tmp:
+                tmp.write_bytes(data)
+                os.chmod(tmp, 0o644)
         log.info("upload: %s -> %s", dest, text)
+        return True
+
+    def check_writable(self) -> None:
+        test = self.root / f".write-test-{uuid.uuid4().hex[:12]}"
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            test.write_bytes(b"test\n")
+            test.unlink()
+        except OSError as err:
+            raise StorageError(f"{self.root}: cannot write there ({err.strerror or err})") from None
 
     def read_text(self, key: str) -> str:
         path = self._path(key)
@@ -430,18 +537,58 @@ class GcsStore(Store):
         )
         return True
 
-    def put_text(self, key: str, text: str) -> None:
+    def read_pointer(self, key: str, timeout_s: float | None = None) -> tuple[str | None, int]:
+        limits = {}
+        if timeout_s is not None:  # offline, the default retries would go on for two minutes
+            from google.cloud.storage.retry import DEFAULT_RETRY
+
+            limits = {"timeout": timeout_s, "retry": DEFAULT_RETRY.with_timeout(timeout_s)}
+        blob = self.bucket.get_blob(self._name(key), **limits)
+        if blob is None:
+            return None, 0  # generation 0: "does not exist" as a precondition
+        # The blob carries its generation, so exactly that version is downloaded.
+        return blob.download_as_bytes(**limits).decode("utf-8"), int(blob.generation)
+
+    def replace_pointer(self, key: str, text: str, expected: int) -> bool:
+        """Compare-and-swap on GCS: the upload carries ``ifGenerationMatch`` (0: only if absent)."""
         import google_crc32c
+        from google.api_core.exceptions import PreconditionFailed
 
         blob = self.bucket.blob(self._name(key))
         blob.cache_control = "no-cache, max-age=0"  # a pointer must never be served stale
         data = (text + "\n").encode("utf-8")
-        blob.upload_from_string(data, content_type="text/plain; charset=utf-8", checksum="crc32c")
-        blob.reload()
-        expected = base64.b64encode(google_crc32c.Checksum(data).digest()).decode("ascii")
-        if blob.crc32c != expected:
-            raise StorageError(f"{self.uri(key)}: text failed verification (crc32c {blob.crc32c} != {expected})")
-        log.info("upload: %s -> %s", self.uri(key), text)
+        try:
+            blob.upload_from_string(data, content_type="text/plain; charset=utf-8", checksum="crc32c",
+                                    if_generation_match=expected)
+        except PreconditionFailed:
+            return False
+        sent = base64.b64encode(google_crc32c.Checksum(data).digest()).decode("ascii")
+        if blob.crc32c != sent:  # the upload response describes exactly the generation written
+            raise StorageError(f"{self.uri(key)}: text failed verification (crc32c {blob.crc32c} != {sent})")
+        log.info("upload: %s -> %s (generation %s)", self.uri(key), text, blob.generation)
+        return True
+
+    def check_writable(self) -> None:
+        from google.api_core.exceptions import Forbidden, GoogleAPICallError, NotFound
+
+        where = self.uri("")
+        blob = self.bucket.blob(self._name(f".write-test-{uuid.uuid4().hex[:12]}"))
+        try:
+            blob.upload_from_string(b"test\n", if_generation_match=0)
+        except NotFound:
+            raise StorageError(f"{where}: bucket {self.bucket_name!r} does not exist "
+                               "(or this account cannot see it)") from None
+        except Forbidden as err:
+            raise StorageError(f"{where}: a test write was refused ({err.message}); the publishing account "
+                               "needs permission to create objects there") from None
+        except GoogleAPICallError as err:
+            raise StorageError(f"{where}: a test write failed ({type(err).__name__}: {err.message})") from None
+        try:
+            blob.delete(if_generation_match=blob.generation)
+        except GoogleAPICallError as err:
+            raise StorageError(f"{where}: a test object could be written but not deleted ({err.message}); "
+                               "moving `latest` needs permission to delete objects "
+                               f"(delete {GCS_SCHEME}{self.bucket_name}/{blob.name} by hand)") from None
 
     def read_text(self, key: str) -> str:
         blob = self.bucket.get_blob(self._name(key))
@@ -475,7 +622,8 @@ class GcsStore(Store):
 
 
 def upload_folders(
-    folders: Mapping[str, Path], destination: str, key: str, *, client: gcs.Client | None = None
+    folders: Mapping[str, Path], destination: str, key: str, *, files: Mapping[str, Path] | None = None,
+    client: gcs.Client | None = None,
 ) -> str:
     """Upload folders file for file to ``<destination>/<key>/<name>/``, immutably and verified.
 
@@ -490,6 +638,8 @@ def upload_folders(
         destination: A local folder path, or ``gs://BUCKET/PREFIX``.
         key: The folder under ``destination``: 1-128 of ``[A-Za-z0-9._-]``, starting with a
             letter or digit.
+        files: Name at the destination -> local file, for single files beside the folders
+            (``<destination>/<key>/<name>``).
         client: Optional google-cloud-storage client for ``gs://`` destinations.
 
     Returns:
@@ -501,7 +651,7 @@ def upload_folders(
         FileNotFoundError: A folder does not exist.
         ValueError: ``key``, a folder name or ``destination`` is malformed.
     """
-    return open_store(destination, client).upload_folders(folders, key)
+    return open_store(destination, client).upload_folders(folders, key, files)
 
 
 def download_prefix(uri: str, local_dir: Path, *, client: gcs.Client | None = None) -> Path:

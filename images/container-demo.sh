@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# `make container-demo`: build the CPU image from images/Dockerfile and run a configuration
+# (default pipelines/configs/demo.yaml) with kfp.local's DockerRunner, every stage inside the
+# image as its non-root user; then answer `mushroom identify` on the host with the bundle the
+# run published, and print the image, its size and the per-task times.
+#
+#   IMAGE=... TAG=... PY=.venv/bin/python images/container-demo.sh
+#
+# Needs Docker. When no daemon answers and this runs as root, it starts dockerd in the
+# background (log: /var/log/mushroom-dockerd.log) and leaves it running. The official base
+# image is used when it can be pulled; otherwise a local one from Debian packages
+# (images/build-base-image.sh, needs root and debootstrap). The build installs only from a
+# wheelhouse built here first (images/wheelhouse/, PIP_NO_INDEX=1), so the build itself
+# needs no network; the host's pip needs its usual package index.
+#
+# Environment: IMAGE, TAG (the image built and run: IMAGE:TAG), PY (the project's venv
+# Python, with the `container` extra), CONFIG, OUT (default outputs/container-demo),
+# LOCAL_BASE_IMAGE (default mushroom-base:3.11-bookworm).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+image="${IMAGE:-ghcr.io/quantized-mushroom/mushroom}:${TAG:-0.1.0}"
+py="${PY:-.venv/bin/python}"
+config="${CONFIG:-pipelines/configs/demo.yaml}"
+out="${OUT:-outputs/container-demo}"
+local_base="${LOCAL_BASE_IMAGE:-mushroom-base:3.11-bookworm}"
+default_base="$(sed -n 's/^ARG BASE_IMAGE=//p' images/Dockerfile)"
+pip_version="$(sed -n 's/^ARG PIP_VERSION=//p' images/Dockerfile)"
+started=$SECONDS
+
+step() { printf '\n==> [%4ds] %s\n' "$((SECONDS - started))" "$*"; }
+
+step "Docker daemon"
+if ! docker info >/dev/null 2>&1; then
+  if [[ $(id -u) -ne 0 ]] || ! command -v dockerd >/dev/null; then
+    echo "error: no Docker daemon answers; start one (as root: dockerd &) and rerun" >&2
+    exit 2
+  fi
+  echo "no daemon answers: starting dockerd in the background (log /var/log/mushroom-dockerd.log)"
+  setsid dockerd >/var/log/mushroom-dockerd.log 2>&1 < /dev/null &
+  for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
+  docker info >/dev/null 2>&1 || { echo "error: dockerd did not come up; see /var/log/mushroom-dockerd.log" >&2; exit 2; }
+fi
+docker version --format 'client {{.Client.Version}}, daemon {{.Server.Version}}'
+"$py" -c 'import docker' 2>/dev/null || {
+  echo "error: the docker Python package is missing: $py -m pip install -e '.[container]'" >&2; exit 2; }
+
+step "Base image"
+if docker image inspect "$default_base" >/dev/null 2>&1 || timeout 120 docker pull "$default_base"; then
+  base="$default_base"
+else
+  echo "cannot pull $default_base: using the local base image $local_base"
+  if ! docker image inspect "$local_base" >/dev/null 2>&1; then
+    images/build-base-image.sh "$local_base"
+  fi
+  base="$local_base"
+fi
+echo "base image: $base"
+
+step "Wheelhouse (images/wheelhouse/): the pipeline extra for $("$py" -c 'import platform, sys; print(sys.implementation.name, platform.python_version(), platform.machine())')"
+mkdir -p "$out"
+build_requires="$("$py" -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"]))')"
+mapfile -t build_requires <<< "$build_requires"
+if ! "$py" -m pip wheel --quiet --prefer-binary --wheel-dir images/wheelhouse \
+    ".[pipeline]" "pip==$pip_version" "${build_requires[@]}" > "$out/wheelhouse.log" 2>&1; then
+  grep -v 'is ignored: it is neither' "$out/wheelhouse.log" | tail -30 >&2
+  echo "error: pip wheel failed (full log: $out/wheelhouse.log)" >&2
+  exit 1
+fi
+rm -f images/wheelhouse/quantized_mushroom-*.whl  # the image builds the project from src/
+echo "$(find images/wheelhouse -name '*.whl' | wc -l) wheels, $(du -sh images/wheelhouse | cut -f1)"
+
+step "Build $image from images/Dockerfile (BASE_IMAGE=$base, PIP_NO_INDEX=1)"
+# The classic builder: Debian's docker.io has no BuildKit frontend that works offline.
+DOCKER_BUILDKIT="${DOCKER_BUILDKIT:-0}" docker build -f images/Dockerfile \
+  --build-arg BASE_IMAGE="$base" --build-arg PIP_NO_INDEX=1 \
+  --build-arg IMAGE_VERSION="${TAG:-0.1.0}" \
+  --build-arg VCS_REF="$(git describe --always --dirty 2>/dev/null || echo unknown)" \
+  -t "$image" .
+image_id="$(docker image inspect --format '{{.Id}}' "$image")"
+docker image ls "$image"
+echo "image $image id $image_id, user $(docker run --rm "$image" id -u):$(docker run --rm "$image" id -g)"
+
+step "Run $config with kfp.local.DockerRunner (log: $out/run.log)"
+run_started=$SECONDS
+"$py" -m pipelines.run "$config" --runner docker --image "$image" --output "$out" 2>&1 | tee "$out/run.log"
+run_seconds=$((SECONDS - run_started))
+
+step "Identify on the host with the published bundle"
+published="$out/published"
+run_id="$(cat "$published/latest")"
+# A photo of the dataset the run acquired (any run's: the synthetic data is seeded).
+photo="$(find "$out/pipeline_root" -path '*/acquire-dataset/*' -type f -name '*.jpg' -print -quit)"
+"$(dirname "$py")/mushroom" identify "$photo" --bundle "$published"
+"$py" - "$published/$run_id/bundle" "$image" "$image_id" <<'EOF'
+import json, sys
+from pathlib import Path
+bundle, reference, image_id = sys.argv[1:]
+recorded = json.loads((Path(bundle) / "metadata.json").read_text())["provenance"]["image"]
+print(f"published bundle {bundle}: metadata.json provenance.image = {recorded}")
+if recorded.get("id") != image_id or recorded.get("reference") != reference:
+    sys.exit(f"error: the bundle records {recorded}, the run used {reference} {image_id}")
+EOF
+
+step "Summary"
+"$py" -m pipelines.runlog --require-docker "$out/run.log"
+size="$(docker image inspect --format '{{.Size}}' "$image")"
+echo "image: $image  id $image_id  $((size / 1000000)) MB (base $base)"
+echo "pipeline run: ${run_seconds}s; make container-demo in all: $((SECONDS - started))s"

@@ -87,12 +87,14 @@ run_started=$SECONDS
 run_seconds=$((SECONDS - run_started))
 
 step "Identify on the host with the published bundle"
-published="$out/published"
-run_id="$(cat "$published/latest")"
+# This run's folder under the publish destination, as the run printed it (`latest` moves
+# only through the promotion gate, so it need not point here).
+run_folder="$(sed -n 's/.*Published bundle and evaluation: //p' "$out/run.log" | tail -1)"
+[[ -d "$run_folder/bundle" ]] || { echo "error: the run published no bundle folder ($run_folder)" >&2; exit 1; }
 # A photo of the dataset the run acquired (any run's: the synthetic data is seeded).
 photo="$(find "$out/pipeline_root" -path '*/acquire-dataset/*' -type f -name '*.jpg' -print -quit)"
-"$(dirname "$py")/mushroom" identify "$photo" --bundle "$published"
-"$py" - "$published/$run_id/bundle" "$image" "$image_id" <<'EOF'
+"$(dirname "$py")/mushroom" identify "$photo" --bundle "$run_folder"
+"$py" - "$run_folder/bundle" "$image" "$image_id" <<'EOF'
 import json, sys
 from pathlib import Path
 bundle, reference, image_id = sys.argv[1:]

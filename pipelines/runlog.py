@@ -77,7 +77,7 @@ def parse_run_log(lines) -> RunLog:
 
 def format_run_log(log: RunLog) -> str:
     """A plain-text summary: tasks with wall times, the images DockerRunner used, stage times."""
-    lines = ["task wall times (container start and imports included):"]
+    lines = ["task wall times (process or container start and imports included):"]
     for name, times in log.by_task().items():
         lines.append(f"  {name:<22} {' + '.join('?' if t is None else f'{t:.0f}s' for t in times)}")
     statuses = sorted({status for _, _, status in log.tasks})

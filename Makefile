@@ -62,10 +62,12 @@ lint: install ## ruff on the code, hadolint on the Dockerfiles
 	$(VENV)/bin/ruff check src components pipelines tests benchmarks scripts
 	$(VENV)/bin/hadolint images/Dockerfile images/Dockerfile.gpu
 
-compile: install ## Compile the pipelines to $(COMPILED)/*.yaml: GPU stages IMAGE:TAG-gpu, the others IMAGE:TAG
+compile: install ## Compile the pipelines to $(COMPILED)/NAME.yaml (KFP) and NAME.vertex.yaml (Vertex AI)
 	$(check-tag)
 	$(IMAGES_ENV) $(PY) -m pipelines.compile pipelines/configs/paper.yaml $(COMPILED)/paper.yaml
 	$(IMAGES_ENV) $(PY) -m pipelines.compile pipelines/configs/demo.yaml $(COMPILED)/demo.yaml
+	$(IMAGES_ENV) $(PY) -m pipelines.compile pipelines/configs/paper.yaml $(COMPILED)/paper.vertex.yaml --target vertex
+	$(IMAGES_ENV) $(PY) -m pipelines.compile pipelines/configs/demo.yaml $(COMPILED)/demo.vertex.yaml --target vertex
 
 check-compiled: compile ## Fail if the committed compiled YAML is out of date
 	git diff --exit-code -- $(COMPILED)

@@ -1,6 +1,11 @@
-"""Compile a configuration's pipeline to KFP IR YAML.
+"""Compile a configuration's pipeline to KFP IR YAML, for Kubeflow Pipelines or Vertex AI.
 
     python -m pipelines.compile pipelines/configs/paper.yaml pipelines/compiled/paper.yaml
+    python -m pipelines.compile pipelines/configs/paper.yaml pipelines/compiled/paper.vertex.yaml --target vertex
+
+The KFP flavour is two YAML documents (the pipeline, then the kfp-kubernetes platform config:
+node selectors, tolerations, scratch volumes, timeouts, security context). The Vertex flavour is
+one document with Vertex accelerator enums and CPU/memory limits, as aiplatform.PipelineJob loads it.
 """
 
 from __future__ import annotations
@@ -35,16 +40,27 @@ def _stable_header(text: str) -> str:
     return "\n".join(lines)
 
 
-def compile_pipeline(config_path: str | Path, output: str | Path) -> Path:
-    """Compile with the configuration's values as the pipeline's default parameters."""
+def compile_pipeline(config_path: str | Path, output: str | Path, target: str = "kfp") -> Path:
+    """Compile with the configuration's values as the pipeline's default parameters.
+
+    Args:
+        config_path: The run configuration.
+        output: Where the YAML goes.
+        target: ``"kfp"`` or ``"vertex"`` (see :func:`pipelines.pipeline.build_pipeline`).
+
+    Raises:
+        ConfigError: The configuration is invalid, an image is not pinned, or the target cannot
+            run it.
+    """
     from kfp import compiler
 
     from pipelines.pipeline import pipeline_arguments, pipeline_for
 
     config = load_config(config_path)
+    pipeline = pipeline_for(config, target)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(pipeline_for(config), str(output), pipeline_parameters=pipeline_arguments(config))
+    compiler.Compiler().compile(pipeline, str(output), pipeline_parameters=pipeline_arguments(config, target))
     output.write_text(_stable_header(output.read_text(encoding="utf-8")), encoding="utf-8")
     return output
 
@@ -53,13 +69,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config")
     parser.add_argument("output")
+    parser.add_argument("--target", choices=("kfp", "vertex"), default="kfp",
+                        help="kfp: Kubeflow Pipelines on Kubernetes (default); vertex: Vertex AI Pipelines")
     args = parser.parse_args(argv)
     try:
-        path = compile_pipeline(args.config, args.output)
+        path = compile_pipeline(args.config, args.output, args.target)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"compiled {args.config} -> {path}")
+    print(f"compiled {args.config} -> {path} ({args.target})")
     return 0
 
 

@@ -21,7 +21,14 @@ from components import (
     tune_model,
 )
 from components.image import project_images
-from mushroom.config import DEFAULT_GPU_TOLERATIONS, ClusterConfig, ImagesConfig, RunConfig
+from mushroom.config import (
+    DEFAULT_GPU_TOLERATIONS,
+    ClusterConfig,
+    ConfigError,
+    ImagesConfig,
+    RunConfig,
+    vertex_problems,
+)
 
 PIPELINE_NAME = "quantized-mushroom"
 
@@ -32,12 +39,27 @@ SETTINGS_ENV = {key: key for key in ("STORAGE_EMULATOR_HOST", "GOOGLE_CLOUD_PROJ
 SCRATCH_PATH = "/tmp"  # the stages' temporary files (keras-tuner trials, SavedModel export, publish staging)
 
 
-def _schedule(task: dsl.PipelineTask, stage: str, cluster: ClusterConfig, images: ImagesConfig,
-              gpu_node_selector, gpu_tolerations) -> None:
-    """Apply ``cluster.stages.<stage>`` to ``task``: image, resources, accelerators, scratch, timeout,
-    retries, caching; then run it as non-root with the cluster's settings as environment."""
+TARGETS = ("kfp", "vertex")  # Kubeflow Pipelines on Kubernetes; Vertex AI Pipelines
+
+
+def _schedule_common(task: dsl.PipelineTask, stage: str, cluster: ClusterConfig, images: ImagesConfig) -> None:
+    """What both targets read: display name, image, retries, caching."""
     schedule = cluster.stages.of(stage)
     task.set_display_name(stage).set_container_image(images.for_stage(schedule))
+    if schedule.retries:
+        backoff = cluster.retry_backoff
+        task.set_retry(num_retries=schedule.retries, backoff_duration=f"{backoff.duration_s}s",
+                       backoff_factor=backoff.factor, backoff_max_duration=f"{backoff.max_duration_s}s")
+    task.set_caching_options(schedule.caching)
+
+
+def _schedule_kfp(task: dsl.PipelineTask, stage: str, cluster: ClusterConfig, images: ImagesConfig,
+                  gpu_node_selector, gpu_tolerations) -> None:
+    """Apply ``cluster.stages.<stage>`` to ``task`` for Kubernetes: resources, accelerators, GPU node
+    selector and tolerations, scratch, timeout; then run it as non-root with the cluster's settings
+    as environment."""
+    _schedule_common(task, stage, cluster, images)
+    schedule = cluster.stages.of(stage)
     task.set_cpu_request(schedule.cpu_request).set_memory_request(schedule.memory_request)
     if schedule.cpu_limit is not None:
         task.set_cpu_limit(schedule.cpu_limit)
@@ -51,35 +73,106 @@ def _schedule(task: dsl.PipelineTask, stage: str, cluster: ClusterConfig, images
         kubernetes.empty_dir_mount(task, volume_name="scratch", mount_path=SCRATCH_PATH,
                                    size_limit=schedule.scratch_size)
     if schedule.timeout_s is not None:
-        kubernetes.set_timeout(task, schedule.timeout_s)  # KFP on Kubernetes only; Vertex ignores it
-    if schedule.retries:
-        backoff = cluster.retry_backoff
-        task.set_retry(num_retries=schedule.retries, backoff_duration=f"{backoff.duration_s}s",
-                       backoff_factor=backoff.factor, backoff_max_duration=f"{backoff.max_duration_s}s")
-    task.set_caching_options(schedule.caching)
+        kubernetes.set_timeout(task, schedule.timeout_s)
     kubernetes.set_security_context(task, run_as_user=RUN_AS_USER, run_as_group=RUN_AS_USER, run_as_non_root=True)
     kubernetes.use_config_map_as_env(task, SETTINGS_CONFIG_MAP, SETTINGS_ENV, optional=True)
 
 
-def build_pipeline(cluster: ClusterConfig | None = None, images: ImagesConfig | None = None):
-    """Return the pipeline function.
+def _schedule_vertex(task: dsl.PipelineTask, stage: str, cluster: ClusterConfig, images: ImagesConfig) -> None:
+    """Apply ``cluster.stages.<stage>`` to ``task`` for Vertex AI, which picks each step's machine
+    from its limits: the limit, or the request where no limit is set; accelerators by Vertex's
+    enum (``cluster.vertex.accelerator_type``). No Kubernetes platform config."""
+    _schedule_common(task, stage, cluster, images)
+    schedule = cluster.stages.of(stage)
+    task.set_cpu_request(schedule.cpu_request).set_memory_request(schedule.memory_request)
+    task.set_cpu_limit(schedule.cpu_limit or schedule.cpu_request)
+    task.set_memory_limit(schedule.memory_limit or schedule.memory_request)
+    if schedule.accelerator_count:
+        task.set_accelerator_type(cluster.vertex.accelerator_type).set_accelerator_limit(schedule.accelerator_count)
+
+
+def _compose(schedule, dataset_config, model_configs, split_config, seed, publish_destination, publish_gate,
+             parallelism: int) -> str:
+    """The run's DAG, the same for every target; ``schedule(task, stage)`` applies the target's settings."""
+    acquire = acquire_dataset(dataset_config=dataset_config, seed=seed)
+    schedule(acquire, "acquire")
+    split = split_dataset(dataset=acquire.outputs["dataset"], split_config=split_config, seed=seed)
+    schedule(split, "split")
+    dataset, splits = acquire.outputs["dataset"], split.outputs["splits"]
+
+    # The loop body is mushroom.config.LOOP_STAGES (the node-fit arithmetic counts on it).
+    with dsl.ParallelFor(model_configs, parallelism=parallelism, name="per-model") as config:
+        tune = tune_model(dataset=dataset, splits=splits, model_config=config, seed=seed)
+        schedule(tune, "tune")
+        train = train_classifier(dataset=dataset, splits=splits, hyperparameters=tune.outputs["hyperparameters"],
+                                 model_config=config, seed=seed)
+        schedule(train, "train")
+        quantize = quantize_to_bundle(dataset=dataset, splits=splits, model=train.outputs["model"],
+                                      model_config=config, seed=seed)
+        schedule(quantize, "quantize")
+        evaluate = evaluate_model(dataset=dataset, splits=splits, model=train.outputs["model"],
+                                  bundle=quantize.outputs["bundle"])
+        schedule(evaluate, "evaluate")
+
+    compare = compare_models(evaluations=dsl.Collected(evaluate.outputs["evaluation"]),
+                             bundles=dsl.Collected(evaluate.outputs["calibrated_bundle"]))
+    schedule(compare, "compare")
+    publish = publish_bundle(bundle=compare.outputs["best_bundle"], evaluation=compare.outputs["best_evaluation"],
+                             destination=publish_destination, run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+                             job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                             created=dsl.PIPELINE_JOB_CREATE_TIME_UTC_PLACEHOLDER, gate=publish_gate)
+    schedule(publish, "publish")
+    return publish.output
+
+
+_DESCRIPTION = "Train, int8-quantize and evaluate a mushroom classifier."
+_SPLIT_DEFAULT = {"train": 0.7, "val": 0.15, "test": 0.15}
+
+
+def build_pipeline(cluster: ClusterConfig | None = None, images: ImagesConfig | None = None, target: str = "kfp"):
+    """Return the pipeline function for ``target``.
 
     Args:
         cluster: Scheduling of every stage (the configuration's ``cluster:``); default: the
             schema's defaults.
         images: The CPU and GPU images; default: from the environment (:mod:`components.image`).
+        target: ``"kfp"`` (Kubernetes: node selectors, tolerations, scratch volumes, timeouts,
+            security context, settings from a ConfigMap; GPU scheduling as pipeline parameters)
+            or ``"vertex"`` (one YAML document: Vertex accelerator enums, limits from the schema).
 
     Raises:
-        ConfigError: ``MUSHROOM_IMAGE`` or ``MUSHROOM_GPU_IMAGE`` is not pinned.
+        ConfigError: ``MUSHROOM_IMAGE`` or ``MUSHROOM_GPU_IMAGE`` is not pinned, or a stage asks
+            Vertex AI for more than its largest machine.
     """
     cluster = cluster or ClusterConfig()
     images = images or project_images()
+    if target not in TARGETS:
+        raise ConfigError(f"unknown target {target!r}; allowed: {list(TARGETS)}")
 
-    @dsl.pipeline(name=PIPELINE_NAME, description="Train, int8-quantize and evaluate a mushroom classifier.")
+    if target == "vertex":
+        problems = vertex_problems(cluster)
+        if problems:
+            raise ConfigError("cluster: " + "; ".join(problems))
+
+        @dsl.pipeline(name=PIPELINE_NAME, description=_DESCRIPTION)
+        def mushroom_pipeline_vertex(
+            dataset_config: dict,
+            model_configs: list,
+            split_config: dict = _SPLIT_DEFAULT,  # noqa: B006 - KFP default value
+            seed: int = 42,
+            publish_destination: str = "outputs/published",
+            publish_gate: dict = {},  # noqa: B006 - KFP default value
+        ) -> str:
+            return _compose(lambda task, stage: _schedule_vertex(task, stage, cluster, images), dataset_config,
+                            model_configs, split_config, seed, publish_destination, publish_gate, cluster.parallelism)
+
+        return mushroom_pipeline_vertex
+
+    @dsl.pipeline(name=PIPELINE_NAME, description=_DESCRIPTION)
     def mushroom_pipeline(
         dataset_config: dict,
         model_configs: list,
-        split_config: dict = {"train": 0.7, "val": 0.15, "test": 0.15},  # noqa: B006 - KFP default value
+        split_config: dict = _SPLIT_DEFAULT,  # noqa: B006 - KFP default value
         seed: int = 42,
         publish_destination: str = "outputs/published",
         publish_gate: dict = {},  # noqa: B006 - KFP default value
@@ -87,55 +180,31 @@ def build_pipeline(cluster: ClusterConfig | None = None, images: ImagesConfig | 
         gpu_tolerations: list = DEFAULT_GPU_TOLERATIONS,  # noqa: B006 - KFP default value
     ) -> str:
         def schedule(task: dsl.PipelineTask, stage: str) -> None:
-            _schedule(task, stage, cluster, images, gpu_node_selector, gpu_tolerations)
+            _schedule_kfp(task, stage, cluster, images, gpu_node_selector, gpu_tolerations)
 
-        acquire = acquire_dataset(dataset_config=dataset_config, seed=seed)
-        schedule(acquire, "acquire")
-        split = split_dataset(dataset=acquire.outputs["dataset"], split_config=split_config, seed=seed)
-        schedule(split, "split")
-        dataset, splits = acquire.outputs["dataset"], split.outputs["splits"]
-
-        # The loop body is mushroom.config.LOOP_STAGES (the node-fit arithmetic counts on it).
-        with dsl.ParallelFor(model_configs, parallelism=cluster.parallelism, name="per-model") as config:
-            tune = tune_model(dataset=dataset, splits=splits, model_config=config, seed=seed)
-            schedule(tune, "tune")
-            train = train_classifier(dataset=dataset, splits=splits, hyperparameters=tune.outputs["hyperparameters"],
-                                     model_config=config, seed=seed)
-            schedule(train, "train")
-            quantize = quantize_to_bundle(dataset=dataset, splits=splits, model=train.outputs["model"],
-                                          model_config=config, seed=seed)
-            schedule(quantize, "quantize")
-            evaluate = evaluate_model(dataset=dataset, splits=splits, model=train.outputs["model"],
-                                      bundle=quantize.outputs["bundle"])
-            schedule(evaluate, "evaluate")
-
-        compare = compare_models(evaluations=dsl.Collected(evaluate.outputs["evaluation"]),
-                                 bundles=dsl.Collected(evaluate.outputs["calibrated_bundle"]))
-        schedule(compare, "compare")
-        publish = publish_bundle(bundle=compare.outputs["best_bundle"], evaluation=compare.outputs["best_evaluation"],
-                                 destination=publish_destination, run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
-                                 job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-                                 created=dsl.PIPELINE_JOB_CREATE_TIME_UTC_PLACEHOLDER, gate=publish_gate)
-        schedule(publish, "publish")
-        return publish.output
+        return _compose(schedule, dataset_config, model_configs, split_config, seed, publish_destination,
+                        publish_gate, cluster.parallelism)
 
     return mushroom_pipeline
 
 
-def pipeline_for(config: RunConfig):
-    """The pipeline function with the cluster settings of ``config`` and the images of the environment."""
-    return build_pipeline(config.cluster)
+def pipeline_for(config: RunConfig, target: str = "kfp"):
+    """The pipeline function for ``target`` with the cluster settings of ``config`` and the images
+    of the environment."""
+    return build_pipeline(config.cluster, target=target)
 
 
-def pipeline_arguments(config: RunConfig) -> dict[str, Any]:
-    """The pipeline's parameters from a validated configuration."""
-    return {
+def pipeline_arguments(config: RunConfig, target: str = "kfp") -> dict[str, Any]:
+    """The pipeline's parameters from a validated configuration (Vertex: no GPU scheduling ones)."""
+    arguments = {
         "dataset_config": config.dataset.model_dump(mode="json", exclude_none=True),
         "model_configs": [m.model_dump(mode="json", exclude_none=True) for m in config.models],
         "split_config": config.split.model_dump(mode="json", exclude_none=True),
         "seed": config.seed,
         "publish_destination": config.publish.destination,
         "publish_gate": config.publish.gate.model_dump(mode="json", exclude_none=True),
-        "gpu_node_selector": dict(config.cluster.gpu_node_selector),
-        "gpu_tolerations": [dict(t) for t in config.cluster.gpu_tolerations],
     }
+    if target == "kfp":
+        arguments["gpu_node_selector"] = dict(config.cluster.gpu_node_selector)
+        arguments["gpu_tolerations"] = [dict(t) for t in config.cluster.gpu_tolerations]
+    return arguments

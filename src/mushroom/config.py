@@ -285,6 +285,16 @@ _MEMORY_UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10
 ACCELERATOR_TYPES = {"nvidia.com/gpu": "NVIDIA GPUs through the NVIDIA device plugin (GKE, kind/minikube "
                                        "with the NVIDIA container runtime)"}
 DEFAULT_GPU_TOLERATIONS = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+# Vertex AI Pipelines names accelerators by its AcceleratorType enum instead (a test checks these
+# against google-cloud-aiplatform's). The NVIDIA GPUs that the GPU image's CUDA 12.5 TensorFlow runs
+# on (compute capability 6.0 to 9.0): not the retired K80, not the Blackwell B200/GB200/RTX PRO 6000
+# (CUDA 12.8 and newer), not TPUs.
+VERTEX_ACCELERATOR_TYPES = ("NVIDIA_TESLA_P100", "NVIDIA_TESLA_P4", "NVIDIA_TESLA_V100", "NVIDIA_TESLA_T4",
+                            "NVIDIA_TESLA_A100", "NVIDIA_A100_80GB", "NVIDIA_L4", "NVIDIA_H100_80GB",
+                            "NVIDIA_H100_MEGA_80GB", "NVIDIA_H200_141GB")
+# The largest machine Vertex AI Pipelines gives one step (its machine-types page).
+VERTEX_MAX_CPU = "96"
+VERTEX_MAX_MEMORY = "624G"
 
 STAGES = ("acquire", "split", "tune", "train", "quantize", "evaluate", "compare", "publish")
 # The stages inside the pipeline's ParallelFor: up to `parallelism` model configurations run them
@@ -497,11 +507,33 @@ class NodeConfig(_Strict):
     reserved_memory: MemoryQuantity = Field("2560Mi", description="memory requested by the other pods on the node")
 
 
+class VertexConfig(_Strict):
+    """What the Vertex AI flavour of the pipeline asks for where Kubernetes names differ.
+
+    Vertex sizes each step's machine from its CPU and memory limits (a stage without a limit is
+    given its request as the limit) and ``accelerator_type`` for every stage with
+    ``accelerator_count`` above 0. Node selectors, tolerations, scratch volumes and timeouts are
+    Kubernetes settings and are not part of the Vertex flavour.
+    """
+
+    accelerator_type: str = "NVIDIA_L4"
+
+    @field_validator("accelerator_type")
+    @classmethod
+    def _accelerator(cls, v: str) -> str:
+        if v not in VERTEX_ACCELERATOR_TYPES:
+            raise ValueError(f"Vertex AI accelerator {v!r} is not one the GPU image runs on; allowed: "
+                             f"{list(VERTEX_ACCELERATOR_TYPES)}")
+        return v
+
+
 class ClusterConfig(_Strict):
     """Scheduling on a cluster (images, requests, limits, accelerators, timeouts, retries, caching)."""
 
     parallelism: int = Field(2, ge=1, description="model configurations in flight at once")
-    accelerator_type: str = "nvidia.com/gpu"
+    accelerator_type: str = Field("nvidia.com/gpu", description="the Kubernetes resource GPU stages request "
+                                                                "(KFP); Vertex AI: vertex.accelerator_type")
+    vertex: VertexConfig = VertexConfig()
     # e.g. {"cloud.google.com/gke-accelerator": "nvidia-l4"} on GKE; GPU stages only
     gpu_node_selector: dict[str, str] = Field(default_factory=dict)
     gpu_tolerations: list[dict[str, str]] = Field(default_factory=lambda: list(DEFAULT_GPU_TOLERATIONS))
@@ -516,7 +548,9 @@ class ClusterConfig(_Strict):
     @classmethod
     def _accelerator(cls, v: str) -> str:
         if v not in ACCELERATOR_TYPES:
-            raise ValueError(f"unknown accelerator {v!r}; allowed: {sorted(ACCELERATOR_TYPES)}")
+            hint = " (a Vertex AI accelerator: set it as cluster.vertex.accelerator_type)" \
+                if v in VERTEX_ACCELERATOR_TYPES else ""
+            raise ValueError(f"unknown accelerator {v!r}{hint}; allowed: {sorted(ACCELERATOR_TYPES)}")
         return v
 
     @field_validator("gpu_tolerations")
@@ -537,6 +571,23 @@ class ClusterConfig(_Strict):
         if problems:
             raise ValueError("does not fit its node: " + "; ".join(problems))
         return self
+
+
+def vertex_problems(cluster: ClusterConfig) -> list[str]:
+    """Why a stage cannot get a Vertex AI machine: a limit (or, without one, the request) above
+    the largest machine Vertex gives a pipeline step."""
+    problems = []
+    for stage in STAGES:
+        schedule = cluster.stages.of(stage)
+        for resource, parse, largest in (("cpu", cpu_millis, VERTEX_MAX_CPU), ("memory", memory_bytes,
+                                                                                VERTEX_MAX_MEMORY)):
+            limit = getattr(schedule, f"{resource}_limit")
+            field, asked = (f"{resource}_limit", limit) if limit else (f"{resource}_request",
+                                                                        getattr(schedule, f"{resource}_request"))
+            if parse(asked) > parse(largest):
+                problems.append(f"stages.{stage}.{field} {asked} is more than Vertex AI's largest step machine "
+                                f"({resource} {largest})")
+    return problems
 
 
 def stage_requests(schedule: StageSchedule) -> dict[str, int]:

@@ -92,6 +92,14 @@ submit: install ## Submit CONFIG to the KFP API at HOST (SUBMIT_ARGS="--dry-run"
 	$(IMAGES_ENV) $(PY) -m pipelines.submit $(CONFIG) --host $(HOST) \
 		$(if $(PIPELINE_ROOT),--pipeline-root $(PIPELINE_ROOT)) $(SUBMIT_ARGS)
 
+PROJECT ?=
+REGION ?= europe-west4
+.PHONY: submit-vertex
+submit-vertex: install ## Submit CONFIG to Vertex AI Pipelines (PROJECT, REGION, PIPELINE_ROOT=gs://...; SUBMIT_ARGS)
+	$(check-tag)
+	$(IMAGES_ENV) $(PY) -m pipelines.submit $(CONFIG) --vertex --project "$(PROJECT)" --region "$(REGION)" \
+		--pipeline-root "$(PIPELINE_ROOT)" $(SUBMIT_ARGS)
+
 # The demo on a local cluster, step by step (scripts/cluster-demo.sh; README, "Run on a cluster").
 # KUBE=minikube for minikube; `make kind-demo` runs every step.
 .PHONY: kind-cluster kind-kfp kind-manifests kind-images kind-forward kind-submit kind-results kind-demo

@@ -467,6 +467,51 @@ def test_upstream_kubeflow_pipelines_version_is_pinned():
     assert set(remote) == {"${PIPELINE_VERSION}"}
 
 
+def _commands(section: str) -> list[str]:
+    """The shell commands of a section's ```bash blocks, continuation lines joined."""
+    text = (MANIFESTS / "UPSTREAM.md").read_text(encoding="utf-8")
+    body = text.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```bash\n(.*?)```", body, flags=re.S)
+    joined = "\n".join(blocks).replace("\\\n", " ")
+    return [" ".join(line.split()) for line in joined.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def test_gke_install_pins_kfp_and_gives_every_node_pool_workload_identity():
+    commands = _commands("Install: GKE")
+    assert not [c for c in commands if "env/dev" in c], "env/dev images are retagged :master"
+    assert any("env/platform-agnostic?ref=${PIPELINE_VERSION}" in c for c in commands)
+    pools = [c for c in commands if c.startswith(("gcloud container clusters create", "gcloud container node-pools "
+                                                                                     "create"))]
+    assert len(pools) == 2
+    for command in pools:
+        assert "--workload-metadata=GKE_METADATA" in command, command
+    cluster = next(c for c in pools if " clusters create " in c)
+    assert "--workload-pool=${PROJECT_ID}.svc.id.goog" in cluster
+    gpu = next(c for c in pools if "--accelerator=" in c)
+    for flag in ("--enable-autoscaling", "--min-nodes=0", "--num-nodes=0", "gpu-driver-version=latest"):
+        assert flag in gpu, f"GPU pool: {flag} missing"
+
+
+def test_gke_and_vertex_name_the_bucket_and_iam_steps_for_the_one_service_account():
+    from pipelines.submit import GOOGLE_SERVICE_ACCOUNT, KUBERNETES_SERVICE_ACCOUNT
+
+    gke = " ; ".join(_commands("Install: GKE"))
+    gsa = GOOGLE_SERVICE_ACCOUNT.format(project="${PROJECT_ID}")
+    assert f"GSA={gsa}" in gke
+    assert "gcloud storage buckets create gs://${BUCKET}" in gke
+    assert "--member=serviceAccount:${GSA} --role=roles/storage.objectAdmin" in gke
+    assert "--role=roles/artifactregistry.reader" in gke
+    assert (f"--role=roles/iam.workloadIdentityUser --member=\"serviceAccount:${{PROJECT_ID}}.svc.id.goog"
+            f"[kubeflow/{KUBERNETES_SERVICE_ACCOUNT}]\"") in gke
+    patch = yaml.safe_load((MANIFESTS / "gke" / "workload-identity-patch.yaml").read_text(encoding="utf-8"))
+    assert patch["metadata"]["name"] == KUBERNETES_SERVICE_ACCOUNT
+    assert patch["metadata"]["annotations"]["iam.gke.io/gcp-service-account"] == \
+        GOOGLE_SERVICE_ACCOUNT.format(project="PROJECT_ID")
+    vertex = " ; ".join(_commands("Install: Vertex AI Pipelines"))
+    assert "--member=serviceAccount:${GSA} --role=roles/aiplatform.user" in vertex
+    assert "--role=roles/iam.serviceAccountUser" in vertex
+
+
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed: kustomize build not run")
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_overlay_renders_and_renders_valid_objects(overlay):

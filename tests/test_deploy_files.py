@@ -473,7 +473,8 @@ def _commands(section: str) -> list[str]:
     body = text.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```bash\n(.*?)```", body, flags=re.S)
     joined = "\n".join(blocks).replace("\\\n", " ")
-    return [" ".join(line.split()) for line in joined.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    lines = [line for line in joined.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    return [" ".join(line.split()) for line in lines]
 
 
 def test_gke_install_pins_kfp_and_gives_every_node_pool_workload_identity():

@@ -185,6 +185,22 @@ class TrainConfig(_Strict):
     fine_tune_fraction: float = Field(0.3, gt=0, le=1, description="share of backbone layers unfrozen")
     fine_tune_lr_factor: float = Field(0.1, gt=0, le=1)
     patience: int = Field(3, ge=1)
+    # The recipe for real photos (README, "Training"); the defaults are what the demo needs.
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="cosine: decay to 0 over each phase, after warmup_epochs of linear warm-up")
+    warmup_epochs: int = Field(0, ge=0, description="linear warm-up epochs at the start of each phase")
+    class_weights: Literal["none", "balanced"] = Field(
+        "none", description="balanced: loss weights n / (classes x count) against skewed species counts")
+    augmentation: Literal["basic", "strong"] = Field(
+        "basic", description="strong: RandAugment (2 ops, magnitude 0.5) on top of the basic flips, rotation, "
+                             "zoom and contrast")
+    # Where it runs (mushroom.runtime); nothing changes without a GPU.
+    precision: Literal["auto", "float32", "mixed_float16", "mixed_bfloat16"] = Field(
+        "auto", description="auto: mixed_float16 on GPUs of compute capability 7.0+, else float32")
+    jit_compile: Literal["auto", "on", "off"] = Field("auto", description="XLA; auto: on GPUs only")
+    multi_gpu: bool = Field(True, description="MirroredStrategy over all visible GPUs (global batch and "
+                                              "learning rate x GPUs)")
+    deterministic: bool = Field(False, description="TensorFlow op determinism and fixed seeds (tune and train)")
 
 
 class QuantizeConfig(_Strict):

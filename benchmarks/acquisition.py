@@ -7,6 +7,14 @@ each run it prints photos per second, requests per second (counted by the server
 included), and how many photo requests were in flight on average and at peak.
 
     python benchmarks/acquisition.py [--photos 2000] [--concurrency 8] [--latency-ms 20]
+
+With ``--storm``, it instead checks the API rate limit in real time: observations are served
+one per page, a share of API requests (``--fault-rate``) is answered 429 (Retry-After: 1) or 500,
+and the client runs at ``--requests-per-minute`` until ``--api-requests`` went out. It prints
+the busiest 60 s window of API requests seen by the server (retries included) against the
+limit, the retry delays, and whether the dataset card counted every request.
+
+    python benchmarks/acquisition.py --storm [--requests-per-minute 30] [--api-requests 45] [--fault-rate 0.4]
 """
 
 from __future__ import annotations
@@ -31,6 +39,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=8, help="download threads of the second run")
     parser.add_argument("--latency-ms", type=float, default=20.0, help="server delay per photo")
     parser.add_argument("--image-size", type=int, default=160, help="width and height of the photos")
+    parser.add_argument("--storm", action="store_true", help="check the API rate limit under 429/500 storms")
+    parser.add_argument("--requests-per-minute", type=int, default=30, help="--storm: the client's API limit")
+    parser.add_argument("--api-requests", type=int, default=45, help="--storm: about how many API requests to send")
+    parser.add_argument("--fault-rate", type=float, default=0.4, help="--storm: share of API requests that fail")
     return parser.parse_args(argv)
 
 
@@ -64,9 +76,57 @@ def run_once(inat: FakeINaturalist, photos_per_species: int, concurrency: int, o
     }
 
 
+def storm(args: argparse.Namespace) -> None:
+    """Run at the configured API rate with a share of 429/500 answers; report what the server saw."""
+    from mushroom.sources.inaturalist import acquisition_report
+
+    pages = max(2, round(args.api_requests * (1 - args.fault_rate)))  # successful requests needed
+    server = FakeINaturalist.with_taxa({TAXA[0]: pages}, photos_per_observation=1, max_per_page=1)
+    catalog = Catalog([Species(TAXA[0], "Benchmark species", "Species", "edible")])
+    with server as inat, tempfile.TemporaryDirectory() as tmp:
+        config = INaturalistSourceConfig(
+            api_url=inat.api_url,
+            photos_per_species=pages,
+            requests_per_minute=args.requests_per_minute,
+            max_retries=10,
+            backoff_factor=0.5,
+            backoff_max=8,
+            timeout_s=10,
+        )
+        inat.api_fault_rate(args.fault_rate, ("429", "500"), seed=1)
+        start = time.monotonic()
+        acquire_inaturalist(config, catalog, Path(tmp))
+        seconds = time.monotonic() - start
+        inat.wait_idle()
+        card = acquisition_report(Path(tmp))["run"]
+        api = sorted((r for r in inat.log if r.kind == "api"), key=lambda r: r.arrived)
+    gaps = [b.arrived - a.time for a, b in zip(api, api[1:], strict=False) if a.status == 500]
+    busiest = inat.max_in_window(60.0, "api")
+    print(
+        f"\nAPI rate limit under a 429/500 storm: requests_per_minute={args.requests_per_minute}, "
+        f"fault rate {args.fault_rate:g}, {seconds:.0f} s"
+    )
+    print(
+        f"API requests seen by the server: {len(api)} ({inat.count('api:429')} x 429, "
+        f"{inat.count('api:500')} x 500, {inat.count('api:200')} x 200); the card counted {card['api_requests']}"
+    )
+    print(
+        f"busiest 60 s window: {busiest} API requests (limit {args.requests_per_minute}): "
+        f"{'within' if busiest <= args.requests_per_minute else 'ABOVE'} the limit"
+    )
+    if gaps:
+        print(
+            f"wait before the retry of a 500: min {min(gaps):.2f} s, median {sorted(gaps)[len(gaps) // 2]:.2f} s "
+            f"(rate limiter and backoff together)"
+        )
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    if args.storm:
+        storm(args)
+        return
     per_species = -(-args.photos // len(TAXA))
     observations = {t: -(-per_species // 2) for t in TAXA}
     server = FakeINaturalist.with_taxa(

@@ -3,23 +3,32 @@
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
+import requests
 from PIL import Image
+from pyrate_limiter import Limiter
 
+from mushroom.cli import main
 from mushroom.config import DatasetConfig, INaturalistSourceConfig
+from mushroom.fileio import atomic_path
 from mushroom.manifest import read_manifest
-from mushroom.sources import build_dataset
-from mushroom.sources.inat_api import sized_photo_url
+from mushroom.sources import build_dataset, inat_api, inaturalist
+from mushroom.sources.inat_api import api_rates, photo_url
+from mushroom.sources.inat_http import Backoff
+from mushroom.sources.inat_journal import AcquisitionInterrupted
 from mushroom.sources.inat_photos import MediaBudget, PhotoRejected, validate_photo
 from mushroom.sources.inaturalist import MissingSpeciesError, acquire_inaturalist, acquisition_report
 from mushroom.species import Catalog, Species, load_catalog
@@ -181,10 +190,9 @@ def test_faults_are_counted_and_nothing_corrupt_is_written(tmp_path):
     p[10].mode, p[11].mode, p[12].mode = "CMYK", "L", "RGBA"
     inat.observations[-2].photos.append(p[13])  # the same photo id in a second observation of 101
     with inat:
-        inat.inject_api_fault("429")
+        inat.inject_api_fault("429")  # the first page needs all RETRIES (more: see the storm test)
         inat.inject_api_fault("500")
         inat.inject_api_fault("bad_json")
-        inat.inject_api_fault("timeout")
         inat.inject_photo_fault(q[0].id, "500", times=2)
         inat.inject_photo_fault(q[1].id, "429")
         inat.inject_photo_fault(q[2].id, "timeout")
@@ -274,7 +282,7 @@ def _journal_events(out_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (out_dir / ".inaturalist/journal.jsonl").read_text().splitlines()]
 
 
-def _wait_for_photos(out_dir: Path, n: int, process: subprocess.Popen, timeout_s: float = 30.0) -> None:
+def _wait_for_photos(out_dir: Path, n: int, process: subprocess.Popen, timeout_s: float = 120.0) -> None:
     deadline = time.monotonic() + timeout_s
     journal = out_dir / ".inaturalist/journal.jsonl"
     while time.monotonic() < deadline:
@@ -305,6 +313,7 @@ def test_a_killed_run_resumes_to_the_same_dataset(tmp_path):
                 process.wait()
         assert process.returncode == -signal.SIGKILL
         inat.release()
+        inat.wait_idle()  # the held requests of the killed run are answered and logged before counting again
 
         events = _journal_events(run_dir)
         committed = sum(e["event"] == "photo" for e in events)
@@ -357,13 +366,10 @@ def test_validate_photo_converts_modes_and_rejects_bad_files():
         assert err.value.reason == reason
 
 
-def test_sized_photo_url_and_media_budget():
+def test_photo_url_and_media_budget():
     url = "https://inaturalist-open-data.s3.amazonaws.com/photos/123/square.jpg"
-    assert (
-        sized_photo_url(url, "medium")
-        == "https://inaturalist-open-data.s3.amazonaws.com/photos/123/medium.jpg"
-    )
-    assert sized_photo_url("http://127.0.0.1:9/photos/5/square.png", "large").endswith("/photos/5/large.png")
+    assert photo_url(url, "medium") == "https://inaturalist-open-data.s3.amazonaws.com/photos/123/medium.jpg"
+    assert photo_url("http://127.0.0.1:9/photos/5/square.png", "large").endswith("/photos/5/large.png")
 
     now, sleeps = [0.0], []
 
@@ -380,3 +386,209 @@ def test_sized_photo_url_and_media_budget():
     assert sleeps == []
     budget.wait()  # 1200 bytes in the last hour: wait until the first 600 leave the window
     assert now[0] == pytest.approx(3600.0)
+
+
+# -- rate limits, retries, backoff ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("per_minute", [1, 2, 5, 7, 11, 13, 25, 59, 60, 61, 97, 600])
+def test_every_accepted_requests_per_minute_gives_a_valid_limiter(per_minute):
+    config = INaturalistSourceConfig(requests_per_minute=per_minute, requests_per_day=max(10_000, per_minute + 1))
+    rates = api_rates(config)
+    Limiter(*rates)  # pyrate-limiter checks the windows' order (25/60 once clashed with 25/60)
+    minute, day = rates[-2], rates[-1]
+    assert (minute.limit, day.limit) == (per_minute, config.requests_per_day)
+    assert minute.interval >= 60 and day.interval >= 86_400
+    for rate in rates[:-1]:  # the burst and minute windows allow at most requests_per_minute a minute
+        assert rate.limit * 60 / rate.interval <= per_minute * (1 + 1e-9)
+
+
+@pytest.mark.parametrize("per_minute", [1, 7, 25])
+def test_odd_requests_per_minute_values_acquire(tmp_path, per_minute):
+    # At most one API request per taxon here (and one in all at 1 a minute), so nothing waits.
+    taxa = TAXA[:1] if per_minute == 1 else TAXA[:2]
+    with FakeINaturalist.with_taxa(taxa, observations_per_taxon=3) as inat:
+        config = config_for(inat, requests_per_minute=per_minute, requests_per_day=10_000)
+        records = acquire_inaturalist(config, make_catalog(taxa), tmp_path)
+        assert len(records) == 6 * len(taxa) and inat.count("api") == len(taxa)
+    assert acquisition_report(tmp_path)["run"]["api_requests"] == len(taxa)
+
+
+def test_requests_per_minute_25_in_a_run_configuration(tmp_path):
+    taxa = load_catalog().taxon_ids[:2]
+    with FakeINaturalist.with_taxa(taxa, observations_per_taxon=4, max_per_page=2) as inat:
+        inaturalist = {**config_for(inat).model_dump(), "requests_per_minute": 25, "requests_per_day": 10_000}
+        config = DatasetConfig(source="inaturalist", species=taxa, inaturalist=inaturalist)
+        assert config.inaturalist.requests_per_minute == 25
+        records = build_dataset(config, tmp_path)
+        assert len(records) == 16 and inat.count("api") == 4  # 2 pages per taxon, within the burst of 5
+
+
+def test_retries_of_429_and_500_storms_stay_within_the_rate_limit(tmp_path, monkeypatch):
+    # Time compressed: a "minute" of the limiter lasts MINUTE seconds; the server's request log must
+    # never show more than requests_per_minute API requests within any MINUTE seconds, retries included.
+    minute, per_minute = 2.0, 4
+    monkeypatch.setattr(inat_api, "MINUTE_S", minute)
+    with FakeINaturalist.with_taxa(TAXA[:2], observations_per_taxon=6, max_per_page=2) as inat:
+        inat.inject_api_fault("429", times=2)  # Retry-After: 1
+        inat.inject_api_fault("500", times=6)  # backoff of 10-20 ms: at wire speed without the limiter
+        inat.inject_photo_fault(inat.photos_of(TAXA[0])[0].id, "500", times=2)
+        config = config_for(inat, requests_per_minute=per_minute, max_retries=8)
+        records = acquire_inaturalist(config, make_catalog(TAXA[:2]), tmp_path)
+        inat.wait_idle()
+
+        assert len(records) == 24
+        assert (inat.count("api:429"), inat.count("api:500"), inat.count("api:200")) == (2, 6, 6)
+        assert inat.max_in_window(minute, "api") <= per_minute
+        card = acquisition_report(tmp_path)["run"]
+        assert card["api_requests"] == inat.count("api") == 14  # the card counts retries
+        assert card["photo_requests"] == inat.count("photo") == 26
+        served = sum(len(inat.image_bytes(int(r.photo_id))) for r in records) + 2 * len(b"error 500")
+        assert card["bytes_downloaded"] == served
+        markdown = (tmp_path / "DATASET_CARD.md").read_text(encoding="utf-8")
+        assert "14 API and 26 photo requests sent (retries included)" in markdown
+
+
+def test_a_spent_daily_budget_stops_cleanly(tmp_path, monkeypatch):
+    monkeypatch.setattr(inat_api, "MINUTE_S", 0.01)  # a "day" of 14.4 s: the 4th request would wait ~14 s
+    with FakeINaturalist.with_taxa(TAXA[:2], observations_per_taxon=6, max_per_page=2) as inat:
+        config = config_for(inat, requests_per_minute=2, requests_per_day=3)
+        with pytest.raises(AcquisitionInterrupted, match=r"request budget \(requests_per_day=3\) is used up") as err:
+            acquire_inaturalist(config, make_catalog(TAXA[:2]), tmp_path)
+        assert "rerun the same command to resume" in str(err.value)
+        assert inat.count("api") == 3
+    assert sum(e["event"] == "page" for e in _journal_events(tmp_path)) == 3
+
+
+def test_backoff_waits_from_the_first_retry_with_jitter(tmp_path):
+    retry = Backoff(total=5, backoff_factor=1.0, backoff_max=3.0)
+    waits = []
+    for n in range(1, 4):
+        retry = retry.increment("GET", "http://x/", error=requests.ConnectionError("refused"))
+        samples = [retry.get_backoff_time() for _ in range(200)]
+        nominal = min(3.0, 2 ** (n - 1))
+        assert all(nominal / 2 <= w <= nominal for w in samples)
+        assert max(samples) - min(samples) > nominal / 4  # jittered, not a fixed wait
+        waits.append(nominal)
+    assert waits == [1.0, 2.0, 3.0]  # 1, 2, 4 capped at backoff_max
+
+    with FakeINaturalist.with_taxa(TAXA[:1], observations_per_taxon=2, hang_s=1.0) as inat:
+        first = inat.photos_of(TAXA[0])[0].id
+        inat.inject_api_fault("500", times=2)
+        inat.inject_api_fault("timeout")
+        inat.inject_photo_fault(first, "500")
+        config = config_for(inat, backoff_factor=0.2, backoff_max=5.0)
+        acquire_inaturalist(config, make_catalog(TAXA[:1]), tmp_path)
+        inat.wait_idle()
+        api = sorted((r for r in inat.log if r.kind == "api"), key=lambda r: r.arrived)
+        assert [r.fault for r in api] == ["500", "500", "timeout", None]
+        assert api[1].arrived - api[0].time >= 0.1  # retry 1: 0.1-0.2 s (urllib3 waited 0 s)
+        assert api[2].arrived - api[1].time >= 0.2  # retry 2: 0.2-0.4 s
+        assert api[3].arrived - api[2].arrived >= 0.5 + 0.4  # the 0.5 s read timeout, then 0.4-0.8 s
+        photo = sorted((r for r in inat.log if r.photo_id == first), key=lambda r: r.arrived)
+        assert [r.status for r in photo] == [500, 200] and photo[1].arrived - photo[0].time >= 0.1
+
+
+# -- network and disk errors: one line through the CLI, and a rerun resumes --------------------
+
+
+def _run_config(tmp_path: Path, taxa, inaturalist: INaturalistSourceConfig) -> Path:
+    path = tmp_path / "run.yaml"
+    config = {
+        "name": "acquisition-test",
+        "dataset": {"source": "inaturalist", "species": list(taxa), "inaturalist": inaturalist.model_dump()},
+        "models": [{"model_name": "m", "architecture": "mobilenetv3-large"}],
+    }
+    path.write_text(json.dumps(config))  # JSON is YAML
+    return path
+
+
+def _one_error_line(stderr: str) -> str:
+    assert "Traceback" not in stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and stderr.rstrip().endswith(errors[0])
+    return errors[0]
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_an_unreachable_api_is_one_error_line(tmp_path, capsys):
+    port = _closed_port()
+    config = INaturalistSourceConfig(api_url=f"http://127.0.0.1:{port}/v1", max_retries=2, backoff_factor=0.01)
+    out_dir = tmp_path / "out"
+    assert main(["dataset", str(_run_config(tmp_path, load_catalog().taxon_ids[:2], config)), str(out_dir)]) == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert f"could not connect to http://127.0.0.1:{port}/v1/observations after 2 retries" in line
+    assert "rerun the same command to resume" in line and str(out_dir) in line
+
+
+def test_a_network_going_down_mid_run_stops_cleanly_and_a_rerun_resumes(tmp_path, capsys):
+    taxa = load_catalog().taxon_ids[:2]
+    out_dir = tmp_path / "out"
+    with FakeINaturalist.with_taxa(taxa, observations_per_taxon=10, max_per_page=4) as inat:
+        config_path = _run_config(tmp_path, taxa, config_for(inat, backoff_factor=0.05))
+        inat.hold_photos(after=12)
+        status = []
+        run = threading.Thread(target=lambda: status.append(main(["dataset", str(config_path), str(out_dir)])))
+        run.start()
+        deadline = time.monotonic() + 60
+        while inat.photo_requests() <= 12 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        port = inat.port
+        inat.stop()  # the port closes: held and later requests fail, connections are refused
+        run.join(60)
+        assert status == [1]
+        line = _one_error_line(capsys.readouterr().err)
+        assert f"could not connect to http://127.0.0.1:{port}" in line and "after 3 retries" in line
+        assert "rerun the same command to resume" in line
+        committed = sum(e["event"] == "photo" for e in _journal_events(out_dir))
+        assert committed < 40
+
+        inat.start(port=port)
+        inat.reset_counts()
+        assert main(["dataset", str(config_path), str(out_dir)]) == 0
+        inat.wait_idle()
+        assert inat.count("photo") == 40 - committed  # only what was missing
+    records = read_manifest(out_dir)
+    assert [r.photo_id for r in records] == [str(p.id) for t in taxa for p in inat.photos_of(t)]
+    assert_clean_rgb_jpegs(out_dir, records)
+
+
+def test_a_full_disk_stops_cleanly_and_a_rerun_resumes(tmp_path, capsys, monkeypatch):
+    taxa = load_catalog().taxon_ids[:2]
+    out_dir = tmp_path / "out"
+    real_write = inaturalist.write_bytes_atomic
+    written = []
+
+    def write_until_full(path, data):
+        if len(written) == 10:  # the 11th photo: half of it fits, then the disk is full
+            with atomic_path(path) as tmp, tmp.open("wb") as handle:
+                handle.write(data[: len(data) // 2])
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp))
+        real_write(path, data)
+        written.append(path)
+
+    with FakeINaturalist.with_taxa(taxa, observations_per_taxon=10, max_per_page=4) as inat:
+        config_path = _run_config(tmp_path, taxa, config_for(inat))
+        monkeypatch.setattr(inaturalist, "write_bytes_atomic", write_until_full)
+        assert main(["dataset", str(config_path), str(out_dir)]) == 1
+        line = _one_error_line(capsys.readouterr().err)
+        assert "No space left on device" in line and "the disk is full" in line
+        assert "rerun the same command to resume" in line
+        events = _journal_events(out_dir)
+        assert sum(e["event"] == "photo" for e in events) == 10
+        assert len(files_under(out_dir / "images")) == 10  # the partial file was removed
+        pages = sum(e["event"] == "page" for e in events)
+
+        monkeypatch.setattr(inaturalist, "write_bytes_atomic", real_write)
+        inat.reset_counts()
+        assert main(["dataset", str(config_path), str(out_dir)]) == 0
+        inat.wait_idle()
+        assert inat.count("photo") == 40 - 10 and inat.count("api") == 6 - pages  # journaled pages are not asked again
+    records = read_manifest(out_dir)
+    assert [r.photo_id for r in records] == [str(p.id) for t in taxa for p in inat.photos_of(t)]
+    assert_clean_rgb_jpegs(out_dir, records)

@@ -35,11 +35,16 @@ def _cmd_species(args: argparse.Namespace) -> int:
 def _cmd_dataset(args: argparse.Namespace) -> int:
     from mushroom import stages
     from mushroom.config import load_config
+    from mushroom.sources.inat_journal import AcquisitionInterrupted
 
     config = load_config(args.config)
     stages.setup_logging()
     dataset = config.dataset.model_dump(mode="json", exclude_none=True)
-    metrics = stages.acquire(dataset, config.seed, args.out_dir)
+    try:
+        metrics = stages.acquire(dataset, config.seed, args.out_dir)
+    except AcquisitionInterrupted as err:  # network, disk or request budget; a rerun resumes
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     print(f"dataset: {int(metrics['photos'])} photos of {int(metrics['species'])} species in {args.out_dir}")
     return 0
 
@@ -119,7 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("species", help="list the species catalog in class order")
     p.set_defaults(func=_cmd_species)
-    p = sub.add_parser("dataset", help="build the dataset folder of a configuration")
+    p = sub.add_parser("dataset", help="build the dataset folder of a configuration",
+                       epilog="exit status: 0 built, 1 stopped by a network, disk or request-budget error "
+                              "(progress is kept: rerun to resume), 2 configuration error")
     p.add_argument("config", help="run configuration (YAML)")
     p.add_argument("out_dir", help="dataset folder to write")
     p.set_defaults(func=_cmd_dataset)

@@ -1,42 +1,68 @@
-"""Querying iNaturalist observations through pyinaturalist's :class:`~pyinaturalist.ClientSession`.
+"""Querying iNaturalist observations through pyinaturalist.
 
-The session brings pyinaturalist's rate limiting (requests-ratelimiter / pyrate-limiter, per
-second, minute and day, kept in SQLite so a restarted process still honours it), retries with
-backoff, and a requests-cache SQLite cache. pyinaturalist's ``get_observations`` is bound to the
-public API host, so requests go through the session with ``config.api_url`` instead.
-
-Pages are fetched with ``order_by=id&order=asc&id_above=<last id>``: iNaturalist refuses
-``page * per_page`` beyond 10,000, ``id_above`` has no such ceiling.
+The :class:`ObservationsClient` uses pyinaturalist's :class:`~pyinaturalist.ClientSession` for its
+rate limiting (pyrate-limiter, kept in SQLite so a restarted process still honours it) and
+User-Agent, and pyinaturalist's ``id_above`` paginator (``order_by=id&order=asc``; iNaturalist
+refuses ``page * per_page`` beyond 10,000, ``id_above`` has no such ceiling), page by page so
+that each page is journaled as it arrives and a rerun continues from the last cursor.
+pyinaturalist's ``get_observations`` is bound to the public API host, so requests go through the
+session with ``config.api_url`` instead. Retries happen above the rate limiter
+(:mod:`mushroom.sources.inat_http`): every attempt waits for its turn and is counted. The
+journal replays pages, so requests-cache is switched off.
 """
 
 from __future__ import annotations
 
+import logging
+import sqlite3
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import requests
-from pyinaturalist import ClientSession
-from requests.adapters import HTTPAdapter
+from pyinaturalist import ClientSession, Photo
+from pyinaturalist.paginator import JsonIDRangePaginator
+from pyrate_limiter import Limiter, RequestRate
+from pyrate_limiter.sqlite_bucket import SQLiteBucket
 from requests_ratelimiter import BucketFullException
 from urllib3.exceptions import MaxRetryError
+from urllib3.util import Retry
 
 from mushroom.config import INaturalistSourceConfig
-from mushroom.sources.inat_photos import PhotoCandidate, make_retry
+from mushroom.sources.inat_http import (
+    NetworkDown,
+    connection_failure,
+    make_retry,
+    mount_counting_adapter,
+    send_with_retries,
+)
+from mushroom.sources.inat_journal import AcquisitionInterrupted
+from mushroom.sources.inat_photos import PhotoCandidate
+
+log = logging.getLogger(__name__)
 
 #: The most results iNaturalist returns per page.
 PER_PAGE = 200
-API_CACHE_NAME = "api_cache.sqlite"
 RATELIMIT_NAME = "ratelimit.sqlite"
+#: The unit of ``requests_per_minute`` and ``requests_per_day`` in seconds (tests shorten it to
+#: check the limits' windows in seconds instead of minutes).
+MINUTE_S = 60.0
+#: Requests that may go out back to back; after that they are spread over the minute.
+BURST = 5
+#: Added to the minute and day windows: a request reaches the server up to this much later
+#: than it took its turn, and the server's window must still see at most the limit.
+LATENCY_HEADROOM_S = 1.0
 
 
-class INaturalistAPIError(RuntimeError):
+class INaturalistAPIError(AcquisitionInterrupted):
     """The API could not be queried (after retries, or the request budget is spent)."""
 
 
 @dataclass(frozen=True)
 class ObservationPage:
-    """One page of a taxon's query, reduced to what acquisition needs.
+    """One page of a taxon's query, reduced to what acquisition needs (and journaled as such).
 
     ``observations`` are ``{"id", "observed_on", "photos": [{"id", "url", "license",
     "attribution"}]}`` dicts; ``next_id_above`` is the cursor for the next page.
@@ -46,7 +72,6 @@ class ObservationPage:
     next_id_above: int
     done: bool
     observations: list[dict[str, Any]]
-    from_cache: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -58,111 +83,188 @@ class ObservationPage:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ObservationPage:
-        return cls(data["id_above"], data["next_id_above"], data["done"], data["observations"], True)
+        return cls(data["id_above"], data["next_id_above"], data["done"], data["observations"])
 
 
-def open_api_session(state_dir: Path, config: INaturalistSourceConfig) -> ClientSession:
-    """A pyinaturalist session with its rate limits, retries and cache kept in ``state_dir``.
+def api_rates(config: INaturalistSourceConfig) -> list[RequestRate]:
+    """The API request rates: a burst window, ``requests_per_minute`` and ``requests_per_day``.
+
+    pyrate-limiter wants each window longer and larger than the one before. The burst window
+    lets ``BURST`` requests (fewer when the minute allows fewer) go out back to back, then one
+    every ``60 / requests_per_minute`` seconds; the minute and day windows carry
+    :data:`LATENCY_HEADROOM_S`. Any ``requests_per_minute`` from 1 below ``requests_per_day`` works.
+    """
+    per_minute = min(config.requests_per_minute, config.requests_per_day - 1)
+    rates = []
+    burst = min(BURST, per_minute - 1)
+    if burst >= 1:
+        rates.append(RequestRate(burst, burst * MINUTE_S / per_minute))
+    rates.append(RequestRate(per_minute, MINUTE_S + LATENCY_HEADROOM_S))
+    rates.append(RequestRate(config.requests_per_day, 24 * 60 * MINUTE_S + LATENCY_HEADROOM_S))
+    return rates
+
+
+class _ObservationPaginator(JsonIDRangePaginator):
+    """pyinaturalist's ``id_above`` paginator, one page at a time and from any cursor.
+
+    The query is done when it has returned as many observations as its first page's
+    ``total_results`` (iNaturalist counts what lies above ``id_above``) or a page is empty; a
+    page shorter than ``per_page`` proves nothing, since a server may serve fewer than asked.
+    """
+
+    def next_page(self) -> list[dict[str, Any]]:
+        """The next page's results as JSON (pyinaturalist's JSON paginators only iterate)."""
+        return self._next_page()
+
+    def _check_exhausted(self, page_results: list | None = None) -> bool:
+        self.exhausted = bool(self.exhausted or not page_results or self.results_fetched >= (self.total_results or 0))
+        return self.exhausted
+
+    def _estimate(self) -> None:
+        # pyinaturalist logs a time estimate at its own rate and warns about big queries; this
+        # query is paged on purpose and usually stops early at photos_per_species.
+        log.debug("%s: %s observations to page through", self, self.total_results)
+
+
+class ObservationsClient:
+    """Pages of a taxon's observations from ``config.api_url``, rate-limited and retried.
 
     Args:
-        state_dir: Folder for the SQLite cache and rate-limit databases.
-        config: The source settings used: ``user_agent`` (appended to pyinaturalist's),
-            ``requests_per_minute`` (also the per-second rate, ``/ 60``, burst of 5; capped below
-            ``requests_per_day``), ``requests_per_day`` (iNaturalist asks for at most 10,000),
-            ``timeout_s`` (read timeout per request), and ``max_retries``, ``backoff_factor``
-            and ``backoff_max`` (retries for 429 honouring ``Retry-After``, 5xx, timeouts,
-            broken JSON, with urllib3's exponential backoff).
+        state_dir: Folder for the rate-limit database (kept between runs).
+        config: The source settings used: ``api_url``, the query (``place_id``,
+            ``quality_grade``, ``licenses``), ``user_agent`` (appended to pyinaturalist's),
+            ``requests_per_minute`` and ``requests_per_day`` (:func:`api_rates`), ``timeout_s``
+            (read timeout per request), ``max_retries``, ``backoff_factor`` and ``backoff_max``
+            (:func:`~mushroom.sources.inat_http.make_retry`).
 
-    Returns:
-        The session; close it when done.
+    Attributes:
+        requests: Requests sent so far, retries included.
     """
-    state_dir.mkdir(parents=True, exist_ok=True)
-    # pyrate-limiter wants each longer window to allow more requests; the day's budget wins.
-    requests_per_minute = min(config.requests_per_minute, config.requests_per_day - 1)
-    session = ClientSession(
-        cache_file=str(state_dir / API_CACHE_NAME),
-        ratelimit_path=str(state_dir / RATELIMIT_NAME),
-        per_second=requests_per_minute / 60,
-        per_minute=requests_per_minute,
-        per_day=config.requests_per_day,
-        max_retries=config.max_retries,
-        backoff_factor=config.backoff_factor,
-        timeout=config.timeout_s,
-        user_agent=config.user_agent,
-    )
-    # pyinaturalist retries 5xx on https:// only; add 429 (urllib3 then sleeps for Retry-After)
-    # and mount for http:// too, so a local API behaves like the real one.
-    session.retries = make_retry(config)
-    adapter = HTTPAdapter(max_retries=session.retries)
-    session.mount("https://", adapter)
-    session.mount("http://", adapter)
-    return session
+
+    def __init__(self, state_dir: Path, config: INaturalistSourceConfig):
+        state_dir.mkdir(parents=True, exist_ok=True)
+        ratelimit_path = str(state_dir / RATELIMIT_NAME)
+        limiter = Limiter(
+            *api_rates(config),
+            bucket_class=SQLiteBucket,
+            bucket_kwargs={"path": ratelimit_path},
+            time_function=time.time,  # persisted between processes: wall-clock time
+        )
+        self.config = config
+        self.url = f"{config.api_url.rstrip('/')}/observations"
+        self.session = ClientSession(
+            cache_file=str(state_dir / "api_cache"),
+            use_memory=True,
+            ratelimit_path=ratelimit_path,
+            limiter=limiter,
+            timeout=config.timeout_s,
+            user_agent=config.user_agent,
+        )
+        self.session.settings.disabled = True  # the journal keeps the pages
+        quiet_request_log()
+        # Wait for the minute's turn; a longer wait means the day's budget is spent.
+        self.session.max_delay = 2 * MINUTE_S + LATENCY_HEADROOM_S
+        self.session.retries = Retry(total=False)  # broken JSON is raised, and retried here
+        self._adapter = mount_counting_adapter(self.session)
+        self.retry = make_retry(config)
+
+    @property
+    def requests(self) -> int:
+        return self._adapter.sent
+
+    @property
+    def user_agent(self) -> str:
+        return self.session.headers["User-Agent"]
+
+    def close(self) -> None:
+        self.session.close()
+
+    def pages(self, taxon_id: int, id_above: int = 0) -> Iterator[ObservationPage]:
+        """The taxon's pages after the cursor ``id_above`` (0: from the start), each fetched when asked for.
+
+        Raises:
+            INaturalistAPIError: When retries are spent, the daily request budget is used up,
+                or the API cannot be reached.
+        """
+        paginator = _ObservationPaginator(
+            self._get_observations, per_page=PER_PAGE, order="asc", **query_params(self.config, taxon_id)
+        )
+        paginator.last_id = id_above or None
+        while not paginator.exhausted:
+            cursor = paginator.last_id or 0
+            results = paginator.next_page()
+            next_id = int(results[-1]["id"]) if results else cursor
+            yield ObservationPage(cursor, next_id, paginator.exhausted, results)
+
+    def _get_observations(self, **params: Any) -> dict[str, Any]:
+        """The paginator's request function: one page, checked and reduced to what acquisition keeps."""
+        taxon_id, id_above = params["taxon_id"], int(params.get("id_above") or 0)
+        where = f"iNaturalist query for taxon {taxon_id} (id_above={id_above}) at {self.url}"
+        try:
+            response = send_with_retries(
+                lambda: self.session.request("GET", self.url, raise_for_status=False, **params),
+                self.retry,
+                self.url,
+            )
+            body = response.json() if response.status_code == 200 else None
+        except BucketFullException as err:
+            raise INaturalistAPIError(
+                f"the iNaturalist request budget (requests_per_day={self.config.requests_per_day}) is used up: "
+                f"{err}; wait a day"
+            ) from None
+        except MaxRetryError as err:
+            retries = self.config.max_retries
+            refused = connection_failure(err)
+            if refused:
+                raise NetworkDown(f"could not connect to {self.url} after {retries} retries ({refused})") from None
+            raise INaturalistAPIError(f"{where} failed after {retries} retries: {_short(err.reason)}") from None
+        except (requests.RequestException, ValueError) as err:
+            raise INaturalistAPIError(f"{where} failed: {_short(err)}") from None
+        except sqlite3.Error as err:
+            raise AcquisitionInterrupted(
+                f"could not update the rate-limit state {RATELIMIT_NAME} of {where}: {err}"
+            ) from None
+        if body is None:
+            status = response.status_code
+            retried = f" after {self.config.max_retries} retries" if status in self.retry.status_forcelist else ""
+            raise INaturalistAPIError(f"{where} answered HTTP {status}{retried}")
+        return _checked_page(body, taxon_id, id_above)
 
 
-def query_params(config: INaturalistSourceConfig, taxon_id: int, id_above: int) -> dict[str, Any]:
-    """The ``/observations`` parameters for one page of a taxon."""
+def quiet_request_log() -> None:
+    """Keep pyinaturalist from logging every request in full at INFO (unless its level was set)."""
+    pyinat_log = logging.getLogger("pyinaturalist")
+    if pyinat_log.level == logging.NOTSET:
+        pyinat_log.setLevel(logging.WARNING)
+
+
+def query_params(config: INaturalistSourceConfig, taxon_id: int) -> dict[str, Any]:
+    """The ``/observations`` filters for a taxon (the paginator adds ``per_page``, ``order`` and ``id_above``)."""
     return {
         "taxon_id": taxon_id,
         "place_id": config.place_id,
         "quality_grade": config.quality_grade,
         "photos": True,
         "photo_license": [code.upper() for code in config.licenses],
-        "per_page": PER_PAGE,
-        "order_by": "id",
-        "order": "asc",
-        "id_above": id_above or None,
     }
 
 
-def fetch_observation_page(
-    session: ClientSession, config: INaturalistSourceConfig, taxon_id: int, id_above: int
-) -> ObservationPage:
-    """Fetch the page of ``taxon_id``'s observations with ids above ``id_above``.
-
-    Args:
-        session: From :func:`open_api_session`.
-        config: The source configuration (api_url, place_id, quality_grade, licenses).
-        taxon_id: The catalog taxon.
-        id_above: The cursor (0 for the first page).
-
-    Returns:
-        The page, with ``done`` set when no later page can hold results.
-
-    Raises:
-        INaturalistAPIError: When retries are spent or the daily request budget is used up.
-    """
-    url = f"{config.api_url.rstrip('/')}/observations"
-    try:
-        response = session.request("GET", url, **query_params(config, taxon_id, id_above))
-        body = response.json()
-    except BucketFullException as err:
-        raise INaturalistAPIError(
-            f"the iNaturalist request budget is used up ({err}); progress is saved, rerun later to resume"
-        ) from None
-    except (requests.RequestException, MaxRetryError, ValueError) as err:
-        raise INaturalistAPIError(
-            f"iNaturalist query for taxon {taxon_id} (id_above={id_above}) failed after retries: {err}; "
-            f"progress is saved, a rerun resumes"
-        ) from None
-    return _page(body, taxon_id, id_above, getattr(response, "from_cache", False))
-
-
-def _page(body: dict[str, Any], taxon_id: int, id_above: int, from_cache: bool) -> ObservationPage:
+def _checked_page(body: dict[str, Any], taxon_id: int, id_above: int) -> dict[str, Any]:
     results = body.get("results") or []
     ids = [int(obs["id"]) for obs in results]
     if any(i <= id_above for i in ids) or ids != sorted(ids):
         raise INaturalistAPIError(
             f"iNaturalist returned observations out of order for taxon {taxon_id} (id_above={id_above})"
         )
-    total = int(body.get("total_results", len(results)))
-    done = not results or len(results) >= total
-    return ObservationPage(
-        id_above=id_above,
-        next_id_above=ids[-1] if ids else id_above,
-        done=done,
-        observations=[compact_observation(obs) for obs in results],
-        from_cache=from_cache,
-    )
+    return {
+        "total_results": int(body.get("total_results", len(results))),
+        "results": [compact_observation(obs) for obs in results],
+    }
+
+
+def _short(err: BaseException | None, limit: int = 300) -> str:
+    text = f"{type(err).__name__}: {err}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def compact_observation(obs: dict[str, Any]) -> dict[str, Any]:
@@ -200,7 +302,6 @@ def page_candidates(taxon_id: int, page: ObservationPage) -> list[PhotoCandidate
     ]
 
 
-def sized_photo_url(url: str, size: str) -> str:
-    """Turn a photo URL (iNaturalist lists the ``square`` one) into the URL of ``size``."""
-    head, sep, name = url.rpartition("/")
-    return f"{head}{sep}{name.replace('square', size, 1)}"
+def photo_url(url: str, size: str) -> str:
+    """The URL of ``size`` for a photo URL as the API lists it (``square``): pyinaturalist's :meth:`Photo.url_size`."""
+    return Photo(url=url).url_size(size) or url

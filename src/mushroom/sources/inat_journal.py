@@ -27,6 +27,21 @@ log = logging.getLogger(__name__)
 JOURNAL_NAME = "journal.jsonl"
 
 
+class AcquisitionInterrupted(RuntimeError):
+    """Acquisition stopped on a failure outside the data: the network, the disk, the request budget.
+
+    Everything committed before it is in the journal, so rerunning the same command resumes.
+    """
+
+
+def interrupted(what: str, out_dir: Path) -> str:
+    """The one-line message for an :class:`AcquisitionInterrupted`: what failed and how to resume."""
+    return (
+        f"{what}. Progress is saved in {out_dir}: rerun the same command to resume "
+        f"(photos already kept are not downloaded again)"
+    )
+
+
 class Journal:
     """Replayed events of earlier runs plus an append handle for this one.
 
@@ -53,8 +68,11 @@ class Journal:
 
     def close(self) -> None:
         if self._handle is not None:
-            self._handle.close()
-            self._handle = None
+            handle, self._handle = self._handle, None
+            try:
+                handle.close()
+            except OSError as err:  # e.g. a full disk: at most a torn last line, repaired by open()
+                log.warning("journal %s: could not flush on close: %s", self.path, err)
 
     def append(self, event: dict[str, Any]) -> None:
         """Write one event and flush it to the OS (it survives the process being killed)."""

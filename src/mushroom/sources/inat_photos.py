@@ -1,9 +1,12 @@
 """Downloading and validating iNaturalist photos.
 
-Downloads run on a pool of threads sharing one :class:`requests.Session` whose adapter retries
-with urllib3's :class:`~urllib3.util.Retry` (exponential backoff, ``Retry-After`` honoured on
-429/503). iNaturalist's media guidance is about volume (under 5 GB an hour), not request count,
-and pyinaturalist only limits requests, so :class:`MediaBudget` meters the bytes.
+Downloads run on a pool of threads sharing one :class:`requests.Session`. Every attempt, retries
+included, is a request of its own (:func:`~mushroom.sources.inat_http.send_with_retries`:
+backoff with jitter from the first retry, ``Retry-After`` honoured on 429/503), waits for the
+:class:`MediaBudget` and is counted. iNaturalist's media guidance is about volume (under 5 GB an
+hour), not request count, and pyinaturalist only limits API requests, so :class:`MediaBudget`
+meters the bytes. A host that refuses connections after retries stops the run
+(:class:`~mushroom.sources.inat_http.NetworkDown`) instead of failing every photo.
 """
 
 from __future__ import annotations
@@ -15,32 +18,22 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import requests
 from PIL import Image, UnidentifiedImageError
-from requests.adapters import HTTPAdapter
 from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, ReadTimeoutError
-from urllib3.util import Retry
 
 from mushroom.config import INaturalistSourceConfig
 from mushroom.preprocess import to_rgb
-
-#: Statuses worth another try; anything else (404, 403, ...) is final.
-RETRY_STATUSES = (429, 500, 502, 503, 504)
-
-
-def make_retry(config: INaturalistSourceConfig, raise_on_status: bool = True) -> Retry:
-    """urllib3 retries for GETs: 429 (honouring Retry-After) and 5xx, with the config's exponential backoff."""
-    return Retry(
-        total=config.max_retries,
-        backoff_factor=config.backoff_factor,
-        backoff_max=config.backoff_max,
-        status_forcelist=RETRY_STATUSES,
-        allowed_methods=frozenset({"GET"}),
-        respect_retry_after_header=True,
-        raise_on_status=raise_on_status,
-    )
-
+from mushroom.sources.inat_http import (
+    RETRY_STATUSES,
+    NetworkDown,
+    connection_failure,
+    make_retry,
+    mount_counting_adapter,
+    send_with_retries,
+)
 
 #: Failure reasons a later run tries again (with ``http_429`` and ``http_5xx``); others are final.
 TRANSIENT_REASONS = frozenset({"timeout", "connection_error"})
@@ -148,36 +141,56 @@ class PhotoDownloader:
         config: The source settings used: ``concurrency`` (threads that will call :meth:`fetch`;
             sizes the connection pool), ``timeout_s`` (read timeout per request), ``max_retries``
             (per photo: status, connection, timeout and body errors together), ``backoff_factor``
-            (sleeps ``factor * 2**(retry - 1)`` seconds), ``backoff_max``, ``min_photo_side``
+            and ``backoff_max`` (:class:`~mushroom.sources.inat_http.Backoff`), ``min_photo_side``
             (smallest accepted width or height) and ``media_bytes_per_hour`` (:class:`MediaBudget`).
         user_agent: The User-Agent header iNaturalist asks clients to set.
+        stop: When set, downloads waiting to retry give up (the run is stopping).
+
+    Attributes:
+        requests: Requests sent so far, retries included.
+        bytes: Bytes received so far, retries included.
     """
 
-    def __init__(self, config: INaturalistSourceConfig, user_agent: str):
-        self.retry = make_retry(config, raise_on_status=False)
+    def __init__(self, config: INaturalistSourceConfig, user_agent: str, stop: threading.Event | None = None):
+        self.retry = make_retry(config)
         self.timeout = (min(CONNECT_TIMEOUT_S, config.timeout_s), config.timeout_s)
         self.min_side = config.min_photo_side
         self.budget = MediaBudget(config.media_bytes_per_hour)
+        self.stop = stop
         self.session = requests.Session()
         self.session.headers["User-Agent"] = user_agent
-        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=config.concurrency, max_retries=self.retry)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
+        self._adapter = mount_counting_adapter(self.session, pool_connections=4, pool_maxsize=config.concurrency)
         self._lock = threading.Lock()
-        self.requests = 0
         self.bytes = 0
+
+    @property
+    def requests(self) -> int:
+        return self._adapter.sent
 
     def close(self) -> None:
         self.session.close()
 
     def fetch(self, candidate: PhotoCandidate, url: str) -> Download:
-        """Download ``url`` and validate it as ``candidate``'s photo; a faulty photo gives a failure."""
+        """Download ``url`` and validate it as ``candidate``'s photo; a faulty photo gives a failure.
+
+        Raises:
+            NetworkDown: The photo host refused connections (or could not be resolved) after retries.
+        """
         try:
-            data = self._get(url)
-        except _HttpStatus as err:
-            return Download(candidate, reason=f"http_{err.status}", detail=f"HTTP {err.status} from {url}")
-        except (requests.RequestException, MaxRetryError) as err:
-            return Download(candidate, reason=_error_reason(err), detail=_short(err))
+            response = send_with_retries(self._send(url), self.retry, url, self.stop)
+        except MaxRetryError as err:
+            refused = connection_failure(err)
+            if refused:
+                host = urlsplit(url)._replace(path="", query="", fragment="").geturl()
+                raise NetworkDown(
+                    f"could not connect to {host} for photo {candidate.photo_id} after {self.retry.total} retries "
+                    f"({refused})"
+                ) from None
+            return Download(candidate, reason=_error_reason(err.reason), detail=_short(err.reason))
+        if response.status_code != 200:
+            status = response.status_code
+            return Download(candidate, reason=f"http_{status}", detail=f"HTTP {status} from {url}")
+        data = response.content
         try:
             jpeg, width, height = validate_photo(data, self.min_side)
         except PhotoRejected as err:
@@ -185,41 +198,24 @@ class PhotoDownloader:
         sha = hashlib.sha256(data).hexdigest()
         return Download(candidate, jpeg, sha, width, height, len(data))
 
-    def _get(self, url: str) -> bytes:
-        """GET with the adapter's retries, plus retries for bodies cut off mid-transfer."""
-        retry = self.retry
-        while True:
+    def _send(self, url: str) -> Callable[[], requests.Response]:
+        def send() -> requests.Response:
             self.budget.wait()
-            try:
-                response = self.session.get(url, timeout=self.timeout)
-            except requests.exceptions.ChunkedEncodingError as err:
-                retry = retry.increment("GET", url, error=err)  # raises MaxRetryError when spent
-                retry.sleep()
-                continue
+            response = self.session.get(url, timeout=self.timeout)  # reads the whole body
+            size = len(response.content)
+            self.budget.record(size)
             with self._lock:
-                self.requests += 1
-                self.bytes += len(response.content)
-            self.budget.record(len(response.content))
-            if response.status_code != 200:
-                raise _HttpStatus(response.status_code)
-            return response.content
+                self.bytes += size
+            return response
+
+        return send
 
 
-class _HttpStatus(Exception):
-    def __init__(self, status: int):
-        super().__init__(f"HTTP {status}")
-        self.status = status
-
-
-def _error_reason(err: Exception) -> str:
-    if isinstance(err, requests.Timeout):
+def _error_reason(err: BaseException | None) -> str:
+    timeouts = (requests.Timeout, ReadTimeoutError, ConnectTimeoutError)
+    if isinstance(err, timeouts) or (err is not None and isinstance(getattr(err, "reason", None), timeouts)):
         return "timeout"
-    reason = err.args[0] if err.args else None
-    if isinstance(reason, MaxRetryError):
-        reason = reason.reason
-    if isinstance(err, MaxRetryError):
-        reason = err.reason
-    return "timeout" if isinstance(reason, (ReadTimeoutError, ConnectTimeoutError)) else "connection_error"
+    return "connection_error"
 
 
 def _short(err: Exception, limit: int = 200) -> str:

@@ -175,6 +175,14 @@ def render_card(card: dict[str, Any]) -> str:
         f"quality_grade={q['quality_grade']}, "
         f"photo licences {', '.join(q['licenses'])}, up to {q['photos_per_species']} photos per species, "
         f"size {q['photo_size']}, at least {q['min_photo_side']} px a side",
+    ]
+    run = card.get("run") or {}
+    if run:
+        lines.append(
+            f"- Last run: {run.get('api_requests', 0)} API and {run.get('photo_requests', 0)} photo requests sent "
+            f"(retries included), {run.get('bytes_downloaded', 0) / 1e6:.1f} MB, {run.get('seconds', 0):.0f} s"
+        )
+    lines += [
         "",
         "Every photo keeps its own licence; `ATTRIBUTIONS.csv` lists the author attribution iNaturalist "
         "gives for each. Licences with NC allow non-commercial use only; SA requires sharing alike.",

@@ -1,7 +1,7 @@
 """Acquire research-grade mushroom photos from iNaturalist, resumably and with licences kept.
 
 For every catalog taxon, observations in the configured place are paged with ``id_above``
-(pyinaturalist session: rate limits, retries, cache; see :mod:`mushroom.sources.inat_api`).
+(pyinaturalist's session and paginator, rate-limited; see :mod:`mushroom.sources.inat_api`).
 Their photos become candidates in a fixed order (observation id, then photo position); photos
 with a licence outside the allowed set and photo ids seen before are skipped. Candidates are
 downloaded on a bounded thread pool (:mod:`mushroom.sources.inat_photos`) but *committed in
@@ -11,23 +11,28 @@ to the journal (:mod:`mushroom.sources.inat_journal`).
 
 Because the order is fixed and every decision is journaled, a run that was killed and then
 rerun keeps exactly the photos an uninterrupted run keeps, and fetches only what is missing.
+Failures outside the data (the API or photo host unreachable after retries, the request budget
+spent, a full disk) stop the run with one :class:`AcquisitionInterrupted` saying so.
 
 Layout of ``out_dir``::
 
     images/<taxon_id>/<photo_id>.jpg    RGB JPEGs
     ATTRIBUTIONS.csv, failures.csv      licence + attribution per photo; photos not kept + reason
     DATASET_CARD.md, dataset_card.json  counts, date range, query, acquisition date
-    .inaturalist/                       journal, query fingerprint, API cache, rate-limit state
+    .inaturalist/                       journal, query fingerprint, rate-limit state
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import shutil
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,15 +42,15 @@ from tqdm import tqdm
 from mushroom.config import INaturalistSourceConfig
 from mushroom.fileio import read_json, write_bytes_atomic, write_json_atomic
 from mushroom.manifest import DATASET_INFO_NAME, MANIFEST_NAME, PhotoRecord
-from mushroom.sources.inat_api import (
-    API_CACHE_NAME,
-    ObservationPage,
-    fetch_observation_page,
-    open_api_session,
-    page_candidates,
-    sized_photo_url,
+from mushroom.sources.inat_api import ObservationPage, ObservationsClient, page_candidates, photo_url
+from mushroom.sources.inat_journal import (
+    JOURNAL_NAME,
+    AcquisitionInterrupted,
+    Journal,
+    interrupted,
+    prune_images,
+    reconcile_images,
 )
-from mushroom.sources.inat_journal import JOURNAL_NAME, Journal, prune_images, reconcile_images
 from mushroom.sources.inat_photos import Download, PhotoCandidate, PhotoDownloader
 from mushroom.sources.inat_report import (
     ATTRIBUTIONS_NAME,
@@ -90,23 +95,29 @@ def acquire_inaturalist(config: INaturalistSourceConfig, catalog: Catalog, out_d
     Raises:
         MissingSpeciesError: A species got no photo and ``allow_missing_species`` is off
             (the photos, attributions and card are written first).
-        INaturalistAPIError: The API failed after retries; progress is kept for a rerun.
+        AcquisitionInterrupted: The API or the photo host could not be reached after retries,
+            the daily request budget is spent, or a file could not be written (a full disk);
+            the message says what failed and that a rerun resumes (progress is journaled).
     """
     out_dir = Path(out_dir)
     start = time.monotonic()
-    journal = _open_state(config, out_dir)
     try:
-        with _Acquisition(config, catalog, out_dir, journal) as acquisition:
-            results = acquisition.run()
-            run_info = acquisition.run_info(time.monotonic() - start)
-    finally:
-        journal.close()
-    records = [r for res in results for r in res.records]
-    pruned = prune_images(out_dir / IMAGES_DIR, out_dir, {r.file for r in records})
-    if pruned:
-        log.info("removed %d photo files beyond photos_per_species", pruned)
-    _write_outputs(out_dir, config, results, run_info)
-    (out_dir / STATE_DIR / API_CACHE_NAME).unlink(missing_ok=True)  # the journal holds the pages
+        with _disk_errors(f"could not prepare {out_dir / STATE_DIR}"):
+            journal = _open_state(config, out_dir)
+        try:
+            with _Acquisition(config, catalog, out_dir, journal) as acquisition:
+                results = acquisition.run()
+                run_info = acquisition.run_info(time.monotonic() - start)
+        finally:
+            journal.close()
+        records = [r for res in results for r in res.records]
+        with _disk_errors(f"could not write the dataset files in {out_dir}"):
+            pruned = prune_images(out_dir / IMAGES_DIR, out_dir, {r.file for r in records})
+            if pruned:
+                log.info("removed %d photo files beyond photos_per_species", pruned)
+            _write_outputs(out_dir, config, results, run_info)
+    except AcquisitionInterrupted as err:
+        raise type(err)(interrupted(str(err), out_dir)) from err
     _check_missing(config, results)
     return records
 
@@ -124,6 +135,16 @@ def acquisition_report(out_dir: Path) -> dict[str, Any]:
         (per-species details) and ``run`` (requests, bytes and seconds of the last run).
     """
     return read_card(Path(out_dir))
+
+
+@contextmanager
+def _disk_errors(what: str) -> Iterator[None]:
+    """Turn an OSError of the file operations inside into an :class:`AcquisitionInterrupted`."""
+    try:
+        yield
+    except OSError as err:
+        hint = "; the disk is full" if err.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+        raise AcquisitionInterrupted(f"{what}: {err}{hint}") from err
 
 
 def _query_fingerprint(config: INaturalistSourceConfig) -> dict[str, Any]:
@@ -190,9 +211,9 @@ class _Acquisition:
         self.window = 2 * config.concurrency
         self.seen_photos: dict[str, str] = {}  # photo id -> observation id
         self.seen_bytes: dict[str, str] = {}  # sha256 -> photo id
-        self.api_requests = 0
-        self.api = open_api_session(out_dir / STATE_DIR, config)
-        self.downloader = PhotoDownloader(config, user_agent=self.api.headers["User-Agent"])
+        self.stop = threading.Event()
+        self.api = ObservationsClient(out_dir / STATE_DIR, config)
+        self.downloader = PhotoDownloader(config, user_agent=self.api.user_agent, stop=self.stop)
         self.pool = ThreadPoolExecutor(config.concurrency, thread_name_prefix="inat-photo")
         self.progress = tqdm(
             total=config.photos_per_species * len(catalog),
@@ -205,6 +226,7 @@ class _Acquisition:
         return self
 
     def __exit__(self, *exc) -> None:
+        self.stop.set()  # downloads waiting to retry give up
         self.pool.shutdown(wait=True, cancel_futures=True)
         self.progress.close()
         self.downloader.close()
@@ -214,8 +236,8 @@ class _Acquisition:
         return [self.acquire_species(species) for species in self.catalog]
 
     def run_info(self, seconds: float) -> dict[str, Any]:
-        return {
-            "api_requests": self.api_requests,
+        return {  # every request sent, retries included
+            "api_requests": self.api.requests,
             "photo_requests": self.downloader.requests,
             "bytes_downloaded": self.downloader.bytes,
             "seconds": round(seconds, 3),
@@ -223,7 +245,7 @@ class _Acquisition:
 
     def acquire_species(self, species: Species) -> TaxonResult:
         """Keep up to ``photos_per_species`` photos of one species, committing in candidate order."""
-        start, requests_before = time.monotonic(), self.api_requests
+        start, requests_before = time.monotonic(), self.api.requests
         result = TaxonResult(species, self.config.photos_per_species)
         self.progress.set_postfix_str(species.scientific_name)
         candidates = self._candidates(species.taxon_id)
@@ -235,7 +257,7 @@ class _Acquisition:
             if not pending:
                 break
             self._commit(pending.popleft(), result)
-        result.api_requests = self.api_requests - requests_before
+        result.api_requests = self.api.requests - requests_before
         result.seconds = time.monotonic() - start
         self._log_species(result)
         return result
@@ -253,17 +275,17 @@ class _Acquisition:
 
     def _candidates(self, taxon_id: int) -> Iterator[PhotoCandidate]:
         """The taxon's photos in query order: journaled pages first, then new pages from the API."""
-        page = None
+        last = None
         for event in self.journal.pages.get(taxon_id, []):
-            page = ObservationPage.from_json(event)
-            yield from page_candidates(taxon_id, page)
-        while page is None or not page.done:
-            id_above = page.next_id_above if page else 0
-            page = fetch_observation_page(self.api, self.config, taxon_id, id_above)
-            self.api_requests += not page.from_cache
-            self.journal.append({"event": "page", "taxon_id": taxon_id, **page.to_json()})
+            last = ObservationPage.from_json(event)
+            yield from page_candidates(taxon_id, last)
+        if last is not None and last.done:
+            return
+        for page in self.api.pages(taxon_id, last.next_id_above if last else 0):
+            with _disk_errors(f"could not write the journal {self.journal.path}"):
+                self.journal.append({"event": "page", "taxon_id": taxon_id, **page.to_json()})
             log.debug(
-                "taxon %d: page above id %d, %d observations", taxon_id, id_above, len(page.observations)
+                "taxon %d: page above id %d, %d observations", taxon_id, page.id_above, len(page.observations)
             )
             yield from page_candidates(taxon_id, page)
 
@@ -283,7 +305,7 @@ class _Acquisition:
             return _Pending(candidate, earlier=earlier)
         if earlier and earlier["permanent"]:
             return _Pending(candidate, skip=_failure(candidate, earlier["reason"], earlier["detail"]))
-        url = sized_photo_url(candidate.url, self.config.photo_size)
+        url = photo_url(candidate.url, self.config.photo_size)
         return _Pending(candidate, future=self.pool.submit(self.downloader.fetch, candidate, url))
 
     def _commit(self, item: _Pending, result: TaxonResult) -> None:
@@ -302,19 +324,32 @@ class _Acquisition:
             detail = f"same bytes as photo {self.seen_bytes[download.sha256]}"
             download = Download(candidate, reason="duplicate_content", detail=detail)
         if not download.ok:
-            self.journal.append(
-                {
-                    "event": "failure",
-                    "taxon_id": candidate.taxon_id,
-                    "photo_id": candidate.photo_id,
-                    "reason": download.reason,
-                    "detail": download.detail,
-                    "permanent": download.permanent,
-                }
-            )
+            with _disk_errors(f"could not write the journal {self.journal.path}"):
+                self._journal_failure(download)
             result.failures.append(_failure(candidate, download.reason, download.detail))
             return
         file = f"{IMAGES_DIR}/{candidate.taxon_id}/{candidate.photo_id}.jpg"
+        with _disk_errors(f"could not write {file} in {self.out_dir}"):
+            self._write_photo(download, file)
+        self._keep(result, candidate, download.sha256, file)
+        result.downloaded += 1
+
+    def _journal_failure(self, download: Download) -> None:
+        candidate = download.candidate
+        self.journal.append(
+            {
+                "event": "failure",
+                "taxon_id": candidate.taxon_id,
+                "photo_id": candidate.photo_id,
+                "reason": download.reason,
+                "detail": download.detail,
+                "permanent": download.permanent,
+            }
+        )
+
+    def _write_photo(self, download: Download, file: str) -> None:
+        """Write the photo atomically, then journal it (a file without its line is removed on resume)."""
+        candidate = download.candidate
         write_bytes_atomic(self.out_dir / file, download.data)
         self.journal.append(
             {
@@ -329,8 +364,6 @@ class _Acquisition:
                 "height": download.height,
             }
         )
-        self._keep(result, candidate, download.sha256, file)
-        result.downloaded += 1
 
     def _keep(self, result: TaxonResult, candidate: PhotoCandidate, sha256: str, file: str) -> None:
         self.seen_bytes[sha256] = candidate.photo_id

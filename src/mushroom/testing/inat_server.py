@@ -25,15 +25,21 @@ Faults:
 * permanent, per photo: ``FakePhoto(fault=...)`` with a name from :data:`PHOTO_FAULTS`;
 * transient: :meth:`FakeINaturalist.inject_photo_fault` and :meth:`FakeINaturalist.inject_api_fault`
   make the next ``times`` requests for a photo (or to the API) fail, then it recovers;
+* storms: :meth:`FakeINaturalist.api_fault_rate` makes any API request fail at random (seeded);
 * odd content: ``FakePhoto(mode="CMYK" | "L" | "RGBA")`` (RGBA is served as PNG) and
   ``FakePhoto(same_bytes_as=<photo id>)``; a disallowed licence is ``FakePhoto(license="cc-by-nd")``
   or ``license=None`` (all rights reserved);
 * :meth:`FakeINaturalist.hold_photos` blocks photo requests after the first ``n`` until
-  :meth:`FakeINaturalist.release` (to kill a client mid-run at a known point).
+  :meth:`FakeINaturalist.release` (to kill a client mid-run at a known point);
+* a network that is down: :meth:`FakeINaturalist.stop` closes the port (connections are
+  refused) and ``start(port=...)`` serves again on the same port.
 
-Counters: :meth:`FakeINaturalist.count` (``"api"``, ``"photo"``, ``"api:429"``, ``"photo:200"``, ...),
-:attr:`FakeINaturalist.log` (one :class:`RequestRecord` per request), and
-:attr:`FakeINaturalist.peak_photos_in_flight` / :attr:`FakeINaturalist.photo_busy_s`.
+Request log and counters: :attr:`FakeINaturalist.log` (one :class:`RequestRecord` per request,
+with its arrival time), :meth:`FakeINaturalist.count` (``"api"``, ``"photo"``, ``"api:429"``,
+``"photo:200"``, ...), :meth:`FakeINaturalist.max_in_window` (the most requests that arrived
+within any window of a given length, to check a client's rate limit),
+:meth:`FakeINaturalist.wait_idle` (until every request that arrived is answered and logged),
+and :attr:`FakeINaturalist.peak_photos_in_flight` / :attr:`FakeINaturalist.photo_busy_s`.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from __future__ import annotations
 import io
 import json
 import random
+import socket
 import threading
 import time
 from collections import Counter, defaultdict, deque
@@ -100,7 +107,7 @@ class FakeObservation:
 
 @dataclass(frozen=True)
 class RequestRecord:
-    """One request the server answered."""
+    """One request the server answered (``time``: when it was answered, ``arrived``: when it came in; monotonic)."""
 
     time: float
     kind: str  # "api", "photo" or "other"
@@ -110,6 +117,7 @@ class RequestRecord:
     photo_id: int | None = None
     user_agent: str = ""
     fault: str | None = None
+    arrived: float = 0.0
 
 
 def attribution_for(user: str, license_code: str | None) -> str:
@@ -158,6 +166,7 @@ class FakeINaturalist:
         self.photo_busy_s = 0.0
         self._photos = {p.id: p for o in self.observations for p in o.photos}
         self._api_faults: deque[str] = deque()
+        self._api_storm: tuple[float, tuple[str, ...], random.Random] | None = None
         self._photo_faults: dict[int, deque[str]] = defaultdict(deque)
         self._images: dict[int, bytes] = {}
         self._lock = threading.Lock()
@@ -166,8 +175,11 @@ class FakeINaturalist:
         self._gate = threading.Event()
         self._gate.set()
         self._photo_requests_seen = 0
+        self._active = 0  # requests being answered, not yet logged
+        self._idle = threading.Condition(self._lock)
         self._arrivals: Counter[int] = Counter()
         self._httpd: ThreadingHTTPServer | None = None
+        self.down = False  # stopped: requests still arriving on open connections get no answer
         self._thread: threading.Thread | None = None
 
     @classmethod
@@ -217,27 +229,37 @@ class FakeINaturalist:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def start(self) -> FakeINaturalist:
-        """Start serving on 127.0.0.1 on a free port."""
+    def start(self, port: int = 0) -> FakeINaturalist:
+        """Start serving on 127.0.0.1, on ``port`` (0: a free one; after :meth:`stop`, the old one again)."""
         handler = type("Handler", (_Handler,), {"fake": self})
-        self._httpd = _Server(("127.0.0.1", 0), handler)
+        self._httpd = _Server(("127.0.0.1", port), handler)
+        self.down = False
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="fake-inat", daemon=True)
         self._thread.start()
         return self
 
     def stop(self) -> None:
-        """Stop serving (releases held photo requests first)."""
-        self.release()
+        """Go down like a network: the port closes (connections are refused), open connections are
+        reset, and requests being answered or held get no answer."""
         if self._httpd is not None:
+            self.down = True
             self._httpd.shutdown()
             self._httpd.server_close()
+            self._httpd.drop_connections()
             self._httpd = None
+        self.release()
 
     def __enter__(self) -> FakeINaturalist:
         return self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+    @property
+    def port(self) -> int:
+        if self._httpd is None:
+            raise RuntimeError("the fake iNaturalist server is not started")
+        return self._httpd.server_address[1]
 
     @property
     def base_url(self) -> str:
@@ -286,6 +308,14 @@ class FakeINaturalist:
         with self._lock:
             self._api_faults.extend([fault] * times)
 
+    def api_fault_rate(self, rate: float, faults: Iterable[str] = ("429", "500"), seed: int = 0) -> None:
+        """From now on, answer each API request with one of ``faults`` with probability ``rate`` (0: off)."""
+        faults = tuple(faults)
+        if bad := [f for f in faults if f not in API_FAULTS]:
+            raise ValueError(f"API faults {bad} are not in {API_FAULTS}")
+        with self._lock:
+            self._api_storm = (rate, faults, random.Random(seed)) if rate > 0 else None
+
     def inject_photo_fault(self, photo_id: int, fault: str, times: int = 1) -> None:
         """Answer the next ``times`` requests for ``photo_id`` with ``fault`` (see :data:`PHOTO_FAULTS`)."""
         if fault not in PHOTO_FAULTS:
@@ -314,6 +344,23 @@ class FakeINaturalist:
             counts.update(f"{r.kind}:{r.status}" for r in self.log)
         return counts[key]
 
+    def max_in_window(self, window_s: float, kind: str = "api") -> int:
+        """The most ``kind`` requests that arrived within any ``window_s`` seconds (a half-open window)."""
+        with self._lock:
+            times = sorted(r.arrived for r in self.log if r.kind == kind)
+        most, first = 0, 0
+        for last, t in enumerate(times):
+            while t - times[first] >= window_s:
+                first += 1
+            most = max(most, last - first + 1)
+        return most
+
+    def wait_idle(self, timeout_s: float = 30.0) -> None:
+        """Wait until every request that arrived has been answered and logged (e.g. after a client was killed)."""
+        with self._idle:
+            if not self._idle.wait_for(lambda: self._active == 0, timeout_s):
+                raise TimeoutError(f"{self._active} requests still being answered after {timeout_s}s")
+
     def photo_requests(self, photo_id: int | None = None) -> int:
         """Photo requests that arrived (including any still being answered), for one photo or all."""
         with self._lock:
@@ -328,13 +375,26 @@ class FakeINaturalist:
 
     # -- request handling (called from handler threads) ---------------------------------------
 
+    def _arrive(self) -> float:
+        with self._lock:
+            self._active += 1
+        return time.monotonic()
+
     def _record(self, record: RequestRecord) -> None:
         with self._lock:
             self.log.append(record)
+            self._active -= 1
+            self._idle.notify_all()
 
     def _next_api_fault(self) -> str | None:
         with self._lock:
-            return self._api_faults.popleft() if self._api_faults else None
+            if self._api_faults:
+                return self._api_faults.popleft()
+            if self._api_storm is not None:
+                rate, faults, rng = self._api_storm
+                if rng.random() < rate:
+                    return rng.choice(faults)
+            return None
 
     def _next_photo_fault(self, photo: FakePhoto) -> str | None:
         with self._lock:
@@ -445,8 +505,34 @@ def draw_image(seed: int, size: tuple[int, int], mode: str = "RGB") -> bytes:
 
 
 class _Server(ThreadingHTTPServer):
+    """Threaded server that can also drop its open (keep-alive) connections, like a network going down."""
+
     daemon_threads = True
     request_queue_size = 256
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
+
+    def process_request(self, request, client_address):
+        with self._connections_lock:
+            self._connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request):
+        with self._connections_lock:
+            self._connections.discard(request)
+        super().shutdown_request(request)
+
+    def drop_connections(self) -> None:
+        with self._connections_lock:
+            connections = list(self._connections)
+        for connection in connections:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -460,6 +546,7 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def do_GET(self):  # noqa: N802 - http.server's naming
+        arrived = self.fake._arrive()
         url = urlsplit(self.path)
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
         parts = url.path.strip("/").split("/")
@@ -467,7 +554,9 @@ class _Handler(BaseHTTPRequestHandler):
         kind = "api" if url.path.rstrip("/") == "/v1/observations" else "photo" if photo_id else "other"
         self._status, self._fault = 0, None  # 0: the client hung up before an answer was written
         try:
-            if kind == "api":
+            if self.fake.down:
+                self.close_connection = True
+            elif kind == "api":
                 self._api(query)
             elif kind == "photo":
                 self._photo(photo_id)
@@ -478,7 +567,7 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             agent = self.headers.get("User-Agent", "")
             record = RequestRecord(
-                time.monotonic(), kind, url.path, query, self._status, photo_id, agent, self._fault
+                time.monotonic(), kind, url.path, query, self._status, photo_id, agent, self._fault, arrived
             )
             self.fake._record(record)
 
@@ -501,6 +590,9 @@ class _Handler(BaseHTTPRequestHandler):
         start = time.monotonic()
         self.fake._enter_photo(photo_id)
         try:
+            if self.fake.down:  # went down while this request was held
+                self.close_connection = True
+                return
             self._serve_photo(photo_id)
         finally:
             self.fake._leave_photo(time.monotonic() - start)

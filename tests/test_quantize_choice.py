@@ -52,3 +52,29 @@ def test_report_markdown_lists_variants_choice_and_worst_layers():
                                                            "rmse_over_scale": 3.2}]}
     text = format_report(report)
     assert "| float32 | 4.00 | 0.900 |" in text and "**Chosen:** int8: because" in text and "`t1` | 3.20" in text
+
+
+def test_report_markdown_shows_the_fold_and_where_answers_flip():
+    from mushroom.quantize import _finding
+
+    depth = [{"blocks_quantized": 1, "last_block": "stem", "agreement": 0.99},
+             {"blocks_quantized": 3, "last_block": "block2a", "agreement": 0.97},
+             {"blocks_quantized": 5, "last_block": "head", "agreement": 0.88}]
+    groups = [{"group": "squeeze-excite", "ops": 40, "agreement": 0.91},
+              {"group": "head", "ops": 3, "agreement": 0.95}]
+    finding = _finding(depth, groups, 0.88)
+    assert finding == ("answers flip through depth: the stem alone changes 1.0%, full int8 12.0%; the largest "
+                       "step (9.0%) comes with the blocks after block2a up to head; keeping the head in float "
+                       "lifts agreement most (88.0% -> 95.0%)")
+    at_input = _finding([{"blocks_quantized": 1, "last_block": "stem", "agreement": 0.4}, depth[-1]], [], 0.35)
+    assert at_input.startswith("answers flip at the input: quantizing only the stem already changes 60.0%")
+    report = {"validation_photos": 10, "representative_samples": 5, "latency_threads": 2,
+              "variants": {"float32": {"size_mb": 4.0, "top1": 0.9, "top1_loss_points": 0.0,
+                                       "agreement_with_float32": 1.0, "latency_ms": 5.0}},
+              "reason": "int8: because", "preprocessing_fold": "channel flip folded into `conv1_conv`",
+              "error_profile": {"blocks": ["stem", "block2a", "head"], "depth": depth, "groups": groups,
+                                "full_int8_agreement": 0.88, "finding": finding}}
+    text = format_report(report)
+    assert "**Preprocessing:** channel flip folded into `conv1_conv`" in text
+    assert "| 3 | `block2a` | 0.970 |" in text and "| squeeze-excite | 40 | 0.910 |" in text
+    assert 'x-axis ["stem", "block2a", "head"]' in text and "line [0.990, 0.970, 0.880]" in text

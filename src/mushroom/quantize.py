@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mushroom import backbones
 from mushroom import variants as registry
 from mushroom.tflite import TFLiteClassifier, measure_latency
 
@@ -115,12 +116,18 @@ def choose_variant(candidates: dict[str, MeasuredVariant], tolerance_points: flo
 def quantize_model(model, representative: np.ndarray, val_images: np.ndarray, val_labels: np.ndarray,
                    variants: list[str], tolerance_points: float = 1.0, min_agreement: float = 0.97,
                    escalation_steps=(1, 2, 4, 8, 16, 32, 64), debug_samples: int = 64,
-                   latency_runs: int = 20) -> tuple[dict[str, bytes], dict]:
+                   latency_runs: int = 20, fold_preprocessing: bool = True,
+                   profile_points: int = 6) -> tuple[dict[str, bytes], dict]:
     """Build ``variants`` (see :mod:`mushroom.variants`), measure each on validation and choose one.
 
     A build that yields several attempts (an escalating variant) is measured attempt by
     attempt; the first acceptable one is kept, else the last. A variant that fails to build is
     left out with a warning, except the required ones.
+
+    With ``fold_preprocessing`` the model is first rewritten into a float-equivalent one whose
+    preprocessing quantizes well (:func:`mushroom.backbones.fold_preprocessing`; ResNet50's
+    channel flip goes into its first convolution). With ``profile_points`` > 0 the report also
+    says where full int8 changes answers (:func:`error_profile`).
 
     Returns:
         ``(models, report)``: variant -> flatbuffer, and a JSON-able report with each
@@ -131,6 +138,11 @@ def quantize_model(model, representative: np.ndarray, val_images: np.ndarray, va
     report: dict = {"tolerance_points": tolerance_points, "min_agreement": min_agreement,
                     "representative_samples": int(len(representative)),
                     "validation_photos": int(len(val_images)), "latency_threads": threads}
+    if fold_preprocessing:
+        model, fold = backbones.fold_preprocessing(model)
+        if fold is not None:
+            report["preprocessing_fold"] = fold.description
+            log.info("quantize: %s", fold.description)
     with tempfile.TemporaryDirectory(prefix="mushroom-savedmodel-") as tmp:
         inputs = registry.BuildInputs(export_saved_model(model, Path(tmp) / "saved_model"), representative,
                                       debug_samples, tuple(escalation_steps), report)
@@ -153,6 +165,14 @@ def quantize_model(model, representative: np.ndarray, val_images: np.ndarray, va
                 float_pred = c.predictions
             log.info("%-15s %6.2f MB  val top-1 %.3f  agree %.3f  %.2f ms  (%.0fs)", name, c.size_mb, c.top1,
                      c.agreement, c.latency_ms, time.monotonic() - start)
+        if profile_points > 0 and float_pred is not None:
+            start = time.monotonic()
+            try:
+                report["error_profile"] = error_profile(inputs, val_images, float_pred, profile_points, threads)
+                log.info("quantize: %s (%.0fs)", report["error_profile"]["finding"], time.monotonic() - start)
+            except Exception as err:  # noqa: BLE001 - a diagnosis must not sink the stage
+                log.warning("error profile failed: %s", str(err).splitlines()[0])
+                report.setdefault("failed", {})["error_profile"] = str(err).splitlines()[0][:300]
     float_top1 = candidates[registry.REFERENCE].top1
     report["variants"] = {n: c.summary(float_top1) for n, c in candidates.items()}
     chosen, reason = choose_variant(candidates, tolerance_points, min_agreement)
@@ -178,6 +198,90 @@ def _build_and_measure(variant: registry.Variant, inputs: registry.BuildInputs, 
     return measured
 
 
+def _agreement(model: bytes, images: np.ndarray, reference: np.ndarray, threads: int) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.tflite"
+        path.write_bytes(model)
+        pred = TFLiteClassifier(path, num_threads=threads).predict(images).argmax(1)
+    return float(np.mean(pred == reference))
+
+
+def _spread(n: int, points: int) -> list[int]:
+    """Up to ``points`` values of 1..n, evenly spread, always with 1 and n."""
+    return sorted({int(round(x)) for x in np.linspace(1, n, max(2, min(points, n)))})
+
+
+def error_profile(inputs: registry.BuildInputs, images: np.ndarray, float_pred: np.ndarray, points: int = 6,
+                  threads: int | None = None) -> dict:
+    """Where full int8 changes answers: by depth and by op group, from one calibration.
+
+    * depth: int8 for the first k blocks (stem first, head last), float for the rest, for
+      ``points`` values of k: agreement with float32's top-1 as quantization reaches deeper;
+    * groups: int8 everywhere except one op group (input and stem, squeeze-excite,
+      activations, depthwise convolutions, convolutions, residual adds, head) kept in float:
+      how much agreement that group costs.
+
+    Returns:
+        A JSON-able dict with ``blocks``, ``depth``, ``groups``, ``full_int8_agreement`` and a
+        one-line ``finding``.
+    """
+    calibrated = registry.calibrate(inputs)
+    ops = registry.quantizable_ops(calibrated)
+    blocks = registry.blocks_in_order(ops)
+    depth = [{"blocks_quantized": k, "last_block": blocks[k - 1],
+              "agreement": _agreement(registry.first_blocks_quantized(calibrated, ops, k), images, float_pred,
+                                      threads)} for k in _spread(len(blocks), points)]
+    full = depth[-1]["agreement"]
+    groups = []
+    for group in registry.OP_GROUPS:
+        n = sum(o.group == group for o in ops)
+        if n:
+            groups.append({"group": group, "ops": n, "agreement": _agreement(
+                registry.group_in_float(calibrated, ops, group), images, float_pred, threads)})
+    return {"blocks": blocks, "depth": depth, "groups": groups, "full_int8_agreement": full,
+            "finding": _finding(depth, groups, full)}
+
+
+def _finding(depth: list[dict], groups: list[dict], full: float) -> str:
+    lost = 1.0 - full
+    if lost <= 0:
+        return "full int8 keeps every answer of float32 on the validation split"
+    first = 1.0 - depth[0]["agreement"]
+    steps = [(depth[i - 1]["agreement"] - d["agreement"], depth[i - 1]["last_block"], d["last_block"])
+             for i, d in enumerate(depth) if i]
+    if first >= 0.5 * lost:
+        where = (f"at the input: quantizing only the {depth[0]['last_block']} already changes "
+                 f"{first:.1%} of answers (full int8: {lost:.1%})")
+    else:
+        drop, after, upto = max(steps) if steps else (0.0, "", "")
+        where = (f"through depth: the stem alone changes {first:.1%}, full int8 {lost:.1%}; the largest step "
+                 f"({drop:.1%}) comes with the blocks after {after} up to {upto}")
+    best = max(groups, key=lambda g: g["agreement"]) if groups else None
+    if best and best["agreement"] > full:
+        where += (f"; keeping the {best['group']} in float lifts agreement most "
+                  f"({full:.1%} -> {best['agreement']:.1%})")
+    return "answers flip " + where
+
+
+def _profile_markdown(profile: dict) -> list[str]:
+    from mushroom.report.tables import md_table
+
+    depth = profile["depth"]
+    lines = ["## Where full int8 changes answers", "", profile["finding"] + ".", "",
+             "Top-1 agreement with float32 when only the first k blocks are int8 (the rest float):", "",
+             md_table(["k", "int8 up to", "agreement"],
+                      [[d["blocks_quantized"], f"`{d['last_block']}`", f"{d['agreement']:.3f}"] for d in depth]), "",
+             "```mermaid", "xychart-beta", '    title "Agreement with float32 as int8 reaches deeper"',
+             "    x-axis [" + ", ".join(f'"{d["last_block"]}"' for d in depth) + "]",
+             '    y-axis "agreement" 0 --> 1',
+             "    line [" + ", ".join(f"{d['agreement']:.3f}" for d in depth) + "]", "```", ""]
+    if profile["groups"]:
+        lines += [f"Full int8 except one op group kept in float (full int8: {profile['full_int8_agreement']:.3f}):",
+                  "", md_table(["kept in float", "ops", "agreement"],
+                               [[g["group"], g["ops"], f"{g['agreement']:.3f}"] for g in profile["groups"]]), ""]
+    return lines
+
+
 def headline_metrics(report: dict) -> dict[str, float]:
     """Size and validation top-1 of every variant, for KFP ``Metrics``."""
     measured = report["variants"]
@@ -197,6 +301,11 @@ def format_report(report: dict) -> str:
              f"Validation photos: {report['validation_photos']}; representative photos: "
              f"{report['representative_samples']}; latency with {report['latency_threads']} thread(s).", "",
              measured, "", f"**Chosen:** {report['reason']}", ""]
+    if report.get("preprocessing_fold"):
+        lines += [f"**Preprocessing:** {report['preprocessing_fold']} (float-equivalent; in TFLite int8 "
+                  "a channel flip copies bytes between tensors of different scales).", ""]
+    if report.get("error_profile"):
+        lines += _profile_markdown(report["error_profile"])
     if report.get("layer_errors"):
         worst = md_table(["op", "tensor", "RMSE / scale"],
                          [[e["op_name"], f"`{e['tensor_name']}`", f"{e['rmse_over_scale']:.2f}"]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -256,6 +257,114 @@ def build_int8_selective(inputs: BuildInputs):
         names_ = [e.tensor_name for e in errors[:k]]
         debugger.options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=names_)
         yield debugger.get_nondebug_quantized_model(), {"float_layers": names_}
+
+
+# --- where answers flip: partial quantization from one calibration -------------------------
+
+# Block names of the Keras applications' backbones: EfficientNetV2 (block1a_...), ResNet50
+# (conv2_block1_...), MobileNetV3 (expanded_conv_3_...). Ops before the first block are the
+# stem (with the input scaling), ops after the last are the head.
+_BLOCK = re.compile(r"(conv\d+_block\d+|block\d+[a-z]|expanded_conv(?:_\d+)?)(?=_)")
+STEM, HEAD = "stem", "head"
+# Op groups for the by-type measurement, in report order.
+OP_GROUPS = ("input and stem", "squeeze-excite", "activations", "depthwise convolutions", "convolutions",
+             "residual adds", "head")
+
+
+@dataclass(frozen=True)
+class QuantizableOp:
+    """One op of the calibrated float model, located in the backbone."""
+
+    index: int
+    op_name: str  # TFLite builtin, e.g. CONV_2D
+    tensor_name: str  # its output tensor: the name the quantizer's denylist takes
+    block: str  # stem, a backbone block (e.g. block2a, conv3_block1), or head
+    group: str  # one of OP_GROUPS
+
+
+def calibrate(inputs: BuildInputs) -> bytes:
+    """The float model with activation ranges recorded from the representative photos.
+
+    :func:`quantize_calibrated` turns it into int8 with any ops left in float, without
+    calibrating again (the converter's own two steps, as its quantization debugger uses them).
+    """
+    converter = _full_integer_converter(inputs)
+    converter._experimental_calibrate_only = True  # noqa: SLF001 - the converter's calibration step
+    return converter.convert()
+
+
+def quantize_calibrated(calibrated: bytes, float_tensors: Iterable[str] = (), float_ops: Iterable[str] = ()) -> bytes:
+    """Full int8 of a :func:`calibrate`-d model, except the ops named (by output tensor or type).
+
+    Raises:
+        ValueError: A tensor or op type the model does not have (before quantizing).
+    """
+    from tensorflow.lite.python import convert
+
+    float_tensors, float_ops = list(float_tensors), list(float_ops)
+    ops = quantizable_ops(calibrated)
+    unknown = sorted(set(float_tensors) - {o.tensor_name for o in ops})
+    unknown_ops = sorted(set(float_ops) - {o.op_name for o in ops})
+    if unknown or unknown_ops:
+        raise ValueError(f"the model has no op with output tensor(s) {unknown[:5]} or of type(s) {unknown_ops}; "
+                         f"its op types: {sorted({o.op_name for o in ops})}")
+    return convert.mlir_quantize(calibrated, fully_quantize=not (float_tensors or float_ops),
+                                 denylisted_nodes=float_tensors or None, denylisted_ops=float_ops or None)
+
+
+def _op_group(op_name: str, tensor_name: str, block: str) -> str:
+    lowered = tensor_name.lower()
+    if block == STEM:
+        return "input and stem"
+    if block == HEAD:
+        return "head"
+    if "_se_" in lowered or "/se_" in lowered:
+        return "squeeze-excite"
+    if op_name in ("LOGISTIC", "HARD_SWISH", "RELU", "RELU6", "TANH", "MUL", "GELU"):
+        return "activations"
+    if op_name == "DEPTHWISE_CONV_2D":
+        return "depthwise convolutions"
+    if op_name == "ADD":
+        return "residual adds"
+    return "convolutions"
+
+
+def quantizable_ops(calibrated: bytes) -> list[QuantizableOp]:
+    """The calibrated model's ops in execution order, each with its block and group."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=calibrated)
+    tensors = {t["index"]: t["name"] for t in interpreter.get_tensor_details()}
+    raw = []
+    for op in interpreter._get_ops_details():  # noqa: SLF001 - the debugger reads op order the same way
+        if op["outputs"] is None or len(op["outputs"]) == 0:
+            continue
+        name = tensors.get(int(op["outputs"][0]), "")
+        match = _BLOCK.search(name)
+        raw.append((int(op["index"]), op["op_name"], name, match.group(1) if match else None))
+    named = [i for i, (*_, block) in enumerate(raw) if block]
+    first, last = (named[0], named[-1]) if named else (len(raw), len(raw))
+    ops, current = [], STEM
+    for i, (index, op_name, name, block) in enumerate(raw):
+        current = STEM if i < first else HEAD if i > last else (block or current)
+        ops.append(QuantizableOp(index, op_name, name, current, _op_group(op_name, name, current)))
+    return ops
+
+
+def blocks_in_order(ops: list[QuantizableOp]) -> list[str]:
+    """The distinct blocks of ``ops`` in execution order (stem first, head last)."""
+    return list(dict.fromkeys(o.block for o in ops))
+
+
+def first_blocks_quantized(calibrated: bytes, ops: list[QuantizableOp], k: int) -> bytes:
+    """int8 for the first ``k`` blocks (:func:`blocks_in_order`), float for the rest."""
+    keep = set(blocks_in_order(ops)[:k])
+    return quantize_calibrated(calibrated, [o.tensor_name for o in ops if o.block not in keep])
+
+
+def group_in_float(calibrated: bytes, ops: list[QuantizableOp], group: str) -> bytes:
+    """int8 everywhere except the ops of ``group`` (one of :data:`OP_GROUPS`)."""
+    return quantize_calibrated(calibrated, [o.tensor_name for o in ops if o.group == group])
 
 
 for _variant in (

@@ -158,7 +158,8 @@ def test_numbers_in_yaml_are_quantities():
 
 def test_unknown_accelerator_names_the_field_and_the_allowed():
     message = _error_for(lambda d: d["cluster"].update(accelerator_type="NVIDIA_L4"))
-    assert "cluster.accelerator_type: unknown accelerator 'NVIDIA_L4'; allowed: ['nvidia.com/gpu']" in message
+    assert ("cluster.accelerator_type: unknown accelerator 'NVIDIA_L4' (a Vertex AI accelerator: set it as "
+            "cluster.vertex.accelerator_type); allowed: ['nvidia.com/gpu']") in message
 
 
 @pytest.mark.parametrize("mutate, expected", [

@@ -202,6 +202,19 @@ def test_temperature_that_does_not_help_held_out_is_not_kept():
     assert few["temperature"] == 1.0 and not few["kept"] and "too few" in few["reason"]
 
 
+def test_sharpening_on_a_nearly_perfect_validation_split_is_not_kept():
+    """With (almost) no wrong validation photos the NLL keeps falling as T -> 0; that T is refused."""
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 4, 200)
+    logits = rng.normal(size=(200, 4))
+    logits[np.arange(200), labels] += 4.0
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    assert (probs.argmax(1) == labels).mean() > 0.98
+    fit = fit_temperature_cv(probs, labels)
+    assert fit["fitted"] < 1.0 and not fit["kept"] and fit["temperature"] == 1.0
+    assert "wrong validation photo" in fit["reason"]
+
+
 def test_equal_mass_ece_and_bootstrap_interval():
     # Equal mass, 2 bins of 2: {0.55, 0.6} (both right: gap 0.425), {0.9, 0.95} (1 of 2 right: gap 0.425).
     confidence, correct = np.array([0.9, 0.55, 0.95, 0.6]), np.array([True, True, False, True])
@@ -368,10 +381,15 @@ def test_calibrated_bundle_has_a_fitted_calibration(trained_run, evaluation):
     assert calibration["warnings"] == evaluation["warnings"] and len(evaluation["warnings"]) == 2
     assert set(calibration["variants"]) == set(bundle.metadata["variants"]) >= {"float32", "int8"}
     for variant, entry in calibration["variants"].items():
-        assert set(entry) == {"temperature", "edible_threshold", "not_edible_below"}
+        assert set(entry) == {"temperature", "edible_threshold", "not_edible_below", "open_set"}
         fitted = evaluation["variants"][f"tflite_{variant}"]["calibrated"]["policy"]
         assert entry["temperature"] == pytest.approx(fitted["temperature"]) and entry["temperature"] > 0
         assert entry["edible_threshold"] == fitted["edible_threshold"]
+        # The open-set threshold identify applies is the one the evaluation fitted and measured.
+        open_set = evaluation["variants"][f"tflite_{variant}"]["open_set"]
+        rule = entry["open_set"]
+        assert rule["score"] == open_set["score"] and rule["threshold"] == open_set["threshold"]
+        assert rule["fitted_on"]["known"] == "val" and "test" not in json.dumps(rule["fitted_on"])
     # The models themselves are the evaluated ones.
     for variant in bundle.metadata["variants"]:
         evaluated = trained_run["bundle"] / f"model_{variant}.tflite"
@@ -399,7 +417,9 @@ def test_report_files_are_written(trained_run):
     assert (out / "report.html").stat().st_size > 20_000
     assert (out / "summary.md").read_text().startswith("# Evaluation: tiny-mobilenet")
     html = (out / "report.html").read_text()
-    assert html.count('class="warn"') == 2 and "validation photos are too few" in html
+    # Two split warnings and the data source, which is synthetic.
+    assert html.count('class="warn"') == 3 and "validation photos are too few" in html
+    assert "Data source: SYNTHETIC drawings" in html
     assert "held-out NLL" in html and "ECE equal-mass" in html
     assert len(list((out / "plots").glob("*.png"))) >= 5
 
@@ -449,10 +469,14 @@ def test_kfp_metrics_are_flat_finite_numbers(trained_run, evaluation):
     assert shown.confusion_matrix == evaluation["variants"][shown.variant]["species"]["confusion_matrix"]
     flat = shown.metrics
     assert all(isinstance(v, float) and math.isfinite(v) for v in flat.values())
-    for key in ("tflite_int8_top1", "tflite_int8_top5", "tflite_int8_size_mb", "tflite_float32_top1",
-                "tflite_int8_uncalibrated_calibration_ece", "tflite_int8_calibrated_calibration_ece",
-                "tflite_int8_latency_threads_1_median_ms", "int8_vs_float32_size_ratio"):
+    # A short list of headline figures (every figure stays in evaluation.json).
+    shipped = shown.variant
+    for key in ("tflite_int8_top1", "tflite_int8_size_mb", "tflite_float32_top1", "keras_top1",
+                f"{shipped}_top5", f"{shipped}_validation_top1", f"{shipped}_calibrated_calibration_ece",
+                f"{shipped}_calibrated_policy_coverage", f"{shipped}_latency_threads_1_median_ms",
+                "int8_vs_float32_size_ratio"):
         assert key in flat, key
+    assert len(flat) <= 30 and flat[f"{shipped}_top1"] == evaluation["variants"][shipped]["top1"]
 
 
 # --- tracking ---------------------------------------------------------------------------------------

@@ -26,7 +26,11 @@ from mushroom.bundle import BundleError, read_bundle
 from mushroom.identify import (
     ANSWER_NOTICE,
     NOTICE,
+    SYNTHETIC_BANNER,
+    UNKNOWN_SPECIES,
+    UNUSABLE_PHOTO,
     Identifier,
+    format_answer,
     identify,
     resolve_bundle,
 )
@@ -50,8 +54,17 @@ def test_photos(trained_run) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def photo(test_photos) -> str:
-    return test_photos[0]
+def answered_photos(bundle_dir, test_photos) -> list[str]:
+    """Test photos the bundle names a species for (neither unusable nor unknown to its open-set rule)."""
+    identifier = Identifier(bundle_dir)
+    answered = [p for p in test_photos if not identifier.identify(p).refused]
+    assert len(answered) >= 0.8 * len(test_photos), "the open-set rule refuses most known test photos"
+    return answered
+
+
+@pytest.fixture(scope="module")
+def photo(answered_photos) -> str:
+    return answered_photos[0]
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
@@ -80,7 +93,8 @@ def test_identify_import_path_needs_no_tensorflow_kfp_pydantic_or_yaml():
         "build_parser().parse_args(['identify', 'x.jpg', '--bundle', 'b'])\n"
         f"heavy = sorted(m for m in sys.modules if m.split('.')[0] in {set(HEAVY)!r})\n"
         "assert not heavy, heavy\n"
-        "assert not any(m.startswith('google.cloud') for m in sys.modules)\n"
+        # google.cloud alone is the namespace stub an installed *-nspkg.pth creates at start-up.
+        "assert not any(m.startswith('google.cloud.') for m in sys.modules)\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
@@ -133,7 +147,8 @@ def test_json_answer_has_top5_edibility_verdict_and_notice(bundle_dir, photo, ca
     assert "not permission to eat" in result["notice"].lower()
 
 
-def test_table_is_readable_and_says_never_permission_to_eat(bundle_dir, test_photos, capsys):
+def test_table_is_readable_and_says_never_permission_to_eat(bundle_dir, answered_photos, capsys):
+    test_photos = answered_photos
     code, out, err = run_cli(capsys, *test_photos[:2], "--bundle", bundle_dir)
     assert code == 0, err
     assert out.startswith(NOTICE)
@@ -261,26 +276,139 @@ def test_calibration_temperature_and_threshold_are_applied(bundle_dir, photo, tm
     assert other.identify(photo).verdict != EDIBLE
 
 
-def test_lookalike_warnings_name_dangerous_species_above_one_percent(bundle_dir):
-    identifier = Identifier(bundle_dir)
-    catalog = identifier.bundle.catalog
+def _probs(catalog, **by_name) -> np.ndarray:
     probs = np.zeros(len(catalog), np.float32)
-    probs[catalog.index_of(catalog.resolve("Boletus edulis").taxon_id)] = 0.955
-    probs[catalog.index_of(catalog.resolve("Amanita phalloides").taxon_id)] = 0.03
-    probs[catalog.index_of(catalog.resolve("Amanita muscaria").taxon_id)] = 0.005  # below 1%: no warning
-    probs[catalog.index_of(catalog.resolve("Pleurotus ostreatus").taxon_id)] = 0.01
+    for name, p in by_name.items():
+        probs[catalog.index_of(catalog.resolve(name.replace("_", " ")).taxon_id)] = p
+    return probs
+
+
+def _sure_policy(bundle_dir: Path, dest: Path) -> Path:
+    """A copy of the bundle whose default variant says 'edible' at any P(edible) (threshold 0)."""
+    bundle = copy_bundle(bundle_dir, dest)
+    variant = read_bundle(bundle).default_variant
+    (bundle / "calibration.json").write_text(json.dumps({"schema_version": 2, "variants": {
+        variant: {"temperature": 1.0, "edible_threshold": 0.0, "not_edible_below": 0.0}}}))
+    return bundle
+
+
+def test_lookalike_warnings_name_dangerous_species_above_one_percent(bundle_dir, tmp_path):
+    identifier = Identifier(_sure_policy(bundle_dir, tmp_path / "b"))
+    catalog = identifier.bundle.catalog
+    probs = _probs(catalog, Boletus_edulis=0.955, Amanita_phalloides=0.03, Pleurotus_ostreatus=0.01,
+                   Amanita_muscaria=0.005)  # below 1%: no warning
     answer = identifier.answer("p.jpg", probs)
     assert [w.scientific_name for w in answer.lookalikes] == ["Amanita phalloides"]
     message = answer.lookalikes[0].message
     assert "DEADLY" in message and "Amanita phalloides" in message and "3.0%" in message
+    assert "other answers" in message and answer.top_danger is None and answer.top_warning is None
     assert answer.p_edible == pytest.approx(0.965)
-    # A deadly lookalike above 1% vetoes "edible", whatever the threshold: the answer abstains.
+    # A deadly lookalike above 1% vetoes "edible", whatever the threshold: the answer abstains, and says why.
     assert answer.verdict == UNCERTAIN
+    assert len(answer.reasons) == 1 and answer.reasons[0].startswith("dangerous lookalike above 1%")
+    assert "Amanita phalloides (deadly, 3.0%)" in answer.reasons[0]
     probs[catalog.index_of(catalog.resolve("Amanita phalloides").taxon_id)] = 0.005
     probs[catalog.index_of(catalog.resolve("Boletus edulis").taxon_id)] = 0.98
     calm = identifier.answer("p.jpg", probs)
     assert not calm.lookalikes
-    assert calm.verdict == identifier.policy.verdict(calm.p_edible)  # no veto without a lookalike
+    assert calm.verdict == identifier.policy.verdict(calm.p_edible) == EDIBLE  # no veto without a lookalike
+    assert calm.reasons == ()
+
+
+def test_top_answer_danger_is_stated_as_such_and_still_vetoes(bundle_dir, tmp_path, capsys):
+    bundle = _sure_policy(bundle_dir, tmp_path / "b")
+    identifier = Identifier(bundle)
+    catalog = identifier.bundle.catalog
+    # The top answer is poisonous; P(edible) is still above the (zero) threshold.
+    answer = identifier.answer("p.jpg", _probs(catalog, Amanita_muscaria=0.6, Boletus_edulis=0.4))
+    assert answer.top_danger == "poisonous" and not answer.lookalikes  # not a "lookalike" of itself
+    assert answer.top_warning == "top answer is POISONOUS: Amanita muscaria (Fly Agaric)"
+    assert answer.verdict == UNCERTAIN  # the veto fires on the top answer too
+    assert answer.reasons[0].startswith("dangerous lookalike above 1% among the top answers: Amanita muscaria")
+    text = format_answer(answer)
+    assert "WARNING:   top answer is POISONOUS: Amanita muscaria" in text
+    assert "lookalike among the other answers" not in text
+    assert "temperature" not in text  # calibration internals only with --verbose / --json
+    # "uncertain" beside a high P(edible) never stands without its reason.
+    low = identifier.answer("p.jpg", _probs(catalog, Boletus_edulis=0.7, Amanita_muscaria=0.3))
+    assert low.verdict == UNCERTAIN and "why:" in format_answer(low)
+    strict = Identifier(bundle_dir)
+    if strict.policy.edible_threshold is None:
+        unsure = strict.answer("p.jpg", _probs(catalog, Boletus_edulis=0.995, Pleurotus_ostreatus=0.005))
+        if unsure.verdict == UNCERTAIN:
+            assert any("never says 'edible'" in r for r in unsure.reasons)
+
+
+# --------------------------------------------------------------------------- refusals
+
+
+def test_unusable_photos_are_refused_before_the_model_with_the_reason(bundle_dir, photo, tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    photos = {
+        "blank": save(Image.new("RGB", (1000, 800), (255, 255, 255)), tmp_path / "blank.png", "PNG"),
+        "black": save(Image.new("RGB", (640, 480), (2, 2, 2)), tmp_path / "black.png", "PNG"),
+        "flat": save(Image.new("RGB", (640, 480), (112, 82, 52)), tmp_path / "flat.png", "PNG"),
+        "pixel": save(Image.new("RGB", (1, 1), (255, 0, 0)), tmp_path / "pixel.png", "PNG"),
+        "noise": save(Image.fromarray(rng.integers(0, 256, (300, 300, 3), dtype=np.uint8)), tmp_path / "noise.png",
+                      "PNG"),
+    }
+    code, out, err = run_cli(capsys, *photos.values(), photo, "--bundle", bundle_dir, "--json")
+    assert code == 0, err  # a refusal is an answer, not a failure
+    doc = json.loads(out)
+    results = {Path(r["photo"]).stem: r for r in doc["results"]}
+    expected = {"blank": "far over-exposed", "black": "far under-exposed", "flat": "near-uniform",
+                "pixel": "too small (1x1 px"}
+    for name, reason in expected.items():
+        assert results[name]["verdict"] == UNUSABLE_PHOTO and "top5" not in results[name]
+        assert results[name]["reasons"][0].startswith(f"not a usable photo: {reason}"), results[name]
+    assert results["noise"]["verdict"] != UNUSABLE_PHOTO  # noise is a usable photo: the model must judge it
+    assert results[Path(photo).stem]["verdict"] not in (UNUSABLE_PHOTO, UNKNOWN_SPECIES)
+    assert doc["refused"][UNUSABLE_PHOTO] == 4
+    # The gate can be switched off (benchmarks measure the open-set score alone).
+    assert not Identifier(bundle_dir, quality_gate=False).identify(photos["blank"]).verdict == UNUSABLE_PHOTO
+
+
+def test_open_set_threshold_from_the_bundle_refuses_unknown_photos(bundle_dir, photo, tmp_path):
+    identifier = Identifier(bundle_dir)
+    rule = identifier.open_set
+    assert rule is not None and rule.threshold is not None  # the evaluate stage fitted one
+    entry = read_bundle(bundle_dir).calibration["variants"][identifier.variant]["open_set"]
+    assert entry["score"] == rule.score and entry["fitted_on"]["known"] == "val"
+    answer = identifier.identify(photo)
+    assert answer.open_set_score is not None and answer.open_set_score >= rule.threshold
+    # Raise the threshold above the photo's score: the same photo is now "not one of the species this model knows".
+    bundle = copy_bundle(bundle_dir, tmp_path / "b")
+    calibration = json.loads((bundle / "calibration.json").read_text())
+    calibration["variants"][identifier.variant]["open_set"]["threshold"] = answer.open_set_score + 1e-3
+    (bundle / "calibration.json").write_text(json.dumps(calibration))
+    refused = Identifier(bundle).identify(photo)
+    assert refused.verdict == UNKNOWN_SPECIES and refused.refused
+    assert refused.reasons[0].startswith("not one of the 4 species this model knows")
+    assert "top5" not in refused.to_dict() and refused.to_dict()["closest_known"]
+    assert refused.verdict_text.startswith("not one of the species this model knows")
+    calibration["variants"][identifier.variant]["open_set"]["score"] = "magic"
+    (bundle / "calibration.json").write_text(json.dumps(calibration))
+    with pytest.raises(BundleError, match="open-set score 'magic'"):
+        Identifier(bundle)
+
+
+def test_species_listing_banner_and_verbose_calibration(bundle_dir, photo, capsys):
+    code, out, err = run_cli(capsys, "--species", "--bundle", bundle_dir)
+    assert code == 0, err
+    catalog = read_bundle(bundle_dir).catalog
+    assert "This model knows 4 species" in out
+    assert all(s.scientific_name in out for s in catalog)
+    # The trained_run bundle was trained on synthetic drawings: the banner says its answers mean nothing.
+    assert SYNTHETIC_BANNER in out
+    code, out, err = run_cli(capsys, photo, "--bundle", bundle_dir)
+    assert out.count(SYNTHETIC_BANNER) == 2  # header and footer, once per call
+    assert "knows 4 species: " in out and "temperature" not in out
+    code, out, err = run_cli(capsys, photo, "--bundle", bundle_dir, "--verbose")
+    assert "policy: temperature" in out and "open-set score" in out
+    code, out, err = run_cli(capsys, photo, "--bundle", bundle_dir, "--json")
+    bundle = json.loads(out)["bundle"]
+    assert bundle["data_source"]["source"] == "synthetic" and bundle["synthetic_banner"] == SYNTHETIC_BANNER
+    assert bundle["species"] == [s.scientific_name for s in catalog] and bundle["policy"]["temperature"] > 0
 
 
 # --------------------------------------------------------------------------- bad photos
@@ -383,6 +511,9 @@ def test_usage_errors_exit_2(photo, monkeypatch, capsys):
     with pytest.raises(SystemExit) as exc:
         cli.main(["identify", photo, "--bundle", "b", "--threads", "0"])
     assert exc.value.code == 2
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["identify", "--bundle", "b"])
+    assert exc.value.code == 2 and "at least one PHOTO (or --species)" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- bundle locations
@@ -437,7 +568,7 @@ def test_gcs_bundle_is_downloaded_once_then_used_offline(gcs_server, trained_run
     # Not cached and no storage library: say what to install.
     code, _, err = run_cli(capsys, photo, "--bundle", uri, "--cache-dir", tmp_path / "empty-cache")
     assert code == 2
-    assert "install quantized-mushroom[pipeline] or copy the bundle locally" in err
+    assert "pip install '.[storage]' in a quantized-mushroom checkout, or copy the bundle locally" in err
 
 
 def test_identify_follows_a_gcs_publish_root_to_its_new_latest(gcs_client, gcs_bucket, trained_run, bundle_dir,

@@ -156,8 +156,26 @@ def test_trained_run_report_parses(trained_run):
     assert set(SECTIONS) <= page.ids and page.external == []
     evaluation = read_evaluation(trained_run["evaluation"])
     shipped = read_bundle(trained_run["calibrated_bundle"]).default_variant
-    # Confusion matrices of the focus variants, a reliability diagram per variant, three more.
-    assert_embedded_pngs(page, len(focus_variants(evaluation, shipped)) + len(evaluation.variants) + 3)
+    # Confusion matrices and open-set histograms of the focus variants, a reliability diagram per variant,
+    # three more.
+    assert_embedded_pngs(page, 2 * len(focus_variants(evaluation, shipped)) + len(evaluation.variants) + 3)
+
+
+def test_trained_run_report_has_an_open_set_section_and_names_its_data_source(trained_run):
+    evaluation = read_evaluation(trained_run["evaluation"])
+    text = (trained_run["evaluation"] / "report.html").read_text(encoding="utf-8")
+    summary = (trained_run["evaluation"] / "summary.md").read_text(encoding="utf-8")
+    assert evaluation.data_source["source"] == "synthetic"
+    for document in (text, summary):
+        assert "SYNTHETIC drawings of mushrooms" in document  # the header says so plainly
+    assert summary.index("SYNTHETIC") < summary.index("## ")
+    assert "## Open set: unknown species and unusable photos" in summary
+    shipped = evaluation.variants["tflite_int8"].open_set or next(v.open_set for v in evaluation.variants.values())
+    group = shipped.groups["non_mushroom_generated"]
+    assert group.kinds == ["texture", "shapes"]  # held-out families only
+    assert f"{group.auroc:.3f}" in summary and f"{group.auroc:.3f}" in text
+    for kind in ("noise", "flat", "gradient", "texture", "shapes", "real_photos"):
+        assert kind in text
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (the parse checks above still ran)")

@@ -6,7 +6,10 @@
     labels.json        class order: index -> taxon id and scientific name
     species.csv        the catalog rows of the classes (names, edibility, caution)
     calibration.json   temperature and thresholds per variant (see ``mushroom.policy``)
-    metadata.json      architecture, input size, the default variant, versions, config hash
+    metadata.json      architecture, input size, the default variant, versions, config hash, and
+                       ``provenance`` (:func:`build_provenance`): data source, species and photo
+                       counts per split, licences of the training photos, run configuration,
+                       project version and commit, build time
 
 ``metadata.json`` and ``calibration.json`` carry a ``schema_version``; a bundle written by a
 newer schema than this code reads is refused with a clear message. Reading a bundle needs only
@@ -19,12 +22,14 @@ import hashlib
 import json
 import platform
 from dataclasses import dataclass
+from datetime import UTC
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
 from mushroom import variants as registry
 from mushroom.fileio import read_json, write_bytes_atomic, write_json_atomic, write_text_atomic
+from mushroom.openset import OpenSetRule, rule_from_dict
 from mushroom.policy import CALIBRATION_SCHEMA_VERSION, DEFAULT_CALIBRATION, Policy, policy_for
 from mushroom.species import Catalog, parse_catalog
 from mushroom.versioning import SchemaVersionError, check_schema_version
@@ -115,6 +120,86 @@ def write_bundle(
     return out_dir
 
 
+GIT_COMMIT_ENV = "MUSHROOM_GIT_COMMIT"  # set where the code runs outside a git checkout (images)
+
+
+def git_commit() -> dict[str, Any] | None:
+    """The commit of the code that runs: ``$MUSHROOM_GIT_COMMIT``, else ``git`` in the source checkout.
+
+    Returns:
+        ``{"commit": sha, "dirty": bool | None}`` or None when it cannot be told (an installed
+        wheel without the variable).
+    """
+    import os
+    import subprocess
+
+    if os.environ.get(GIT_COMMIT_ENV):
+        return {"commit": os.environ[GIT_COMMIT_ENV], "dirty": None}
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10,
+                             check=True).stdout.strip()
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                                capture_output=True, text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": sha, "dirty": bool(status.strip())} if sha else None
+
+
+def build_provenance(dataset_dir: str | Path, splits_dir: str | Path, run_config: dict[str, Any] | None = None,
+                     extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What a bundle's model was trained on and how it was built (``metadata.json``'s ``provenance``).
+
+    Args:
+        dataset_dir: The dataset folder (its ``dataset.json`` names the source and configuration).
+        splits_dir: The folder of ``splits.csv``.
+        run_config: The configuration the run used (recorded as is).
+        extra: Added as is (e.g. ``image``: the container image).
+
+    Returns:
+        ``data`` (source, synthetic or not, iNaturalist place and acquisition time, the
+        dataset configuration), ``splits`` (species and photo counts per split), ``species``
+        (taxon ids and names the model knows), ``unknown_species`` (taxa acquired for open-set
+        evaluation only), ``training_licenses`` (photo counts per licence of the train split),
+        ``run_config``, ``project`` (version and commit) and ``built_at`` (UTC, ISO 8601).
+    """
+    from collections import Counter
+    from datetime import datetime
+
+    from mushroom.manifest import DATASET_INFO_NAME, read_splits
+
+    info = read_json(Path(dataset_dir) / DATASET_INFO_NAME)
+    config = info.get("config") or {}
+    source = info.get("source")
+    data: dict[str, Any] = {"source": source, "synthetic": source == "synthetic",
+                            "acquired_at": info.get("acquired_at"), "seed": info.get("seed"), "config": config}
+    if source == "inaturalist":
+        inat = config.get("inaturalist") or {}
+        data.update(place_id=inat.get("place_id"), quality_grade=inat.get("quality_grade"),
+                    licenses=inat.get("licenses"))
+    elif source == "folder":
+        data["root"] = (config.get("folder") or {}).get("root")
+    rows = read_splits(splits_dir)
+    splits = {}
+    for name in ("train", "val", "test"):
+        part = [r for r in rows if r.split == name]
+        splits[name] = {"photos": len(part), "species": len({r.taxon_id for r in part}),
+                        "observations": len({r.observation_id for r in part})}
+    licenses = Counter(r.license or "unknown" for r in rows if r.split == "train")
+    return {
+        "data": data,
+        "splits": splits,
+        "species": [{"taxon_id": int(row["taxon_id"]), "scientific_name": row["scientific_name"]}
+                    for row in info.get("species", [])],
+        "unknown_species": info.get("unknown_species", []),
+        "training_licenses": dict(sorted(licenses.items())),
+        "run_config": run_config,
+        "project": {"name": "quantized-mushroom", "version": _version("quantized-mushroom"), "git": git_commit()},
+        "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        **(extra or {}),
+    }
+
+
 def shipped_variant(metadata: dict[str, Any]) -> str:
     """The variant a bundle ships, from its ``metadata.json``: the run's choice, else the registry's fallback.
 
@@ -160,6 +245,27 @@ class Bundle:
     def policy(self, variant: str | None = None) -> Policy:
         """The calibrated safety policy of ``variant`` (default: :attr:`default_variant`)."""
         return policy_for(self.calibration, variant or self.default_variant)
+
+    def open_set_rule(self, variant: str | None = None) -> OpenSetRule | None:
+        """The open-set rule of ``variant`` (None: the bundle has none, e.g. before the evaluate stage).
+
+        Raises:
+            BundleError: The entry names an unknown score or its prototypes do not fit the classes.
+        """
+        entry = self.calibration.get("variants", {}).get(variant or self.default_variant, {}).get("open_set")
+        try:
+            rule = rule_from_dict(entry)
+            if rule is not None and rule.prototypes is not None and rule.prototypes.shape != (len(self.catalog),) * 2:
+                raise ValueError(f"open-set prototypes of shape {rule.prototypes.shape} do not match "
+                                 f"{len(self.catalog)} species")
+        except ValueError as err:
+            raise BundleError(f"bundle {self.root}: {CALIBRATION}: {err}") from None
+        return rule
+
+    @property
+    def provenance(self) -> dict[str, Any]:
+        """``metadata.json``'s ``provenance`` ({} for bundles written before it was recorded)."""
+        return dict(self.metadata.get("provenance") or {})
 
 
 def read_bundle(root: str | Path) -> Bundle:

@@ -2,7 +2,8 @@
 
     mushroom species                      list the catalog (class order, edibility)
     mushroom dataset CONFIG OUT_DIR       build a config's dataset folder without the pipeline
-    mushroom identify PHOTO... --bundle PATH [--json]   identify mushrooms offline
+    mushroom identify PHOTO... --bundle PATH [--json] [--verbose]   identify mushrooms offline
+    mushroom identify --species --bundle PATH                        the species a bundle knows
     mushroom pipeline run|compile|submit ARGS...         python -m pipelines.ACTION in the checkout
     mushroom --version
 
@@ -50,24 +51,42 @@ def _cmd_dataset(args: argparse.Namespace) -> int:
 
 
 def _cmd_identify(args: argparse.Namespace) -> int:
-    from mushroom.identify import Identifier, format_answer, format_footer, format_header, report
+    from mushroom.identify import (
+        Identifier,
+        format_answer,
+        format_footer,
+        format_header,
+        format_species,
+        report,
+    )
     from mushroom.preprocess import expand_photos
 
     identifier = Identifier(args.bundle, variant=args.variant, num_threads=args.threads,
                             cache_dir=args.cache_dir, refresh=args.refresh)  # BundleError: exit 2
-    if not args.json:
-        print(format_header(identifier), end="\n\n", flush=True)
+    if args.species:
+        if args.json:
+            print(json.dumps({"species": [{"index": i, "taxon_id": s.taxon_id, "scientific_name": s.scientific_name,
+                                           "common_name": s.common_name, "edibility": s.edibility,
+                                           "caution": s.caution} for i, s in enumerate(identifier.species)],
+                              "bundle": identifier.describe()}, indent=2, ensure_ascii=False))
+        else:
+            print(format_header(identifier, args.verbose), end="\n\n")
+            print(format_species(identifier))
+        if not args.photos:
+            return 0
+    if not args.json and not args.species:
+        print(format_header(identifier, args.verbose), end="\n\n", flush=True)
     answers = []
     for answer in identifier.identify_many(expand_photos(args.photos)):
         answers.append(answer)
         if not answer.ok:
             print(f"error: {answer.error}", file=sys.stderr, flush=True)
         elif not args.json:
-            print(format_answer(answer), end="\n\n", flush=True)
+            print(format_answer(answer, args.verbose), end="\n\n", flush=True)
     if args.json:
         print(json.dumps(report(identifier, answers), indent=2, ensure_ascii=False))
     else:
-        print(format_footer(answers))
+        print(format_footer(answers, identifier.synthetic))
     return 0 if all(a.ok for a in answers) else 1
 
 
@@ -133,11 +152,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "identify", help="identify mushrooms in photos, offline, with a TFLite bundle",
         description="Top-5 species with calibrated certainty, P(edible), the bundle's safety verdict "
-                    "and lookalike warnings for each photo. It informs; it NEVER gives permission to eat.",
-        epilog="exit status: 0 every photo answered, 1 some photos failed, 2 bundle or usage error",
+                    "and lookalike warnings for each photo, or 'not a usable photo' / 'not one of the species "
+                    "this model knows', always with the reason for an abstention. It informs; it NEVER gives "
+                    "permission to eat.",
+        epilog="exit status: 0 every photo answered (a refusal is an answer), 1 some photos failed, "
+               "2 bundle or usage error",
     )
-    p.add_argument("photos", nargs="+", metavar="PHOTO",
+    p.add_argument("photos", nargs="*", metavar="PHOTO",
                    help="photo files (JPEG, PNG, ...) or folders (their photo files, recursively, sorted)")
+    p.add_argument("--species", action="store_true",
+                   help="list the species the bundle knows (and answer PHOTOs, if any)")
+    p.add_argument("--verbose", action="store_true",
+                   help="also show the calibration (temperature, thresholds, open-set score)")
     p.add_argument("--bundle", default=os.environ.get("MUSHROOM_BUNDLE"),
                    help="bundle folder, publish destination (its latest run) or gs:// prefix "
                         "(default: $MUSHROOM_BUNDLE)")
@@ -169,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "identify" and not args.bundle:
         parser.error("identify needs --bundle PATH (or $MUSHROOM_BUNDLE)")
+    if args.command == "identify" and not args.photos and not args.species:
+        parser.error("identify needs at least one PHOTO (or --species)")
     try:
         return args.func(args)
     # ConfigError and BundleError are ValueErrors; catching the base class keeps pydantic
@@ -177,8 +205,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as err:  # the base install is the identifier only
-        print(f"error: `mushroom {args.command}` needs the pipeline extra ({err.name} is not installed): "
-              "pip install '.[pipeline]' in a quantized-mushroom checkout", file=sys.stderr)
+        extra = "storage" if (err.name or "").startswith("google") else "pipeline"  # gs:// needs only storage
+        print(f"error: `mushroom {args.command}` needs the {extra} extra ({err.name} is not installed): "
+              f"pip install '.[{extra}]' in a quantized-mushroom checkout", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `mushroom species | head`: stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -101,9 +101,21 @@ class INaturalistSourceConfig(_Strict):
         return [x.lower() for x in v]
 
 
+class UnknownTaxon(_Strict):
+    """A taxon outside the species catalog, acquired for open-set evaluation only."""
+
+    taxon_id: int = Field(ge=1)
+    scientific_name: str = Field(min_length=1)
+
+
 class DatasetConfig(_Strict):
     source: Literal["synthetic", "folder", "inaturalist"]
     species: Literal["all"] | list[int | str] = "all"
+    unknown_species: list[int | str | UnknownTaxon] = Field(
+        default_factory=list,
+        description="taxa acquired like the others but never trained on: photos for fitting and measuring "
+                    "the open-set answer 'not one of the species this model knows'. Catalog species by "
+                    "taxon id or scientific name, or {taxon_id, scientific_name} for taxa beyond the catalog")
     synthetic: SyntheticSourceConfig = SyntheticSourceConfig()
     folder: FolderSourceConfig | None = None
     inaturalist: INaturalistSourceConfig = INaturalistSourceConfig()
@@ -139,12 +151,44 @@ class DatasetConfig(_Strict):
     def _source_settings(self):
         if self.source == "folder" and self.folder is None:
             raise ValueError("source 'folder' needs folder.root (an ImageFolder tree)")
+        self.unknown_catalog()  # unknown_species: trained ones, duplicates and unresolvable names fail here
         return self
 
     def catalog(self):
         """The classes of this dataset in catalog order."""
         catalog = load_catalog()
         return catalog if self.species == "all" else catalog.subset(list(self.species))
+
+    def unknown_catalog(self):
+        """The ``unknown_species`` as a catalog (None when there are none).
+
+        Taxa beyond the catalog get edibility ``unknown``. Raises ValueError naming an entry
+        that is a trained species, is listed twice, or is a name beyond the catalog without a
+        taxon id.
+        """
+        from mushroom.species import Catalog, Species
+
+        if not self.unknown_species:
+            return None
+        full, trained = load_catalog(), self.catalog()
+        taxa = []
+        for entry in self.unknown_species:
+            if isinstance(entry, UnknownTaxon):
+                found = full.find(entry.taxon_id)
+                taxa.append(found or Species(entry.taxon_id, entry.scientific_name, "", "unknown", ""))
+                continue
+            found = full.find(entry)
+            if found is None and isinstance(entry, str):
+                raise ValueError(f"unknown_species: {entry!r} is not in the catalog; give a taxon beyond it as "
+                                 "{taxon_id: ..., scientific_name: ...}")
+            taxa.append(found or Species(int(entry), f"taxon {entry}", "", "unknown", ""))
+        clash = [t.scientific_name for t in taxa if t.taxon_id in trained]
+        if clash:
+            raise ValueError(f"unknown_species names trained species {clash}: a species the model is trained on "
+                             "cannot stand for an unknown one; remove it from species or from unknown_species")
+        if len({t.taxon_id for t in taxa}) != len(taxa):
+            raise ValueError("unknown_species lists a taxon twice")
+        return Catalog(taxa)
 
 
 class SplitConfig(_Strict):

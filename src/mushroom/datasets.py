@@ -39,6 +39,22 @@ def load_split(dataset_dir: str | Path, splits_dir: str | Path, split: str) -> S
     return SplitExamples(paths, labels, catalog)
 
 
+def load_unknown(dataset_dir: str | Path) -> tuple[list[str], np.ndarray]:
+    """The photos of the dataset's unknown species (``unknown.csv``; never split or trained on).
+
+    Returns:
+        Absolute paths and taxon ids; both empty when the dataset has none.
+    """
+    from mushroom.manifest import parse_records
+    from mushroom.sources import UNKNOWN_MANIFEST
+
+    path = Path(dataset_dir) / UNKNOWN_MANIFEST
+    if not path.is_file():
+        return [], np.zeros(0, dtype=np.int64)
+    rows = parse_records(path.read_text(encoding="utf-8"), str(path))
+    return [str(Path(dataset_dir) / r.file) for r in rows], np.array([r.taxon_id for r in rows], dtype=np.int64)
+
+
 def augmentation(seed: int):
     """Train-time augmentation: flip, rotation, zoom, contrast (on 0-255 pixels)."""
     import keras

@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,7 @@ from mushroom.calibration import (
     verdicts,
 )
 from mushroom.evaluation import Evaluation, VariantEvaluation, VsReference
+from mushroom.openset import DEFAULT_KNOWN_KEPT, Negatives, evaluate_open_set
 from mushroom.policy import (
     CALIBRATION_SCHEMA_VERSION,
     EDIBLE,
@@ -289,21 +291,50 @@ def _block(labels, probs, catalog, fitted: dict[str, Any], species: dict[str, An
     }
 
 
+@dataclass
+class OpenSetInputs:
+    """What the open-set evaluation needs beyond the known splits.
+
+    Attributes:
+        negatives: The negative photos and their kinds (:func:`mushroom.openset.gather_negatives`).
+        probs: Evaluation key -> kind -> the variant's (uncalibrated) probabilities of them.
+        test_gate: The quality gate's refusal of each test photo.
+        known_kept: Share of validation photos the threshold keeps.
+    """
+
+    negatives: Negatives
+    probs: dict[str, dict[str, np.ndarray]]
+    test_gate: np.ndarray
+    known_kept: float = DEFAULT_KNOWN_KEPT
+
+
 def evaluate_variant(test_labels: np.ndarray, test_probs: np.ndarray, val_labels: np.ndarray,
                      val_probs: np.ndarray, catalog: Catalog,
-                     target: float = DEFAULT_TARGET) -> VariantEvaluation:
+                     target: float = DEFAULT_TARGET, open_set: OpenSetInputs | None = None,
+                     key: str | None = None) -> VariantEvaluation:
     """Every metric of one variant on the test split, before and after temperature scaling.
 
     The temperature is cross-validated on the validation split and kept only where it lowers
     held-out NLL (:func:`mushroom.calibration.fit_temperature_cv`); both policies (for
     temperature 1 and for the kept temperature) are fitted on the validation split only; the
-    validation split's top-k is kept beside them.
+    validation split's top-k is kept beside them. With ``open_set``, the open-set score and
+    threshold are chosen on the calibrated validation probabilities and the fitting negatives
+    (:func:`mushroom.openset.evaluate_open_set`), and measured on the test split and held-out
+    negatives.
     """
     fit = fit_temperature_cv(val_probs, val_labels)
     temperature = fit["temperature"]
     log.info("temperature %.3f (%s)", temperature, fit["reason"])
     species = species_metrics(test_labels, test_probs, catalog)
+    extra: dict[str, Any] = {}
+    if open_set is not None and key in open_set.probs:
+        masks = edibility_masks(catalog)
+        extra["open_set"] = evaluate_open_set(
+            val_labels, apply_temperature(val_probs, temperature), apply_temperature(test_probs, temperature),
+            open_set.test_gate, {k: apply_temperature(p, temperature) for k, p in open_set.probs[key].items()},
+            open_set.negatives, masks["edible"], open_set.known_kept)
     return VariantEvaluation.model_validate({
+        **extra,
         **summarize(test_labels, test_probs),
         "temperature": temperature,
         "temperature_fit": fit,
@@ -389,7 +420,9 @@ def compare_to_reference(variants: dict[str, VariantEvaluation],
 
 def evaluate_predictions(test_labels: np.ndarray, test_probs: dict[str, np.ndarray], bundle: Bundle,
                          val_labels: np.ndarray, val_probs: dict[str, np.ndarray],
-                         latency: dict[str, dict] | None = None, target: float = DEFAULT_TARGET) -> Evaluation:
+                         latency: dict[str, dict] | None = None, target: float = DEFAULT_TARGET,
+                         open_set: OpenSetInputs | None = None,
+                         data_source: dict[str, Any] | None = None) -> Evaluation:
     """The evaluation of every variant; see the module docstring for what it holds.
 
     Args:
@@ -399,12 +432,15 @@ def evaluate_predictions(test_labels: np.ndarray, test_probs: dict[str, np.ndarr
         val_labels, val_probs: The same for the validation split (fits calibration and policy).
         latency: Per TFLite variant, from :func:`measure_variants_latency` (optional).
         target: The dangerous-as-edible rate allowed on the validation split.
+        open_set: Negatives and their probabilities: fits and measures the open-set answer.
+        data_source: What the model was trained on (the bundle's ``provenance.data``).
     """
     catalog = bundle.catalog
     evaluated = {}
     for name, probs in test_probs.items():
         log.info("evaluate: variant %s", name)
-        evaluated[name] = evaluate_variant(test_labels, probs, val_labels, val_probs[name], catalog, target)
+        evaluated[name] = evaluate_variant(test_labels, probs, val_labels, val_probs[name], catalog, target,
+                                           open_set, name)
     for variant in bundle.variants:
         entry = evaluated[registry.evaluation_key(variant)]
         entry.size_mb = bundle.model_path(variant).stat().st_size / 1e6
@@ -416,6 +452,8 @@ def evaluate_predictions(test_labels: np.ndarray, test_probs: dict[str, np.ndarr
         num_classes=len(catalog), species=[s.scientific_name for s in catalog],
         edibility=[s.edibility for s in catalog], target_dangerous_as_edible=target, ece_bins=15,
         variants=evaluated)
+    if data_source is not None:
+        evaluation.data_source = data_source
     evaluation.warnings = split_warnings(val_labels, catalog, target)
     for warning in evaluation.warnings:
         log.warning("evaluate: %s", warning)
@@ -460,10 +498,15 @@ def calibration_file(evaluation: Evaluation) -> dict[str, Any]:
 
     The variant ``identify`` uses by default is not in it: the bundle's ``metadata.json`` holds it.
     """
-    fitted = {name: v.calibrated.policy for name, v in evaluation.tflite_variants().items()}
+    variants = {}
+    for name, v in evaluation.tflite_variants().items():
+        p = v.calibrated.policy
+        variants[name] = {"temperature": p.temperature, "edible_threshold": p.edible_threshold,
+                          "not_edible_below": p.not_edible_below}
+        if v.open_set is not None:
+            variants[name]["open_set"] = {**v.open_set.rule, "fitted_on": v.open_set.fitted_on}
     return {"schema_version": CALIBRATION_SCHEMA_VERSION,
-            "variants": {name: {"temperature": p.temperature, "edible_threshold": p.edible_threshold,
-                                "not_edible_below": p.not_edible_below} for name, p in fitted.items()},
+            "variants": variants,
             "target_dangerous_as_edible": evaluation.target_dangerous_as_edible,
             "fitted_on": {"split": "val", "photos": evaluation.num_val_photos},
             "warnings": evaluation.warnings}
@@ -473,7 +516,7 @@ def calibration_file(evaluation: Evaluation) -> dict[str, Any]:
 _NOT_FLAT = frozenset({"roc_curve", "risk_coverage", "reliability", "per_species", "confusion_matrix",
                        "most_confused", "verdicts", "bins", "target", "photos", "edible_photos",
                        "dangerous_photos", "deadly_photos", "num_threads", "runs", "warmup", "folds",
-                       "fitted"})
+                       "fitted", "histogram", "rule", "fitted_on", "score_choice", "known_kept", "test_photos"})
 
 
 def flatten_metrics(evaluation: Evaluation) -> dict[str, float]:

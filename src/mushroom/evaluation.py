@@ -227,6 +227,55 @@ class ValNll(_Model):
     calibrated: float
 
 
+class OpenSetKind(_Model):
+    """One kind of photo that is not a known species, against the known test photos."""
+
+    group: str  # non-mushroom (generated), non-mushroom (real photos), unknown species
+    fit: bool  # the score was chosen on it (False: held out)
+    photos: int
+    auroc: float | None  # known test photos vs these, by the score alone
+    fpr95: float | None  # share passing the threshold that keeps 95% of known validation photos
+    auroc_gate_on: float | None  # with the quality gate's refusals counted as detected
+    refused_gate_off: float
+    refused_gate_on: float
+    refused_by_gate: float | None = None
+    named_as_known: float  # share identify would name as a known species (gate on)
+    named_edible_share: float | None  # of those, share named as an edible species
+
+
+class OpenSetGroup(_Model):
+    """The held-out kinds of one group together."""
+
+    kinds: list[str]
+    photos: int
+    auroc: float | None
+    fpr95: float | None
+    auroc_gate_on: float | None
+    refused_gate_off: float
+    refused_gate_on: float
+
+
+class OpenSetMetrics(_Model):
+    """The open-set answer of one variant: the score chosen, its threshold and what it refuses."""
+
+    score: str
+    threshold: float | None
+    known_kept: float
+    fallback: str | None
+    score_choice: dict[str, float | None]  # mean AUROC of each score on the fitting kinds (validation)
+    fitted_on: dict[str, Any]
+    val_refused: float
+    test_photos: int
+    test_refused_gate_off: float
+    test_refused_gate_on: float
+    test_refused_by_gate: float
+    kinds: dict[str, OpenSetKind]
+    groups: dict[str, OpenSetGroup]
+    histogram: dict[str, list[float]]  # edges and counts per kind, for the report
+    notes: list[str]
+    rule: dict[str, Any]  # the calibration.json entry identify applies
+
+
 class VariantEvaluation(TopK):
     """One model variant (Keras or a TFLite variant) on the test split."""
 
@@ -240,6 +289,7 @@ class VariantEvaluation(TopK):
     latency: Latency | None = None
     vs_float32: VsReference | None = None
     validation: TopK | None = None  # the validation split, where the figures were fitted
+    open_set: OpenSetMetrics | None = None  # absent: evaluated before the open-set answer existed
 
 
 class Int8VsFloat32(_Model):
@@ -277,6 +327,7 @@ class Evaluation(_Model):
     ece_bins: int
     variants: dict[str, VariantEvaluation]
     warnings: list[str] | None = None  # what the validation split is too small to support
+    data_source: dict[str, Any] | None = None  # what the model was trained on (bundle provenance)
     latency_settings: LatencySettings | None = None
     int8_vs_float32: Int8VsFloat32 | None = None
 

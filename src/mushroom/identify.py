@@ -1,8 +1,19 @@
 """Identify a mushroom offline from a photo with a published TFLite bundle.
 
-For each photo: the top-5 species with calibrated probabilities, P(edible), the verdict of
-the bundle's safety policy (``mushroom.policy``) and warnings about poisonous or deadly
-lookalikes in the top 5. Every answer says that it never gives permission to eat.
+For each photo, in this order:
+
+1. "not a usable photo" (:mod:`mushroom.quality`): too small, near-uniform, far over- or
+   under-exposed; the model is not asked;
+2. "not one of the N species this model knows" (:mod:`mushroom.openset`): the photo's open-set
+   score is below the threshold the evaluate stage fitted (it travels in ``calibration.json``);
+3. otherwise the top-5 species with calibrated probabilities, P(edible), the verdict of the
+   bundle's safety policy (``mushroom.policy``), the top answer's own danger ("top answer is
+   POISONOUS") and warnings about poisonous or deadly lookalikes among the other answers.
+
+Every abstention says why (not certain enough, a dangerous species above 1% among the top 5,
+unknown species, unusable photo). The veto stays: a poisonous or deadly species above 1% in the
+top 5, the top answer included, means the verdict is never "edible". Every answer says that it
+never gives permission to eat.
 
 Only numpy, Pillow and ai-edge-litert are needed: this module (and the ``mushroom identify``
 command) never imports TensorFlow, Keras, kfp, pydantic or PyYAML. ``gs://`` bundles need
@@ -28,6 +39,7 @@ import numpy as np
 
 from mushroom.bundle import LABELS, METADATA, Bundle, BundleError, read_bundle
 from mushroom.fileio import write_text_atomic
+from mushroom.openset import OpenSetRule
 from mushroom.policy import (
     EDIBLE,
     NOT_EDIBLE,
@@ -39,6 +51,7 @@ from mushroom.policy import (
 )
 from mushroom.preprocess import ImageError, expand_photos, load_image
 from mushroom.publish import BUNDLE_FOLDER, LATEST_NAME, locate_published_bundle, read_latest
+from mushroom.quality import check_pixels, photo_size
 from mushroom.species import DANGEROUS, Species
 from mushroom.storage import cache_path, download_atomically, is_gcs_uri, join_uri, open_store, user_cache_dir
 from mushroom.tflite import TFLiteClassifier
@@ -54,11 +67,17 @@ NOTICE = (
     "have every find checked in person by a mushroom expert before eating it."
 )
 ANSWER_NOTICE = "Not permission to eat: a photo model can be wrong, and one mistake can kill."
+UNKNOWN_SPECIES = "unknown species"  # verdicts of identify beyond the policy's
+UNUSABLE_PHOTO = "unusable photo"
 VERDICT_TEXT = {
     EDIBLE: "edible species (by the model; NOT permission to eat)",
     NOT_EDIBLE: "not edible",
     UNCERTAIN: "uncertain - ask an expert",
+    UNKNOWN_SPECIES: "not one of the species this model knows - ask an expert",
+    UNUSABLE_PHOTO: "not a usable photo - take another one",
 }
+SYNTHETIC_BANNER = ("THIS MODEL WAS TRAINED ON SYNTHETIC DRAWINGS, NOT ON PHOTOS OF MUSHROOMS: "
+                    "its answers on real photos mean nothing.")
 
 
 # --------------------------------------------------------------------------- answers
@@ -97,7 +116,7 @@ class Lookalike:
 
     @property
     def message(self) -> str:
-        text = (f"possible {self.edibility.upper()} lookalike: {self.scientific_name} "
+        text = (f"possible {self.edibility.upper()} lookalike among the other answers: {self.scientific_name} "
                 f"({self.common_name}), {format_probability(self.probability)}")
         return f"{text} - {self.caution}" if self.caution else text
 
@@ -107,37 +126,72 @@ class Lookalike:
 
 @dataclass(frozen=True)
 class Answer:
-    """The answer for one photo; ``error`` is set (and nothing else) when it failed."""
+    """The answer for one photo; ``error`` is set (and nothing else) when it failed.
+
+    ``verdict`` is one of :data:`mushroom.policy.VERDICTS` for a species answer, or
+    :data:`UNKNOWN_SPECIES` / :data:`UNUSABLE_PHOTO` for a refusal. ``reasons`` says why the
+    answer abstains (empty for "edible" and "not edible"). ``lookalikes`` are the dangerous
+    species among the other answers; ``top_danger`` is the top answer's own edibility when it
+    is poisonous or deadly. For an unknown species, ``candidates`` are the closest known
+    species (not an identification); an unusable photo has none.
+    """
 
     photo: str
     candidates: tuple[SpeciesMatch, ...] = ()
     p_edible: float | None = None
-    verdict: str | None = None  # one of mushroom.policy.VERDICTS
+    verdict: str | None = None
     lookalikes: tuple[Lookalike, ...] = ()
     error: str | None = None
     notice: str = ANSWER_NOTICE
+    top_danger: str | None = None
+    reasons: tuple[str, ...] = ()
+    open_set_score: float | None = None
 
     @property
     def ok(self) -> bool:
         return self.error is None
 
     @property
+    def refused(self) -> bool:
+        """The photo is not usable or not one of the known species: no species is named."""
+        return self.verdict in (UNKNOWN_SPECIES, UNUSABLE_PHOTO)
+
+    @property
     def verdict_text(self) -> str | None:
         return None if self.verdict is None else VERDICT_TEXT[self.verdict]
+
+    @property
+    def top_warning(self) -> str | None:
+        """"top answer is POISONOUS: ..." when the top answer itself is dangerous."""
+        if self.top_danger is None or not self.candidates:
+            return None
+        top = self.candidates[0]
+        text = f"top answer is {self.top_danger.upper()}: {top.scientific_name} ({top.common_name})"
+        return f"{text} - {top.caution}" if top.caution else text
 
     def to_dict(self) -> dict[str, Any]:
         if not self.ok:
             return {"photo": self.photo, "ok": False, "error": self.error, "notice": self.notice}
-        return {
+        out = {
             "photo": self.photo,
             "ok": True,
-            "top5": [c.to_dict() for c in self.candidates],
-            "p_edible": round(float(self.p_edible), 6),
             "verdict": self.verdict,
             "verdict_text": self.verdict_text,
-            "lookalike_warnings": [w.to_dict() for w in self.lookalikes],
-            "notice": self.notice,
+            "reasons": list(self.reasons),
         }
+        if self.verdict == UNKNOWN_SPECIES:
+            out["closest_known"] = [c.to_dict() for c in self.candidates]
+        elif self.verdict != UNUSABLE_PHOTO:
+            out.update({
+                "top5": [c.to_dict() for c in self.candidates],
+                "p_edible": round(float(self.p_edible), 6),
+                "top_answer_warning": self.top_warning,
+                "lookalike_warnings": [w.to_dict() for w in self.lookalikes],
+            })
+        if self.open_set_score is not None:
+            out["open_set_score"] = round(self.open_set_score, 6)
+        out["notice"] = self.notice
+        return out
 
 
 # --------------------------------------------------------------------------- bundle location
@@ -200,7 +254,7 @@ def _unavailable(err: Exception) -> str:
     """Why a ``gs://`` location could not be read, in words."""
     if isinstance(err, ImportError):
         return (f"reading a gs:// bundle needs google-cloud-storage ({err}); "
-                "install quantized-mushroom[pipeline] or copy the bundle locally")
+                "pip install '.[storage]' in a quantized-mushroom checkout, or copy the bundle locally")
     if isinstance(err, FileNotFoundError):
         return f"no bundle there ({err})"
     return f"cannot be read ({type(err).__name__}: {err})"
@@ -261,6 +315,8 @@ class Identifier:
         num_threads: CPU threads for the interpreter (None: the runtime's default).
         cache_dir: Cache folder for ``gs://`` bundles.
         refresh: Download a ``gs://`` bundle again.
+        quality_gate: Refuse unusable photos before the model (:mod:`mushroom.quality`).
+        open_set: Refuse photos whose open-set score is below the bundle's threshold.
 
     Raises:
         BundleError: The bundle is missing a file, is inconsistent (labels that do not match
@@ -268,12 +324,15 @@ class Identifier:
     """
 
     def __init__(self, bundle: str | Path | Bundle, variant: str | None = None,
-                 num_threads: int | None = None, cache_dir: str | Path | None = None, refresh: bool = False):
+                 num_threads: int | None = None, cache_dir: str | Path | None = None, refresh: bool = False,
+                 quality_gate: bool = True, open_set: bool = True):
         if not isinstance(bundle, Bundle):
             bundle = read_bundle(resolve_bundle(bundle, cache_dir, refresh))
         self.bundle = bundle
         self.variant = variant or bundle.default_variant
         self.policy: Policy = bundle.policy(self.variant)
+        self.quality_gate = quality_gate
+        self.open_set: OpenSetRule | None = bundle.open_set_rule(self.variant) if open_set else None
         if not (math.isfinite(self.policy.temperature) and self.policy.temperature > 0):
             raise BundleError(f"bundle {bundle.root}: calibration temperature {self.policy.temperature} "
                               f"of variant {self.variant!r} is not a positive number")
@@ -301,9 +360,20 @@ class Identifier:
     def image_size(self) -> int:
         return self.classifier.image_size
 
+    @property
+    def species(self) -> list[Species]:
+        """The species the bundle knows, in class order."""
+        return list(self._species)
+
+    @property
+    def synthetic(self) -> bool:
+        """The bundle's model was trained on synthetic drawings (its provenance says so)."""
+        return bundle_data_source(self.bundle.metadata).get("source") == "synthetic"
+
     def describe(self) -> dict[str, Any]:
-        """The bundle, variant and policy in use (for reports)."""
+        """The bundle, variant, data source and policy in use (for reports)."""
         meta = self.bundle.metadata
+        rule = self.open_set
         return {
             "path": str(self.bundle.root),
             "model_name": meta.get("model_name"),
@@ -311,29 +381,79 @@ class Identifier:
             "variant": self.variant,
             "image_size": self.image_size,
             "num_species": len(self._species),
+            "species": [s.scientific_name for s in self._species],
+            "data_source": bundle_data_source(meta),
+            "synthetic_banner": SYNTHETIC_BANNER if self.synthetic else None,
             "policy": self.policy.to_dict(),
+            "open_set": None if rule is None else {k: v for k, v in rule.to_dict().items() if k != "prototypes"},
+            "quality_gate": self.quality_gate,
         }
 
     def calibrated(self, pixels: np.ndarray) -> np.ndarray:
         """Calibrated class probabilities for preprocessed pixels ``(n, size, size, 3)``."""
         return apply_temperature(self.classifier.predict(pixels), self.policy.temperature)
 
+    def unusable(self, photo: str, reason: str) -> Answer:
+        """The answer for a photo the quality gate refused."""
+        return Answer(photo, verdict=UNUSABLE_PHOTO, reasons=(f"not a usable photo: {reason}",))
+
     def answer(self, photo: str, probs: np.ndarray) -> Answer:
-        """Build the answer for one photo from its calibrated probabilities ``(num_classes,)``."""
+        """Build the answer for one photo from its calibrated probabilities ``(num_classes,)``.
+
+        The open-set rule is applied first (photos below its threshold are "unknown species");
+        otherwise the species answer, with the veto: a poisonous or deadly species above 1%
+        among the top 5, the top answer included, means the verdict is never "edible".
+        """
         top = top_classes(probs, TOP_K)
         candidates = tuple(
             SpeciesMatch(s.scientific_name, s.common_name, s.taxon_id, float(probs[i]), s.edibility, s.caution)
             for i in top
             for s in (self._species[i],)
         )
-        lookalikes = tuple(
-            Lookalike(c.scientific_name, c.common_name, c.edibility, c.probability, c.caution)
-            for c in candidates
-            if c.edibility in DANGEROUS and c.probability > LOOKALIKE_MIN_PROBABILITY
-        )
+        score = None
+        if self.open_set is not None:
+            score = float(self.open_set.scores(probs[None])[0])
+            if self.open_set.threshold is not None and score < self.open_set.threshold:
+                reason = (f"not one of the {len(self._species)} species this model knows: the photo is unlike the "
+                          f"photos it was trained on (open-set score {score:.3g} is below "
+                          f"{self.open_set.threshold:.3g})")
+                return Answer(photo, candidates, verdict=UNKNOWN_SPECIES, reasons=(reason,), open_set_score=score)
+        dangerous = [c for c in candidates if c.edibility in DANGEROUS and c.probability > LOOKALIKE_MIN_PROBABILITY]
+        top_danger = candidates[0].edibility if candidates and candidates[0].edibility in DANGEROUS else None
+        lookalikes = tuple(Lookalike(c.scientific_name, c.common_name, c.edibility, c.probability, c.caution)
+                           for c in dangerous if c is not candidates[0])
         p_edible = float(edible_probability(probs, self._edible))
-        verdict = self.policy.verdict(p_edible, dangerous_lookalike=bool(lookalikes))
-        return Answer(photo, candidates, p_edible, verdict, lookalikes)
+        verdict = self.policy.verdict(p_edible, dangerous_lookalike=bool(dangerous) or top_danger is not None)
+        return Answer(photo, candidates, p_edible, verdict, lookalikes, top_danger=top_danger,
+                      reasons=self._reasons(verdict, p_edible, dangerous), open_set_score=score)
+
+    def _reasons(self, verdict: str, p_edible: float, dangerous: list[SpeciesMatch]) -> tuple[str, ...]:
+        """Why a species answer abstains ("uncertain - ask an expert"); empty otherwise."""
+        if verdict != UNCERTAIN:
+            return ()
+        reasons = []
+        if dangerous:
+            named = ", ".join(f"{c.scientific_name} ({c.edibility}, {format_probability(c.probability)})"
+                              for c in dangerous)
+            reasons.append(f"dangerous lookalike above {LOOKALIKE_MIN_PROBABILITY:.0%} among the top answers: {named}")
+        threshold = self.policy.edible_threshold
+        if threshold is None:
+            if p_edible >= self.policy.not_edible_below:
+                reasons.append("not certain enough: this bundle has no fitted safety threshold, so it never says "
+                               "'edible'")
+        elif p_edible < threshold:
+            reasons.append(f"not certain enough: P(edible) {format_probability(p_edible)} is below the safety "
+                           f"threshold {format_probability(threshold)}")
+        if not reasons:  # edible by the threshold but vetoed: said above; keep one line regardless
+            reasons.append("not certain enough")
+        return tuple(reasons)
+
+    def _read(self, photo: str | Path) -> tuple[np.ndarray, str | None]:
+        """The model input of a photo and, with the quality gate on, why it is not usable (None: usable)."""
+        pixels = load_image(photo, self.image_size)
+        if not self.quality_gate:
+            return pixels, None
+        return pixels, check_pixels(pixels, photo_size(photo))
 
     def identify(self, photo: str | Path) -> Answer:
         """Answer one photo.
@@ -341,7 +461,9 @@ class Identifier:
         Raises:
             ImageError: The photo is missing, empty, a folder, or not a readable image.
         """
-        pixels = load_image(photo, self.image_size)
+        pixels, unusable = self._read(photo)
+        if unusable:
+            return self.unusable(str(photo), unusable)
         return self.answer(str(photo), self.calibrated(pixels[None])[0])
 
     def identify_many(self, photos: Iterable[str | Path], batch_size: int = 16) -> Iterator[Answer]:
@@ -349,15 +471,23 @@ class Identifier:
         batch: list[tuple[str, np.ndarray]] = []
         for photo in photos:
             try:
-                batch.append((str(photo), load_image(photo, self.image_size)))
+                pixels, unusable = self._read(photo)
             except ImageError as err:
                 yield from self._flush(batch)
                 batch = []
                 yield Answer(str(photo), error=str(err))
+                continue
             except Exception as err:  # one odd photo must not stop the others
                 yield from self._flush(batch)
                 batch = []
                 yield Answer(str(photo), error=f"{photo}: cannot be read ({type(err).__name__}: {err})")
+                continue
+            if unusable:
+                yield from self._flush(batch)
+                batch = []
+                yield self.unusable(str(photo), unusable)
+                continue
+            batch.append((str(photo), pixels))
             if len(batch) >= batch_size:
                 yield from self._flush(batch)
                 batch = []
@@ -369,6 +499,11 @@ class Identifier:
         probs = self.calibrated(np.stack([pixels for _, pixels in batch]))
         for (photo, _), row in zip(batch, probs, strict=True):
             yield self.answer(photo, row)
+
+
+def bundle_data_source(metadata: dict[str, Any]) -> dict[str, Any]:
+    """What a bundle's model was trained on (``metadata.json``'s ``provenance.data``); {} if unrecorded."""
+    return dict((metadata.get("provenance") or {}).get("data") or {})
 
 
 def identify(photos: str | Path | Iterable[str | Path], bundle: str | Path | Bundle, *,
@@ -407,43 +542,110 @@ def format_probability(p: float) -> str:
     return f"{100 * p:.1f}%"
 
 
-def format_header(identifier: Identifier) -> str:
+SPECIES_NAMED_IN_HEADER = 12  # more species than this: the header gives the count and points to --species
+
+
+def describe_source(source: dict[str, Any]) -> str:
+    """One line on what a bundle was trained on, from its recorded data source."""
+    kind = source.get("source")
+    if kind is None:
+        return "trained on: not recorded in this bundle"
+    if kind == "synthetic":
+        return "trained on: synthetic drawings of mushrooms (the demo generator), not photos"
+    if kind == "inaturalist":
+        where = source.get("place_id")
+        when = source.get("acquired_at")
+        return (f"trained on: iNaturalist research-grade photos (place {where}"
+                f"{', acquired ' + when[:10] if when else ''})")
+    return f"trained on: photos from a local folder ({source.get('root', '?')})"
+
+
+def format_species(identifier: Identifier) -> str:
+    """The table ``--species`` prints: every species the bundle knows, with its edibility."""
+    lines = [f"This model knows {len(identifier.species)} species (it names no other):",
+             f"  {'#':>3}  {'species':<30} {'common name':<28} {'edibility':<10} caution"]
+    for i, s in enumerate(identifier.species):
+        lines.append(f"  {i:>3}  {s.scientific_name:<30} {s.common_name:<28} {s.edibility:<10} {s.caution}".rstrip())
+    return "\n".join(lines)
+
+
+def format_header(identifier: Identifier, verbose: bool = False) -> str:
+    """The lines printed once per call: notice, banner, bundle, the species it knows."""
     d = identifier.describe()
-    policy = identifier.policy
-    threshold = ("never says 'edible' (no fitted threshold)" if policy.edible_threshold is None
-                 else f"'edible' only at P(edible) >= {policy.edible_threshold:.3g}")
-    return "\n".join([
-        NOTICE,
-        "",
+    species = identifier.species
+    names = ", ".join(s.scientific_name for s in species)
+    known = (f"knows {len(species)} species: {names}" if len(species) <= SPECIES_NAMED_IN_HEADER
+             else f"knows {len(species)} species (`mushroom identify --species --bundle ...` lists them)")
+    lines = [NOTICE, ""]
+    if identifier.synthetic:
+        lines += [f"*** {SYNTHETIC_BANNER} ***", ""]
+    lines += [
         f"bundle: {d['path']}",
-        f"model:  {d['model_name']} ({d['architecture']}, {d['variant']}, {d['image_size']} px, "
-        f"{d['num_species']} species); policy: temperature {policy.temperature:.3g}, {threshold}",
-    ])
+        f"model:  {d['model_name']} ({d['architecture']}, {d['variant']}, {d['image_size']} px); {known}",
+        describe_source(d["data_source"]),
+    ]
+    rule = identifier.open_set
+    if rule is None or rule.threshold is None:
+        lines.append("note: this bundle cannot tell unknown species apart: a photo of any other species is "
+                     "answered as one of these")
+    if verbose:
+        policy = identifier.policy
+        threshold = ("never says 'edible' (no fitted threshold)" if policy.edible_threshold is None
+                     else f"'edible' only at P(edible) >= {policy.edible_threshold:.3g}")
+        open_set = ("no open-set threshold" if rule is None or rule.threshold is None
+                    else f"open-set score {rule.score} >= {rule.threshold:.4g} (keeps {rule.known_kept:.0%} of "
+                         f"known validation photos)")
+        lines.append(f"policy: temperature {policy.temperature:.3g}, {threshold}; {open_set}; "
+                     f"quality gate {'on' if identifier.quality_gate else 'off'}")
+    return "\n".join(lines)
 
 
-def format_answer(answer: Answer) -> str:
+def _candidate_rows(answer: Answer) -> list[str]:
+    rows = [f"  {'#':>1}  {'species':<28} {'common name':<24} {'certainty':>9}  {'edibility':<9}  caution"]
+    for i, c in enumerate(answer.candidates, start=1):
+        rows.append(f"  {i:>1}  {c.scientific_name:<28} {c.common_name:<24} "
+                    f"{format_probability(c.probability):>9}  {c.edibility:<9}  {c.caution}".rstrip())
+    return rows
+
+
+def format_answer(answer: Answer, verbose: bool = False) -> str:
     """A readable block for one answered photo."""
     if not answer.ok:
         return f"{answer.photo}\n  ERROR: {answer.error}"
-    lines = [answer.photo,
-             f"  {'#':>1}  {'species':<28} {'common name':<24} {'certainty':>9}  {'edibility':<9}  caution"]
-    for i, c in enumerate(answer.candidates, start=1):
-        lines.append(f"  {i:>1}  {c.scientific_name:<28} {c.common_name:<24} "
-                     f"{format_probability(c.probability):>9}  {c.edibility:<9}  {c.caution}".rstrip())
-    lines.append(f"  P(edible): {format_probability(answer.p_edible)}")
-    lines.append(f"  verdict:   {answer.verdict_text}")
+    lines = [answer.photo]
+    if answer.refused:
+        lines.append(f"  verdict:   {answer.verdict_text}")
+        lines += [f"  why:       {r}" for r in answer.reasons]
+        if verbose and answer.candidates:
+            lines.append("  closest known species (NOT an identification):")
+            lines += ["  " + row for row in _candidate_rows(answer)]
+        lines.append(f"  {answer.notice}")
+        return "\n".join(lines)
+    lines += _candidate_rows(answer)
+    if answer.top_warning:
+        lines.append(f"  WARNING:   {answer.top_warning}")
     for w in answer.lookalikes:
         lines.append(f"  WARNING:   {w.message}")
+    lines.append(f"  P(edible): {format_probability(answer.p_edible)}")
+    lines.append(f"  verdict:   {answer.verdict_text}")
+    lines += [f"  why:       {r}" for r in answer.reasons]
+    if verbose and answer.open_set_score is not None:
+        lines.append(f"  open-set score: {answer.open_set_score:.4g}")
     lines.append(f"  {answer.notice}")
     return "\n".join(lines)
 
 
-def format_footer(answers: list[Answer]) -> str:
+def format_footer(answers: list[Answer], synthetic: bool = False) -> str:
     failed = sum(not a.ok for a in answers)
     counts = f"{len(answers) - failed} of {len(answers)} photo(s) answered"
+    refused = {v: sum(a.verdict == v for a in answers) for v in (UNUSABLE_PHOTO, UNKNOWN_SPECIES)}
+    if any(refused.values()):
+        counts += (f" ({refused[UNUSABLE_PHOTO]} not usable, {refused[UNKNOWN_SPECIES]} not one of the known "
+                   "species)")
     if failed:
         counts += f"; {failed} failed (errors above)"
-    return f"{counts}.\n{NOTICE}"
+    banner = f"\n{SYNTHETIC_BANNER}" if synthetic else ""
+    return f"{counts}.{banner}\n{NOTICE}"
 
 
 def report(identifier: Identifier, answers: list[Answer]) -> dict[str, Any]:
@@ -453,5 +655,6 @@ def report(identifier: Identifier, answers: list[Answer]) -> dict[str, Any]:
         "bundle": identifier.describe(),
         "results": [a.to_dict() for a in answers],
         "answered": sum(a.ok for a in answers),
+        "refused": {v: sum(a.verdict == v for a in answers) for v in (UNUSABLE_PHOTO, UNKNOWN_SPECIES)},
         "failed": sum(not a.ok for a in answers),
     }

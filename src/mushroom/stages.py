@@ -178,7 +178,7 @@ def quantize(dataset_dir, splits_dir, model_dir, model_config: dict[str, Any], s
     validation top-1, agreement with float32 and latency, the worst int8 layers, and why the
     default variant was chosen.
     """
-    from mushroom.bundle import write_bundle
+    from mushroom.bundle import build_provenance, write_bundle
     from mushroom.datasets import balanced_sample, load_images, load_split
     from mushroom.models import load_model
     from mushroom.quantize import format_report, headline_metrics, quantize_model
@@ -199,8 +199,9 @@ def quantize(dataset_dir, splits_dir, model_dir, model_config: dict[str, Any], s
             q.tolerance_points, q.min_agreement, debug_samples=q.debug_samples, latency_runs=q.latency_runs)
         extra = {"representative_samples": int(len(picked)), "choice_reason": report["reason"]}
         image = {key: os.environ[var] for key, var in IMAGE_ENV.items() if os.environ.get(var)}
-        if image:
-            extra["provenance"] = {"image": image}
+        dataset_config = read_json(Path(dataset_dir) / "dataset.json").get("config")
+        run_config = {"seed": seed, "dataset": dataset_config, "model": config.model_dump(mode="json")}
+        extra["provenance"] = build_provenance(dataset_dir, splits_dir, run_config, {"image": image} if image else None)
         write_bundle(out_dir, models, train_split.catalog, config.model_dump(), extra,
                      default_variant=report["chosen"])
         write_json_atomic(out_dir / "quantization_report.json", report)
@@ -231,8 +232,9 @@ def evaluate(dataset_dir, splits_dir, model_dir, bundle_dir, out_dir: str | Path
     """
     from mushroom.bundle import CALIBRATION, read_bundle
     from mushroom.calibration import DEFAULT_TARGET
-    from mushroom.datasets import load_images, load_split
+    from mushroom.datasets import load_images, load_split, load_unknown
     from mushroom.evaluate import (
+        OpenSetInputs,
         calibration_file,
         evaluate_predictions,
         flatten_metrics,
@@ -241,6 +243,7 @@ def evaluate(dataset_dir, splits_dir, model_dir, bundle_dir, out_dir: str | Path
     )
     from mushroom.evaluation import write_evaluation
     from mushroom.models import load_model
+    from mushroom.openset import gather_negatives
     from mushroom.report import write_report
     from mushroom.tracking import log_evaluation
 
@@ -261,7 +264,23 @@ def evaluate(dataset_dir, splits_dir, model_dir, bundle_dir, out_dir: str | Path
         val_probs = {k: p[:n_val] for k, p in probs.items()}
         test_probs = {k: p[n_val:] for k, p in probs.items()}
         latency = measure_variants_latency(bundle, images[n_val], latency_runs)
-        result = evaluate_predictions(test.labels, test_probs, bundle, val.labels, val_probs, latency, target)
+        unknown_paths, unknown_taxa = load_unknown(dataset_dir)
+        unknown_images = load_images(unknown_paths, bundle.image_size)
+        negatives = gather_negatives(bundle.image_size, unknown_images=unknown_images, unknown_taxa=unknown_taxa,
+                                     unknown_gate=_gate(unknown_paths, unknown_images))
+        stacked = np.concatenate(list(negatives.images.values()))
+        log.info("evaluate: %d open-set negatives (%s), %d of them unknown-species photos", len(stacked),
+                 ", ".join(f"{k} {len(v)}" for k, v in negatives.images.items()), len(unknown_paths))
+        negative_probs = predict_variants(model, bundle_dir, stacked)
+        bounds = np.cumsum([0] + [len(v) for v in negatives.images.values()])
+        open_set = OpenSetInputs(
+            negatives, {key: {kind: p[a:b] for kind, a, b in zip(negatives.images, bounds[:-1], bounds[1:],
+                                                                  strict=True)}
+                        for key, p in negative_probs.items()},
+            _gate(test.paths, images[n_val:]))
+        data_source = bundle.provenance.get("data") or _dataset_source(dataset_dir)
+        result = evaluate_predictions(test.labels, test_probs, bundle, val.labels, val_probs, latency, target,
+                                      open_set, data_source)
         path = write_evaluation(result, out_dir)
         np.savez_compressed(out_dir / "predictions.npz", labels=test.labels, **test_probs,
                             val_labels=val.labels, **{f"val_{k}": p for k, p in val_probs.items()})
@@ -280,12 +299,26 @@ def evaluate(dataset_dir, splits_dir, model_dir, bundle_dir, out_dir: str | Path
     return result
 
 
+def _gate(paths: list[str], images: np.ndarray) -> np.ndarray:
+    """The quality gate's refusal of each photo (True: "not a usable photo")."""
+    from mushroom.quality import check_pixels, photo_size
+
+    return np.array([check_pixels(image, photo_size(path)) is not None for path, image in zip(paths, images,
+                                                                                               strict=True)], bool)
+
+
+def _dataset_source(dataset_dir: str | Path) -> dict[str, Any]:
+    """The data source of a dataset folder (for bundles written before provenance was recorded)."""
+    info = read_json(Path(dataset_dir) / "dataset.json")
+    return {"source": info.get("source"), "synthetic": info.get("source") == "synthetic"}
+
+
 @dataclass(frozen=True)
 class EvaluationOutputs:
     """What the evaluate component shows in KFP: headline metrics and the shipped variant's plots.
 
     Attributes:
-        metrics: Flat name -> number metrics (:func:`mushroom.evaluate.flatten_metrics`).
+        metrics: The headline figures, flat name -> number (:func:`evaluation_headlines`).
         variant: The evaluation key shown: the variant the bundle ships.
         species: Class names, in class order.
         confusion_matrix: The shown variant's test confusion matrix.
@@ -306,8 +339,27 @@ def evaluation_outputs(evaluation: Evaluation, bundle_dir: str | Path) -> Evalua
 
     key = evaluation.shown_variant(read_bundle(bundle_dir).default_variant)
     shown = evaluation.variants[key]
-    return EvaluationOutputs(flatten_metrics(evaluation), key, evaluation.species,
-                             shown.species.confusion_matrix, shown.calibrated.edibility.roc_curve)
+    headlines = evaluation_headlines(flatten_metrics(evaluation), evaluation, key)
+    return EvaluationOutputs(headlines, key, evaluation.species, shown.species.confusion_matrix,
+                             shown.calibrated.edibility.roc_curve)
+
+
+# The shown (shipped) variant's figures in KFP Metrics, besides every variant's top-1 and size.
+_SHOWN_HEADLINES = ("top5", "validation_top1", "latency_threads_1_median_ms", "calibrated_calibration_ece",
+                    "calibrated_policy_risk", "calibrated_policy_coverage")
+_INT8_HEADLINES = ("top1_change", "size_ratio", "latency_ratio_threads_1")
+
+
+def evaluation_headlines(flat: dict[str, float], evaluation: Evaluation, shown: str) -> dict[str, float]:
+    """The short list of figures a KFP ``Metrics`` artifact holds (every figure stays in ``evaluation.json``).
+
+    Every variant's top-1 and size, the shown variant's top-5, validation top-1, latency, ECE,
+    dangerous-as-edible rate and coverage, and full int8 against float32; named as in
+    :func:`mushroom.evaluate.flatten_metrics` (``flat``).
+    """
+    keys = [f"{k}_{m}" for k in evaluation.ordered() for m in ("top1", "size_mb")]
+    keys += [f"{shown}_{m}" for m in _SHOWN_HEADLINES] + [f"int8_vs_float32_{m}" for m in _INT8_HEADLINES]
+    return {k: flat[k] for k in keys if k in flat}
 
 
 def compare(evaluation_dirs: list, bundle_dirs: list, best_bundle_dir: str | Path,

@@ -11,7 +11,15 @@ from functools import cache
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from mushroom import variants as registry
-from mushroom.report.tables import SECTIONS, Table, section_tables, settings_line, species_tables
+from mushroom.report.tables import (
+    SECTIONS,
+    Table,
+    data_source_line,
+    openset_tables,
+    section_tables,
+    settings_line,
+    species_tables,
+)
 
 if TYPE_CHECKING:
     from mushroom.evaluation import Evaluation
@@ -49,7 +57,9 @@ def render_html(evaluation: Evaluation, plots: dict[str, Plot], shipped_variant:
     """
     return _render("report.html.j2", title=f"Evaluation {evaluation.model_name}", evaluation=evaluation,
                    settings=settings_line(evaluation, shipped_variant), sections=SECTIONS,
-                   tables=section_tables(evaluation), species_tables=species_tables(evaluation, shipped_variant),
+                   data_source=data_source_line(evaluation),
+                   tables={**section_tables(evaluation), **openset_tables(evaluation)},
+                   species_tables=species_tables(evaluation, shipped_variant),
                    images={stem: _image(plot) for stem, plot in plots.items()})
 
 

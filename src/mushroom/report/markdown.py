@@ -4,13 +4,20 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from mushroom.report.tables import SECTIONS, md_table, section_tables, settings_line
+from mushroom.report.tables import (
+    SECTIONS,
+    data_source_line,
+    md_table,
+    openset_tables,
+    section_tables,
+    settings_line,
+)
 
 if TYPE_CHECKING:
     from mushroom.evaluation import Evaluation
 
 # The sections of the HTML report that the summary repeats, after the overview.
-_SUMMARY_SECTIONS = ("policy", "edibility", "calibration", "speed", "quantization")
+_SUMMARY_SECTIONS = ("policy", "open_set", "edibility", "calibration", "speed", "quantization")
 
 
 def render_summary(evaluation: Evaluation, shipped_variant: str | None = None) -> str:
@@ -20,8 +27,11 @@ def render_summary(evaluation: Evaluation, shipped_variant: str | None = None) -
         evaluation: The evaluation.
         shipped_variant: The variant the bundle ships (``metadata.json``'s ``default_variant``).
     """
-    tables = section_tables(evaluation)
-    lines = [f"# Evaluation: {evaluation.model_name}", "", settings_line(evaluation, shipped_variant), "",
+    tables = {**section_tables(evaluation), **openset_tables(evaluation)}
+    source = data_source_line(evaluation)
+    if (evaluation.data_source or {}).get("source") == "synthetic":
+        source = f"> **{source}**"
+    lines = [f"# Evaluation: {evaluation.model_name}", "", source, "", settings_line(evaluation, shipped_variant), "",
              *(f"> **Warning:** {w}\n" for w in evaluation.warnings or []),
              md_table(tables["overview"].header, tables["overview"].rows)]
     for section in _SUMMARY_SECTIONS:

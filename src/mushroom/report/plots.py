@@ -200,6 +200,27 @@ def plot_accuracy_vs_cost(points: list[Point], title: str) -> bytes:
 # --- the plots of one evaluation ------------------------------------------------------------------
 
 
+def plot_openset_histogram(histogram: dict[str, list[float]], threshold: float | None, title: str) -> bytes:
+    """Open-set score histograms: known test photos against each kind of negative, and the threshold."""
+    edges = np.asarray(histogram["edges"])
+    centers = (edges[:-1] + edges[1:]) / 2
+    kinds = [k for k in histogram if k != "edges"]
+    fig = _figure(7.5, 4.0)
+    ax = fig.add_subplot()
+    for i, kind in enumerate(kinds):
+        counts = np.asarray(histogram[kind], dtype=np.float64)
+        share = counts / counts.sum() if counts.sum() else counts
+        ax.plot(centers, share, drawstyle="steps-mid", color=_color(i), lw=2.2 if kind == "known_test" else 1.2,
+                label=kind)
+    if threshold is not None:
+        ax.axvline(threshold, color="black", ls="--", lw=1, label="threshold")
+    ax.set_xlabel("open-set score (higher: more like a known species)")
+    ax.set_ylabel("share of photos")
+    ax.set_title(title)
+    ax.legend(fontsize=7, ncol=2)
+    return _png(fig)
+
+
 def tflite_points(evaluation: Evaluation) -> list[Point]:
     """Every TFLite variant of ``evaluation`` with a file size, in report order."""
     return [Point(name, v.top1, v.size_mb, median_ms(latency(v)[0]), evaluation.model_name)
@@ -229,6 +250,13 @@ def build_plots(evaluation: Evaluation, shipped_variant: str | None = None) -> d
                            evaluation.target_dangerous_as_edible))
     plots["edible_roc"] = Plot("ROC of P(edible), calibrated, test split",
                                plot_edible_roc({k: v.calibrated.edibility for k, v in variants.items()}))
+    for key in focus_variants(evaluation, shipped_variant):
+        o = variants[key].open_set
+        if o is not None:
+            plots[f"openset_{key}"] = Plot(
+                f"Open-set score ({o.score}) of known test photos and of each kind of negative, {key} "
+                "(dashed: the threshold; photos left of it are answered 'not one of the known species')",
+                plot_openset_histogram(o.histogram, o.threshold, f"{key}: open-set score"))
     points = tflite_points(evaluation)
     if points:
         plots["accuracy_vs_cost"] = Plot("Top-1 accuracy against size and CPU latency per TFLite variant",

@@ -32,6 +32,7 @@ SECTIONS = {
     "edibility": "Edibility",
     "calibration": "Calibration",
     "policy": "Safety policy",
+    "open_set": "Open set: unknown species and unusable photos",
     "speed": "Speed and size",
     "quantization": f"{registry.REFERENCE.capitalize()} to {registry.FULL_INTEGER}",
 }
@@ -150,6 +151,62 @@ def settings_line(evaluation: Evaluation, shipped_variant: str | None = None) ->
         line += (f" Latency: batch 1, {s.warmup} warm-up and {s.runs} timed runs, 1 thread and "
                  f"{s.threads_all} threads.")
     return line
+
+
+def data_source_line(evaluation: Evaluation) -> str:
+    """What the model was trained on, in one sentence; plain when it is synthetic."""
+    source = (evaluation.data_source or {}).get("source")
+    if source is None:
+        return "Data source: not recorded."
+    if source == "synthetic":
+        return ("Data source: SYNTHETIC drawings of mushrooms (the demo generator), not photos. These figures test "
+                "the pipeline; they say nothing about how the model does on real mushrooms.")
+    if source == "inaturalist":
+        d = evaluation.data_source
+        return (f"Data source: iNaturalist research-grade photos (place {d.get('place_id')}, acquired "
+                f"{(d.get('acquired_at') or '?')[:10]}).")
+    return f"Data source: photos from a local folder ({evaluation.data_source.get('root', '?')})."
+
+
+def openset_table(evaluation: Evaluation) -> Table:
+    """Per variant and kind of negative: AUROC, FPR at 95% TPR and refusals with the gate off and on."""
+    from mushroom.openset import GROUP_TITLES
+
+    header = ["variant", "score (threshold)", "kind", "fitted on", "photos", "AUROC (gate off / on)",
+              "FPR at 95% TPR", "refused: score only", "refused: gate + score", "named as known",
+              "of those, edible"]
+    rows = []
+    for key, v in evaluation.ordered().items():
+        o = v.open_set
+        if o is None:
+            continue
+        rule = f"{o.score} ({fmt(o.threshold, 4)})" if o.threshold is not None else f"{o.score} (none)"
+        rows.append([key, rule, "known test photos", "threshold (val)", str(o.test_photos), DASH, DASH,
+                     pct(o.test_refused_gate_off), pct(o.test_refused_gate_on), DASH, DASH])
+        for kind, k in o.kinds.items():
+            rows.append([key, rule, f"{kind} ({GROUP_TITLES.get(k.group, k.group)})", "yes" if k.fit else "held out",
+                         str(k.photos), f"{fmt(k.auroc)} / {fmt(k.auroc_gate_on)}", pct(k.fpr95),
+                         pct(k.refused_gate_off), pct(k.refused_gate_on), pct(k.named_as_known),
+                         pct(k.named_edible_share)])
+    return Table(header, rows)
+
+
+def openset_groups_table(evaluation: Evaluation) -> Table:
+    """The held-out kinds of each group together, per variant (the headline open-set figures)."""
+    from mushroom.openset import GROUP_TITLES
+
+    header = ["variant", "score", "negatives (held out)", "photos", "AUROC", "AUROC, gate on", "FPR at 95% TPR",
+              "refused: score only", "refused: gate + score", "known test refused"]
+    rows = []
+    for key, v in evaluation.ordered().items():
+        o = v.open_set
+        if o is None:
+            continue
+        for group, g in o.groups.items():
+            rows.append([key, o.score, f"{GROUP_TITLES.get(group, group)}: {', '.join(g.kinds)}", str(g.photos),
+                         fmt(g.auroc), fmt(g.auroc_gate_on), pct(g.fpr95), pct(g.refused_gate_off),
+                         pct(g.refused_gate_on), pct(o.test_refused_gate_on)])
+    return Table(header, rows)
 
 
 def risk(policy) -> str:
@@ -289,6 +346,11 @@ def quantization_table(evaluation: Evaluation) -> Table:
                          signed(d.ece_change.absolute), pct(d.top1_agreement), fmt(d.size_ratio),
                          fmt(d.latency_ratio_threads_1)])
     return Table(header, rows)
+
+
+def openset_tables(evaluation: Evaluation) -> dict[str, Table]:
+    """The open-set section's tables (no rows for an evaluation without open-set figures)."""
+    return {"open_set": openset_groups_table(evaluation), "open_set_kinds": openset_table(evaluation)}
 
 
 def section_tables(evaluation: Evaluation) -> dict[str, Table]:

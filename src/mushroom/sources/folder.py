@@ -24,11 +24,15 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 
 
-def _species_dirs(root: Path, catalog: Catalog) -> dict[int, Path]:
+def _species_dirs(root: Path, catalog: Catalog, ignore: Catalog | None = None) -> dict[int, Path]:
     full = load_catalog()
     dirs, unknown = {}, []
     for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        species = full.find(d.name)
+        # The configured taxa first: they may lie beyond the catalog (unknown species).
+        species = catalog.find(d.name) or full.find(d.name)
+        if species is None and ignore is not None and ignore.find(d.name) is not None:
+            log.info("skipping %s: an unknown species (open-set evaluation only)", d)
+            continue
         if species is None:
             unknown.append(d.name)
         elif species.taxon_id in catalog:
@@ -70,20 +74,24 @@ def _place(src: Path, dst: Path, link: bool) -> None:
     os.replace(tmp, dst)
 
 
-def import_folder(config: FolderSourceConfig, catalog: Catalog, out_dir: Path) -> list[PhotoRecord]:
+def import_folder(config: FolderSourceConfig, catalog: Catalog, out_dir: Path,
+                  ignore: Catalog | None = None) -> list[PhotoRecord]:
     """Import photos from an ImageFolder tree into the dataset folder ``out_dir``.
 
     Args:
         config: ``root`` of the tree and whether to hard-link (else copy) photos.
-        catalog: The configured species; folders of other catalog species are skipped.
+        catalog: The configured species (possibly beyond the catalog: unknown species); folders
+            of other catalog species are skipped.
         out_dir: The dataset folder.
+        ignore: Taxa whose folders are skipped without complaint (the unknown species, when
+            importing the trained ones).
 
     Returns:
         One record per usable photo. Unreadable files are skipped and logged.
     """
     root = Path(config.root)
     records, bad = [], []
-    for taxon_id, species_dir in _species_dirs(root, catalog).items():
+    for taxon_id, species_dir in _species_dirs(root, catalog, ignore).items():
         files = sorted(p for p in species_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         for src in tqdm(files, desc=f"import {species_dir.name}", unit="photo", leave=False):
             if not _is_image(src):

@@ -1,0 +1,553 @@
+"""Open-set answers: "not one of the species this model knows" (numpy and Pillow only).
+
+A score says how much a photo looks like the species a model was trained on (higher: more
+like a known species). ``identify`` refuses a photo whose score is below the bundle's fitted
+threshold; the evaluate stage fits that threshold on validation photos (known) so that a
+share of them (:data:`DEFAULT_KNOWN_KEPT`) is kept, and measures how many negatives it
+refuses: generated non-mushroom images (:func:`generate_negatives`), real non-mushroom photos
+that ship with well-kept packages (:func:`package_photos`) and photos of species the model was
+never trained on (the dataset's ``unknown`` photos).
+
+Scores (:data:`SCORES`) are computed from what every TFLite variant outputs, the class
+probabilities, so int8 and float variants are scored alike and the model's output contract is
+unchanged:
+
+- ``msp``: the largest probability (maximum softmax probability);
+- ``neg_entropy``: minus the entropy of the probabilities;
+- ``max_logit``: the largest log-probability minus the mean log-probability, i.e. the largest
+  logit minus the mean logit (the softmax's shift cancels), with the log clipped at 1e-6 so a
+  quantized output's zeros stay finite;
+- ``prototype``: minus the distance between a photo's clipped log-probabilities and the mean
+  clipped log-probabilities of the validation photos of its top class (class prototypes in
+  the model's output space, fitted on the validation split and stored in the bundle).
+
+Which score a bundle uses is chosen by measurement in the evaluate stage
+(:func:`choose_score`, among :data:`CANDIDATE_SCORES`): the one with the highest mean AUROC on
+the negative kinds it is fitted on; held-out kinds are only reported. The threshold is the
+highest one that refuses at most 5% of known validation photos as a 95% upper confidence bound
+(:func:`certified_threshold`), so that the share of known photos refused holds beyond the
+sample.
+
+``calibration.json`` gains, per variant, an ``open_set`` entry::
+
+    {"score": "prototype", "threshold": -3.2, "known_kept": 0.95,
+     "prototypes": [[...], ...],            # only for the prototype score
+     "fitted_on": {...}, "fallback": null}  # or the reason no threshold was fitted
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+LOG_FLOOR = 1e-6  # probabilities below this are treated as this (int8 outputs step in 1/256)
+DEFAULT_KNOWN_KEPT = 0.95  # share of known validation photos the threshold keeps
+MIN_KNOWN_PHOTOS = 20  # fewer validation photos: no threshold (recorded fallback)
+MIN_UNKNOWN_PHOTOS = 10  # fewer unknown-species photos: they are not used (recorded fallback)
+SCORES = ("msp", "neg_entropy", "max_logit", "prototype")
+# The evaluate stage chooses among these. The prototype score is fitted on the same validation
+# photos its threshold is set on, so its validation scores are optimistic (on the demo: 13% of
+# known test photos refused against 4.6% of validation photos); it is kept for measurement.
+CANDIDATE_SCORES = ("msp", "neg_entropy", "max_logit")
+
+
+def _log_probs(probs: np.ndarray) -> np.ndarray:
+    return np.log(np.clip(np.asarray(probs, dtype=np.float64), LOG_FLOOR, 1.0))
+
+
+def fit_prototypes(probs: np.ndarray, labels: np.ndarray, num_classes: int | None = None) -> np.ndarray:
+    """The mean clipped log-probability vector of each class's photos (its prototype).
+
+    Args:
+        probs: Class probabilities ``(n, classes)`` of known photos (the validation split).
+        labels: Their true classes.
+        num_classes: Number of classes (default: ``probs.shape[1]``).
+
+    Returns:
+        ``(classes, classes)``; a class without photos gets the one-hot log vector of itself.
+    """
+    num_classes = num_classes or probs.shape[1]
+    logp = _log_probs(probs)
+    out = np.full((num_classes, num_classes), math.log(LOG_FLOOR))
+    for c in range(num_classes):
+        rows = logp[np.asarray(labels) == c]
+        if len(rows):
+            out[c] = rows.mean(axis=0)
+        else:
+            out[c, c] = 0.0
+    return out
+
+
+def open_set_score(probs: np.ndarray, score: str, prototypes: np.ndarray | None = None) -> np.ndarray:
+    """The open-set score of each row of ``probs`` (higher: more like a known species).
+
+    Args:
+        probs: Calibrated or raw class probabilities ``(n, classes)``.
+        score: One of :data:`SCORES`.
+        prototypes: Class prototypes (:func:`fit_prototypes`), for ``prototype`` only.
+
+    Raises:
+        ValueError: An unknown score, or ``prototype`` without prototypes.
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    if score == "msp":
+        return probs.max(axis=-1)
+    if score == "neg_entropy":
+        p = np.clip(probs, 1e-12, 1.0)
+        return (p * np.log(p)).sum(axis=-1)
+    logp = _log_probs(probs)
+    if score == "max_logit":
+        return logp.max(axis=-1) - logp.mean(axis=-1)
+    if score == "prototype":
+        if prototypes is None:
+            raise ValueError("the prototype score needs class prototypes")
+        prototypes = np.asarray(prototypes, dtype=np.float64)
+        if prototypes.shape != (probs.shape[-1], probs.shape[-1]):
+            raise ValueError(f"prototypes of shape {prototypes.shape} do not match {probs.shape[-1]} classes")
+        top = probs.argmax(axis=-1)
+        return -np.linalg.norm(logp - prototypes[top], axis=-1) / math.sqrt(probs.shape[-1])
+    raise ValueError(f"open-set score {score!r} is not one of {list(SCORES)}")
+
+
+@dataclass(frozen=True)
+class OpenSetRule:
+    """A fitted open-set threshold: a photo scoring below it is "not a known species"."""
+
+    score: str
+    threshold: float | None  # None: never refuse (no threshold could be fitted)
+    prototypes: np.ndarray | None = None
+    known_kept: float = DEFAULT_KNOWN_KEPT
+    fallback: str | None = None
+
+    def scores(self, probs: np.ndarray) -> np.ndarray:
+        return open_set_score(probs, self.score, self.prototypes)
+
+    def is_unknown(self, probs: np.ndarray) -> np.ndarray:
+        """True where a row's score is below the threshold (always False without one)."""
+        s = self.scores(probs)
+        if self.threshold is None:
+            return np.zeros(len(s), dtype=bool)
+        return s < self.threshold
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"score": self.score, "threshold": self.threshold, "known_kept": self.known_kept,
+                               "fallback": self.fallback}
+        if self.prototypes is not None:
+            out["prototypes"] = np.round(np.asarray(self.prototypes, dtype=np.float64), 6).tolist()
+        return out
+
+
+def rule_from_dict(entry: dict[str, Any] | None) -> OpenSetRule | None:
+    """The rule in a ``calibration.json`` variant's ``open_set`` entry (None: the bundle has none)."""
+    if not entry:
+        return None
+    score = entry.get("score", "msp")
+    if score not in SCORES:
+        raise ValueError(f"open-set score {score!r} is not one of {list(SCORES)}")
+    threshold = entry.get("threshold")
+    prototypes = entry.get("prototypes")
+    if score == "prototype" and prototypes is None:
+        raise ValueError("open-set score 'prototype' without prototypes")
+    return OpenSetRule(score, None if threshold is None else float(threshold),
+                       None if prototypes is None else np.asarray(prototypes, dtype=np.float64),
+                       float(entry.get("known_kept", DEFAULT_KNOWN_KEPT)), entry.get("fallback"))
+
+
+def threshold_for(known_scores: np.ndarray, known_kept: float = DEFAULT_KNOWN_KEPT) -> float:
+    """The score threshold that keeps ``known_kept`` of the known photos (a lower quantile)."""
+    return float(np.quantile(np.asarray(known_scores, dtype=np.float64), 1.0 - known_kept, method="lower"))
+
+
+def certified_threshold(known_scores: np.ndarray, known_kept: float = DEFAULT_KNOWN_KEPT,
+                        confidence: float = 0.95) -> tuple[float, str | None]:
+    """The highest threshold whose share of refused known photos is at most ``1 - known_kept``
+    as a one-sided ``confidence`` upper bound (Clopper-Pearson), not just on the sample.
+
+    The threshold is the (k+1)-th lowest known score, refusing the k below it (fewer on ties),
+    for the largest k that can be certified. With too few photos to certify even k = 0, it is
+    the lowest known score, and the second value says so.
+
+    Returns:
+        The threshold, and a note when it could not be certified (None otherwise).
+    """
+    from mushroom.calibration import rate_upper_bound
+
+    scores = np.sort(np.asarray(known_scores, dtype=np.float64))
+    n = len(scores)
+    bounds = rate_upper_bound(np.arange(n), n, confidence)
+    allowed = np.flatnonzero(bounds <= 1.0 - known_kept)
+    if not len(allowed):
+        return float(scores[0]), (f"{n} validation photos cannot certify that at most {1 - known_kept:.0%} of known "
+                                  f"photos are refused at {confidence:.0%} confidence; the threshold is the lowest "
+                                  "validation score")
+    return float(scores[int(allowed.max())]), None
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+def auroc(known: np.ndarray, unknown: np.ndarray) -> float | None:
+    """AUROC of telling known (positive, high score) from unknown photos; None if either is empty."""
+    from sklearn.metrics import roc_auc_score
+
+    if len(known) == 0 or len(unknown) == 0:
+        return None
+    y = np.r_[np.ones(len(known)), np.zeros(len(unknown))]
+    return float(roc_auc_score(y, np.r_[known, unknown]))
+
+
+def fpr_at_tpr(known: np.ndarray, unknown: np.ndarray, tpr: float = 0.95) -> float | None:
+    """Share of unknown photos that pass the threshold keeping ``tpr`` of the known ones."""
+    if len(known) == 0 or len(unknown) == 0:
+        return None
+    return float(np.mean(np.asarray(unknown) >= threshold_for(known, tpr)))
+
+
+def choose_score(known: dict[str, np.ndarray], negatives: dict[str, dict[str, np.ndarray]]) -> tuple[str, dict]:
+    """The score with the highest mean AUROC over the negative families.
+
+    Args:
+        known: Score name -> scores of the known (validation) photos.
+        negatives: Score name -> family -> scores of that family's photos (the fitting families).
+
+    Returns:
+        The chosen score name and ``{score: {"auroc_mean": ..., "auroc": {family: ...}}}``.
+    """
+    table = {}
+    for name in known:
+        per = {fam: auroc(known[name], s) for fam, s in negatives[name].items() if len(s)}
+        values = [v for v in per.values() if v is not None]
+        table[name] = {"auroc_mean": float(np.mean(values)) if values else None, "auroc": per}
+    best = max(table, key=lambda n: (round(table[n]["auroc_mean"] or 0.0, 6), -SCORES.index(n)))
+    return best, table
+
+
+# --------------------------------------------------------------------------- negatives
+
+
+def _noise(rng: np.random.Generator, size: int) -> np.ndarray:
+    if rng.random() < 0.5:
+        return rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+    small = rng.integers(0, 256, (max(2, size // int(rng.integers(4, 32))),) * 2 + (3,), dtype=np.uint8)
+    return np.asarray(Image.fromarray(small).resize((size, size), Image.Resampling.BICUBIC))
+
+
+def _flat(rng: np.random.Generator, size: int) -> np.ndarray:
+    colour = rng.integers(0, 256, 3)
+    image = np.broadcast_to(colour, (size, size, 3)).astype(np.int16)
+    image = image + rng.normal(0, rng.uniform(0, 3), (size, size, 3)).astype(np.int16)  # sensor noise
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def _gradient(rng: np.random.Generator, size: int) -> np.ndarray:
+    a, b = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+    yy, xx = np.mgrid[0:size, 0:size] / max(1, size - 1)
+    if rng.random() < 0.5:
+        angle = rng.uniform(0, 2 * math.pi)
+        t = (np.cos(angle) * xx + np.sin(angle) * yy)
+    else:
+        cx, cy = rng.uniform(0, 1, 2)
+        t = np.hypot(xx - cx, yy - cy)
+    t = (t - t.min()) / max(1e-9, t.max() - t.min())
+    return (a + (b - a) * t[..., None]).astype(np.uint8)
+
+
+def _texture(rng: np.random.Generator, size: int) -> np.ndarray:
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    kind = rng.integers(0, 3)
+    freq = rng.uniform(2, 24) * 2 * math.pi / size
+    angle = rng.uniform(0, math.pi)
+    u = np.cos(angle) * xx + np.sin(angle) * yy
+    v = -np.sin(angle) * xx + np.cos(angle) * yy
+    if kind == 0:  # stripes / grating
+        t = 0.5 + 0.5 * np.sin(freq * u)
+    elif kind == 1:  # checkerboard
+        t = ((np.floor(freq * u / math.pi) + np.floor(freq * v / math.pi)) % 2).astype(np.float64)
+    else:  # plaid
+        t = 0.25 * (2 + np.sin(freq * u) + np.sin(1.7 * freq * v))
+    a, b = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+    return (a + (b - a) * t[..., None]).astype(np.uint8)
+
+
+def _shapes(rng: np.random.Generator, size: int) -> np.ndarray:
+    image = Image.new("RGB", (size, size), tuple(int(c) for c in rng.integers(0, 256, 3)))
+    draw = ImageDraw.Draw(image)
+    for _ in range(int(rng.integers(1, 8))):
+        x0, y0 = rng.uniform(0, size, 2)
+        w, h = rng.uniform(size * 0.1, size * 0.6, 2)
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        kind = rng.integers(0, 3)
+        if kind == 0:
+            draw.ellipse([x0, y0, x0 + w, y0 + h], fill=colour)
+        elif kind == 1:
+            draw.rectangle([x0, y0, x0 + w, y0 + h], fill=colour)
+        else:
+            points = [(float(x), float(y)) for x, y in rng.uniform(0, size, (int(rng.integers(3, 7)), 2))]
+            draw.polygon(points, fill=colour)
+    return np.asarray(image.filter(ImageFilter.GaussianBlur(float(rng.uniform(0, 1.5)))))
+
+
+#: Generated non-mushroom image families: name -> ``(rng, size) -> uint8 (size, size, 3)``.
+NEGATIVE_FAMILIES: dict[str, Callable[[np.random.Generator, int], np.ndarray]] = {
+    "noise": _noise,
+    "flat": _flat,
+    "gradient": _gradient,
+    "texture": _texture,
+    "shapes": _shapes,
+}
+#: The families the threshold and the score choice are fitted on; the others are held out.
+FIT_FAMILIES = ("noise", "flat", "gradient")
+HELD_OUT_FAMILIES = ("texture", "shapes")
+
+
+def generate_negatives(family: str, count: int, size: int, seed: int = 0) -> np.ndarray:
+    """``count`` generated non-mushroom images of ``family`` as model input ``(count, size, size, 3)``.
+
+    Images are drawn at 2-4x ``size`` and reduced the way photos are
+    (:func:`mushroom.preprocess.resize_with_pad`), so they reach the model as a photo would.
+    """
+    from mushroom.preprocess import resize_with_pad
+
+    if family not in NEGATIVE_FAMILIES:
+        raise ValueError(f"negative family {family!r} is not one of {list(NEGATIVE_FAMILIES)}")
+    draw = NEGATIVE_FAMILIES[family]
+    rng = np.random.default_rng([seed, sorted(NEGATIVE_FAMILIES).index(family)])
+    out = np.empty((count, size, size, 3), dtype=np.uint8)
+    for i in range(count):
+        side = int(size * rng.uniform(2, 4))
+        out[i] = resize_with_pad(Image.fromarray(draw(rng, side)), size)
+    return out
+
+
+@dataclass
+class PackagePhotos:
+    """Real non-mushroom photos shipped with installed packages (crops of them, as model input)."""
+
+    images: np.ndarray
+    sources: list[str] = field(default_factory=list)
+
+
+# Real non-mushroom photos bundled in scikit-image's wheel (people, animals, objects, space,
+# microscopy, stone and grass textures).
+SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "cat", "hubble_deep_field", "immunohistochemistry",
+                  "colorwheel", "retina", "brick", "grass", "gravel")
+
+
+def package_photos(size: int, crops_per_photo: int = 8, seed: int = 0) -> PackagePhotos:
+    """Real photos that ship with scikit-learn and scikit-image, cropped at random.
+
+    Each photo gives its whole frame and ``crops_per_photo - 1`` random square crops (30-80%
+    of the shorter side), reduced like a photo (:func:`mushroom.preprocess.resize_with_pad`).
+    """
+    import skimage.data as skdata
+    from sklearn.datasets import load_sample_images
+
+    from mushroom.preprocess import resize_with_pad
+
+    data = load_sample_images()
+    photos: list[tuple[str, np.ndarray]] = [(f"sklearn:{name.rsplit('/', 1)[-1]}", img)
+                                            for name, img in zip(data.filenames, data.images, strict=True)]
+    for name in SKIMAGE_PHOTOS:  # inside the scikit-image wheel: no download
+        img = np.asarray(getattr(skdata, name)())
+        if img.ndim == 2:
+            img = np.stack([img] * 3, axis=-1)
+        photos.append((f"skimage:{name}", img[..., :3].astype(np.uint8)))
+    rng = np.random.default_rng(seed)
+    images, sources = [], []
+    for name, img in photos:
+        h, w = img.shape[:2]
+        pil = Image.fromarray(img)
+        images.append(resize_with_pad(pil, size))
+        sources.append(name)
+        for _ in range(crops_per_photo - 1):
+            side = int(min(h, w) * rng.uniform(0.3, 0.8))
+            y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+            images.append(resize_with_pad(pil.crop((x, y, x + side, y + side)), size))
+            sources.append(name)
+    stack = np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)
+    return PackagePhotos(stack, sources)
+
+
+# --------------------------------------------------------------------------- the evaluation
+
+NON_MUSHROOM_GENERATED = "non_mushroom_generated"
+NON_MUSHROOM_REAL = "non_mushroom_real"
+UNKNOWN_SPECIES = "unknown_species"
+GROUP_TITLES = {NON_MUSHROOM_GENERATED: "non-mushroom images (generated)",
+                NON_MUSHROOM_REAL: "non-mushroom photos (real, from packages)",
+                UNKNOWN_SPECIES: "unknown species"}
+HISTOGRAM_BINS = 30
+
+
+@dataclass
+class Negatives:
+    """Photos that are not one of the known species, as model input, grouped in kinds.
+
+    Attributes:
+        images: Kind name -> ``(n, size, size, 3)`` model input.
+        gate: Kind name -> the quality gate's refusal per photo (True: "not a usable photo").
+        group: Kind name -> :data:`NON_MUSHROOM_GENERATED`, :data:`NON_MUSHROOM_REAL` or
+            :data:`UNKNOWN_SPECIES`.
+        fit: The kinds the score is chosen on; the others are held out (reported only).
+        notes: Fallbacks taken while gathering them (too few unknown photos, ...).
+    """
+
+    images: dict[str, np.ndarray] = field(default_factory=dict)
+    gate: dict[str, np.ndarray] = field(default_factory=dict)
+    group: dict[str, str] = field(default_factory=dict)
+    fit: set[str] = field(default_factory=set)
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, kind: str, images: np.ndarray, gate: np.ndarray, group: str, fit: bool) -> None:
+        self.images[kind], self.gate[kind], self.group[kind] = images, np.asarray(gate, dtype=bool), group
+        if fit:
+            self.fit.add(kind)
+
+
+def gather_negatives(size: int, per_family: int = 60, unknown_images: np.ndarray | None = None,
+                     unknown_taxa: np.ndarray | None = None, unknown_gate: np.ndarray | None = None,
+                     seed: int = 0) -> Negatives:
+    """The negatives of the open-set evaluation.
+
+    Generated families :data:`FIT_FAMILIES` are fitted on, :data:`HELD_OUT_FAMILIES` and the
+    real package photos (:func:`package_photos`) are held out. Unknown-species photos (at least
+    :data:`MIN_UNKNOWN_PHOTOS`) are split by taxon: every other taxon is fitted on, the rest
+    held out (one taxon: fitted on, none held out). Fewer photos: left out, with a note.
+    """
+    from mushroom.quality import check_batch
+
+    negatives = Negatives()
+    for family in NEGATIVE_FAMILIES:
+        images = generate_negatives(family, per_family, size, seed)
+        gate = np.array([r is not None for r in check_batch(images)])
+        negatives.add(family, images, gate, NON_MUSHROOM_GENERATED, family in FIT_FAMILIES)
+    real = package_photos(size, seed=seed)
+    if len(real.images):
+        gate = np.array([r is not None for r in check_batch(real.images)])
+        negatives.add("real_photos", real.images, gate, NON_MUSHROOM_REAL, False)
+    n_unknown = 0 if unknown_images is None else len(unknown_images)
+    if n_unknown >= MIN_UNKNOWN_PHOTOS:
+        taxa = np.asarray(unknown_taxa)
+        gate = np.zeros(n_unknown, bool) if unknown_gate is None else np.asarray(unknown_gate, bool)
+        order = sorted(set(taxa.tolist()))
+        fit_taxa = set(order[::2]) if len(order) > 1 else set(order)
+        fit_rows = np.isin(taxa, list(fit_taxa))
+        negatives.add("unknown_fit", unknown_images[fit_rows], gate[fit_rows], UNKNOWN_SPECIES, True)
+        if (~fit_rows).any():
+            negatives.add("unknown_held_out", unknown_images[~fit_rows], gate[~fit_rows],
+                          UNKNOWN_SPECIES, False)
+    elif n_unknown:
+        negatives.notes.append(f"{n_unknown} unknown-species photos are fewer than {MIN_UNKNOWN_PHOTOS}: not used; "
+                               "the score is chosen on generated non-mushroom images only")
+    else:
+        negatives.notes.append("no unknown-species photos (dataset.unknown_species is empty): the unknown-species "
+                               "rejection is not measured")
+    return negatives
+
+
+def _rates(scores: np.ndarray, gate: np.ndarray, threshold: float | None) -> tuple[float, float]:
+    """Refused by the score alone (gate off) and by the gate or the score (gate on)."""
+    by_score = np.zeros(len(scores), bool) if threshold is None else scores < threshold
+    return float(by_score.mean()), float((by_score | gate).mean())
+
+
+def _gated(scores: np.ndarray, gate: np.ndarray) -> np.ndarray:
+    """Scores with the gate on: a refused photo gets a score below every real one."""
+    return np.where(gate, -1e12, scores)
+
+
+def evaluate_open_set(val_labels: np.ndarray, val_probs: np.ndarray, test_probs: np.ndarray, test_gate: np.ndarray,
+                      negative_probs: dict[str, np.ndarray], negatives: Negatives, edible: np.ndarray,
+                      known_kept: float = DEFAULT_KNOWN_KEPT) -> dict[str, Any]:
+    """Choose the score, fit the threshold on validation photos and measure every kind of negative.
+
+    All probabilities are calibrated (identify applies the rule after the temperature).
+
+    Args:
+        val_labels, val_probs: The validation split (the threshold keeps ``known_kept`` of it).
+        test_probs, test_gate: The test split and the quality gate's refusals on it.
+        negative_probs: Kind name -> probabilities of that kind's photos.
+        negatives: The kinds (:func:`gather_negatives`): groups, fit/held-out, gate refusals.
+        edible: Per class, whether the species is edible.
+        known_kept: Share of validation photos the threshold keeps.
+
+    Returns:
+        A dict in the form of :class:`mushroom.evaluation.OpenSetMetrics`, with ``rule`` (the
+        ``calibration.json`` entry, :meth:`OpenSetRule.to_dict`).
+    """
+    notes = list(negatives.notes)
+    prototypes = fit_prototypes(val_probs, val_labels, val_probs.shape[1])
+    fit_kinds = [k for k in negative_probs if k in negatives.fit]
+
+    def scored(probs: np.ndarray, name: str) -> np.ndarray:
+        return open_set_score(probs, name, prototypes)
+
+    choice_known = {name: scored(val_probs, name) for name in CANDIDATE_SCORES}
+    choice_negs = {name: {k: scored(negative_probs[k], name) for k in fit_kinds} for name in CANDIDATE_SCORES}
+    score, table = choose_score(choice_known, choice_negs)
+    rule_prototypes = prototypes if score == "prototype" else None
+    if len(val_labels) < MIN_KNOWN_PHOTOS:
+        fallback = (f"{len(val_labels)} validation photos are fewer than {MIN_KNOWN_PHOTOS}: no open-set threshold "
+                    "(identify never answers 'unknown species')")
+        threshold = None
+        notes.append(fallback)
+    else:
+        fallback = None
+        threshold, note = certified_threshold(choice_known[score], known_kept)
+        if note:
+            notes.append(note)
+    rule = OpenSetRule(score, threshold, rule_prototypes, known_kept, fallback)
+    known_val = choice_known[score]
+    known_test = scored(test_probs, score)
+    test_gate = np.asarray(test_gate, bool)
+    off, on = _rates(known_test, test_gate, threshold)
+    kinds = {}
+    all_scores = [known_test]
+    for kind, probs in negative_probs.items():
+        s = scored(probs, score)
+        gate = negatives.gate[kind]
+        refused_off, refused_on = _rates(s, gate, threshold)
+        named = ~((s < threshold) if threshold is not None else np.zeros(len(s), bool)) & ~gate
+        named_edible = edible[probs.argmax(axis=1)] & named
+        kinds[kind] = {
+            "group": negatives.group[kind], "fit": kind in negatives.fit, "photos": int(len(s)),
+            "auroc": auroc(known_test, s), "fpr95": fpr_at_tpr(known_val, s, known_kept),
+            "auroc_gate_on": auroc(_gated(known_test, test_gate), _gated(s, gate)),
+            "refused_gate_off": refused_off, "refused_gate_on": refused_on, "refused_by_gate": float(gate.mean()),
+            "named_as_known": float(named.mean()),
+            "named_edible_share": float(named_edible.sum() / named.sum()) if named.any() else None,
+        }
+        all_scores.append(s)
+    finite = np.concatenate(all_scores)
+    finite = finite[np.isfinite(finite)]
+    edges = np.linspace(float(finite.min()), float(finite.max()) + 1e-9, HISTOGRAM_BINS + 1)
+    histogram = {"edges": edges.tolist(), "known_test": np.histogram(known_test, edges)[0].tolist(),
+                 **{k: np.histogram(scored(p, score), edges)[0].tolist() for k, p in negative_probs.items()}}
+    groups = {}
+    for group in (NON_MUSHROOM_GENERATED, NON_MUSHROOM_REAL, UNKNOWN_SPECIES):
+        members = [k for k in kinds if negatives.group[k] == group and k not in negatives.fit]
+        if not members:  # nothing held out: report what there is
+            members = [k for k in kinds if negatives.group[k] == group]
+        if not members:
+            continue
+        s = np.concatenate([scored(negative_probs[k], score) for k in members])
+        gate = np.concatenate([negatives.gate[k] for k in members])
+        refused_off, refused_on = _rates(s, gate, threshold)
+        groups[group] = {"kinds": members, "photos": int(len(s)), "auroc": auroc(known_test, s),
+                         "fpr95": fpr_at_tpr(known_val, s, known_kept),
+                         "auroc_gate_on": auroc(_gated(known_test, test_gate), _gated(s, gate)),
+                         "refused_gate_off": refused_off, "refused_gate_on": refused_on}
+    return {
+        "score": score, "threshold": threshold, "known_kept": known_kept, "fallback": fallback,
+        "score_choice": {k: v["auroc_mean"] for k, v in table.items()},
+        "fitted_on": {"known": "val", "known_photos": int(len(val_labels)), "negatives": fit_kinds},
+        "val_refused": float(np.mean(known_val < threshold)) if threshold is not None else 0.0,
+        "test_photos": int(len(known_test)), "test_refused_gate_off": off, "test_refused_gate_on": on,
+        "test_refused_by_gate": float(test_gate.mean()) if len(test_gate) else 0.0,
+        "kinds": kinds, "groups": groups, "histogram": histogram, "notes": notes, "rule": rule.to_dict(),
+    }

@@ -1,0 +1,262 @@
+"""The quality gate, the open-set scores and threshold, the unknown-species dataset option and provenance."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mushroom import openset, quality
+from mushroom.config import ConfigError, parse_config
+
+# --------------------------------------------------------------------------- quality gate
+
+
+def test_gate_refuses_what_no_camera_produces_of_a_mushroom_and_says_why():
+    rng = np.random.default_rng(0)
+    size = 64
+    flat = np.full((size, size, 3), (112, 82, 52), np.uint8)
+    assert quality.check_pixels(np.full((size, size, 3), 255, np.uint8)).startswith("far over-exposed (100%")
+    assert quality.check_pixels(np.full((size, size, 3), 3, np.uint8)).startswith("far under-exposed (100%")
+    assert quality.check_pixels(flat).startswith("near-uniform")
+    assert quality.check_pixels(flat, (1, 1)).startswith("too small (1x1 px; at least 64 px")
+    assert quality.check_pixels(flat, (63, 500)).startswith("too small")
+    # Usable: noise, a gradient, a slightly noisy flat colour above MIN_STD, a mostly bright photo.
+    assert quality.check_pixels(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)) is None
+    assert quality.check_pixels(openset.generate_negatives("gradient", 1, size, 3)[0]) is None
+    noisy = np.clip(flat + rng.normal(0, 3 * quality.MIN_STD, flat.shape), 0, 255).astype(np.uint8)
+    assert quality.check_pixels(noisy) is None
+    bright = np.full((size, size, 3), 255, np.uint8)
+    bright[:, : size // 5] = 90  # 80% white: below CLIPPED_SHARE
+    assert quality.check_pixels(bright) is None
+
+
+def test_gate_looks_only_at_the_photo_not_at_the_padding():
+    from mushroom.preprocess import resize_with_pad
+
+    rng = np.random.default_rng(1)
+    wide = Image.fromarray(rng.integers(0, 256, (100, 800, 3), dtype=np.uint8))  # pads mostly black at 64 px
+    pixels = resize_with_pad(wide, 64)
+    assert np.mean(pixels.sum(-1) == 0) > 0.8  # the model input is mostly padding...
+    assert quality.check_pixels(pixels, wide.size) is None  # ...but the photo itself is fine
+    white = resize_with_pad(Image.new("RGB", (800, 100), (255, 255, 255)), 64)
+    assert quality.check_pixels(white, (800, 100)).startswith("far over-exposed")
+
+
+def test_synthetic_mushroom_photos_pass_the_gate(tmp_path):
+    from mushroom.config import SyntheticSourceConfig
+    from mushroom.datasets import load_images
+    from mushroom.sources.synthetic import generate_synthetic
+    from mushroom.species import load_catalog
+
+    catalog = load_catalog().subset(["Amanita muscaria", "Boletus edulis", "Amanita phalloides"])
+    records = generate_synthetic(SyntheticSourceConfig(photos_per_species=10, image_size=96), catalog, tmp_path, 5)
+    paths = [str(tmp_path / r.file) for r in records]
+    images = load_images(paths, 64)
+    refused = [quality.check_pixels(i, quality.photo_size(p)) for i, p in zip(images, paths, strict=True)]
+    assert refused == [None] * len(paths)
+
+
+# --------------------------------------------------------------------------- scores and threshold
+
+
+def test_scores_by_hand():
+    probs = np.array([[0.7, 0.2, 0.1], [1 / 3, 1 / 3, 1 / 3], [1.0, 0.0, 0.0]])
+    np.testing.assert_allclose(openset.open_set_score(probs, "msp"), [0.7, 1 / 3, 1.0])
+    entropy = -(0.7 * np.log(0.7) + 0.2 * np.log(0.2) + 0.1 * np.log(0.1))
+    np.testing.assert_allclose(openset.open_set_score(probs, "neg_entropy"), [-entropy, -np.log(3), 0.0], atol=1e-9)
+    logp = np.log([0.7, 0.2, 0.1])
+    ml = openset.open_set_score(probs, "max_logit")
+    assert ml[0] == pytest.approx(logp.max() - logp.mean()) and ml[1] == pytest.approx(0.0)
+    assert ml[2] == pytest.approx(-np.log(openset.LOG_FLOOR) * 2 / 3)  # zeros clipped, finite
+    prototypes = openset.fit_prototypes(probs[:1], np.array([0]), 3)
+    assert openset.open_set_score(probs[:1], "prototype", prototypes)[0] == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="not one of"):
+        openset.open_set_score(probs, "magic")
+    with pytest.raises(ValueError, match="prototypes"):
+        openset.open_set_score(probs, "prototype")
+
+
+def test_threshold_is_certified_not_just_a_sample_quantile():
+    scores = np.arange(108, dtype=np.float64)  # 108 validation photos, as in the demo
+    threshold, note = openset.certified_threshold(scores, 0.95)
+    # 95% upper bound of k/108 <= 5%: k = 1 (k = 2 gives 5.7%); the plain quantile would refuse 5.
+    assert threshold == 1.0 and note is None
+    assert openset.threshold_for(scores, 0.95) == 5.0
+    few_threshold, few_note = openset.certified_threshold(np.arange(30.0), 0.95)
+    assert few_threshold == 0.0 and "cannot certify" in few_note
+    many = np.random.default_rng(0).normal(size=5000)
+    t, _ = openset.certified_threshold(many, 0.95)
+    assert 0.04 < np.mean(many < t) < 0.05
+
+
+def test_rule_round_trips_through_calibration_json():
+    rule = openset.OpenSetRule("msp", 0.6, None, 0.95, None)
+    entry = json.loads(json.dumps(rule.to_dict()))
+    back = openset.rule_from_dict(entry)
+    assert back == rule
+    np.testing.assert_array_equal(back.is_unknown(np.array([[0.5, 0.5], [0.9, 0.1]])), [True, False])
+    assert openset.rule_from_dict(None) is None
+    never = openset.OpenSetRule("msp", None, fallback="too few photos")
+    assert not never.is_unknown(np.array([[0.5, 0.5]])).any()
+    with pytest.raises(ValueError, match="not one of"):
+        openset.rule_from_dict({"score": "magic", "threshold": 1.0})
+
+
+def test_negative_families_are_deterministic_and_of_the_right_shape():
+    for family in openset.NEGATIVE_FAMILIES:
+        a = openset.generate_negatives(family, 3, 32, seed=4)
+        assert a.shape == (3, 32, 32, 3) and a.dtype == np.uint8
+        np.testing.assert_array_equal(a, openset.generate_negatives(family, 3, 32, seed=4))
+    assert set(openset.FIT_FAMILIES) | set(openset.HELD_OUT_FAMILIES) == set(openset.NEGATIVE_FAMILIES)
+    assert not set(openset.FIT_FAMILIES) & set(openset.HELD_OUT_FAMILIES)
+    real = openset.package_photos(32, crops_per_photo=3)
+    assert len(real.images) == 3 * (2 + len(openset.SKIMAGE_PHOTOS))
+    assert {s.split(":")[0] for s in real.sources} == {"sklearn", "skimage"}
+    with pytest.raises(ValueError, match="not one of"):
+        openset.generate_negatives("clouds", 1, 32)
+
+
+def _peaked(rng, n, classes, strength):
+    logits = rng.normal(size=(n, classes))
+    labels = rng.integers(0, classes, n)
+    logits[np.arange(n), labels] += strength
+    e = np.exp(logits)
+    return e / e.sum(1, keepdims=True), labels
+
+
+def test_open_set_evaluation_separates_confident_knowns_from_diffuse_negatives():
+    rng = np.random.default_rng(2)
+    classes, size = 4, 16
+    val_probs, val_labels = _peaked(rng, 300, classes, 6.0)
+    test_probs, _ = _peaked(rng, 300, classes, 6.0)
+    unknown = rng.integers(0, 256, (40, size, size, 3), dtype=np.uint8)
+    negatives = openset.gather_negatives(size, per_family=20, unknown_images=unknown,
+                                         unknown_taxa=np.repeat([11, 12, 13, 14], 10))
+    assert {"unknown_fit", "unknown_held_out", "real_photos", "noise"} <= set(negatives.images)
+    assert negatives.fit == {"noise", "flat", "gradient", "unknown_fit"}
+    assert negatives.gate["flat"].all() and not negatives.gate["noise"].any()
+    probs = {kind: _peaked(rng, len(images), classes, 0.5)[0] for kind, images in negatives.images.items()}
+    result = openset.evaluate_open_set(val_labels, val_probs, test_probs, np.zeros(300, bool), probs, negatives,
+                                       np.array([True, False, False, True]))
+    assert result["score"] in openset.CANDIDATE_SCORES and result["threshold"] is not None
+    assert result["fallback"] is None and result["val_refused"] <= 0.05
+    assert result["test_refused_gate_off"] < 0.1
+    for kind, k in result["kinds"].items():
+        assert k["auroc"] > 0.9 and k["refused_gate_off"] > 0.5, kind
+        assert k["refused_gate_on"] >= k["refused_gate_off"]
+    assert result["kinds"]["flat"]["refused_gate_on"] == 1.0  # the gate refuses every flat image
+    assert result["groups"]["unknown_species"]["kinds"] == ["unknown_held_out"]
+    assert sum(result["histogram"]["known_test"]) == 300
+    assert openset.rule_from_dict(result["rule"]).threshold == result["threshold"]
+
+
+def test_too_few_photos_give_a_recorded_fallback_never_a_silent_threshold():
+    rng = np.random.default_rng(3)
+    val_probs, val_labels = _peaked(rng, 12, 3, 4.0)
+    negatives = openset.gather_negatives(16, per_family=5, unknown_images=np.zeros((4, 16, 16, 3), np.uint8),
+                                         unknown_taxa=np.array([1, 1, 2, 2]))
+    assert "unknown_fit" not in negatives.images
+    assert any("4 unknown-species photos are fewer than 10" in n for n in negatives.notes)
+    probs = {kind: _peaked(rng, len(images), 3, 0.0)[0] for kind, images in negatives.images.items()}
+    result = openset.evaluate_open_set(val_labels, val_probs, val_probs, np.zeros(12, bool), probs, negatives,
+                                       np.array([True, False, False]))
+    assert result["threshold"] is None and "12 validation photos are fewer than 20" in result["fallback"]
+    assert result["rule"]["fallback"] == result["fallback"]
+    assert all(k["refused_gate_off"] == 0.0 for k in result["kinds"].values())
+    assert any("unknown-species photos" in n for n in result["notes"])
+
+
+# --------------------------------------------------------------------------- the dataset option
+
+
+def _config(**dataset):
+    return {"name": "t", "dataset": {"source": "synthetic", "species": ["Amanita muscaria", "Boletus edulis"],
+                                     **dataset},
+            "models": [{"model_name": "m", "architecture": "mobilenetv3-large"}]}
+
+
+def test_unknown_species_option_is_validated():
+    config = parse_config(_config(unknown_species=["Amanita phalloides", 999999001,
+                                                   {"taxon_id": 999999002, "scientific_name": "Fungus novus"}]))
+    unknown = config.dataset.unknown_catalog()
+    assert [s.scientific_name for s in unknown] == ["Amanita phalloides", "taxon 999999001", "Fungus novus"]
+    assert unknown.species[2].edibility == "unknown"
+    with pytest.raises(ConfigError, match=r"unknown_species names trained species \['Boletus edulis'\]"):
+        parse_config(_config(unknown_species=["Boletus edulis"]))
+    with pytest.raises(ConfigError, match="is not in the catalog; give a taxon beyond it"):
+        parse_config(_config(unknown_species=["Fungus imaginarius"]))
+    with pytest.raises(ConfigError, match="lists a taxon twice"):
+        parse_config(_config(unknown_species=["Amanita phalloides", "amanita_phalloides"]))
+    assert parse_config(_config()).dataset.unknown_catalog() is None
+
+
+def test_unknown_species_are_acquired_apart_and_never_split(tmp_path):
+    from mushroom import stages
+    from mushroom.datasets import load_unknown
+    from mushroom.fileio import read_json
+    from mushroom.manifest import read_manifest, read_splits
+
+    dataset = {"source": "synthetic", "species": ["Amanita muscaria", "Boletus edulis"],
+               "unknown_species": ["Amanita phalloides", {"taxon_id": 999999002, "scientific_name": "Fungus novus"}],
+               "synthetic": {"photos_per_species": 6, "image_size": 64}}
+    stages.acquire(dataset, 1, tmp_path / "dataset")
+    stages.split(tmp_path / "dataset", {"train": 0.5, "val": 0.25, "test": 0.25}, 1, tmp_path / "splits")
+    paths, taxa = load_unknown(tmp_path / "dataset")
+    assert len(paths) == 12 and sorted(set(taxa.tolist())) == [52135, 999999002]
+    assert all((tmp_path / "dataset" / "unknown").exists() and p.startswith(str(tmp_path / "dataset" / "unknown"))
+               for p in paths)
+    trained = {r.taxon_id for r in read_manifest(tmp_path / "dataset")} | {r.taxon_id for r in
+                                                                         read_splits(tmp_path / "splits")}
+    assert not trained & set(taxa.tolist())
+    info = read_json(tmp_path / "dataset" / "dataset.json")
+    assert [row["photos"] for row in info["unknown_species"]] == [6, 6]
+    assert info["config"]["unknown_species"] and info["acquired_at"]
+
+
+def test_folder_source_takes_unknown_species_beyond_the_catalog(tmp_path):
+    from mushroom.datasets import load_unknown
+    from mushroom.sources import build_dataset
+
+    root = tmp_path / "photos"
+    rng = np.random.default_rng(0)
+    for name in ("Amanita muscaria", "Boletus edulis", "Fungus novus"):
+        (root / name).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 256, (80, 80, 3), dtype=np.uint8)).save(root / name / f"{i}.jpg")
+    config = parse_config(_config(source="folder", folder={"root": str(root)},
+                                  unknown_species=[{"taxon_id": 999999002, "scientific_name": "Fungus novus"}]))
+    records = build_dataset(config.dataset, tmp_path / "dataset")
+    assert len(records) == 6  # the unknown species' folder is no error and no class
+    paths, taxa = load_unknown(tmp_path / "dataset")
+    assert len(paths) == 3 and set(taxa.tolist()) == {999999002}
+
+
+# --------------------------------------------------------------------------- provenance
+
+
+def test_provenance_records_source_counts_licences_config_commit_and_time(tmp_path):
+    from mushroom import stages
+    from mushroom.bundle import build_provenance
+    from mushroom.manifest import read_splits
+
+    dataset = {"source": "synthetic", "species": ["Amanita muscaria", "Boletus edulis"],
+               "unknown_species": ["Amanita phalloides"], "synthetic": {"photos_per_species": 6, "image_size": 64}}
+    stages.acquire(dataset, 1, tmp_path / "dataset")
+    stages.split(tmp_path / "dataset", {"train": 0.5, "val": 0.25, "test": 0.25}, 1, tmp_path / "splits")
+    p = build_provenance(tmp_path / "dataset", tmp_path / "splits", {"seed": 1}, {"image": {"reference": "img"}})
+    rows = read_splits(tmp_path / "splits")
+    assert p["data"]["source"] == "synthetic" and p["data"]["synthetic"] is True
+    assert p["data"]["config"]["species"] == ["Amanita muscaria", "Boletus edulis"]
+    for name in ("train", "val", "test"):
+        assert p["splits"][name]["photos"] == sum(r.split == name for r in rows)
+    assert sum(s["photos"] for s in p["splits"].values()) == 12
+    assert p["training_licenses"] == {"cc0": p["splits"]["train"]["photos"]}
+    assert [s["scientific_name"] for s in p["species"]] == ["Amanita muscaria", "Boletus edulis"]
+    assert [s["scientific_name"] for s in p["unknown_species"]] == ["Amanita phalloides"]
+    assert p["run_config"] == {"seed": 1} and p["image"] == {"reference": "img"}
+    assert p["project"]["version"] and p["built_at"].endswith("+00:00")
+    git = p["project"]["git"]
+    assert git is None or len(git["commit"]) == 40  # None only outside a checkout

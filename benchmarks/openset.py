@@ -15,6 +15,14 @@ by side for every TFLite variant:
 and what ``mushroom identify`` answers for a blank white image, a flat colour, random noise
 and a 1x1 pixel with the re-calibrated bundle.
 
+Then, for the shipped variant and float32, every score side by side (``--compare``, on by
+default): AUROC and FPR95 per kind for the probability scores and the feature-space
+``mahalanobis`` score (statistics from the train photos, as the evaluate stage fits them), and
+the mahalanobis score with other numbers of principal components kept (the bundle stores
+:data:`mushroom.openset.FEATURE_COMPONENTS`). A bundle without a feature output (built before
+it) gets probability scores only; ``--requantize`` rebuilds the run's bundle from its Keras model
+first (into the output folder), which exports the features.
+
     python benchmarks/openset.py --run outputs/demo/pipeline_root/<run> [--iteration 0] [--unknown 8]
 
 Figures are measured on this machine in one run; nothing here is a timed test.
@@ -43,6 +51,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--unknown", type=int, default=8, help="unknown species to draw (synthetic runs)")
     parser.add_argument("--photos-per-species", type=int, default=30, help="photos per unknown species")
     parser.add_argument("--out", default=None, help="where to write (default: a temporary folder)")
+    parser.add_argument("--requantize", action="store_true",
+                        help="rebuild the bundle from the run's Keras model (old runs: no feature output)")
+    parser.add_argument("--no-compare", dest="compare", action="store_false",
+                        help="skip the per-score comparison")
     return parser.parse_args(argv)
 
 
@@ -103,6 +115,68 @@ def _identify_demo_images(bundle: Path, folder: Path) -> list[tuple[str, str, st
     return rows
 
 
+COMPONENT_SWEEP = (8, 16, 32, 64, 128, 256, None)  # None: every component (the full shrunk covariance)
+
+
+def _compare_scores(dataset: Path, splits: Path, bundle_dir: Path, variant: str) -> dict:
+    """Every open-set score of ``variant`` per kind of negative: AUROC (known test photos against
+    the kind) and FPR95 (share passing the threshold that keeps 95% of validation photos)."""
+    from mushroom import openset
+    from mushroom.bundle import read_bundle
+    from mushroom.datasets import balanced_sample, load_images, load_split, load_unknown
+    from mushroom.evaluate import OPEN_SET_TRAIN_PHOTOS
+    from mushroom.policy import apply_temperature
+    from mushroom.tflite import TFLiteClassifier
+
+    bundle = read_bundle(bundle_dir)
+    size = bundle.image_size
+    model = TFLiteClassifier(bundle.model_path(variant))
+    temperature = bundle.policy(variant).temperature
+    split = {name: load_split(dataset, splits, name) for name in ("train", "val", "test")}
+    picked = balanced_sample(split["train"].labels, OPEN_SET_TRAIN_PHOTOS, 0)
+    unknown_paths, unknown_taxa = load_unknown(dataset)
+    negatives = openset.gather_negatives(size, unknown_images=load_images(unknown_paths, size),
+                                         unknown_taxa=unknown_taxa)
+
+    def predict(images):
+        probs, feats = model.predict_with_features(images)
+        return apply_temperature(probs, temperature), feats
+
+    train_probs, train_feats = predict(load_images([split["train"].paths[i] for i in picked], size))
+    val = predict(load_images(split["val"].paths, size))
+    test = predict(load_images(split["test"].paths, size))
+    kinds = {kind: predict(images) for kind, images in negatives.images.items()}
+    scorers = {name: (lambda probs, feats, name=name: openset.open_set_score(probs, name))
+               for name in openset.CANDIDATE_SCORES}
+    if train_feats is not None:
+        labels = split["train"].labels[picked]
+        for k in COMPONENT_SWEEP:
+            stats = openset.fit_feature_stats(train_feats, labels, len(bundle.catalog),
+                                              components=k or train_feats.shape[1])
+            name = "mahalanobis" + ("" if k == openset.FEATURE_COMPONENTS else f" (k={k or 'all'})")
+            scorers[name] = lambda probs, feats, stats=stats: stats.score(feats)
+    table = {}
+    for name, scorer in scorers.items():
+        known_val, known_test = scorer(*val), scorer(*test)
+        threshold, _ = openset.certified_threshold(known_val)
+        row = {"test_refused": float(np.mean(known_test < threshold))}
+        for kind, out in kinds.items():
+            s = scorer(*out)
+            row[kind] = {"auroc": openset.auroc(known_test, s), "fpr95": openset.fpr_at_tpr(known_val, s),
+                         "refused": float(np.mean(s < threshold)), "fit": kind in negatives.fit}
+        table[name] = row
+    return table
+
+
+def _print_comparison(variant: str, table: dict) -> None:
+    kinds = [k for k in next(iter(table.values())) if k != "test_refused"]
+    print(f"\n{variant}: every score, AUROC / FPR95 per kind (known test refused at the certified threshold)")
+    print(f"  {'score':<24} {'test refused':>12} " + " ".join(f"{k[:16]:>16}" for k in kinds))
+    for name, row in table.items():
+        cells = " ".join(f"{_num(row[k]['auroc']):>7} /{_pct(row[k]['fpr95']):>7}" for k in kinds)
+        print(f"  {name:<24} {_pct(row['test_refused']):>12} {cells}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from mushroom import stages
@@ -115,8 +189,17 @@ def main(argv: list[str] | None = None) -> int:
     evaluation_dir, calibrated = out / "evaluation", out / "calibrated_bundle"
     for folder in (evaluation_dir, calibrated):
         shutil.rmtree(folder, ignore_errors=True)
+    bundle = loop / "quantize-to-bundle" / "bundle"
+    if args.requantize:
+        from mushroom.bundle import read_bundle
+
+        model_config = read_bundle(bundle).metadata["model_config"]
+        bundle = out / "bundle"
+        shutil.rmtree(bundle, ignore_errors=True)
+        stages.quantize(dataset, splits, loop / "train-classifier" / "model", model_config,
+                        int(json.loads((dataset / "dataset.json").read_text()).get("seed", 42)), bundle)
     evaluation = stages.evaluate(dataset, splits, loop / "train-classifier" / "model",
-                                 loop / "quantize-to-bundle" / "bundle", evaluation_dir, calibrated, latency_runs=1)
+                                 bundle, evaluation_dir, calibrated, latency_runs=1)
     print(f"\n== {evaluation.model_name}: {evaluation.num_val_photos} validation, {evaluation.num_test_photos} test "
           f"photos; {args.unknown} unknown synthetic species x {args.photos_per_species} photos; output {out}\n")
     for name, v in evaluation.tflite_variants().items():
@@ -140,6 +223,18 @@ def main(argv: list[str] | None = None) -> int:
     summary = {name: v.open_set.model_dump(exclude={"histogram", "rule"}) for name, v in
                evaluation.tflite_variants().items()}
     (out / "openset_summary.json").write_text(json.dumps(summary, indent=1))
+    features = calibrated / "open_set_features.npz"
+    print(f"\nbundle: {sum(p.stat().st_size for p in calibrated.iterdir() if p.is_file()) / 1e6:.2f} MB, of which "
+          f"{features.name} {features.stat().st_size / 1e6 if features.is_file() else 0:.3f} MB")
+    if args.compare:
+        from mushroom.bundle import read_bundle
+
+        shipped = read_bundle(calibrated).default_variant
+        comparison = {}
+        for variant in dict.fromkeys([shipped, "float32"]):
+            comparison[variant] = _compare_scores(dataset, splits, calibrated, variant)
+            _print_comparison(variant, comparison[variant])
+        (out / "openset_scores.json").write_text(json.dumps(comparison, indent=1))
     return 0
 
 

@@ -8,6 +8,7 @@ pip-installed at run time.
 from components.acquire import acquire_dataset
 from components.compare import compare_models
 from components.evaluate import evaluate_model
+from components.prepare import prepare_shards
 from components.publish import publish_bundle
 from components.quantize import quantize_to_bundle
 from components.split import split_dataset
@@ -18,6 +19,7 @@ __all__ = [
     "acquire_dataset",
     "compare_models",
     "evaluate_model",
+    "prepare_shards",
     "publish_bundle",
     "quantize_to_bundle",
     "split_dataset",

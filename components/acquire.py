@@ -7,8 +7,8 @@ from components.image import IMAGE
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def acquire_dataset(dataset_config: dict, seed: int, dataset: Output[Dataset], metrics: Output[Metrics]):
     """Build the photo dataset (synthetic, ImageFolder or iNaturalist) with its manifest."""
-    from mushroom import stages
+    from mushroom import console, stages
 
-    stages.setup_logging()
+    console.setup_stage_logging("acquire")
     for key, value in stages.acquire(dataset_config, seed, dataset.path).items():
         metrics.log_metric(key, value)

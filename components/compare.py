@@ -12,10 +12,10 @@ def compare_models(evaluations: Input[list[Artifact]], bundles: Input[list[Model
     import shutil
     from pathlib import Path
 
-    from mushroom import stages
+    from mushroom import console, stages
     from mushroom.report import COMPARISON_REPORT
 
-    stages.setup_logging()
+    console.setup_stage_logging("compare")
     text = stages.compare([e.path for e in evaluations], [b.path for b in bundles],
                           best_bundle.path, best_evaluation.path)
     Path(comparison.path).write_text(text, encoding="utf-8")

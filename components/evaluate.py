@@ -18,10 +18,10 @@ def evaluate_model(dataset: Input[Dataset], splits: Input[Dataset], model: Input
     import shutil
     from pathlib import Path
 
-    from mushroom import stages
+    from mushroom import console, stages
     from mushroom.report import REPORT, SUMMARY
 
-    stages.setup_logging()
+    console.setup_stage_logging("evaluate", console.configuration_of_bundle(bundle.path))
     result = stages.evaluate(dataset.path, splits.path, model.path, bundle.path, evaluation.path,
                              calibrated_bundle.path)
     shown = stages.evaluation_outputs(result, calibrated_bundle.path)

@@ -37,7 +37,7 @@ def publish_bundle(bundle: Input[Model], evaluation: Input[Artifact], destinatio
     ``latest`` moves to the run only if it is newer (``created``) and passes ``gate``
     (``publish.gate`` of the configuration).
     """
-    from mushroom import stages
+    from mushroom import console, stages
 
-    stages.setup_logging()
+    console.setup_stage_logging("publish")
     return stages.publish(bundle.path, evaluation.path, destination, run_name, job_id, created, gate)

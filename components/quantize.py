@@ -8,9 +8,9 @@ from components.image import IMAGE
 def quantize_to_bundle(dataset: Input[Dataset], splits: Input[Dataset], model: Input[Model], model_config: dict,
                    seed: int, bundle: Output[Model], metrics: Output[Metrics]):
     """Convert to TFLite float32 and full-integer int8; write the model bundle."""
-    from mushroom import stages
+    from mushroom import console, stages
 
-    stages.setup_logging()
+    console.setup_stage_logging("quantize", model_config.get("model_name"))
     result = stages.quantize(dataset.path, splits.path, model.path, model_config, seed, bundle.path)
     bundle.metadata["framework"] = "tflite"
     for key, value in result.items():

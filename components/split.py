@@ -8,8 +8,8 @@ from components.image import IMAGE
 def split_dataset(dataset: Input[Dataset], split_config: dict, seed: int, splits: Output[Dataset],
                   metrics: Output[Metrics]):
     """Split by observation id, stratified by species."""
-    from mushroom import stages
+    from mushroom import console, stages
 
-    stages.setup_logging()
+    console.setup_stage_logging("split")
     for key, value in stages.split(dataset.path, split_config, seed, splits.path).items():
         metrics.log_metric(f"photos_{key}", value)

@@ -83,7 +83,7 @@ echo "image $image id $image_id, user $(docker run --rm "$image" id -u):$(docker
 
 step "Run $config with kfp.local.DockerRunner (log: $out/run.log)"
 run_started=$SECONDS
-"$py" -m pipelines.run "$config" --runner docker --image "$image" --output "$out" 2>&1 | tee "$out/run.log"
+"$py" -m pipelines.run "$config" --runner docker --image "$image" --output "$out" --log "$out/run.log"
 run_seconds=$((SECONDS - run_started))
 
 step "Identify on the host with the published bundle"

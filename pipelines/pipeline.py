@@ -1,6 +1,6 @@
 """The quantized-mushroom pipeline.
 
-acquire -> split -> ParallelFor(model configurations: tune -> train -> quantize -> evaluate)
+acquire -> split -> prepare -> ParallelFor(model configurations: tune -> train -> quantize -> evaluate)
 -> Collected -> compare -> publish
 """
 
@@ -14,6 +14,7 @@ from components import (
     acquire_dataset,
     compare_models,
     evaluate_model,
+    prepare_shards,
     publish_bundle,
     quantize_to_bundle,
     split_dataset,
@@ -99,13 +100,17 @@ def _compose(schedule, dataset_config, model_configs, split_config, seed, publis
     split = split_dataset(dataset=acquire.outputs["dataset"], split_config=split_config, seed=seed)
     schedule(split, "split")
     dataset, splits = acquire.outputs["dataset"], split.outputs["splits"]
+    # Every photo decoded once, for every model input size of the run; tune and train read these.
+    prepare = prepare_shards(dataset=dataset, splits=splits, model_configs=model_configs)
+    schedule(prepare, "prepare")
+    shards = prepare.outputs["shards"]
 
     # The loop body is mushroom.config.LOOP_STAGES (the node-fit arithmetic counts on it).
     with dsl.ParallelFor(model_configs, parallelism=parallelism, name="per-model") as config:
-        tune = tune_model(dataset=dataset, splits=splits, model_config=config, seed=seed)
+        tune = tune_model(dataset=dataset, splits=splits, shards=shards, model_config=config, seed=seed)
         schedule(tune, "tune")
-        train = train_classifier(dataset=dataset, splits=splits, hyperparameters=tune.outputs["hyperparameters"],
-                                 model_config=config, seed=seed)
+        train = train_classifier(dataset=dataset, splits=splits, shards=shards,
+                                 hyperparameters=tune.outputs["hyperparameters"], model_config=config, seed=seed)
         schedule(train, "train")
         quantize = quantize_to_bundle(dataset=dataset, splits=splits, model=train.outputs["model"],
                                       model_config=config, seed=seed)

@@ -2,30 +2,39 @@
 (``--runner subprocess``, the default), or in its container (``--runner docker``, kfp's
 DockerRunner; needs a Docker daemon and the ``container`` extra).
 
-    python -m pipelines.run pipelines/configs/demo.yaml [--output outputs/demo]
+    python -m pipelines.run pipelines/configs/demo.yaml [--output outputs/demo] [--verbose]
     python -m pipelines.run pipelines/configs/demo.yaml --runner docker --image IMAGE:TAG
+
+The console shows what the stages log, each line naming its stage and model configuration,
+one line per epoch (a progress bar on a terminal), and a closing table of every configuration
+and variant; everything else (kfp's executor input and task outputs, TensorFlow's and other
+libraries' logs) goes only to the full log, OUTPUT/logs/run-TIME.log unless --log says
+otherwise, whose path is printed first and last. When a stage fails: its last lines and the
+log's path. --verbose shows every line as it comes.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 import time
+import traceback
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
-from mushroom import variants
 from mushroom.bundle import METADATA
 from mushroom.config import ConfigError, load_config
-from mushroom.evaluation import read_evaluation
 from pipelines import containers
+from pipelines.runlog import RunConsole
 
 RUNNERS = ("subprocess", "docker")
 
 
 def run_local(config_path: str | Path, output_dir: str | Path, runner: str = "subprocess",
-              image: str | None = None) -> dict:
+              image: str | None = None, say: Callable[..., None] | None = None) -> dict:
     """Run the whole pipeline locally; return where the results are.
 
     Args:
@@ -35,9 +44,10 @@ def run_local(config_path: str | Path, output_dir: str | Path, runner: str = "su
             container, as the image's user; see :mod:`pipelines.containers`).
         image: With ``docker``: run every stage in this image (default: the one image the
             pipeline's stages name).
+        say: Prints what the runner itself has to say (``say(text, err=False)``; default: print).
 
     Returns:
-        ``{"published": URI, "evaluations": [paths], "bundles": [paths]}``.
+        ``{"published": URI, "evaluations": [paths], "bundles": [paths], "comparison": path or None}``.
     """
     from kfp import local
 
@@ -55,8 +65,9 @@ def run_local(config_path: str | Path, output_dir: str | Path, runner: str = "su
     if "://" not in destination and not Path(destination).is_absolute():
         args["publish_destination"] = str(output_dir / destination)
     pipeline = pipeline_for(config)
+    say = say or _print
     if runner == "docker":
-        local_runner, uid = _docker_runner(pipeline, root, args["publish_destination"], image)
+        local_runner, uid = _docker_runner(pipeline, root, args["publish_destination"], image, say)
     else:
         local_runner = local.SubprocessRunner(use_venv=False)
     local.init(runner=local_runner, pipeline_root=str(root), raise_on_error=True)
@@ -66,16 +77,22 @@ def run_local(config_path: str | Path, output_dir: str | Path, runner: str = "su
         task = pipeline(**args)
     if runner == "docker":
         lines = containers.check_task_owners(containers.task_owners(root, started), uid)
-        print(f"Every task wrote its files as the image's user {uid} (it ran in the container):", *lines, sep="\n")
+        say("\n".join([f"Every task wrote its files as the image's user {uid} (it ran in the container):", *lines]))
     evaluations = sorted(p for p in root.rglob("evaluation.json") if p.stat().st_mtime >= started
                          and "evaluate-model" in str(p))
     bundles = sorted(p.parent for p in root.rglob(METADATA) if p.stat().st_mtime >= started
                      and "calibrated_bundle" in str(p))
+    comparisons = sorted(p for p in root.rglob("comparison.json") if p.stat().st_mtime >= started
+                         and "compare-models" in str(p))
     return {"published": task.output, "evaluations": [str(p) for p in evaluations],
-            "bundles": [str(p) for p in bundles]}
+            "bundles": [str(p) for p in bundles], "comparison": str(comparisons[-1]) if comparisons else None}
 
 
-def _docker_runner(pipeline, root: Path, publish_destination: str, image: str | None):
+def _print(text: str = "", err: bool = False) -> None:
+    print(text, file=sys.stderr if err else sys.stdout)
+
+
+def _docker_runner(pipeline, root: Path, publish_destination: str, image: str | None, say=_print):
     """DockerRunner for ``pipeline``: one image for every stage, host folders mounted and writable."""
     if image:
         containers.pin_executor_images(pipeline.pipeline_spec, image)
@@ -83,12 +100,12 @@ def _docker_runner(pipeline, root: Path, publish_destination: str, image: str | 
     uid, gid = containers.parse_user(identity.user or "0")
     mounts = containers.host_mounts(root, [publish_destination])
     how = containers.prepare_host_folders([str(root), *mounts], uid, gid)
-    print(f"Runner: kfp.local.DockerRunner; every stage in image {identity.reference} (id {identity.id}"
-          f"{', digest ' + identity.digest if identity.digest else ''}, {identity.size_bytes / 1e6:.0f} MB) "
-          f"as its user {identity.user or 'root'}")
-    print(f"  mounted at the same path: {root} (pipeline root){''.join(f', {m}' for m in mounts)}; {how}")
+    say(f"Runner: kfp.local.DockerRunner; every stage in image {identity.reference} (id {identity.id}"
+        f"{', digest ' + identity.digest if identity.digest else ''}, {identity.size_bytes / 1e6:.0f} MB) "
+        f"as its user {identity.user or 'root'}")
+    say(f"  mounted at the same path: {root} (pipeline root){''.join(f', {m}' for m in mounts)}; {how}")
     if uid == 0:
-        print("  warning: the image runs as root", file=sys.stderr)
+        say("  warning: the image runs as root", err=True)
     return containers.docker_runner(identity, mounts), uid
 
 
@@ -125,30 +142,78 @@ def main(argv: list[str] | None = None) -> int:
                         help="subprocess: stages in this Python (default); docker: each stage in its container")
     parser.add_argument("--image", default=None,
                         help="with --runner docker: run every stage in this local image (default: the pipeline's)")
+    parser.add_argument("--log", default=None, help="the full log (default: OUTPUT/logs/run-YYYYmmdd-HHMMSS.log)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show every line on the console: kfp's executor input and task outputs, library logs")
     args = parser.parse_args(argv)
     if args.image and args.runner != "docker":
         parser.error("--image needs --runner docker")
     try:
-        name = load_config(args.config).name
+        config = load_config(args.config)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    output = Path(args.output or Path("outputs") / config.name)
+    log_path = Path(args.log) if args.log else output / "logs" / f"run-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    names = [m.model_name for m in config.models]
+    tags = [f"{stage} {name}" for stage in ("quantize", "evaluate") for name in names]
     start = time.monotonic()
-    result = run_local(args.config, args.output or Path("outputs") / name, runner=args.runner, image=args.image)
-    print(f"\nPipeline finished in {time.monotonic() - start:.0f}s.")
-    for path in result["evaluations"]:
-        e = read_evaluation(path)
-        headline = ", ".join(f"{name} top-1 {e.variant(name).top1:.3f}" for name in variants.REQUIRED
-                             if e.variant(name) is not None)
-        print(f"  {e.model_name}: {headline}  ({path})")
-        print(f"    report: {Path(path).parent / 'report.html'}")
+    with RunConsole(log_path, verbose=args.verbose, tags=tags) as console:
+        console.say(f"Running {args.config}: {len(names)} model configuration(s) ({', '.join(names)}); "
+                    f"full log: {log_path}")
+        try:
+            result = run_local(args.config, output, runner=args.runner, image=args.image, say=console.say)
+        except Exception as err:  # a failed stage, or the runner could not start one
+            _report_failure(console, err, log_path, args.verbose)
+            return 1
+        except KeyboardInterrupt:
+            console.say(f"\ninterrupted; full log: {log_path}", err=True)
+            return 130
+        console.say(f"\nPipeline finished in {time.monotonic() - start:.0f}s. Full log: {log_path}")
+        _summarize(console, result)
+    return 0
+
+
+def _report_failure(console: RunConsole, err: Exception, log_path: Path, verbose: bool) -> None:
+    """The last lines of each failed stage, one error line, and where the full log is."""
+    for task, configuration, tail in console.failures():
+        if not verbose:
+            console.say(f"\nLast lines of {task}{f' ({configuration})' if configuration else ''}:", err=True)
+            console.say("\n".join(f"  {line}" for line in tail), err=True)
+    if verbose:
+        console.say("".join(traceback.format_exception(err)).rstrip(), err=True)
+    message = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip().splitlines() or [type(err).__name__]
+    console.say(f"error: {message[0]}", err=True)
+    console.say(f"Full log: {log_path}", err=True)
+
+
+def _summarize(console: RunConsole, result: dict) -> None:
+    """Every configuration and variant in one table, the choice, and where everything is."""
+    from mushroom.bundle import read_bundle
+    from mushroom.console import closing_table
+    from mushroom.evaluation import read_evaluation
+    from mushroom.fileio import read_json
+
+    evaluations = [read_evaluation(p) for p in result["evaluations"]]
+    shipped = {}
     for path in result["bundles"]:
-        print(f"  bundle: {path}")
-    print(f"Published bundle and evaluation: {result['published']}")
+        bundle = read_bundle(path)
+        shipped[bundle.metadata["model_name"]] = bundle.default_variant
+    comparison = read_json(result["comparison"]) if result.get("comparison") else {}
+    best, variant = comparison.get("best"), comparison.get("chosen_variant")
+    console.say()
+    console.say(closing_table(evaluations, shipped, best, variant))
+    if best:
+        console.say(f"Chosen: {best}, variant {variant}: {comparison.get('reason', '')}")
+    console.say()
+    for path, e in zip(result["evaluations"], evaluations, strict=True):
+        console.say(f"  {e.model_name}: evaluation {path}")
+    for path in result["bundles"]:
+        console.say(f"  bundle: {path}")
+    console.say(f"Published bundle and evaluation: {result['published']}")
     if "://" not in result["published"]:
         published = Path(result["published"]) / "evaluation"
-        print(f"Report: {published / 'report.html'}\nComparison: {published / 'comparison.html'}")
-    return 0
+        console.say(f"Report: {published / 'report.html'}\nComparison: {published / 'comparison.html'}")
 
 
 if __name__ == "__main__":

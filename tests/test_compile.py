@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from mushroom.config import STAGES
 from pipelines.compile import compile_pipeline
 
 CONFIGS = Path(__file__).resolve().parents[1] / "pipelines" / "configs"
@@ -43,8 +44,16 @@ def test_parallel_for_over_model_configs_with_parallelism(spec):
 def test_stage_order_and_typed_artifacts(spec):
     root = spec["root"]["dag"]["tasks"]
     loop_name, _ = _loop(spec)
-    assert set(root) == {"acquire-dataset", "split-dataset", loop_name, "compare-models", "publish-bundle"}
+    assert set(root) == {"acquire-dataset", "split-dataset", "prepare-shards", loop_name, "compare-models",
+                         "publish-bundle"}
     comps = spec["components"]
+    # prepare decodes once for the whole loop: tune and train read its shards
+    assert root["prepare-shards"]["inputs"]["parameters"]["model_configs"] == {
+        "componentInputParameter": "model_configs"}
+    loop_tasks = spec["components"][root[loop_name]["componentRef"]["name"]]["dag"]["tasks"]
+    for task in ("tune-model", "train-classifier"):
+        shards = loop_tasks[task]["inputs"]["artifacts"]["shards"]
+        assert shards == {"componentInputArtifact": "pipelinechannel--prepare-shards-shards"}, shards
     acquire = comps["comp-acquire-dataset"]["outputDefinitions"]["artifacts"]
     assert acquire["dataset"]["artifactType"]["schemaTitle"] == "system.Dataset"
     assert acquire["metrics"]["artifactType"]["schemaTitle"] == "system.Metrics"
@@ -95,7 +104,7 @@ def test_gpu_tolerations_and_node_selector_come_from_pipeline_parameters(spec, p
 
 
 def test_every_task_runs_as_non_root_with_cluster_settings(platform):
-    assert len(platform) == 8
+    assert len(platform) == len(STAGES)
     for executor in platform.values():
         assert executor["securityContext"]["runAsNonRoot"] is True
         assert executor["securityContext"]["runAsUser"] == "10001"
@@ -132,7 +141,8 @@ def test_timeouts_and_scratch_are_kubernetes_platform_config(platform):
 # the CPU image (`make compile` with the Makefile's IMAGE and TAG).
 CPU_IMAGE = "ghcr.io/quantized-mushroom/mushroom:0.1.0"
 GPU_IMAGE = "ghcr.io/quantized-mushroom/mushroom:0.1.0-gpu"
-EXECUTORS = ["exec-acquire-dataset", "exec-split-dataset", "exec-tune-model", "exec-train-classifier",
+EXECUTORS = ["exec-acquire-dataset", "exec-split-dataset", "exec-prepare-shards", "exec-tune-model",
+             "exec-train-classifier",
              "exec-quantize-to-bundle", "exec-evaluate-model", "exec-compare-models", "exec-publish-bundle"]
 EXPECTED_IMAGES = {
     "paper": {e: GPU_IMAGE if e in ("exec-tune-model", "exec-train-classifier") else CPU_IMAGE for e in EXECUTORS},

@@ -332,7 +332,7 @@ def test_top_answer_danger_is_stated_as_such_and_still_vetoes(bundle_dir, tmp_pa
     # "uncertain" beside a high P(edible) never stands without its reason.
     low = identifier.answer("p.jpg", _probs(catalog, Boletus_edulis=0.7, Amanita_muscaria=0.3))
     assert low.verdict == UNCERTAIN and "why:" in format_answer(low)
-    strict = Identifier(bundle_dir)
+    strict = Identifier(bundle_dir, open_set=False)  # bare probabilities: no features for a feature score
     if strict.policy.edible_threshold is None:
         unsure = strict.answer("p.jpg", _probs(catalog, Boletus_edulis=0.995, Pleurotus_ostreatus=0.005))
         if unsure.verdict == UNCERTAIN:
@@ -390,6 +390,102 @@ def test_open_set_threshold_from_the_bundle_refuses_unknown_photos(bundle_dir, p
     (bundle / "calibration.json").write_text(json.dumps(calibration))
     with pytest.raises(BundleError, match="open-set score 'magic'"):
         Identifier(bundle)
+
+
+def _feature_rule_bundle(trained_run, bundle_dir: Path, dest: Path) -> tuple[Path, str]:
+    """A copy of the bundle whose default variant refuses by the feature-space score, fitted as the
+    evaluate stage fits it: statistics from train photos, the threshold from validation photos."""
+    from mushroom.datasets import load_images, load_split
+    from mushroom.openset import FEATURES_FILE, certified_threshold, fit_feature_stats
+
+    bundle = copy_bundle(bundle_dir, dest)
+    b = read_bundle(bundle)
+    variant = b.default_variant
+    classifier = Identifier(bundle, open_set=False).classifier
+    assert classifier.has_features  # every variant exports the pooled features
+
+    def features(split):
+        examples = load_split(trained_run["dataset"], trained_run["splits"], split)
+        return classifier.predict_with_features(load_images(examples.paths, b.image_size))[1], examples.labels
+
+    stats = fit_feature_stats(*features("train"), len(b.catalog))
+    threshold, _ = certified_threshold(stats.score(features("val")[0]))
+    calibration = json.loads((bundle / "calibration.json").read_text())
+    calibration["variants"][variant]["open_set"] = {"score": "mahalanobis", "threshold": threshold,
+                                                    "known_kept": 0.95, "fallback": None,
+                                                    "features": stats.describe()}
+    (bundle / "calibration.json").write_text(json.dumps(calibration))
+    np.savez(bundle / FEATURES_FILE, **stats.arrays(f"{variant}."))
+    return bundle, variant
+
+
+def test_feature_score_refuses_out_of_distribution_photos_and_answers_known_ones(trained_run, bundle_dir,
+                                                                                 test_photos, tmp_path):
+    # The evaluate stage offered the feature score to every variant and recorded the measurement.
+    evaluation = json.loads((Path(trained_run["evaluation"]) / "evaluation.json").read_text())
+    choices = {k: v["open_set"] for k, v in evaluation["variants"].items() if k.startswith("tflite_")}
+    assert all("mahalanobis" in c["score_choice"] for c in choices.values())
+    assert (bundle_dir / "open_set_features.npz").is_file() == any(c["score"] == "mahalanobis"
+                                                                   for c in choices.values())
+    bundle, variant = _feature_rule_bundle(trained_run, bundle_dir, tmp_path / "b")
+    identifier = Identifier(bundle)
+    assert identifier.open_set.score == "mahalanobis" and identifier.open_set.needs_features
+    answers = list(identifier.identify_many(test_photos))
+    assert np.mean([a.refused for a in answers]) <= 0.2  # known test photos are answered
+    known_refused = np.mean([a.verdict == UNKNOWN_SPECIES for a in answers])
+    # Generated textures and shapes (never trained on) as photo files: the feature score refuses
+    # many more of them than of the known photos.
+    from mushroom.openset import generate_negatives
+
+    ood = []
+    for family in ("texture", "shapes"):
+        for i, image in enumerate(generate_negatives(family, 30, 96, seed=3)):
+            ood.append(save(Image.fromarray(image), tmp_path / f"{family}{i}.png", "PNG"))
+    ood_answers = list(identifier.identify_many(ood))
+    refused = [a for a in ood_answers if a.verdict == UNKNOWN_SPECIES]
+    assert len(refused) / len(ood) >= 0.2 and len(refused) / len(ood) > known_refused + 0.1, \
+        (len(refused), known_refused)
+    worst = min(refused, key=lambda a: a.open_set_score).photo
+    answer = identifier.identify(worst)  # one photo alone: the same answer
+    assert answer.verdict == UNKNOWN_SPECIES and answer.open_set_score < identifier.open_set.threshold
+    assert answer.reasons[0].startswith("not one of the 4 species this model knows")
+    batched = list(identifier.identify_many([worst, test_photos[0]]))  # features read in a batch too
+    assert batched[0].verdict == UNKNOWN_SPECIES and batched[1].open_set_score == pytest.approx(
+        answers[0].open_set_score, rel=0.05)  # dynamic-range variants quantize activations per batch
+    assert identifier.describe()["open_set"]["features"]["dim"] == identifier.classifier.feature_dim
+    # The statistics travel in the bundle: without them it is refused, naming the file.
+    (bundle / "open_set_features.npz").unlink()
+    with pytest.raises(BundleError, match="open_set_features.npz"):
+        Identifier(bundle)
+
+
+def test_old_bundle_without_feature_output_still_answers(trained_run, bundle_dir, photo, tmp_path):
+    from mushroom.models import load_model
+    from mushroom.quantize import convert, export_saved_model
+
+    bundle, variant = _feature_rule_bundle(trained_run, bundle_dir, tmp_path / "b")
+    model = load_model(trained_run["model"] / "model.keras")
+    old = convert(export_saved_model(model, tmp_path / "saved_model", features=False), "float32")
+    (bundle / "model_float32.tflite").write_bytes(old)  # probabilities only, as bundles were exported before
+    with np.load(bundle / "open_set_features.npz") as data:  # statistics for float32 too (same backbone)
+        arrays = {k.replace(f"{variant}.", "float32.", 1): data[k] for k in data.files}
+    np.savez(bundle / "open_set_features.npz", **arrays)
+    calibration = json.loads((bundle / "calibration.json").read_text())
+    calibration["variants"]["float32"]["open_set"] = {"score": "mahalanobis", "threshold": -1.0,
+                                                      "features": {"file": "open_set_features.npz"}}
+    (bundle / "calibration.json").write_text(json.dumps(calibration))
+    with pytest.raises(BundleError, match="needs the model's feature output, which model_float32.tflite lacks"):
+        Identifier(bundle, variant="float32")
+    calibration["variants"]["float32"]["open_set"] = {"score": "max_logit", "threshold": 0.0, "known_kept": 0.95,
+                                                      "fallback": None}
+    (bundle / "calibration.json").write_text(json.dumps(calibration))
+    (bundle / "open_set_features.npz").unlink()
+    identifier = Identifier(bundle, variant="float32")
+    assert not identifier.classifier.has_features
+    answer = identifier.identify(photo)
+    assert answer.ok and answer.verdict in VERDICTS and answer.open_set_score is not None
+    assert answer.candidates[0].scientific_name == Identifier(bundle_dir, variant="float32").identify(
+        photo).candidates[0].scientific_name
 
 
 def test_species_listing_banner_and_verbose_calibration(bundle_dir, photo, capsys):

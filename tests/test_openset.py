@@ -260,3 +260,104 @@ def test_provenance_records_source_counts_licences_config_commit_and_time(tmp_pa
     assert p["project"]["version"] and p["built_at"].endswith("+00:00")
     git = p["project"]["git"]
     assert git is None or len(git["commit"]) == 40  # None only outside a checkout
+
+
+# --------------------------------------------------------------------------- the feature-space score
+
+
+def _clusters(rng, n, means, mix):
+    labels = rng.integers(0, len(means), n)
+    return means[labels] + rng.normal(size=(n, means.shape[1])) @ mix, labels
+
+
+def _mix(rng, strong, weak, dim):
+    """A square root of a covariance with 6 strong directions (sd ``strong``), the rest sd ``weak``."""
+    q = np.linalg.qr(rng.normal(size=(dim, dim)))[0]
+    return np.diag(np.r_[np.full(6, strong), np.full(dim - 6, weak)]) @ q.T
+
+
+def test_mahalanobis_ranks_far_features_below_known_ones_and_low_rank_keeps_the_rest():
+    from sklearn.covariance import LedoitWolf
+
+    rng = np.random.default_rng(5)
+    dim, classes = 40, 3
+    means = rng.normal(0, 4, (classes, dim))
+    mix = _mix(rng, 5.0, 0.2, dim)
+    train, labels = _clusters(rng, 400, means, mix)
+    known, _ = _clusters(rng, 200, means, mix)
+    full = openset.fit_feature_stats(train, labels, classes, components=dim)
+    # With every component kept it is the Ledoit-Wolf Mahalanobis distance itself.
+    residuals = train - full.means[labels]
+    precision = np.linalg.inv(LedoitWolf(assume_centered=True).fit(residuals).covariance_)
+    diff = known[:, None, :] - full.means[None]
+    exact = np.einsum("ncd,de,nce->nc", diff, precision, diff)
+    np.testing.assert_allclose(full.distances(known), exact, rtol=1e-6)
+    low = openset.fit_feature_stats(train, labels, classes, components=8)
+    assert low.components.shape == (8, dim) and low.residual_variance > 0
+    far = means[0] + 60.0 * rng.normal(size=dim) / np.sqrt(dim)  # 60 units from a class mean
+    # A short step off the photos' strong directions: nearer to a class mean than most known photos
+    # (~12 units), far by Mahalanobis distance.
+    weak = np.linalg.svd(residuals, full_matrices=False)[2][-1]
+    off_manifold = means[1] + 4.0 * weak
+    euclidean = np.linalg.norm(known[:, None] - means[None], axis=-1).min(1)
+    assert np.mean(euclidean > 4.0) > 0.95
+    for stats in (full, low):
+        scores = stats.score(known)
+        assert stats.score(far[None])[0] < scores.min()
+        assert stats.score(off_manifold[None])[0] < np.quantile(scores, 0.05)
+    assert openset.auroc(low.score(known), low.score(train[:0] + far)) is None  # empty side: no AUROC
+    with pytest.raises(ValueError, match="do not match the 40-d"):
+        low.score(known[:, :10])
+    with pytest.raises(ValueError, match="none of class"):
+        openset.fit_feature_stats(train[labels < 2], labels[labels < 2], classes)
+
+
+def test_feature_rule_round_trips_through_calibration_json_and_npz(tmp_path):
+    rng = np.random.default_rng(6)
+    means = rng.normal(0, 3, (2, 16))
+    train, labels = _clusters(rng, 80, means, np.eye(16))
+    stats = openset.fit_feature_stats(train, labels, 2, components=4)
+    np.savez(tmp_path / openset.FEATURES_FILE, **stats.arrays("int8."))
+    with np.load(tmp_path / openset.FEATURES_FILE) as data:
+        loaded = openset.FeatureStats.from_arrays(dict(data), "int8.")
+    rule = openset.OpenSetRule("mahalanobis", -5.0, None, 0.95, None, stats)
+    entry = json.loads(json.dumps(rule.to_dict()))
+    assert entry["features"] == {"file": openset.FEATURES_FILE, "dim": 16, "components": 4, "train_photos": 80,
+                                 "shrinkage": pytest.approx(stats.shrinkage, abs=1e-6)}
+    back = openset.rule_from_dict(entry, loaded)
+    assert back.needs_features and not openset.OpenSetRule("msp", 0.5).needs_features
+    x = np.r_[train[:3], 100 + train[:1]]
+    np.testing.assert_allclose(back.scores(np.full((4, 2), 0.5), x), rule.scores(np.full((4, 2), 0.5), x), rtol=1e-5)
+    assert back.is_unknown(np.full((4, 2), 0.5), x)[-1]
+    with pytest.raises(ValueError, match="without feature statistics"):
+        openset.rule_from_dict(entry)
+    with pytest.raises(ValueError, match="needs the model's feature output"):
+        back.scores(np.full((4, 2), 0.5))
+
+
+def test_evaluation_chooses_the_feature_score_when_it_separates_better():
+    """Negatives the classifier is over-confident about: probability scores cannot tell them
+    apart, features far from every class mean can, and the measurement picks those."""
+    rng = np.random.default_rng(7)
+    classes, size, dim = 4, 16, 24
+    means = rng.normal(0, 3, (classes, dim))
+    train, train_labels = _clusters(rng, 400, means, np.eye(dim))
+    val, val_labels = _clusters(rng, 200, means, np.eye(dim))
+    test, _ = _clusters(rng, 200, means, np.eye(dim))
+    negatives = openset.gather_negatives(size, per_family=20)
+    kinds = list(negatives.images)
+    val_probs, _ = _peaked(rng, 200, classes, 4.0)
+    test_probs, _ = _peaked(rng, 200, classes, 4.0)
+    probs = {k: _peaked(rng, len(negatives.images[k]), classes, 4.0)[0] for k in kinds}  # just as confident
+    feats = {k: rng.normal(0, 3, (len(negatives.images[k]), dim)) + 12.0 for k in kinds}  # away from the classes
+    features = openset.FeatureInputs(openset.fit_feature_stats(train, train_labels, classes), val, test, feats)
+    result = openset.evaluate_open_set(val_labels, val_probs, test_probs, np.zeros(200, bool), probs, negatives,
+                                       np.array([True, False, False, True]), features=features)
+    assert result["score"] == "mahalanobis" and result["rule"]["features"]["train_photos"] == 400
+    assert result["score_choice"]["mahalanobis"] > 0.99 > max(result["score_choice"][s]
+                                                               for s in openset.CANDIDATE_SCORES)
+    assert result["test_refused_gate_off"] <= 0.1
+    assert all(k["auroc"] > 0.99 and k["refused_gate_off"] > 0.9 for k in result["kinds"].values())
+    without = openset.evaluate_open_set(val_labels, val_probs, test_probs, np.zeros(200, bool), probs, negatives,
+                                        np.array([True, False, False, True]))
+    assert without["score"] in openset.CANDIDATE_SCORES and "mahalanobis" not in without["score_choice"]

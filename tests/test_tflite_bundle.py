@@ -44,6 +44,37 @@ def test_float32_tflite_matches_keras_and_int8_is_smaller(converted):
     assert int8.input_dtype == np.float32  # float input/output by default
 
 
+def test_two_output_export_keeps_the_probabilities_and_adds_the_pooled_features(converted, tmp_path):
+    from mushroom.models import with_feature_output
+    from mushroom.quantize import convert, export_saved_model
+
+    model, images, root, _ = converted
+    bundle = read_bundle(root)
+    path = tmp_path / "one_output.tflite"
+    path.write_bytes(convert(export_saved_model(model, tmp_path / "saved_model", features=False), "float32"))
+    one = TFLiteClassifier(path)
+    assert not one.has_features and one.predict_with_features(images[:2])[1] is None
+    two = TFLiteClassifier(bundle.model_path("float32"))
+    dim = model.get_layer("backbone").output.shape[-1]
+    assert two.has_features and two.feature_dim == dim and two.num_classes == 4
+    # The converter orders outputs by name, features first: reading by position would be wrong.
+    assert two.interpreter.get_output_details()[0]["shape"][-1] == dim
+    probs, features = two.predict_with_features(images, batch_size=7)
+    np.testing.assert_allclose(probs, one.predict(images), rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(two.predict(images), probs)
+    expected = with_feature_output(model).predict(images.astype(np.float32), verbose=0)
+    np.testing.assert_allclose(features, expected["features"], atol=1e-4, rtol=1e-3)
+    np.testing.assert_allclose(expected["probabilities"], model.predict(images.astype(np.float32), verbose=0),
+                               atol=1e-6)
+    assert len(model.outputs) == 1  # the trained model keeps its single output
+    for variant in ("int8", "int8_io"):  # integer outputs (int8_io) are dequantized like the probabilities
+        c = TFLiteClassifier(bundle.model_path(variant))
+        p, f = c.predict_with_features(images)
+        assert f.dtype == np.float32 and f.shape == features.shape
+        assert np.mean(p.argmax(1) == probs.argmax(1)) >= 0.8
+        assert np.corrcoef(f.ravel(), features.ravel())[0, 1] > 0.9, variant
+
+
 def test_int8_input_model_does_not_wrap_at_0_and_255(converted):
     """0 and 255 pixels must map to the ends of the int8 range, not wrap around."""
     _, _, root, _ = converted
@@ -144,3 +175,20 @@ def test_weights_file_round_trip(tmp_path):
     np.testing.assert_allclose(a.predict(x, verbose=0), b.predict(x, verbose=0), atol=1e-6)
     with pytest.raises(ValueError, match="architecture 'vgg'"):
         build_model("vgg", 3, 32, "none")
+
+
+def test_feature_output_survives_resnet50s_preprocessing_fold():
+    """The export form of a folded ResNet50 still outputs the same probabilities and pooled features."""
+    from mushroom.backbones import fold_preprocessing
+    from mushroom.models import build_model, with_feature_output
+
+    model = build_model("resnet50", 3, 32, "none")
+    folded, fold = fold_preprocessing(model)
+    assert fold is not None
+    x = np.random.default_rng(2).uniform(0, 255, (3, 32, 32, 3)).astype(np.float32)
+    before = with_feature_output(model).predict(x, verbose=0)
+    after = with_feature_output(folded).predict(x, verbose=0)
+    assert after["features"].shape == (3, 2048)
+    np.testing.assert_allclose(after["features"], before["features"], rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(after["probabilities"], model.predict(x, verbose=0), atol=1e-5)
+    assert with_feature_output(with_feature_output(folded)).output.keys() == after.keys()

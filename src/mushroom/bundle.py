@@ -6,6 +6,9 @@
     labels.json        class order: index -> taxon id and scientific name
     species.csv        the catalog rows of the classes (names, edibility, caution)
     calibration.json   temperature and thresholds per variant (see ``mushroom.policy``)
+    open_set_features.npz  per variant whose open-set score is ``mahalanobis``: class means and
+                       the low-rank shared covariance of its pooled features (``mushroom.openset``);
+                       absent in older bundles and where a probability score was chosen
     metadata.json      architecture, input size, the default variant, versions, config hash, and
                        ``provenance`` (:func:`build_provenance`): data source, species and photo
                        counts per split, licences of the training photos, run configuration,
@@ -29,7 +32,7 @@ from typing import Any
 
 from mushroom import variants as registry
 from mushroom.fileio import read_json, write_bytes_atomic, write_json_atomic, write_text_atomic
-from mushroom.openset import OpenSetRule, rule_from_dict
+from mushroom.openset import FEATURE_SCORES, FEATURES_FILE, FeatureStats, OpenSetRule, rule_from_dict
 from mushroom.policy import CALIBRATION_SCHEMA_VERSION, DEFAULT_CALIBRATION, Policy, policy_for
 from mushroom.species import Catalog, parse_catalog
 from mushroom.versioning import SchemaVersionError, check_schema_version
@@ -250,17 +253,43 @@ class Bundle:
         """The open-set rule of ``variant`` (None: the bundle has none, e.g. before the evaluate stage).
 
         Raises:
-            BundleError: The entry names an unknown score or its prototypes do not fit the classes.
+            BundleError: The entry names an unknown score, its prototypes do not fit the classes,
+                or its feature statistics are missing or do not fit.
         """
-        entry = self.calibration.get("variants", {}).get(variant or self.default_variant, {}).get("open_set")
+        variant = variant or self.default_variant
+        entry = self.calibration.get("variants", {}).get(variant, {}).get("open_set")
         try:
-            rule = rule_from_dict(entry)
+            stats = self.feature_stats(variant) if entry and entry.get("score") in FEATURE_SCORES else None
+            rule = rule_from_dict(entry, stats)
+            if stats is not None and stats.means.shape[0] != len(self.catalog):
+                raise ValueError(f"open-set feature statistics of {stats.means.shape[0]} classes do not match "
+                                 f"{len(self.catalog)} species")
             if rule is not None and rule.prototypes is not None and rule.prototypes.shape != (len(self.catalog),) * 2:
                 raise ValueError(f"open-set prototypes of shape {rule.prototypes.shape} do not match "
                                  f"{len(self.catalog)} species")
         except ValueError as err:
             raise BundleError(f"bundle {self.root}: {CALIBRATION}: {err}") from None
         return rule
+
+    def feature_stats(self, variant: str) -> FeatureStats:
+        """The open-set feature statistics of ``variant`` (from :data:`mushroom.openset.FEATURES_FILE`).
+
+        Raises:
+            ValueError: The file is missing, unreadable, or has none for ``variant``.
+        """
+        import numpy as np
+
+        path = self.root / FEATURES_FILE
+        if not path.is_file():
+            raise ValueError(f"the open-set score needs {FEATURES_FILE}, which the bundle lacks")
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {k: data[k] for k in data.files if k.startswith(f"{variant}.")}
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{FEATURES_FILE} is unreadable: {err}") from None
+        if not arrays:
+            raise ValueError(f"{FEATURES_FILE} has no statistics for variant {variant!r}")
+        return FeatureStats.from_arrays(arrays, f"{variant}.")
 
     @property
     def provenance(self) -> dict[str, Any]:

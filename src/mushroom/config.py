@@ -356,7 +356,7 @@ VERTEX_ACCELERATOR_TYPES = ("NVIDIA_TESLA_P100", "NVIDIA_TESLA_P4", "NVIDIA_TESL
 VERTEX_MAX_CPU = "96"
 VERTEX_MAX_MEMORY = "624G"
 
-STAGES = ("acquire", "split", "tune", "train", "quantize", "evaluate", "compare", "publish")
+STAGES = ("acquire", "split", "prepare", "tune", "train", "quantize", "evaluate", "compare", "publish")
 # The stages inside the pipeline's ParallelFor: up to `parallelism` model configurations run them
 # at once, each configuration one stage after the other. The others run alone.
 LOOP_STAGES = ("tune", "train", "quantize", "evaluate")
@@ -371,6 +371,10 @@ DEFAULT_STAGES: dict[str, dict[str, Any]] = {
                 "scratch_size": "1Gi", "timeout_s": 6 * _HOUR, "retries": 2},
     "split": {"cpu_request": "250m", "cpu_limit": "1", "memory_request": "512Mi", "memory_limit": "1Gi",
               "scratch_size": "1Gi", "timeout_s": _HOUR},
+    # Decodes every photo once per model input size; its scratch holds nothing big (the shards are
+    # its output artifact), memory is bounded (photos are streamed).
+    "prepare": {"cpu_request": "500m", "cpu_limit": "2", "memory_request": "1Gi", "memory_limit": "2Gi",
+                "scratch_size": "1Gi", "timeout_s": 6 * _HOUR},
     "tune": {"cpu_request": "1", "cpu_limit": "2", "memory_request": "2304Mi", "memory_limit": "3Gi",
              "scratch_size": "4Gi", "timeout_s": 12 * _HOUR},
     "train": {"cpu_request": "1", "cpu_limit": "2", "memory_request": "2Gi", "memory_limit": "3Gi",
@@ -519,6 +523,7 @@ class StagesConfig(_Strict):
 
     acquire: StageSchedule
     split: StageSchedule
+    prepare: StageSchedule
     tune: StageSchedule
     train: StageSchedule
     quantize: StageSchedule

@@ -55,19 +55,22 @@ def load_unknown(dataset_dir: str | Path) -> tuple[list[str], np.ndarray]:
     return [str(Path(dataset_dir) / r.file) for r in rows], np.array([r.taxon_id for r in rows], dtype=np.int64)
 
 
-def augmentation(seed: int):
-    """Train-time augmentation: flip, rotation, zoom, contrast (on 0-255 pixels)."""
+def augmentation(seed: int, strength: str = "basic"):
+    """Train-time augmentation on 0-255 pixels: flip, rotation, zoom, contrast; ``strong`` adds
+    RandAugment (2 random operations a photo at magnitude 0.5) before them."""
     import keras
 
-    return keras.Sequential(
-        [
-            keras.layers.RandomFlip("horizontal", seed=seed),
-            keras.layers.RandomRotation(0.1, fill_mode="constant", seed=seed + 1),
-            keras.layers.RandomZoom((-0.2, 0.1), fill_mode="constant", seed=seed + 2),
-            keras.layers.RandomContrast(0.2, value_range=(0, 255), seed=seed + 3),
-        ],
-        name="augmentation",
-    )
+    layers = [
+        keras.layers.RandomFlip("horizontal", seed=seed),
+        keras.layers.RandomRotation(0.1, fill_mode="constant", seed=seed + 1),
+        keras.layers.RandomZoom((-0.2, 0.1), fill_mode="constant", seed=seed + 2),
+        keras.layers.RandomContrast(0.2, value_range=(0, 255), seed=seed + 3),
+    ]
+    if strength == "strong":
+        layers.insert(0, keras.layers.RandAugment(value_range=(0, 255), num_ops=2, factor=0.5, seed=seed + 4))
+    elif strength != "basic":
+        raise ValueError(f"augmentation {strength!r} is not 'basic' or 'strong'")
+    return keras.Sequential(layers, name="augmentation")
 
 
 def make_dataset(

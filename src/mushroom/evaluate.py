@@ -24,7 +24,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +52,16 @@ from mushroom.calibration import (
     verdicts,
 )
 from mushroom.evaluation import Evaluation, VariantEvaluation, VsReference
-from mushroom.openset import DEFAULT_KNOWN_KEPT, Negatives, evaluate_open_set
+from mushroom.openset import (
+    DEFAULT_KNOWN_KEPT,
+    FEATURE_SCORES,
+    FEATURES_FILE,
+    FeatureInputs,
+    FeatureStats,
+    Negatives,
+    evaluate_open_set,
+    fit_feature_stats,
+)
 from mushroom.policy import (
     CALIBRATION_SCHEMA_VERSION,
     EDIBLE,
@@ -72,6 +81,9 @@ LATENCY_RUNS = 30
 LATENCY_WARMUP = 5
 MOST_CONFUSED = 10
 CALIBRATION_MIN_PHOTOS = 200  # fewer validation photos: temperature and ECE are rough
+# At most this many train photos (balanced across species) fit the open-set feature statistics:
+# enough for a shrunk 1280-d covariance, and each variant predicts them once.
+OPEN_SET_TRAIN_PHOTOS = 2000
 
 
 def _num(value) -> float | None:
@@ -95,15 +107,69 @@ def summarize(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
 
 def predict_variants(keras_model, bundle_dir: str | Path, images: np.ndarray) -> dict[str, np.ndarray]:
     """Probabilities from the Keras model and every TFLite variant in the bundle."""
+    return predict_variants_with_features(keras_model, bundle_dir, images)[0]
+
+
+def predict_variants_with_features(keras_model, bundle_dir: str | Path, images: np.ndarray
+                                   ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Probabilities from the Keras model and every TFLite variant, and the variants' pooled features.
+
+    Returns:
+        ``(probs, features)`` by evaluation key; ``features`` holds only the TFLite variants
+        with a feature output (:mod:`mushroom.tflite`), never the Keras model.
+    """
     bundle = read_bundle(bundle_dir)
-    probs = {}
+    probs, features = {}, {}
     if keras_model is not None:
         probs[registry.KERAS_KEY] = np.asarray(keras_model.predict(images.astype(np.float32), batch_size=32, verbose=0))
     for variant in bundle.variants:
         start = time.monotonic()
-        probs[registry.evaluation_key(variant)] = TFLiteClassifier(bundle.model_path(variant)).predict(images)
+        key = registry.evaluation_key(variant)
+        probs[key], feats = TFLiteClassifier(bundle.model_path(variant)).predict_with_features(images)
+        if feats is not None:
+            features[key] = feats
         log.info("tflite %s: %d images in %.1fs", variant, len(images), time.monotonic() - start)
-    return probs
+    return probs, features
+
+
+def fit_variant_feature_stats(train_features: dict[str, np.ndarray], train_labels: np.ndarray,
+                              num_classes: int) -> dict[str, FeatureStats]:
+    """Feature statistics (:func:`mushroom.openset.fit_feature_stats`) per evaluation key, from train photos.
+
+    A variant whose statistics cannot be fitted (a class without train photos) is left out
+    with a warning: it keeps the probability scores.
+    """
+    out = {}
+    for key, feats in train_features.items():
+        try:
+            out[key] = fit_feature_stats(feats, train_labels, num_classes)
+        except ValueError as err:
+            log.warning("open set %s: no feature statistics, probability scores only: %s", key, err)
+    return out
+
+
+def feature_stats_arrays(evaluation: Evaluation, open_set: OpenSetInputs) -> dict[str, np.ndarray]:
+    """The bundle's :data:`mushroom.openset.FEATURES_FILE` arrays: the statistics of every TFLite
+    variant whose chosen open-set score needs them, named ``<variant>.<array>``."""
+    arrays: dict[str, np.ndarray] = {}
+    for name, v in evaluation.tflite_variants().items():
+        key = registry.evaluation_key(name)
+        if v.open_set is not None and v.open_set.score in FEATURE_SCORES and key in open_set.features:
+            arrays.update(open_set.features[key].stats.arrays(f"{name}."))
+    return arrays
+
+
+def write_feature_stats(bundle_dir: str | Path, evaluation: Evaluation, open_set: OpenSetInputs) -> Path | None:
+    """Write :func:`feature_stats_arrays` into the bundle (None, and any old file removed, if none)."""
+    path = Path(bundle_dir) / FEATURES_FILE
+    arrays = feature_stats_arrays(evaluation, open_set)
+    if not arrays:
+        path.unlink(missing_ok=True)
+        return None
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez_compressed(tmp, **arrays)
+    tmp.replace(path)
+    return path
 
 
 # --- species -----------------------------------------------------------------------------
@@ -300,12 +366,15 @@ class OpenSetInputs:
         probs: Evaluation key -> kind -> the variant's (uncalibrated) probabilities of them.
         test_gate: The quality gate's refusal of each test photo.
         known_kept: Share of validation photos the threshold keeps.
+        features: Evaluation key -> the variant's features and their train-photo statistics
+            (TFLite variants with a feature output only): the feature-space score's candidates.
     """
 
     negatives: Negatives
     probs: dict[str, dict[str, np.ndarray]]
     test_gate: np.ndarray
     known_kept: float = DEFAULT_KNOWN_KEPT
+    features: dict[str, FeatureInputs] = field(default_factory=dict)
 
 
 def evaluate_variant(test_labels: np.ndarray, test_probs: np.ndarray, val_labels: np.ndarray,
@@ -332,7 +401,7 @@ def evaluate_variant(test_labels: np.ndarray, test_probs: np.ndarray, val_labels
         extra["open_set"] = evaluate_open_set(
             val_labels, apply_temperature(val_probs, temperature), apply_temperature(test_probs, temperature),
             open_set.test_gate, {k: apply_temperature(p, temperature) for k, p in open_set.probs[key].items()},
-            open_set.negatives, masks["edible"], open_set.known_kept)
+            open_set.negatives, masks["edible"], open_set.known_kept, open_set.features.get(key))
     return VariantEvaluation.model_validate({
         **extra,
         **summarize(test_labels, test_probs),

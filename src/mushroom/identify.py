@@ -332,7 +332,6 @@ class Identifier:
         self.variant = variant or bundle.default_variant
         self.policy: Policy = bundle.policy(self.variant)
         self.quality_gate = quality_gate
-        self.open_set: OpenSetRule | None = bundle.open_set_rule(self.variant) if open_set else None
         if not (math.isfinite(self.policy.temperature) and self.policy.temperature > 0):
             raise BundleError(f"bundle {bundle.root}: calibration temperature {self.policy.temperature} "
                               f"of variant {self.variant!r} is not a positive number")
@@ -349,10 +348,19 @@ class Identifier:
                 f"bundle {bundle.root}: labels do not match the model: {LABELS} lists {n_labels} "
                 f"species but {path.name} outputs {self.classifier.num_classes} classes"
             )
+        # After the label check: a bundle whose labels do not fit its model is reported as such.
+        self.open_set: OpenSetRule | None = bundle.open_set_rule(self.variant) if open_set else None
         declared = bundle.metadata.get("image_size")
         if declared is not None and int(declared) != self.classifier.image_size:
             raise BundleError(f"bundle {bundle.root}: metadata.json says image_size {declared} but "
                               f"{path.name} takes {self.classifier.image_size} px")
+        if self.open_set is not None and self.open_set.needs_features:
+            if not self.classifier.has_features:
+                raise BundleError(f"bundle {bundle.root}: the open-set score {self.open_set.score!r} needs the "
+                                  f"model's feature output, which {path.name} lacks")
+            if self.classifier.feature_dim != self.open_set.features.dim:
+                raise BundleError(f"bundle {bundle.root}: {path.name} outputs {self.classifier.feature_dim} "
+                                  f"features but the open-set statistics have {self.open_set.features.dim}")
         self._species: list[Species] = list(bundle.catalog)
         self._edible = np.array([s.is_edible for s in self._species], dtype=bool)
 
@@ -393,14 +401,23 @@ class Identifier:
         """Calibrated class probabilities for preprocessed pixels ``(n, size, size, 3)``."""
         return apply_temperature(self.classifier.predict(pixels), self.policy.temperature)
 
+    def _predict(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Calibrated probabilities and, where the open-set score needs them, the pooled features."""
+        if self.open_set is None or not self.open_set.needs_features:
+            return self.calibrated(pixels), None
+        probs, features = self.classifier.predict_with_features(pixels)
+        return apply_temperature(probs, self.policy.temperature), features
+
     def unusable(self, photo: str, reason: str) -> Answer:
         """The answer for a photo the quality gate refused."""
         return Answer(photo, verdict=UNUSABLE_PHOTO, reasons=(f"not a usable photo: {reason}",))
 
-    def answer(self, photo: str, probs: np.ndarray) -> Answer:
+    def answer(self, photo: str, probs: np.ndarray, features: np.ndarray | None = None) -> Answer:
         """Build the answer for one photo from its calibrated probabilities ``(num_classes,)``.
 
-        The open-set rule is applied first (photos below its threshold are "unknown species");
+        ``features`` are its pooled features ``(dim,)``, needed when the bundle's open-set score
+        is computed from them (``mahalanobis``). The open-set rule is applied first (photos below
+        its threshold are "unknown species");
         otherwise the species answer, with the veto: a poisonous or deadly species above 1%
         among the top 5, the top answer included, means the verdict is never "edible".
         """
@@ -412,7 +429,7 @@ class Identifier:
         )
         score = None
         if self.open_set is not None:
-            score = float(self.open_set.scores(probs[None])[0])
+            score = float(self.open_set.scores(probs[None], None if features is None else features[None])[0])
             if self.open_set.threshold is not None and score < self.open_set.threshold:
                 reason = (f"not one of the {len(self._species)} species this model knows: the photo is unlike the "
                           f"photos it was trained on (open-set score {score:.3g} is below "
@@ -464,7 +481,8 @@ class Identifier:
         pixels, unusable = self._read(photo)
         if unusable:
             return self.unusable(str(photo), unusable)
-        return self.answer(str(photo), self.calibrated(pixels[None])[0])
+        probs, features = self._predict(pixels[None])
+        return self.answer(str(photo), probs[0], None if features is None else features[0])
 
     def identify_many(self, photos: Iterable[str | Path], batch_size: int = 16) -> Iterator[Answer]:
         """Answer photos in order; a photo that cannot be read gets an answer with ``error`` set."""
@@ -496,9 +514,9 @@ class Identifier:
     def _flush(self, batch: list[tuple[str, np.ndarray]]) -> Iterator[Answer]:
         if not batch:
             return
-        probs = self.calibrated(np.stack([pixels for _, pixels in batch]))
-        for (photo, _), row in zip(batch, probs, strict=True):
-            yield self.answer(photo, row)
+        probs, features = self._predict(np.stack([pixels for _, pixels in batch]))
+        for i, (photo, _) in enumerate(batch):
+            yield self.answer(photo, probs[i], None if features is None else features[i])
 
 
 def bundle_data_source(metadata: dict[str, Any]) -> dict[str, Any]:

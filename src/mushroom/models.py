@@ -107,3 +107,29 @@ def set_backbone_trainable(model: keras.Model, fraction: float | None) -> int:
 def load_model(path: str | Path) -> keras.Model:
     """Load a model saved by the train stage (``.keras``)."""
     return keras.models.load_model(path, compile=False)
+
+
+FEATURES_OUTPUT = "features"  # the output names of the exported (TFLite) model
+PROBABILITIES_OUTPUT = "probabilities"
+
+
+def with_feature_output(model: keras.Model) -> keras.Model:
+    """The export form of a classifier: pixels -> ``{"probabilities", "features"}``.
+
+    ``features`` is the backbone's pooled feature vector (before dropout and the classifier),
+    which the open-set score measures distances in (:mod:`mushroom.openset`). The model shares
+    every layer and weight with ``model``, so its probabilities are the same; the trained and
+    saved model keeps its single output. A model that already has both outputs is returned as is.
+
+    Raises:
+        ValueError: The model has no layer named ``backbone`` called once.
+    """
+    if isinstance(model.output, dict) and set(model.output) == {FEATURES_OUTPUT, PROBABILITIES_OUTPUT}:
+        return model
+    backbone = model.get_layer(BACKBONE_NAME)  # ValueError naming the layer
+    nodes = [n for n in backbone._inbound_nodes if n.operation is backbone]  # noqa: SLF001 - its calls in `model`
+    if len(nodes) != 1 or len(nodes[0].output_tensors) != 1:
+        raise ValueError(f"the model calls its {BACKBONE_NAME!r} layer {len(nodes)} times; expected once")
+    features = nodes[0].output_tensors[0]
+    return keras.Model(model.inputs, {PROBABILITIES_OUTPUT: model.outputs[0], FEATURES_OUTPUT: features},
+                       name=model.name)

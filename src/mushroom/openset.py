@@ -8,9 +8,9 @@ refuses: generated non-mushroom images (:func:`generate_negatives`), real non-mu
 that ship with well-kept packages (:func:`package_photos`) and photos of species the model was
 never trained on (the dataset's ``unknown`` photos).
 
-Scores (:data:`SCORES`) are computed from what every TFLite variant outputs, the class
-probabilities, so int8 and float variants are scored alike and the model's output contract is
-unchanged:
+Scores (:data:`SCORES`) are computed from what every TFLite variant outputs: the class
+probabilities, and (bundles built since the feature-space score) the backbone's pooled
+features, a second output (:mod:`mushroom.tflite`):
 
 - ``msp``: the largest probability (maximum softmax probability);
 - ``neg_entropy``: minus the entropy of the probabilities;
@@ -19,11 +19,18 @@ unchanged:
   quantized output's zeros stay finite;
 - ``prototype``: minus the distance between a photo's clipped log-probabilities and the mean
   clipped log-probabilities of the validation photos of its top class (class prototypes in
-  the model's output space, fitted on the validation split and stored in the bundle).
+  the model's output space, fitted on the validation split and stored in the bundle);
+- ``mahalanobis``: minus the smallest Mahalanobis distance of a photo's pooled features to the
+  class means, with one shared covariance (Ledoit-Wolf shrinkage), both fitted on the TRAIN
+  photos' features of that variant (:func:`fit_feature_stats`), so the validation photos that
+  set the threshold are unseen. The covariance is stored low-rank: its top
+  :data:`FEATURE_COMPONENTS` principal directions exactly, the rest as their mean variance
+  (``open_set_features.npz`` in the bundle, :data:`FEATURES_FILE`).
 
 Which score a bundle uses is chosen by measurement in the evaluate stage
-(:func:`choose_score`, among :data:`CANDIDATE_SCORES`): the one with the highest mean AUROC on
-the negative kinds it is fitted on; held-out kinds are only reported. The threshold is the
+(:func:`choose_score`, among :data:`CANDIDATE_SCORES`, plus :data:`FEATURE_CANDIDATE_SCORES`
+for a variant with a feature output): the one with the highest mean AUROC on the negative
+kinds it is fitted on; held-out kinds are only reported. The threshold is the
 highest one that refuses at most 5% of known validation photos as a 95% upper confidence bound
 (:func:`certified_threshold`), so that the share of known photos refused holds beyond the
 sample.
@@ -32,6 +39,8 @@ sample.
 
     {"score": "prototype", "threshold": -3.2, "known_kept": 0.95,
      "prototypes": [[...], ...],            # only for the prototype score
+     "features": {"file": "open_set_features.npz", "dim": 960, "components": 64,
+                  "train_photos": 504},     # only for the mahalanobis score
      "fitted_on": {...}, "fallback": null}  # or the reason no threshold was fitted
 """
 
@@ -49,11 +58,20 @@ LOG_FLOOR = 1e-6  # probabilities below this are treated as this (int8 outputs s
 DEFAULT_KNOWN_KEPT = 0.95  # share of known validation photos the threshold keeps
 MIN_KNOWN_PHOTOS = 20  # fewer validation photos: no threshold (recorded fallback)
 MIN_UNKNOWN_PHOTOS = 10  # fewer unknown-species photos: they are not used (recorded fallback)
-SCORES = ("msp", "neg_entropy", "max_logit", "prototype")
+SCORES = ("msp", "neg_entropy", "max_logit", "prototype", "mahalanobis")
+FEATURE_SCORES = ("mahalanobis",)  # scores that need the model's feature output
 # The evaluate stage chooses among these. The prototype score is fitted on the same validation
 # photos its threshold is set on, so its validation scores are optimistic (on the demo: 13% of
 # known test photos refused against 4.6% of validation photos); it is kept for measurement.
 CANDIDATE_SCORES = ("msp", "neg_entropy", "max_logit")
+# Candidates too where the variant outputs features (chosen by the same measurement).
+FEATURE_CANDIDATE_SCORES = ("mahalanobis",)
+FEATURES_FILE = "open_set_features.npz"  # the bundle's feature statistics, per variant
+# Principal directions of the shared covariance kept exactly; the others share their mean
+# variance. 64 keeps the file small (EfficientNetV2-B0: 1280-d, 0.35 MB a variant in float32,
+# against 6.5 MB for a full precision matrix) and measured within noise of the full matrix on
+# the demo (benchmarks/openset.py).
+FEATURE_COMPONENTS = 64
 
 
 def _log_probs(probs: np.ndarray) -> np.ndarray:
@@ -83,17 +101,141 @@ def fit_prototypes(probs: np.ndarray, labels: np.ndarray, num_classes: int | Non
     return out
 
 
-def open_set_score(probs: np.ndarray, score: str, prototypes: np.ndarray | None = None) -> np.ndarray:
+@dataclass(frozen=True)
+class FeatureStats:
+    """Class means and a low-rank-plus-isotropic shared covariance of pooled features.
+
+    The covariance is ``V.T diag(variances) V + residual_variance (I - V.T V)``: the top
+    principal directions ``V`` ``(k, dim)`` of the (shrunk) within-class covariance with their
+    variances, and one variance for every other direction.
+
+    Attributes:
+        means: ``(classes, dim)`` class means.
+        components: ``(k, dim)`` orthonormal rows.
+        variances: ``(k,)`` variances along them.
+        residual_variance: The variance of every other direction.
+        train_photos: How many photos they were fitted on.
+        shrinkage: The Ledoit-Wolf shrinkage used.
+    """
+
+    means: np.ndarray
+    components: np.ndarray
+    variances: np.ndarray
+    residual_variance: float
+    train_photos: int = 0
+    shrinkage: float = 0.0
+
+    @property
+    def dim(self) -> int:
+        return int(self.means.shape[1])
+
+    def distances(self, features: np.ndarray) -> np.ndarray:
+        """Squared Mahalanobis distance of each row to each class mean ``(n, classes)``."""
+        x = np.asarray(features, dtype=np.float64)
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"features of shape {x.shape} do not match the {self.dim}-d statistics")
+        means = np.asarray(self.means, np.float64)
+        v = np.asarray(self.components, np.float64)
+        sq = (x**2).sum(1)[:, None] - 2 * x @ means.T + (means**2).sum(1)[None, :]  # ||x - mu_c||^2
+        proj = (x @ v.T)[:, None, :] - (means @ v.T)[None, :, :]  # (n, classes, k)
+        along = proj**2
+        rest = np.maximum(sq - along.sum(-1), 0.0)
+        return (along / np.asarray(self.variances, np.float64)).sum(-1) + rest / self.residual_variance
+
+    def score(self, features: np.ndarray) -> np.ndarray:
+        """Minus the smallest Mahalanobis distance to a class mean (higher: more like a known species)."""
+        return -np.sqrt(self.distances(features).min(axis=1))
+
+    def arrays(self, prefix: str = "") -> dict[str, np.ndarray]:
+        """The statistics as arrays (``float32``) for an ``.npz``, names prefixed with ``prefix``."""
+        return {f"{prefix}means": np.asarray(self.means, np.float32),
+                f"{prefix}components": np.asarray(self.components, np.float32),
+                f"{prefix}variances": np.asarray(self.variances, np.float32),
+                f"{prefix}residual_variance": np.asarray([self.residual_variance], np.float32),
+                f"{prefix}train_photos": np.asarray([self.train_photos], np.int64),
+                f"{prefix}shrinkage": np.asarray([self.shrinkage], np.float32)}
+
+    @classmethod
+    def from_arrays(cls, arrays, prefix: str = "") -> FeatureStats:
+        """The inverse of :meth:`arrays` (``arrays``: a mapping such as a loaded ``.npz``)."""
+        try:
+            stats = cls(np.asarray(arrays[f"{prefix}means"], np.float64),
+                        np.asarray(arrays[f"{prefix}components"], np.float64),
+                        np.asarray(arrays[f"{prefix}variances"], np.float64),
+                        float(np.asarray(arrays[f"{prefix}residual_variance"]).reshape(-1)[0]),
+                        int(np.asarray(arrays[f"{prefix}train_photos"]).reshape(-1)[0]),
+                        float(np.asarray(arrays[f"{prefix}shrinkage"]).reshape(-1)[0]))
+        except KeyError as err:
+            raise ValueError(f"feature statistics {prefix.rstrip('.') or ''} lack {err}") from None
+        k, dim = stats.components.shape if stats.components.ndim == 2 else (-1, -1)
+        if (stats.means.ndim != 2 or dim != stats.dim or stats.variances.shape != (k,)
+                or not (np.all(stats.variances > 0) and stats.residual_variance > 0)):
+            raise ValueError(f"feature statistics {prefix.rstrip('.')} are inconsistent: means "
+                             f"{stats.means.shape}, components {stats.components.shape}, variances "
+                             f"{stats.variances.shape}")
+        return stats
+
+    def describe(self) -> dict[str, Any]:
+        return {"file": FEATURES_FILE, "dim": self.dim, "components": int(len(self.variances)),
+                "train_photos": self.train_photos, "shrinkage": round(self.shrinkage, 6)}
+
+
+def fit_feature_stats(features: np.ndarray, labels: np.ndarray, num_classes: int,
+                      components: int = FEATURE_COMPONENTS) -> FeatureStats:
+    """Class means and a shared Ledoit-Wolf covariance of ``features`` (the train photos').
+
+    The within-class residuals (each photo minus its class mean) give one covariance, shrunk
+    towards a multiple of the identity by Ledoit-Wolf; its ``components`` largest principal
+    directions are kept exactly and the rest replaced by their mean variance (exact when
+    ``components`` >= the feature size).
+
+    Raises:
+        ValueError: A class without photos, or fewer photos than two per class on average.
+    """
+    from sklearn.covariance import ledoit_wolf_shrinkage
+
+    x = np.asarray(features, dtype=np.float64)
+    labels = np.asarray(labels)
+    missing = [c for c in range(num_classes) if not np.any(labels == c)]
+    if missing:
+        raise ValueError(f"feature statistics need photos of every class; none of class(es) {missing}")
+    if len(x) < 2 * num_classes:
+        raise ValueError(f"{len(x)} photos are too few for feature statistics of {num_classes} classes")
+    means = np.stack([x[labels == c].mean(0) for c in range(num_classes)])
+    residuals = x - means[labels]
+    shrinkage = float(ledoit_wolf_shrinkage(residuals, assume_centered=True))
+    cov = residuals.T @ residuals / len(x)
+    mu = float(np.trace(cov)) / cov.shape[0]
+    eigenvalues, eigenvectors = np.linalg.eigh(cov)
+    order = np.argsort(eigenvalues)[::-1]
+    shrunk = (1 - shrinkage) * np.maximum(eigenvalues[order], 0.0) + shrinkage * mu
+    floor = max(mu, 1e-12) * 1e-6  # a constant feature (mu = 0 means every feature is constant)
+    shrunk = np.maximum(shrunk, floor)
+    k = max(1, min(components, x.shape[1]))
+    residual = float(shrunk[k:].mean()) if k < len(shrunk) else float(shrunk[-1])
+    return FeatureStats(means, eigenvectors[:, order[:k]].T.copy(), shrunk[:k].copy(), residual, int(len(x)),
+                        shrinkage)
+
+
+def open_set_score(probs: np.ndarray, score: str, prototypes: np.ndarray | None = None,
+                   features: np.ndarray | None = None, stats: FeatureStats | None = None) -> np.ndarray:
     """The open-set score of each row of ``probs`` (higher: more like a known species).
 
     Args:
         probs: Calibrated or raw class probabilities ``(n, classes)``.
         score: One of :data:`SCORES`.
         prototypes: Class prototypes (:func:`fit_prototypes`), for ``prototype`` only.
+        features: The photos' pooled features ``(n, dim)``, for ``mahalanobis`` only.
+        stats: The feature statistics (:func:`fit_feature_stats`), for ``mahalanobis`` only.
 
     Raises:
-        ValueError: An unknown score, or ``prototype`` without prototypes.
+        ValueError: An unknown score, ``prototype`` without prototypes, or ``mahalanobis``
+            without features or statistics.
     """
+    if score == "mahalanobis":
+        if features is None or stats is None:
+            raise ValueError("the mahalanobis score needs the model's feature output and feature statistics")
+        return stats.score(features)
     probs = np.asarray(probs, dtype=np.float64)
     if score == "msp":
         return probs.max(axis=-1)
@@ -123,13 +265,19 @@ class OpenSetRule:
     prototypes: np.ndarray | None = None
     known_kept: float = DEFAULT_KNOWN_KEPT
     fallback: str | None = None
+    features: FeatureStats | None = None  # for the mahalanobis score
 
-    def scores(self, probs: np.ndarray) -> np.ndarray:
-        return open_set_score(probs, self.score, self.prototypes)
+    @property
+    def needs_features(self) -> bool:
+        """The score is computed from the model's feature output."""
+        return self.score in FEATURE_SCORES
 
-    def is_unknown(self, probs: np.ndarray) -> np.ndarray:
+    def scores(self, probs: np.ndarray, features: np.ndarray | None = None) -> np.ndarray:
+        return open_set_score(probs, self.score, self.prototypes, features, self.features)
+
+    def is_unknown(self, probs: np.ndarray, features: np.ndarray | None = None) -> np.ndarray:
         """True where a row's score is below the threshold (always False without one)."""
-        s = self.scores(probs)
+        s = self.scores(probs, features)
         if self.threshold is None:
             return np.zeros(len(s), dtype=bool)
         return s < self.threshold
@@ -139,11 +287,19 @@ class OpenSetRule:
                                "fallback": self.fallback}
         if self.prototypes is not None:
             out["prototypes"] = np.round(np.asarray(self.prototypes, dtype=np.float64), 6).tolist()
+        if self.features is not None:
+            out["features"] = self.features.describe()
         return out
 
 
-def rule_from_dict(entry: dict[str, Any] | None) -> OpenSetRule | None:
-    """The rule in a ``calibration.json`` variant's ``open_set`` entry (None: the bundle has none)."""
+def rule_from_dict(entry: dict[str, Any] | None, features: FeatureStats | None = None) -> OpenSetRule | None:
+    """The rule in a ``calibration.json`` variant's ``open_set`` entry (None: the bundle has none).
+
+    Args:
+        entry: The entry.
+        features: The variant's feature statistics (from the bundle's :data:`FEATURES_FILE`),
+            needed by the ``mahalanobis`` score.
+    """
     if not entry:
         return None
     score = entry.get("score", "msp")
@@ -153,9 +309,12 @@ def rule_from_dict(entry: dict[str, Any] | None) -> OpenSetRule | None:
     prototypes = entry.get("prototypes")
     if score == "prototype" and prototypes is None:
         raise ValueError("open-set score 'prototype' without prototypes")
+    if score in FEATURE_SCORES and features is None:
+        raise ValueError(f"open-set score {score!r} without feature statistics ({FEATURES_FILE})")
     return OpenSetRule(score, None if threshold is None else float(threshold),
                        None if prototypes is None else np.asarray(prototypes, dtype=np.float64),
-                       float(entry.get("known_kept", DEFAULT_KNOWN_KEPT)), entry.get("fallback"))
+                       float(entry.get("known_kept", DEFAULT_KNOWN_KEPT)), entry.get("fallback"),
+                       features if score in FEATURE_SCORES else None)
 
 
 def threshold_for(known_scores: np.ndarray, known_kept: float = DEFAULT_KNOWN_KEPT) -> float:
@@ -461,9 +620,26 @@ def _gated(scores: np.ndarray, gate: np.ndarray) -> np.ndarray:
     return np.where(gate, -1e12, scores)
 
 
+@dataclass
+class FeatureInputs:
+    """One variant's pooled features for the open-set evaluation (the feature-space score).
+
+    Attributes:
+        stats: Fitted on the train photos' features (:func:`fit_feature_stats`).
+        val, test: The validation and test photos' features.
+        negatives: Kind name -> that kind's features.
+    """
+
+    stats: FeatureStats
+    val: np.ndarray
+    test: np.ndarray
+    negatives: dict[str, np.ndarray]
+
+
 def evaluate_open_set(val_labels: np.ndarray, val_probs: np.ndarray, test_probs: np.ndarray, test_gate: np.ndarray,
                       negative_probs: dict[str, np.ndarray], negatives: Negatives, edible: np.ndarray,
-                      known_kept: float = DEFAULT_KNOWN_KEPT) -> dict[str, Any]:
+                      known_kept: float = DEFAULT_KNOWN_KEPT,
+                      features: FeatureInputs | None = None) -> dict[str, Any]:
     """Choose the score, fit the threshold on validation photos and measure every kind of negative.
 
     All probabilities are calibrated (identify applies the rule after the temperature).
@@ -475,6 +651,8 @@ def evaluate_open_set(val_labels: np.ndarray, val_probs: np.ndarray, test_probs:
         negatives: The kinds (:func:`gather_negatives`): groups, fit/held-out, gate refusals.
         edible: Per class, whether the species is edible.
         known_kept: Share of validation photos the threshold keeps.
+        features: The variant's features and their statistics: the feature-space scores
+            (:data:`FEATURE_CANDIDATE_SCORES`) join the candidates (None: probability scores only).
 
     Returns:
         A dict in the form of :class:`mushroom.evaluation.OpenSetMetrics`, with ``rule`` (the
@@ -483,12 +661,21 @@ def evaluate_open_set(val_labels: np.ndarray, val_probs: np.ndarray, test_probs:
     notes = list(negatives.notes)
     prototypes = fit_prototypes(val_probs, val_labels, val_probs.shape[1])
     fit_kinds = [k for k in negative_probs if k in negatives.fit]
+    stats = features.stats if features is not None else None
+    candidates = CANDIDATE_SCORES + (FEATURE_CANDIDATE_SCORES if features is not None else ())
+    if features is None:
+        notes.append("no feature output (a bundle exported before it, or the Keras model): probability scores only")
 
-    def scored(probs: np.ndarray, name: str) -> np.ndarray:
-        return open_set_score(probs, name, prototypes)
+    def scored(probs: np.ndarray, name: str, feats: np.ndarray | None = None) -> np.ndarray:
+        return open_set_score(probs, name, prototypes, feats, stats)
 
-    choice_known = {name: scored(val_probs, name) for name in CANDIDATE_SCORES}
-    choice_negs = {name: {k: scored(negative_probs[k], name) for k in fit_kinds} for name in CANDIDATE_SCORES}
+    def negative_features(kind: str) -> np.ndarray | None:
+        return None if features is None else features.negatives[kind]
+
+    val_features = None if features is None else features.val
+    choice_known = {name: scored(val_probs, name, val_features) for name in candidates}
+    choice_negs = {name: {k: scored(negative_probs[k], name, negative_features(k)) for k in fit_kinds}
+                   for name in candidates}
     score, table = choose_score(choice_known, choice_negs)
     rule_prototypes = prototypes if score == "prototype" else None
     if len(val_labels) < MIN_KNOWN_PHOTOS:
@@ -501,15 +688,16 @@ def evaluate_open_set(val_labels: np.ndarray, val_probs: np.ndarray, test_probs:
         threshold, note = certified_threshold(choice_known[score], known_kept)
         if note:
             notes.append(note)
-    rule = OpenSetRule(score, threshold, rule_prototypes, known_kept, fallback)
+    rule = OpenSetRule(score, threshold, rule_prototypes, known_kept, fallback,
+                       stats if score in FEATURE_SCORES else None)
     known_val = choice_known[score]
-    known_test = scored(test_probs, score)
+    known_test = scored(test_probs, score, None if features is None else features.test)
     test_gate = np.asarray(test_gate, bool)
     off, on = _rates(known_test, test_gate, threshold)
     kinds = {}
     all_scores = [known_test]
     for kind, probs in negative_probs.items():
-        s = scored(probs, score)
+        s = scored(probs, score, negative_features(kind))
         gate = negatives.gate[kind]
         refused_off, refused_on = _rates(s, gate, threshold)
         named = ~((s < threshold) if threshold is not None else np.zeros(len(s), bool)) & ~gate
@@ -527,7 +715,8 @@ def evaluate_open_set(val_labels: np.ndarray, val_probs: np.ndarray, test_probs:
     finite = finite[np.isfinite(finite)]
     edges = np.linspace(float(finite.min()), float(finite.max()) + 1e-9, HISTOGRAM_BINS + 1)
     histogram = {"edges": edges.tolist(), "known_test": np.histogram(known_test, edges)[0].tolist(),
-                 **{k: np.histogram(scored(p, score), edges)[0].tolist() for k, p in negative_probs.items()}}
+                 **{k: np.histogram(scored(p, score, negative_features(k)), edges)[0].tolist()
+                    for k, p in negative_probs.items()}}
     groups = {}
     for group in (NON_MUSHROOM_GENERATED, NON_MUSHROOM_REAL, UNKNOWN_SPECIES):
         members = [k for k in kinds if negatives.group[k] == group and k not in negatives.fit]
@@ -535,7 +724,7 @@ def evaluate_open_set(val_labels: np.ndarray, val_probs: np.ndarray, test_probs:
             members = [k for k in kinds if negatives.group[k] == group]
         if not members:
             continue
-        s = np.concatenate([scored(negative_probs[k], score) for k in members])
+        s = np.concatenate([scored(negative_probs[k], score, negative_features(k)) for k in members])
         gate = np.concatenate([negatives.gate[k] for k in members])
         refused_off, refused_on = _rates(s, gate, threshold)
         groups[group] = {"kinds": members, "photos": int(len(s)), "auroc": auroc(known_test, s),

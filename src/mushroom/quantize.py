@@ -25,10 +25,18 @@ from mushroom.tflite import TFLiteClassifier, measure_latency
 log = logging.getLogger(__name__)
 
 
-def export_saved_model(model, directory: str | Path) -> Path:
-    """Export a Keras model as a TF SavedModel (the converter's most reliable input)."""
+def export_saved_model(model, directory: str | Path, features: bool = True) -> Path:
+    """Export a Keras model as a TF SavedModel (the converter's most reliable input).
+
+    With ``features`` the SavedModel (and every TFLite variant converted from it) has two
+    outputs, ``probabilities`` and the backbone's pooled ``features``
+    (:func:`mushroom.models.with_feature_output`); the Keras model itself is not changed.
+    """
+    from mushroom.models import with_feature_output
+
     directory = Path(directory)
-    model.export(str(directory), format="tf_saved_model", verbose=False)
+    (with_feature_output(model) if features else model).export(str(directory), format="tf_saved_model",
+                                                                verbose=False)
     return directory
 
 

@@ -115,37 +115,79 @@ def split(dataset_dir: str | Path, split_config: dict[str, Any], seed: int, out_
     return {name: sum(r.split == name for r in result) for name in SPLIT_NAMES}
 
 
-def _datasets(dataset_dir, splits_dir, config, seed):
-    from mushroom.datasets import load_split, make_dataset
+def prepare(dataset_dir, splits_dir, model_configs: list[dict[str, Any]], out_dir: str | Path) -> dict[str, float]:
+    """Decode every photo once for every distinct model input size into shards (:mod:`mushroom.shards`)."""
+    from mushroom.shards import prepare_shards
 
-    train = load_split(dataset_dir, splits_dir, "train")
-    val = load_split(dataset_dir, splits_dir, "val")
-    train_ds = make_dataset(train, config.image_size, config.batch_size, training=True, seed=seed)
-    val_ds = make_dataset(val, config.image_size, config.batch_size, training=False, seed=seed)
-    return train, train_ds, val_ds
+    sizes = sorted({parse_model_config(m).image_size for m in model_configs})
+    with _timed(f"prepare sizes {sizes}"):
+        manifest = prepare_shards(dataset_dir, splits_dir, out_dir, sizes)
+    return {"photos": float(sum(s["count"] for s in manifest["splits"].values())), "sizes": float(len(sizes)),
+            "megabytes": sum(f["bytes"] for f in manifest["files"].values()) / 1e6}
 
 
-def tune(dataset_dir, splits_dir, model_config: dict[str, Any], seed: int, out_dir: str | Path) -> dict:
-    """Search hyperparameters; write ``hyperparameters.json`` and ``trials.json``."""
+@contextmanager
+def _shards(dataset_dir, splits_dir, image_size: int, shards_dir):
+    """The prepared shards; without a prepare stage (a stage run by itself), shards of
+    ``image_size`` prepared now in a temporary folder."""
     import tempfile
 
+    from mushroom.shards import prepare_shards
+
+    if shards_dir is not None:
+        yield Path(shards_dir)
+        return
+    with tempfile.TemporaryDirectory(prefix="mushroom-shards-") as tmp:
+        prepare_shards(dataset_dir, splits_dir, tmp, [image_size])
+        yield Path(tmp)
+
+
+def _training_data(shards_dir: Path, config, seed: int, runtime):
+    """Train and val datasets from shards, batched for the global batch, augmented as configured."""
+    from mushroom.datasets import augmentation
+    from mushroom.shards import open_split, shard_dataset
+
+    train, val = (open_split(shards_dir, name, config.image_size) for name in ("train", "val"))
+    batch = runtime.global_batch(config.batch_size)
+    train_ds = shard_dataset(train, batch, training=True, seed=seed,
+                             augment=augmentation(seed, config.train.augmentation))
+    val_ds = shard_dataset(val, batch, training=False, seed=seed)
+    return train, train_ds, val_ds, -(-len(train) // batch)
+
+
+def tune(dataset_dir, splits_dir, model_config: dict[str, Any], seed: int, out_dir: str | Path,
+         shards_dir: str | Path | None = None) -> dict:
+    """Search hyperparameters; write ``hyperparameters.json`` and ``trials.json``.
+
+    Photos come from ``shards_dir`` (the prepare stage), else from shards made here.
+    """
+    import tempfile
+
+    from mushroom.runtime import resolve_runtime
     from mushroom.training import tune_hyperparameters
 
     config = parse_model_config(model_config)
     out_dir = Path(out_dir)
     with _timed(f"tune {config.model_name}"):
+        runtime = resolve_runtime(config.train, seed)  # an impossible setting stops here, before any work
         _seed_everything(seed)
-        train, train_ds, val_ds = _datasets(dataset_dir, splits_dir, config, seed)
-        with tempfile.TemporaryDirectory(prefix="mushroom-tuner-") as work:
-            hp, trials = tune_hyperparameters(config, len(train.catalog), train_ds, val_ds, work, seed)
+        with _shards(dataset_dir, splits_dir, config.image_size, shards_dir) as shards, \
+                tempfile.TemporaryDirectory(prefix="mushroom-tuner-") as work:
+            train, train_ds, val_ds, _ = _training_data(shards, config, seed, runtime)
+            hp, trials = tune_hyperparameters(config, train.num_classes, train_ds, val_ds, work, seed, runtime,
+                                              train.labels)
         write_json_atomic(out_dir / HYPERPARAMETERS, hp.to_dict())
         write_json_atomic(out_dir / "trials.json", trials)
     return {**hp.to_dict(), "best_val_accuracy": max(t["score"] or 0.0 for t in trials)}
 
 
 def train(dataset_dir, splits_dir, hyperparameters_dir, model_config: dict[str, Any], seed: int,
-          out_dir: str | Path) -> dict:
-    """Train in two phases; write ``model.keras``, ``history.json`` and the hyperparameters."""
+          out_dir: str | Path, shards_dir: str | Path | None = None) -> dict:
+    """Train in two phases; write ``model.keras``, ``history.json`` and the hyperparameters.
+
+    Photos come from ``shards_dir`` (the prepare stage), else from shards made here.
+    """
+    from mushroom.runtime import resolve_runtime
     from mushroom.tracking import log_training_history
     from mushroom.training import Hyperparameters, train_model
 
@@ -154,10 +196,13 @@ def train(dataset_dir, splits_dir, hyperparameters_dir, model_config: dict[str, 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with _timed(f"train {config.model_name}"):
+        runtime = resolve_runtime(config.train, seed)  # an impossible setting stops here, before any work
         _seed_everything(seed)
-        train_split, train_ds, val_ds = _datasets(dataset_dir, splits_dir, config, seed)
-        log.info("train: %d train photos, %d classes, %s", len(train_split), len(train_split.catalog), hp)
-        model, history = train_model(config, len(train_split.catalog), hp, train_ds, val_ds)
+        with _shards(dataset_dir, splits_dir, config.image_size, shards_dir) as shards:
+            train_split, train_ds, val_ds, steps = _training_data(shards, config, seed, runtime)
+            log.info("train: %d train photos, %d classes, %s", len(train_split), train_split.num_classes, hp)
+            model, history = train_model(config, train_split.num_classes, hp, train_ds, val_ds, runtime,
+                                         train_split.labels, steps, seed)
         tmp = out_dir / f".tmp-{KERAS_MODEL}"
         model.save(tmp)
         tmp.replace(out_dir / KERAS_MODEL)
@@ -217,12 +262,16 @@ def evaluate(dataset_dir, splits_dir, model_dir, bundle_dir, out_dir: str | Path
 
     Predicts the validation and test splits with every variant, fits a temperature and the
     edible threshold per variant on the validation split, measures everything on the test
-    split (see :mod:`mushroom.evaluate`) and times each TFLite variant on the CPU.
+    split (see :mod:`mushroom.evaluate`) and times each TFLite variant on the CPU. For the
+    open-set answer, each variant with a feature output also gets feature statistics fitted
+    on (up to :data:`mushroom.evaluate.OPEN_SET_TRAIN_PHOTOS`) train photos: the ``mahalanobis`` score competes
+    with the probability scores (:func:`mushroom.openset.evaluate_open_set`).
 
     Writes to ``out_dir``: ``evaluation.json``, ``predictions.npz`` (test: ``labels`` and one
     array per variant; validation: ``val_labels`` and ``val_<variant>``), ``report.html``,
     ``summary.md`` and ``plots/``. Writes to ``calibrated_bundle_dir`` a copy of the bundle
-    whose ``calibration.json`` holds the fitted temperatures and thresholds.
+    whose ``calibration.json`` holds the fitted temperatures and thresholds (and, where a
+    variant's open-set score is ``mahalanobis``, ``open_set_features.npz``).
 
     Args:
         latency_runs: Timed runs per latency measurement (default 30, or
@@ -232,18 +281,21 @@ def evaluate(dataset_dir, splits_dir, model_dir, bundle_dir, out_dir: str | Path
     """
     from mushroom.bundle import CALIBRATION, read_bundle
     from mushroom.calibration import DEFAULT_TARGET
-    from mushroom.datasets import load_images, load_split, load_unknown
+    from mushroom.datasets import balanced_sample, load_images, load_split, load_unknown
     from mushroom.evaluate import (
+        OPEN_SET_TRAIN_PHOTOS,
         OpenSetInputs,
         calibration_file,
         evaluate_predictions,
+        fit_variant_feature_stats,
         flatten_metrics,
         measure_variants_latency,
-        predict_variants,
+        predict_variants_with_features,
+        write_feature_stats,
     )
     from mushroom.evaluation import write_evaluation
     from mushroom.models import load_model
-    from mushroom.openset import gather_negatives
+    from mushroom.openset import FeatureInputs, gather_negatives
     from mushroom.report import write_report
     from mushroom.tracking import log_evaluation
 
@@ -259,7 +311,7 @@ def evaluate(dataset_dir, splits_dir, model_dir, bundle_dir, out_dir: str | Path
         images = load_images(val.paths + test.paths, bundle.image_size)
         log.info("evaluate: %d val and %d test photos at %d px", len(val), len(test), bundle.image_size)
         model = load_model(Path(model_dir) / KERAS_MODEL)
-        probs = predict_variants(model, bundle_dir, images)
+        probs, features = predict_variants_with_features(model, bundle_dir, images)
         n_val = len(val)
         val_probs = {k: p[:n_val] for k, p in probs.items()}
         test_probs = {k: p[n_val:] for k, p in probs.items()}
@@ -271,13 +323,26 @@ def evaluate(dataset_dir, splits_dir, model_dir, bundle_dir, out_dir: str | Path
         stacked = np.concatenate(list(negatives.images.values()))
         log.info("evaluate: %d open-set negatives (%s), %d of them unknown-species photos", len(stacked),
                  ", ".join(f"{k} {len(v)}" for k, v in negatives.images.items()), len(unknown_paths))
-        negative_probs = predict_variants(model, bundle_dir, stacked)
+        negative_probs, negative_features = predict_variants_with_features(model, bundle_dir, stacked)
         bounds = np.cumsum([0] + [len(v) for v in negatives.images.values()])
+
+        def by_kind(rows: np.ndarray) -> dict[str, np.ndarray]:
+            return {kind: rows[a:b] for kind, a, b in zip(negatives.images, bounds[:-1], bounds[1:], strict=True)}
+
+        feature_inputs = {}
+        if features:
+            train_split = load_split(dataset_dir, splits_dir, "train")
+            picked = balanced_sample(train_split.labels, OPEN_SET_TRAIN_PHOTOS, 0)
+            train_images = load_images([train_split.paths[i] for i in picked], bundle.image_size)
+            _, train_features = predict_variants_with_features(None, bundle_dir, train_images)
+            stats = fit_variant_feature_stats(train_features, train_split.labels[picked], len(bundle.catalog))
+            log.info("evaluate: open-set feature statistics of %d variant(s) from %d train photos", len(stats),
+                     len(picked))
+            feature_inputs = {key: FeatureInputs(stats[key], f[:n_val], f[n_val:], by_kind(negative_features[key]))
+                              for key, f in features.items() if key in stats}
         open_set = OpenSetInputs(
-            negatives, {key: {kind: p[a:b] for kind, a, b in zip(negatives.images, bounds[:-1], bounds[1:],
-                                                                  strict=True)}
-                        for key, p in negative_probs.items()},
-            _gate(test.paths, images[n_val:]))
+            negatives, {key: by_kind(p) for key, p in negative_probs.items()},
+            _gate(test.paths, images[n_val:]), features=feature_inputs)
         data_source = bundle.provenance.get("data") or _dataset_source(dataset_dir)
         result = evaluate_predictions(test.labels, test_probs, bundle, val.labels, val_probs, latency, target,
                                       open_set, data_source)
@@ -287,6 +352,7 @@ def evaluate(dataset_dir, splits_dir, model_dir, bundle_dir, out_dir: str | Path
         report = write_report(result, out_dir, bundle.default_variant)
         shutil.copytree(bundle_dir, calibrated_bundle_dir, dirs_exist_ok=True)
         write_json_atomic(Path(calibrated_bundle_dir) / CALIBRATION, calibration_file(result))
+        write_feature_stats(calibrated_bundle_dir, result, open_set)
         log.info("evaluate %s: wrote %s, report %s and calibrated bundle %s", result.model_name, path,
                  report["html"], calibrated_bundle_dir)
         for name, v in result.ordered().items():

@@ -3,6 +3,12 @@
 Models take RGB pixels in 0-255. A model with an integer input gets them quantized with
 its scale and zero point, rounded and clipped (never wrapped); an integer output is
 dequantized. Callers always see ``float32`` probabilities.
+
+Output contract: bundles built since the feature-space open-set score have two outputs,
+``probabilities`` (the classes) and ``features`` (the backbone's pooled feature vector, before
+dropout and the classifier); older bundles have the probabilities only. Outputs are told apart
+by their signature names (:data:`PROBABILITIES`, :data:`FEATURES`), never by position: the
+converter orders them by name, so the features come first.
 """
 
 from __future__ import annotations
@@ -17,6 +23,48 @@ def quantize_input(pixels: np.ndarray, scale: float, zero_point: int, dtype) -> 
     info = np.iinfo(dtype)
     q = np.round(pixels.astype(np.float32) / scale) + zero_point
     return np.clip(q, info.min, info.max).astype(dtype)
+
+
+PROBABILITIES = "probabilities"  # the output names of the serving signature
+FEATURES = "features"
+
+
+def _named_outputs(interpreter) -> dict[str, int]:
+    """Output name -> tensor index from the model's (first) signature; {} without signatures."""
+    try:
+        signatures = interpreter.get_signature_list()
+        if not signatures:
+            return {}
+        runner = interpreter.get_signature_runner(next(iter(signatures)))
+        return {name: int(d["index"]) for name, d in runner.get_output_details().items()}
+    except (ValueError, RuntimeError, KeyError, AttributeError):
+        return {}
+
+
+def find_outputs(interpreter) -> tuple[int, int | None]:
+    """The tensor indices of the probabilities output and of the features output (None: absent).
+
+    The signature's output names decide; a model with one output is a classifier without
+    features (older bundles); several outputs without those names are refused.
+
+    Raises:
+        ValueError: Several outputs and none named :data:`PROBABILITIES`.
+    """
+    details = interpreter.get_output_details()
+    named = _named_outputs(interpreter)
+    if PROBABILITIES in named:
+        return named[PROBABILITIES], named.get(FEATURES)
+    if len(details) == 1:
+        return int(details[0]["index"]), None
+    raise ValueError(f"the model has {len(details)} outputs ({sorted(named) or [d['name'] for d in details]}) "
+                     f"and none is named {PROBABILITIES!r}")
+
+
+def _dequantized(out: np.ndarray, detail: dict) -> np.ndarray:
+    if np.issubdtype(out.dtype, np.integer):
+        scale, zero_point = detail["quantization"]
+        out = (out.astype(np.float32) - zero_point) * scale
+    return out.astype(np.float32)
 
 
 class TFLiteClassifier:
@@ -34,8 +82,23 @@ class TFLiteClassifier:
         self.interpreter = Interpreter(model_path=str(self.path), num_threads=num_threads)
         self.interpreter.allocate_tensors()
         self._input = self.interpreter.get_input_details()[0]
-        self._output = self.interpreter.get_output_details()[0]
+        self._output_index, self._features_index = find_outputs(self.interpreter)
+        self._refresh_outputs()
         self._batch = 1
+
+    def _refresh_outputs(self) -> None:
+        by_index = {int(d["index"]): d for d in self.interpreter.get_output_details()}
+        self._output = by_index[self._output_index]
+        self._features = None if self._features_index is None else by_index[self._features_index]
+
+    @property
+    def has_features(self) -> bool:
+        """The model also outputs the backbone's pooled features."""
+        return self._features is not None
+
+    @property
+    def feature_dim(self) -> int | None:
+        return None if self._features is None else int(self._features["shape"][-1])
 
     @property
     def image_size(self) -> int:
@@ -55,7 +118,7 @@ class TFLiteClassifier:
             self.interpreter.resize_tensor_input(self._input["index"], shape)
             self.interpreter.allocate_tensors()
             self._input = self.interpreter.get_input_details()[0]
-            self._output = self.interpreter.get_output_details()[0]
+            self._refresh_outputs()
             self._batch = batch
 
     def _prepare(self, pixels: np.ndarray) -> np.ndarray:
@@ -67,18 +130,25 @@ class TFLiteClassifier:
 
     def predict(self, pixels: np.ndarray, batch_size: int = 32) -> np.ndarray:
         """Class probabilities for ``uint8``/float pixels shaped ``(n, size, size, 3)``."""
-        outputs = []
+        return self.predict_with_features(pixels, batch_size, features=False)[0]
+
+    def predict_with_features(self, pixels: np.ndarray, batch_size: int = 32,
+                              features: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+        """Class probabilities and pooled features (``float32``; None when the model has none)."""
+        probs, feats = [], []
+        want = features and self.has_features
         for start in range(0, len(pixels), batch_size):
             chunk = pixels[start : start + batch_size]
             self._resize(len(chunk))
             self.interpreter.set_tensor(self._input["index"], self._prepare(chunk))
             self.interpreter.invoke()
-            out = self.interpreter.get_tensor(self._output["index"])
-            if np.issubdtype(out.dtype, np.integer):
-                scale, zero_point = self._output["quantization"]
-                out = (out.astype(np.float32) - zero_point) * scale
-            outputs.append(out.astype(np.float32))
-        return np.concatenate(outputs) if outputs else np.zeros((0, self.num_classes), np.float32)
+            probs.append(_dequantized(self.interpreter.get_tensor(self._output["index"]), self._output))
+            if want:
+                feats.append(_dequantized(self.interpreter.get_tensor(self._features["index"]), self._features))
+        out = np.concatenate(probs) if probs else np.zeros((0, self.num_classes), np.float32)
+        if not want:
+            return out, None
+        return out, (np.concatenate(feats) if feats else np.zeros((0, self.feature_dim), np.float32))
 
 
 def measure_latency(

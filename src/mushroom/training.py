@@ -13,9 +13,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import keras
+import numpy as np
 
 from mushroom.config import ModelConfig
 from mushroom.models import build_model, set_backbone_trainable
+from mushroom.runtime import TrainingRuntime, as_float32, resolve_runtime
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +34,12 @@ class Hyperparameters:
         return asdict(self)
 
 
-def compile_model(model: keras.Model, learning_rate: float, label_smoothing: float) -> None:
+def compile_model(model: keras.Model, learning_rate, label_smoothing: float, jit_compile: bool = False) -> None:
+    """Compile with Adam at ``learning_rate`` (a number or a schedule), categorical cross-entropy
+    and top-1/top-5 metrics; ``jit_compile`` compiles the step with XLA."""
     num_classes = model.output_shape[-1]
     model.compile(
+        jit_compile=jit_compile,
         optimizer=keras.optimizers.Adam(learning_rate),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
         metrics=[
@@ -44,12 +49,47 @@ def compile_model(model: keras.Model, learning_rate: float, label_smoothing: flo
     )
 
 
-def _new_model(config: ModelConfig, num_classes: int, hp: Hyperparameters) -> keras.Model:
+def _new_model(config: ModelConfig, num_classes: int, hp: Hyperparameters, runtime: TrainingRuntime,
+               learning_rate=None) -> keras.Model:
     model = build_model(config.architecture, num_classes, config.image_size, config.weights, hp.dropout)
     if config.weights != "none":
         set_backbone_trainable(model, None)
-    compile_model(model, hp.learning_rate, hp.label_smoothing)
+    compile_model(model, learning_rate or runtime.learning_rate(hp.learning_rate), hp.label_smoothing,
+                  runtime.jit_compile)
     return model
+
+
+def learning_rate_schedule(config: ModelConfig, learning_rate: float, epochs: int, steps_per_epoch: int | None):
+    """``learning_rate`` as the configured schedule for one phase of ``epochs`` epochs.
+
+    ``constant`` (the default) is the number itself. ``cosine`` decays it to 0 over the phase
+    after ``warmup_epochs`` of linear warm-up from 0 (Keras' ``CosineDecay``); it needs the
+    number of steps per epoch.
+    """
+    tc = config.train
+    if tc.lr_schedule == "constant" and not tc.warmup_epochs:
+        return learning_rate
+    if not steps_per_epoch:
+        raise ValueError(f"{config.model_name}: lr_schedule {tc.lr_schedule!r} with warmup_epochs "
+                         f"{tc.warmup_epochs} needs the number of steps per epoch")
+    warmup = min(tc.warmup_epochs, max(epochs - 1, 0)) * steps_per_epoch
+    total = max(epochs * steps_per_epoch - warmup, 1)
+    if tc.lr_schedule == "constant":  # warm-up, then flat: a cosine that never decays
+        return keras.optimizers.schedules.CosineDecay(0.0, 10**12, alpha=1.0, warmup_target=learning_rate,
+                                                      warmup_steps=warmup)
+    return keras.optimizers.schedules.CosineDecay(0.0 if warmup else learning_rate, total,
+                                                  warmup_target=learning_rate if warmup else None,
+                                                  warmup_steps=warmup)
+
+
+def class_weights(config: ModelConfig, labels: np.ndarray | None, num_classes: int) -> dict[int, float] | None:
+    """Loss weights ``n / (classes x count)`` per class with ``class_weights: balanced``, else None."""
+    if config.train.class_weights == "none":
+        return None
+    if labels is None:
+        raise ValueError(f"{config.model_name}: class_weights 'balanced' needs the training labels")
+    counts = np.bincount(np.asarray(labels), minlength=num_classes)
+    return {c: float(len(labels) / (num_classes * n)) if n else 0.0 for c, n in enumerate(counts)}
 
 
 def _snapshot(model: keras.Model) -> dict:
@@ -62,8 +102,39 @@ def _restore(model: keras.Model, snapshot: dict) -> None:
         v.assign(snapshot[v.path])
 
 
+class EpochLog(keras.callbacks.Callback):
+    """One log line per epoch: ``epoch 3/14 (phase 1): loss ..., val_accuracy ... (4s)``.
+
+    ``prefix`` goes before it (``trial 1/2, `` while tuning); a runner reads these lines as
+    progress (:func:`mushroom.console.progress_of`).
+    """
+
+    def __init__(self, epochs: int, prefix: str = "", suffix: str = "", first_epoch: int = 0):
+        super().__init__()
+        self.epochs, self.prefix, self.suffix, self.first_epoch = epochs, prefix, suffix, first_epoch
+        self._start = time.monotonic()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.monotonic()
+
+    def on_epoch_end(self, epoch, logs=None):
+        shown = ", ".join(f"{k} {float(v):.3f}" for k, v in (logs or {}).items()
+                          if k in ("loss", "accuracy", "val_loss", "val_accuracy"))
+        log.info("%sepoch %d/%d%s: %s (%.0fs)", self.prefix, self.first_epoch + epoch + 1, self.epochs,
+                 self.suffix, shown, time.monotonic() - self._start)
+
+
+class LearningRateLog(keras.callbacks.Callback):
+    """Adds the learning rate at the end of each epoch to the logs (and so to the history)."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+
 def tune_hyperparameters(
-    config: ModelConfig, num_classes: int, train_ds, val_ds, work_dir: str | Path, seed: int = 42
+    config: ModelConfig, num_classes: int, train_ds, val_ds, work_dir: str | Path, seed: int = 42,
+    runtime: TrainingRuntime | None = None, train_labels: np.ndarray | None = None,
 ) -> tuple[Hyperparameters, list[dict]]:
     """Search learning rate, dropout and label smoothing with keras-tuner.
 
@@ -83,9 +154,20 @@ def tune_hyperparameters(
             dropout=hp.Float("dropout", t.dropout[0], t.dropout[1]),
             label_smoothing=hp.Float("label_smoothing", t.label_smoothing[0], t.label_smoothing[1]),
         )
-        return _new_model(config, num_classes, chosen)
+        return _new_model(config, num_classes, chosen, runtime)
 
-    tuner = kt.RandomSearch(
+    class Search(kt.RandomSearch):
+        """Logs each trial's hyperparameters and one line per epoch (keras-tuner's own display is off)."""
+
+        def run_trial(self, trial, *args, **kwargs):
+            prefix = f"trial {len(self.oracle.trials)}/{t.max_trials}, "
+            values = trial.hyperparameters.values.items()
+            log.info("%shyperparameters: %s", prefix,
+                     ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in values))
+            kwargs["callbacks"] = [*kwargs.get("callbacks", []), EpochLog(t.epochs, prefix)]
+            return super().run_trial(trial, *args, **kwargs)
+
+    tuner = Search(
         build,
         objective="val_accuracy",
         max_trials=t.max_trials,
@@ -95,7 +177,11 @@ def tune_hyperparameters(
         overwrite=True,
     )
     start = time.monotonic()
-    tuner.search(train_ds, validation_data=val_ds, epochs=t.epochs, verbose=2)
+    runtime = runtime or resolve_runtime(config.train, seed)
+    log.info("tune %s on %s", config.model_name, runtime.describe())
+    with runtime.activate():
+        tuner.search(train_ds, validation_data=val_ds, epochs=t.epochs, verbose=0,
+                     class_weight=class_weights(config, train_labels, num_classes))
     trials = [
         {"trial": tr.trial_id, "score": tr.score, "status": tr.status, **tr.hyperparameters.values}
         for tr in tuner.oracle.trials.values()
@@ -109,38 +195,70 @@ def tune_hyperparameters(
 
 
 def train_model(
-    config: ModelConfig, num_classes: int, hp: Hyperparameters, train_ds, val_ds
+    config: ModelConfig, num_classes: int, hp: Hyperparameters, train_ds, val_ds,
+    runtime: TrainingRuntime | None = None, train_labels: np.ndarray | None = None,
+    steps_per_epoch: int | None = None, seed: int = 42,
 ) -> tuple[keras.Model, dict[str, list[float]]]:
-    """Train in two phases; return the model (best weights restored) and the history.
+    """Train in two phases; return the model (best weights restored, float32) and the history.
 
     The history has one entry per epoch across both phases plus a ``phase`` list.
+
+    Args:
+        config: The model configuration (``train`` holds the recipe and where it runs).
+        num_classes: Output classes.
+        hp: Learning rate, dropout and label smoothing from the tune stage.
+        train_ds, val_ds: Batched datasets of ``(pixels, one-hot label)``, batched for the
+            global batch (:meth:`mushroom.runtime.TrainingRuntime.global_batch`).
+        runtime: Precision, XLA, replicas, determinism; default: resolved for this machine.
+        train_labels: Class index of every training photo (for ``class_weights: balanced``).
+        steps_per_epoch: Batches per epoch (for ``lr_schedule: cosine`` and warm-up).
+        seed: The run's seed (determinism).
     """
     tc = config.train
-    model = _new_model(config, num_classes, hp)
+    runtime = runtime or resolve_runtime(tc, seed)
+    log.info("train %s on %s", config.model_name, runtime.describe())
+    with runtime.activate():
+        model, history = _train_phases(config, num_classes, hp, train_ds, val_ds, runtime,
+                                       class_weights(config, train_labels, num_classes), steps_per_epoch)
+    return as_float32(model), history
+
+
+def _train_phases(config: ModelConfig, num_classes: int, hp: Hyperparameters, train_ds, val_ds,
+                  runtime: TrainingRuntime, weights: dict[int, float] | None, steps_per_epoch: int | None):
+    tc = config.train
+    base_lr = runtime.learning_rate(hp.learning_rate)
+    model = _new_model(config, num_classes, hp, runtime,
+                       learning_rate_schedule(config, base_lr, tc.head_epochs, steps_per_epoch))
     history: dict[str, list[float]] = {}
+
+    total = tc.head_epochs + tc.fine_tune_epochs
 
     def fit(epochs: int, phase: int) -> None:
         stop = keras.callbacks.EarlyStopping(
             monitor="val_accuracy", mode="max", patience=tc.patience, restore_best_weights=True, verbose=1
         )
         start = time.monotonic()
-        result = model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=[stop], verbose=2)
+        # Epochs count across both phases: phase 2 starts at head_epochs + 1 even when phase 1 stopped early.
+        progress = EpochLog(total, suffix=f" (phase {phase})", first_epoch=0 if phase == 1 else tc.head_epochs)
+        result = model.fit(train_ds, validation_data=val_ds, epochs=epochs, verbose=0, class_weight=weights,
+                           callbacks=[LearningRateLog(), stop, progress])
         for key, values in result.history.items():
             history.setdefault(key, []).extend(float(v) for v in values)
         history.setdefault("phase", []).extend([phase] * len(result.history["loss"]))
         log.info("phase %d: %d epochs in %.0fs, best val_accuracy %.3f", phase,
                  len(result.history["loss"]), time.monotonic() - start, max(result.history["val_accuracy"]))
 
-    log.info("phase 1 (%s): %d epochs at lr %.2g", "head" if config.weights != "none" else "from scratch",
-             tc.head_epochs, hp.learning_rate)
+    log.info("phase 1 (%s): %d epochs at lr %.2g (%s)", "head" if config.weights != "none" else "from scratch",
+             tc.head_epochs, base_lr, tc.lr_schedule)
     fit(tc.head_epochs, 1)
     if tc.fine_tune_epochs > 0:
         phase_one_best, phase_one_weights = max(history["val_accuracy"]), _snapshot(model)
         n = set_backbone_trainable(model, tc.fine_tune_fraction)
-        lr = hp.learning_rate * tc.fine_tune_lr_factor
-        log.info("phase 2 (fine-tune): %d backbone layers trainable, %d epochs at lr %.2g",
-                 n, tc.fine_tune_epochs, lr)
-        compile_model(model, lr, hp.label_smoothing)
+        lr = base_lr * tc.fine_tune_lr_factor
+        log.info("phase 2 (fine-tune): %d backbone layers trainable, %d epochs at lr %.2g (%s)",
+                 n, tc.fine_tune_epochs, lr, tc.lr_schedule)
+        compile_model(model, learning_rate_schedule(config, lr, tc.fine_tune_epochs, steps_per_epoch),
+                      hp.label_smoothing, runtime.jit_compile)
         fit(tc.fine_tune_epochs, 2)
         phase_two = [a for a, p in zip(history["val_accuracy"], history["phase"], strict=True) if p == 2]
         if max(phase_two) < phase_one_best:

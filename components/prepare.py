@@ -1,0 +1,15 @@
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Metrics, Output
+
+from components.image import IMAGE
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def prepare_shards(dataset: Input[Dataset], splits: Input[Dataset], model_configs: list, shards: Output[Dataset],
+                   metrics: Output[Metrics]):
+    """Decode every photo once for every model input size of the run into checksummed shards."""
+    from mushroom import console, stages
+
+    console.setup_stage_logging("prepare")
+    for key, value in stages.prepare(dataset.path, splits.path, model_configs, shards.path).items():
+        metrics.log_metric(key, value)

@@ -1,0 +1,196 @@
+"""What a pipeline run shows a person: stage lines that name their configuration, read back.
+
+Inside a stage, :func:`setup_stage_logging` makes every log record one line that names the
+stage and, for the stages of one model configuration (tune, train, quantize, evaluate), the
+configuration, so the lines of configurations running side by side (ParallelFor) can be told
+apart::
+
+    2026-11-28 04:31:36,203 INFO mushroom: [train mobilenetv3-demo] train mobilenetv3-demo: started
+    2026-11-28 04:31:40,911 INFO mushroom.training: [train mobilenetv3-demo] epoch 3/14 (phase 1): ...
+
+:func:`parse_line` reads such a line back; :func:`progress_of` recognises the epoch and trial
+lines (:mod:`mushroom.training`) that a runner turns into progress bars; :func:`shown_on_console`
+says which lines a person needs on the console (the rest is for the full log).
+:func:`closing_table` is the table a run ends with. Nothing here imports KFP or TensorFlow.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mushroom.evaluation import Evaluation
+
+# The stages of one model configuration: their lines must name it.
+CONFIGURATION_STAGES = ("tune", "train", "quantize", "evaluate")
+
+FORMAT = "%(asctime)s %(levelname)s %(name)s: [%(stage_tag)s] %(message)s"
+
+# Loggers whose INFO lines are detail (per-file uploads, per-variant timings): full log only.
+DETAIL_LOGGERS = ("mushroom.storage", "mushroom.evaluate", "mushroom.report", "mushroom.tflite",
+                  "mushroom.tracking", "mushroom.calibration")
+
+_LINE = re.compile(r"^(?P<date>\d{4}-\d\d-\d\d) (?P<time>\d\d:\d\d:\d\d)(?:[,.]\d+)? (?P<level>[A-Z]+) "
+                   r"(?P<logger>mushroom(?:\.[\w.]+)?): \[(?P<tag>[^\]]+)\] (?P<message>.*)$")
+# "epoch 3/14 ..." (train) or "trial 1/2, epoch 1/3 ..." (tune), as mushroom.training logs them.
+_PROGRESS = re.compile(r"^(?:trial (?P<trial>\d+)/(?P<trials>\d+), )?epoch (?P<epoch>\d+)/(?P<epochs>\d+)\b")
+
+
+class _StageTag(logging.Filter):
+    def __init__(self, tag: str):
+        super().__init__()
+        self.tag = tag
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.stage_tag = self.tag
+        return True
+
+
+def stage_tag(stage: str, configuration: str | None = None) -> str:
+    """``train mobilenetv3-demo`` for a configuration's stage, ``acquire`` for a shared one."""
+    return f"{stage} {configuration}" if configuration else stage
+
+
+def setup_stage_logging(stage: str, configuration: str | None = None, level: int = logging.INFO) -> None:
+    """Log every record of this process as one line naming ``stage`` (and ``configuration``).
+
+    Replaces the root logger's handlers (the KFP executor installs its own) with one that
+    writes to stderr in :data:`FORMAT`; Python warnings go through logging too.
+
+    Args:
+        stage: The stage (``acquire``, ``tune``, ...).
+        configuration: The model configuration's name, for the stages of one configuration.
+    """
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(FORMAT))
+    handler.addFilter(_StageTag(stage_tag(stage, configuration)))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    logging.captureWarnings(True)
+
+
+def configuration_of_bundle(bundle_dir: str | Path) -> str | None:
+    """The model configuration a bundle folder was built from (``metadata.json``'s ``model_name``)."""
+    from mushroom.bundle import METADATA
+    from mushroom.fileio import read_json
+
+    try:
+        return str(read_json(Path(bundle_dir) / METADATA)["model_name"])
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+@dataclass(frozen=True)
+class StageLine:
+    """One line a stage logged (:data:`FORMAT`)."""
+
+    time: str  # HH:MM:SS
+    level: str
+    logger: str
+    tag: str  # "train mobilenetv3-demo" or "acquire"
+    message: str
+
+    @property
+    def stage(self) -> str:
+        return self.tag.split(" ", 1)[0]
+
+    @property
+    def configuration(self) -> str | None:
+        parts = self.tag.split(" ", 1)
+        return parts[1] if len(parts) == 2 else None
+
+    @property
+    def text(self) -> str:
+        """The message without a repeated ``STAGE [CONFIGURATION]:`` at its start."""
+        for prefix in (f"{self.tag}: ", f"{self.stage}: "):
+            if self.message.startswith(prefix):
+                return self.message[len(prefix):]
+        return self.message
+
+
+def parse_line(line: str) -> StageLine | None:
+    """A stage's log line (leading whitespace allowed), or None for anything else."""
+    m = _LINE.match(line.strip())
+    if m is None:
+        return None
+    return StageLine(m["time"], m["level"], m["logger"], m["tag"], m["message"])
+
+
+@dataclass(frozen=True)
+class Progress:
+    done: int
+    total: int
+
+
+def progress_of(line: StageLine) -> Progress | None:
+    """How far a tune or train stage is, from its epoch (or trial and epoch) line; else None."""
+    m = _PROGRESS.match(line.text)
+    if m is None:
+        return None
+    epoch, epochs = int(m["epoch"]), int(m["epochs"])
+    if m["trial"]:
+        trial, trials = int(m["trial"]), int(m["trials"])
+        return Progress((trial - 1) * epochs + epoch, trials * epochs)
+    return Progress(epoch, epochs)
+
+
+def shown_on_console(line: StageLine) -> bool:
+    """Warnings and errors always; INFO lines unless they come from a detail logger."""
+    level = logging.getLevelName(line.level)
+    if isinstance(level, int) and level >= logging.WARNING:
+        return True
+    return not any(line.logger == name or line.logger.startswith(name + ".") for name in DETAIL_LOGGERS)
+
+
+# --------------------------------------------------------------------------- the closing table
+
+
+CLOSING_HEADER = ["configuration", "variant", "size MB", "latency ms", "val top-1", "top-1", "top-5",
+                  "dangerous as edible", "coverage", "chosen"]
+
+
+def closing_rows(evaluations: list[Evaluation], shipped: dict[str, str], best: str | None,
+                 chosen_variant: str | None) -> list[list[str]]:
+    """One row per configuration and TFLite variant; ``chosen`` says CHOSEN or shipped.
+
+    Args:
+        evaluations: One per configuration.
+        shipped: Model name -> the variant its bundle ships.
+        best, chosen_variant: The configuration and variant the compare stage chose.
+    """
+    from mushroom.report.tables import fmt, pct, risk
+
+    rows = []
+    for e in evaluations:
+        for name, v in e.tflite_variants().items():
+            policy = v.calibrated.policy
+            role = ("CHOSEN" if (e.model_name, name) == (best, chosen_variant) else
+                    "shipped" if shipped.get(e.model_name) == name else "")
+            rows.append([e.model_name, name, fmt(v.size_mb, 2),
+                         fmt(v.latency.threads_1.median_ms, 2) if v.latency else fmt(None),
+                         fmt(v.validation.top1 if v.validation else None), fmt(v.top1), fmt(v.top5),
+                         risk(policy), pct(policy.coverage), role])
+    return rows
+
+
+def closing_table(evaluations: list[Evaluation], shipped: dict[str, str], best: str | None,
+                  chosen_variant: str | None) -> str:
+    """The plain-text table a run ends with (see :func:`closing_rows`) and what its columns mean."""
+    rows = closing_rows(evaluations, shipped, best, chosen_variant)
+    widths = [max(len(str(r[i])) for r in [CLOSING_HEADER, *rows]) for i in range(len(CLOSING_HEADER))]
+
+    def line(cells: list[Any]) -> str:
+        return "  ".join(str(c).ljust(w) if i < 2 or i == len(cells) - 1 else str(c).rjust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths, strict=True))).rstrip()
+
+    out = [line(CLOSING_HEADER), line(["-" * w for w in widths]), *map(line, rows)]
+    out.append("latency: median, 1 thread. val top-1: the validation split, where the choice is made (the "
+               "shipped variant, under the dangerous-as-edible target); top-1, top-5, dangerous as edible and "
+               "coverage: the test split.")
+    return "\n".join(out)

@@ -264,8 +264,10 @@ def test_calibration_temperature_and_threshold_are_applied(bundle_dir, photo, tm
     assert answer.candidates[0].probability == pytest.approx(float(expected.max()), abs=1e-6)
     edible = np.array([s.is_edible for s in identifier.bundle.catalog])
     assert answer.p_edible == pytest.approx(float(edible_probability(expected, edible)), abs=1e-6)
-    # Threshold 0: "edible" unless a dangerous lookalike above 1% vetoes it.
-    assert answer.verdict == (UNCERTAIN if answer.lookalikes else EDIBLE)
+    # Threshold 0: "edible" unless a dangerous species vetoes it: the top answer itself, or a
+    # lookalike above 1% among the top 5.
+    vetoed = answer.top_danger is not None or bool(answer.lookalikes)
+    assert answer.verdict == (UNCERTAIN if vetoed else EDIBLE)
     only_edible = np.where(edible, 1.0 / edible.sum(), 0.0).astype(np.float32)
     sure = identifier.answer("p.jpg", only_edible)
     assert sure.verdict == EDIBLE and not sure.lookalikes

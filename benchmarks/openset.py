@@ -72,7 +72,7 @@ def _dataset_with_unknowns(run: Path, out: Path, unknown: int, photos: int) -> P
     dataset.mkdir(parents=True)
     for name in ("dataset.json", "manifest.csv"):
         shutil.copy(source / name, dataset / name)
-    os.symlink(source / "images", dataset / "images")
+    os.symlink((source / "images").resolve(), dataset / "images")  # absolute: the run may be a relative path
     info = read_json(source / "dataset.json")
     if info.get("source") != "synthetic":
         raise SystemExit("benchmarks/openset.py draws synthetic unknown species: give a synthetic run")

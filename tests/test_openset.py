@@ -10,6 +10,7 @@ from PIL import Image
 
 from mushroom import openset, quality
 from mushroom.config import ConfigError, parse_config
+from mushroom.preprocess import DETAIL_SIDE, load_image, read_photo
 
 # --------------------------------------------------------------------------- quality gate
 
@@ -57,6 +58,38 @@ def test_synthetic_mushroom_photos_pass_the_gate(tmp_path):
     images = load_images(paths, 64)
     refused = [quality.check_pixels(i, quality.photo_size(p)) for i, p in zip(images, paths, strict=True)]
     assert refused == [None] * len(paths)
+    photos = [read_photo(p, 64) for p in paths]
+    assert all(np.array_equal(ph.pixels, i) for ph, i in zip(photos, images, strict=True))
+    assert [quality.check_photo(ph) for ph in photos] == [None] * len(paths)
+
+
+@pytest.mark.parametrize(("side", "kind", "fmt"), [(400, "uniform", "PNG"), (400, "gaussian", "JPEG"),
+                                                   (96, "uniform", "JPEG"), (3000, "salt", "JPEG")])
+def test_pixel_noise_is_refused_at_any_size_though_the_model_input_is_a_calm_grey(tmp_path, side, kind, fmt):
+    rng = np.random.default_rng(side)
+    if kind == "uniform":
+        noise = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
+    elif kind == "gaussian":
+        noise = np.clip(rng.normal(128, 40, (side, side, 3)), 0, 255).astype(np.uint8)
+    else:
+        noise = (rng.random((side, side, 1)) < 0.5).repeat(3, -1).astype(np.uint8) * 255
+    path = tmp_path / f"noise.{fmt.lower()}"
+    Image.fromarray(noise).save(path, fmt)
+    photo = read_photo(path, 64)
+    assert np.array_equal(photo.pixels, load_image(path, 64)) and photo.stored_size == (side, side)
+    assert max(photo.detail.shape[:2]) <= DETAIL_SIDE
+    if side <= 400:  # the model input alone passes; larger noise averages out to a flat grey
+        assert quality.check_pixels(photo.pixels, photo.stored_size) is None
+        assert quality.check_photo(photo).startswith("pixel noise (neighbouring pixels are unrelated")
+    else:
+        assert quality.check_photo(photo).startswith("near-uniform")
+
+
+def test_real_photos_that_ship_with_packages_pass_the_noise_check():
+    real = openset.package_photos(64, crops_per_photo=6, seed=4)
+    assert len(real.images) == 14 * 6 and not real.refused.any()
+    noise = openset._generated("noise", 40, 64, 0)[1]
+    assert 0 < noise.sum() < 40  # pixel noise is refused; blocky, upsampled noise is left to the model
 
 
 # --------------------------------------------------------------------------- scores and threshold
@@ -137,7 +170,8 @@ def test_open_set_evaluation_separates_confident_knowns_from_diffuse_negatives()
                                          unknown_taxa=np.repeat([11, 12, 13, 14], 10))
     assert {"unknown_fit", "unknown_held_out", "real_photos", "noise"} <= set(negatives.images)
     assert negatives.fit == {"noise", "flat", "gradient", "unknown_fit"}
-    assert negatives.gate["flat"].all() and not negatives.gate["noise"].any()
+    # Flat colours are refused; pixel noise too, but not the blocky, upsampled half of the family.
+    assert negatives.gate["flat"].all() and 0 < negatives.gate["noise"].sum() < len(negatives.gate["noise"])
     probs = {kind: _peaked(rng, len(images), classes, 0.5)[0] for kind, images in negatives.images.items()}
     result = openset.evaluate_open_set(val_labels, val_probs, test_probs, np.zeros(300, bool), probs, negatives,
                                        np.array([True, False, False, True]))

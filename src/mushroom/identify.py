@@ -49,9 +49,9 @@ from mushroom.policy import (
     edible_probability,
     top_classes,
 )
-from mushroom.preprocess import ImageError, expand_photos, load_image
+from mushroom.preprocess import ImageError, expand_photos, load_image, read_photo
 from mushroom.publish import BUNDLE_FOLDER, LATEST_NAME, locate_published_bundle, read_latest
-from mushroom.quality import check_pixels, photo_size
+from mushroom.quality import check_photo
 from mushroom.species import DANGEROUS, Species
 from mushroom.storage import cache_path, download_atomically, is_gcs_uri, join_uri, open_store, user_cache_dir
 from mushroom.tflite import TFLiteClassifier
@@ -467,10 +467,10 @@ class Identifier:
 
     def _read(self, photo: str | Path) -> tuple[np.ndarray, str | None]:
         """The model input of a photo and, with the quality gate on, why it is not usable (None: usable)."""
-        pixels = load_image(photo, self.image_size)
         if not self.quality_gate:
-            return pixels, None
-        return pixels, check_pixels(pixels, photo_size(photo))
+            return load_image(photo, self.image_size), None
+        read = read_photo(photo, self.image_size)
+        return read.pixels, check_photo(read)
 
     def identify(self, photo: str | Path) -> Answer:
         """Answer one photo.

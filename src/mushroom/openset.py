@@ -470,17 +470,35 @@ def generate_negatives(family: str, count: int, size: int, seed: int = 0) -> np.
     Images are drawn at 2-4x ``size`` and reduced the way photos are
     (:func:`mushroom.preprocess.resize_with_pad`), so they reach the model as a photo would.
     """
+    return _generated(family, count, size, seed)[0]
+
+
+def _detail(image: Image.Image) -> np.ndarray:
+    """An image as the quality gate's noise check sees it (:attr:`mushroom.preprocess.Photo.detail`)."""
+    from mushroom.preprocess import DETAIL_SIDE
+
+    image = image.copy()
+    image.thumbnail((DETAIL_SIDE, DETAIL_SIDE), Image.Resampling.BOX)
+    return np.asarray(image)
+
+
+def _generated(family: str, count: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`generate_negatives` and the quality gate's refusal of each image, as drawn."""
     from mushroom.preprocess import resize_with_pad
+    from mushroom.quality import check_pixels
 
     if family not in NEGATIVE_FAMILIES:
         raise ValueError(f"negative family {family!r} is not one of {list(NEGATIVE_FAMILIES)}")
     draw = NEGATIVE_FAMILIES[family]
     rng = np.random.default_rng([seed, sorted(NEGATIVE_FAMILIES).index(family)])
     out = np.empty((count, size, size, 3), dtype=np.uint8)
+    refused = np.zeros(count, bool)
     for i in range(count):
         side = int(size * rng.uniform(2, 4))
-        out[i] = resize_with_pad(Image.fromarray(draw(rng, side)), size)
-    return out
+        drawn = Image.fromarray(draw(rng, side))
+        out[i] = resize_with_pad(drawn, size)
+        refused[i] = check_pixels(out[i], None, _detail(drawn)) is not None  # drawn, not a photo: any size
+    return out, refused
 
 
 @dataclass
@@ -489,6 +507,7 @@ class PackagePhotos:
 
     images: np.ndarray
     sources: list[str] = field(default_factory=list)
+    refused: np.ndarray | None = None  # the quality gate's refusal of each, as cropped
 
 
 # Real non-mushroom photos bundled in scikit-image's wheel (people, animals, objects, space,
@@ -516,20 +535,26 @@ def package_photos(size: int, crops_per_photo: int = 8, seed: int = 0) -> Packag
         if img.ndim == 2:
             img = np.stack([img] * 3, axis=-1)
         photos.append((f"skimage:{name}", img[..., :3].astype(np.uint8)))
+    from mushroom.quality import check_pixels
+
     rng = np.random.default_rng(seed)
-    images, sources = [], []
+    images, sources, refused = [], [], []
+
+    def add(name: str, crop: Image.Image) -> None:
+        images.append(resize_with_pad(crop, size))
+        sources.append(name)
+        refused.append(check_pixels(images[-1], crop.size, _detail(crop)) is not None)
+
     for name, img in photos:
         h, w = img.shape[:2]
         pil = Image.fromarray(img)
-        images.append(resize_with_pad(pil, size))
-        sources.append(name)
+        add(name, pil)
         for _ in range(crops_per_photo - 1):
             side = int(min(h, w) * rng.uniform(0.3, 0.8))
             y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
-            images.append(resize_with_pad(pil.crop((x, y, x + side, y + side)), size))
-            sources.append(name)
+            add(name, pil.crop((x, y, x + side, y + side)))
     stack = np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)
-    return PackagePhotos(stack, sources)
+    return PackagePhotos(stack, sources, np.array(refused, bool))
 
 
 # --------------------------------------------------------------------------- the evaluation
@@ -578,17 +603,13 @@ def gather_negatives(size: int, per_family: int = 60, unknown_images: np.ndarray
     :data:`MIN_UNKNOWN_PHOTOS`) are split by taxon: every other taxon is fitted on, the rest
     held out (one taxon: fitted on, none held out). Fewer photos: left out, with a note.
     """
-    from mushroom.quality import check_batch
-
     negatives = Negatives()
     for family in NEGATIVE_FAMILIES:
-        images = generate_negatives(family, per_family, size, seed)
-        gate = np.array([r is not None for r in check_batch(images)])
+        images, gate = _generated(family, per_family, size, seed)
         negatives.add(family, images, gate, NON_MUSHROOM_GENERATED, family in FIT_FAMILIES)
     real = package_photos(size, seed=seed)
     if len(real.images):
-        gate = np.array([r is not None for r in check_batch(real.images)])
-        negatives.add("real_photos", real.images, gate, NON_MUSHROOM_REAL, False)
+        negatives.add("real_photos", real.images, real.refused, NON_MUSHROOM_REAL, False)
     n_unknown = 0 if unknown_images is None else len(unknown_images)
     if n_unknown >= MIN_UNKNOWN_PHOTOS:
         taxa = np.asarray(unknown_taxa)

@@ -7,6 +7,7 @@ fed RGB pixels in the 0-255 range at its input size; pixel scaling lives inside 
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -51,15 +52,8 @@ def resize_with_pad(image: Image.Image, size: int) -> np.ndarray:
     return np.asarray(canvas, dtype=np.uint8)
 
 
-def open_image(source: str | Path | bytes, size_hint: int | None = None) -> Image.Image:
-    """Open and fully decode a photo, with EXIF orientation applied, as RGB.
-
-    Args:
-        source: A path or the file's bytes.
-        size_hint: The side the photo will be resized to; a JPEG much larger than that is
-            decoded at a reduced scale (still at least ``2 * size_hint`` on each side), which
-            makes a 12-megapixel photo several times faster to read.
-    """
+def _open(source: str | Path | bytes, size_hint: int | None = None) -> tuple[Image.Image, tuple[int, int]]:
+    """:func:`open_image`, and the photo's ``(width, height)`` as stored (EXIF rotation applied)."""
     name = "<bytes>" if isinstance(source, bytes | bytearray) else str(source)
     if not isinstance(source, bytes | bytearray):
         path = Path(source)
@@ -72,6 +66,7 @@ def open_image(source: str | Path | bytes, size_hint: int | None = None) -> Imag
         raise ImageError(f"{name}: file is empty")
     try:
         image = Image.open(io.BytesIO(source))
+        stored = image.size
         if size_hint and image.format == "JPEG":
             image.draft("RGB", (2 * size_hint, 2 * size_hint))
         image.load()
@@ -79,8 +74,22 @@ def open_image(source: str | Path | bytes, size_hint: int | None = None) -> Imag
         raise ImageError(f"{name}: not an image file Pillow can read (JPEG, PNG, WebP, ...)") from None
     except OSError as err:  # truncated or damaged image data
         raise ImageError(f"{name}: not a readable image ({err})") from None
+    drawn = image.size
     image = ImageOps.exif_transpose(image)
-    return to_rgb(image)
+    turned = image.size != drawn and image.size == drawn[::-1]
+    return to_rgb(image), (stored[::-1] if turned else stored)
+
+
+def open_image(source: str | Path | bytes, size_hint: int | None = None) -> Image.Image:
+    """Open and fully decode a photo, with EXIF orientation applied, as RGB.
+
+    Args:
+        source: A path or the file's bytes.
+        size_hint: The side the photo will be resized to; a JPEG much larger than that is
+            decoded at a reduced scale (still at least ``2 * size_hint`` on each side), which
+            makes a 12-megapixel photo several times faster to read.
+    """
+    return _open(source, size_hint)[0]
 
 
 #: File suffixes taken when a folder of photos is given (case-insensitive).
@@ -101,10 +110,42 @@ def expand_photos(paths: list[str | Path]) -> list[str]:
     return photos
 
 
-def load_image(source: str | Path | bytes, size: int) -> np.ndarray:
-    """Read a photo and return the model input: ``uint8`` RGB, ``(size, size, 3)``, 0-255."""
-    image = open_image(source, size_hint=size)
+def _decoded(source: str | Path | bytes, size: int) -> tuple[Image.Image, tuple[int, int]]:
+    image, stored = _open(source, size_hint=size)
     if max(image.size) > 4 * size:
         # Fast pre-shrink for very large photos; the final resize does the exact scaling.
         image.thumbnail((4 * size, 4 * size), Image.Resampling.BOX)
-    return resize_with_pad(image, size)
+    return image, stored
+
+
+def load_image(source: str | Path | bytes, size: int) -> np.ndarray:
+    """Read a photo and return the model input: ``uint8`` RGB, ``(size, size, 3)``, 0-255."""
+    return resize_with_pad(_decoded(source, size)[0], size)
+
+
+#: The longer side (px) of :attr:`Photo.detail`.
+DETAIL_SIDE = 256
+
+
+@dataclass(frozen=True)
+class Photo:
+    """A photo read for ``identify``: the model input and what the quality gate looks at.
+
+    Attributes:
+        pixels: The model input, exactly :func:`load_image`'s.
+        stored_size: ``(width, height)`` of the photo as stored, EXIF rotation applied.
+        detail: The decoded photo reduced to at most :data:`DETAIL_SIDE` px on its longer
+            side (``uint8`` RGB): finer than the model input, so pixel noise still shows.
+    """
+
+    pixels: np.ndarray
+    stored_size: tuple[int, int]
+    detail: np.ndarray
+
+
+def read_photo(source: str | Path | bytes, size: int) -> Photo:
+    """Read a photo once: its model input (as :func:`load_image`), stored size and detail."""
+    image, stored = _decoded(source, size)
+    pixels = resize_with_pad(image, size)
+    image.thumbnail((DETAIL_SIDE, DETAIL_SIDE), Image.Resampling.BOX)
+    return Photo(pixels, stored, np.asarray(image, dtype=np.uint8))

@@ -11,11 +11,19 @@ out the prepare stage itself, which is timed on its own line (it runs once per r
 Peak memory: one training-shaped epoch over the shards in a fresh process, at two dataset
 sizes; the peak resident memory should not grow with the number of photos.
 
+One CPU core (``--one-core-sizes``, default 224 and 240 px): the training input pipeline over
+shards (:func:`mushroom.shards.shard_dataset`, training order, float32 batches) in a fresh
+process pinned to one core (``sched_setaffinity``, TensorFlow's intra/inter-op pools and the
+tf.data private pool at one thread), without and with the ``basic`` augmentation. Reported as
+images/s of wall time and images per CPU-second of the process (the latter holds when other
+work shares the core): what sizes the CPU cores that keep a GPU busy.
+
 Training steps (``--steps``): photos/s of ``model.fit`` per architecture and size, float32 vs
 ``mixed_bfloat16`` vs XLA (``mixed_float16`` needs a GPU). On a CPU these say little about a
 GPU; the script runs unchanged on one.
 
     python benchmarks/training.py [--photos 1200] [--sizes 224 384] [--steps] [--architectures mobilenetv3-large]
+    python benchmarks/training.py --only one-core [--one-core-sizes 224 240]
 """
 
 from __future__ import annotations
@@ -33,6 +41,9 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+SECTIONS = ("input", "memory", "one-core", "steps")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--photos", type=int, default=1200, help="photos in the dataset")
@@ -45,6 +56,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", action="store_true", help="also time training steps")
     parser.add_argument("--architectures", nargs="+", default=["mobilenetv3-large", "efficientnetv2-b0"])
     parser.add_argument("--step-size", type=int, default=96, help="input size for the training-step timing")
+    parser.add_argument("--one-core-sizes", type=int, nargs="+", default=[224, 240],
+                        help="input sizes of the one-CPU-core shard reading measurement")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs a one-core measurement reads (first: warm-up)")
+    parser.add_argument("--only", choices=SECTIONS, nargs="+", default=None,
+                        help="run only these sections (default: input, memory, one-core, and steps with --steps)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON as well")
     return parser.parse_args(argv)
 
@@ -112,6 +128,48 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
 
+_ONE_CORE_PROBE = """
+import json, os, sys, time
+os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # before TensorFlow starts any thread
+import tensorflow as tf
+tf.config.threading.set_intra_op_parallelism_threads(1)
+tf.config.threading.set_inter_op_parallelism_threads(1)
+from mushroom.datasets import augmentation
+from mushroom.shards import open_split, shard_dataset
+shards, size, augment, epochs = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "basic", int(sys.argv[4])
+options = tf.data.Options()
+options.threading.private_threadpool_size = 1
+options.threading.max_intra_op_parallelism = 1
+split = open_split(shards, "train", size)
+ds = shard_dataset(split, 32, training=True, seed=1, augment=augmentation(1) if augment else None)
+ds = ds.with_options(options)
+rows = []
+for _ in range(epochs):
+    wall, cpu, n = time.perf_counter(), time.process_time(), 0
+    for x, _ in ds:
+        n += int(x.shape[0])
+    rows.append({"photos": n, "wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu})
+print(json.dumps({"cores": sorted(os.sched_getaffinity(0)), "epochs": rows}))
+"""
+
+
+def bench_one_core(shards: Path, sizes: list[int], epochs: int) -> list[dict]:
+    """Shard reading on one CPU core, a fresh process per size and augmentation; later epochs
+    only (the first warms up)."""
+    rows = []
+    for size in sizes:
+        for augment in ("none", "basic"):
+            out = subprocess.run([sys.executable, "-c", _ONE_CORE_PROBE, str(shards), str(size), augment,
+                                  str(epochs)], capture_output=True, text=True, check=True)
+            probe = json.loads(out.stdout.strip().splitlines()[-1])
+            later = probe["epochs"][1:] or probe["epochs"]
+            photos = sum(e["photos"] for e in later)
+            rows.append({"size": size, "augmentation": augment, "cores": probe["cores"], "photos": photos,
+                         "images_per_s": photos / sum(e["wall_s"] for e in later),
+                         "images_per_cpu_s": photos / sum(e["cpu_s"] for e in later)})
+    return rows
+
+
 def bench_memory(photo_counts: list[int], species: int, source_size: int, size: int, work: Path) -> list[dict]:
     from mushroom.shards import prepare_shards
 
@@ -163,42 +221,60 @@ def bench_steps(dataset: Path, splits: Path, architectures: list[str], size: int
     return rows
 
 
+def _table(title: str, columns: list[str], rows: list[list]) -> None:
+    print(f"\n{title}")
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "---|" * len(columns))
+    for row in rows:
+        print("| " + " | ".join(str(v) for v in row) + " |")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    sections = set(args.only or ["input", "memory", "one-core"] + (["steps"] if args.steps else []))
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         dataset, splits = make_dataset(work / "main", args.photos, args.species, args.source_size)
-        results["input"] = bench_input(dataset, splits, args.sizes, args.batch_size, work)
-        print(f"\nInput pipeline alone, images/s (train split, batch {args.batch_size}, no augmentation; the JPEG "
-              "path caches decoded photos in memory after its first epoch, shards are read from disk every epoch)")
-        print("| size | photos | JPEG path, 1st epoch | JPEG path, later | shards, 1st epoch | shards, later | "
-              "1st-epoch ratio |")
-        print("|---|---|---|---|---|---|---|")
-        for row in results["input"][:-1]:
-            print(f"| {row['size']} | {row['photos']} | {row['jpeg_first']:.0f} | {row['jpeg_later']:.0f} | "
-                  f"{row['shards_first']:.0f} | {row['shards_later']:.0f} | {row['first_epoch_ratio']:.1f}x |")
-        prep = results["input"][-1]
-        print(f"prepare stage (once per run, sizes {prep['sizes']}, all splits): {prep['prepare_s']:.1f} s")
+        if "input" in sections:
+            results["input"] = bench_input(dataset, splits, args.sizes, args.batch_size, work)
+            _table(f"Input pipeline alone, images/s (train split, batch {args.batch_size}, no augmentation; the JPEG "
+                   "path caches decoded photos in memory after its first epoch, shards are read from disk every epoch)",
+                   ["size", "photos", "JPEG path, 1st epoch", "JPEG path, later", "shards, 1st epoch", "shards, later",
+                    "1st-epoch ratio"],
+                   [[r["size"], r["photos"], f"{r['jpeg_first']:.0f}", f"{r['jpeg_later']:.0f}",
+                     f"{r['shards_first']:.0f}", f"{r['shards_later']:.0f}", f"{r['first_epoch_ratio']:.1f}x"]
+                    for r in results["input"][:-1]])
+            prep = results["input"][-1]
+            print(f"prepare stage (once per run, sizes {prep['sizes']}, all splits): {prep['prepare_s']:.1f} s")
 
-        results["memory"] = bench_memory(args.memory_photos, args.species, args.source_size, args.sizes[0], work)
-        print("\nPeak resident memory of two training epochs (augmentation on), a fresh process each")
-        print("| photos | size | JPEG path (cached in memory) | shards |")
-        print("|---|---|---|---|")
-        for row in results["memory"]:
-            print(f"| {row['photos']} | {row['size']} | {row['jpeg_peak_rss_mib']:.0f} MiB | "
-                  f"{row['shards_peak_rss_mib']:.0f} MiB |")
+        if "one-core" in sections:
+            from mushroom.shards import prepare_shards
 
-        if args.steps:
+            prepare_shards(dataset, splits, work / "one-core-shards", args.one_core_sizes)
+            results["one_core"] = bench_one_core(work / "one-core-shards", args.one_core_sizes, args.epochs)
+            _table("Shard reading on one CPU core (training order, batch 32, float32 out; a fresh process pinned to "
+                   "one core, every TensorFlow pool at one thread; epochs after the first)",
+                   ["size", "augmentation", "photos read", "images/s (wall)", "images per CPU-second"],
+                   [[r["size"], r["augmentation"], r["photos"], f"{r['images_per_s']:.0f}",
+                     f"{r['images_per_cpu_s']:.0f}"] for r in results["one_core"]])
+
+        if "memory" in sections:
+            results["memory"] = bench_memory(args.memory_photos, args.species, args.source_size, args.sizes[0],
+                                             work)
+            _table("Peak resident memory of two training epochs (augmentation on), a fresh process each",
+                   ["photos", "size", "JPEG path (cached in memory)", "shards"],
+                   [[r["photos"], r["size"], f"{r['jpeg_peak_rss_mib']:.0f} MiB", f"{r['shards_peak_rss_mib']:.0f} MiB"]
+                    for r in results["memory"]])
+
+        if "steps" in sections:
             results["steps"] = bench_steps(dataset, splits, args.architectures, args.step_size, args.batch_size,
                                            work)
-            print(f"\nTraining steps, photos/s at {args.step_size} px (weights=None)")
-            print("| architecture | precision | XLA | photos/s |")
-            print("|---|---|---|---|")
-            for row in results["steps"]:
-                print(f"| {row['architecture']} | {row['precision']} | {'on' if row['xla'] else 'off'} | "
-                      f"{row['photos_per_s']:.1f} |")
+            _table(f"Training steps, photos/s at {args.step_size} px (weights=None)",
+                   ["architecture", "precision", "XLA", "photos/s"],
+                   [[r["architecture"], r["precision"], "on" if r["xla"] else "off", f"{r['photos_per_s']:.1f}"]
+                    for r in results["steps"]])
     if args.json:
         print(json.dumps(results, indent=2))
     return 0

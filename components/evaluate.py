@@ -5,10 +5,10 @@ from components.image import IMAGE
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def evaluate_model(dataset: Input[Dataset], splits: Input[Dataset], model: Input[Model], bundle: Input[Model],
-                   evaluation: Output[Artifact], calibrated_bundle: Output[Model], metrics: Output[Metrics],
-                   confusion: Output[ClassificationMetrics], edibility_roc: Output[ClassificationMetrics],
-                   report: Output[HTML], summary: Output[Markdown]):
+def evaluate_model(dataset: Input[Dataset], splits: Input[Dataset], shards: Input[Dataset], model: Input[Model],
+                   bundle: Input[Model], evaluation: Output[Artifact], calibrated_bundle: Output[Model],
+                   metrics: Output[Metrics], confusion: Output[ClassificationMetrics],
+                   edibility_roc: Output[ClassificationMetrics], report: Output[HTML], summary: Output[Markdown]):
     """Evaluate Keras and every TFLite variant: species, edibility safety, calibration, size and CPU latency.
 
     Fits the temperature and edible threshold per variant on the validation split and outputs the
@@ -23,7 +23,7 @@ def evaluate_model(dataset: Input[Dataset], splits: Input[Dataset], model: Input
 
     console.setup_stage_logging("evaluate", console.configuration_of_bundle(bundle.path))
     result = stages.evaluate(dataset.path, splits.path, model.path, bundle.path, evaluation.path,
-                             calibrated_bundle.path)
+                             calibrated_bundle.path, shards_dir=shards.path)
     shown = stages.evaluation_outputs(result, calibrated_bundle.path)
     for key, value in shown.metrics.items():
         metrics.log_metric(key, value)

@@ -5,13 +5,14 @@ from components.image import IMAGE
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def quantize_to_bundle(dataset: Input[Dataset], splits: Input[Dataset], model: Input[Model], model_config: dict,
-                   seed: int, bundle: Output[Model], metrics: Output[Metrics]):
+def quantize_to_bundle(dataset: Input[Dataset], splits: Input[Dataset], shards: Input[Dataset], model: Input[Model],
+                       model_config: dict, seed: int, bundle: Output[Model], metrics: Output[Metrics]):
     """Convert to TFLite float32 and full-integer int8; write the model bundle."""
     from mushroom import console, stages
 
     console.setup_stage_logging("quantize", model_config.get("model_name"))
-    result = stages.quantize(dataset.path, splits.path, model.path, model_config, seed, bundle.path)
+    result = stages.quantize(dataset.path, splits.path, model.path, model_config, seed, bundle.path,
+                             shards_dir=shards.path)
     bundle.metadata["framework"] = "tflite"
     for key, value in result.items():
         metrics.log_metric(key, value)

@@ -100,7 +100,8 @@ def _compose(schedule, dataset_config, model_configs, split_config, seed, publis
     split = split_dataset(dataset=acquire.outputs["dataset"], split_config=split_config, seed=seed)
     schedule(split, "split")
     dataset, splits = acquire.outputs["dataset"], split.outputs["splits"]
-    # Every photo decoded once, for every model input size of the run; tune and train read these.
+    # Every photo decoded once, for every model input size of the run; tune, train, quantize and
+    # evaluate read these.
     prepare = prepare_shards(dataset=dataset, splits=splits, model_configs=model_configs)
     schedule(prepare, "prepare")
     shards = prepare.outputs["shards"]
@@ -112,10 +113,10 @@ def _compose(schedule, dataset_config, model_configs, split_config, seed, publis
         train = train_classifier(dataset=dataset, splits=splits, shards=shards,
                                  hyperparameters=tune.outputs["hyperparameters"], model_config=config, seed=seed)
         schedule(train, "train")
-        quantize = quantize_to_bundle(dataset=dataset, splits=splits, model=train.outputs["model"],
+        quantize = quantize_to_bundle(dataset=dataset, splits=splits, shards=shards, model=train.outputs["model"],
                                       model_config=config, seed=seed)
         schedule(quantize, "quantize")
-        evaluate = evaluate_model(dataset=dataset, splits=splits, model=train.outputs["model"],
+        evaluate = evaluate_model(dataset=dataset, splits=splits, shards=shards, model=train.outputs["model"],
                                   bundle=quantize.outputs["bundle"])
         schedule(evaluate, "evaluate")
 

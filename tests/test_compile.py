@@ -47,11 +47,11 @@ def test_stage_order_and_typed_artifacts(spec):
     assert set(root) == {"acquire-dataset", "split-dataset", "prepare-shards", loop_name, "compare-models",
                          "publish-bundle"}
     comps = spec["components"]
-    # prepare decodes once for the whole loop: tune and train read its shards
+    # prepare decodes once for the whole loop: tune, train, quantize and evaluate read its shards
     assert root["prepare-shards"]["inputs"]["parameters"]["model_configs"] == {
         "componentInputParameter": "model_configs"}
     loop_tasks = spec["components"][root[loop_name]["componentRef"]["name"]]["dag"]["tasks"]
-    for task in ("tune-model", "train-classifier"):
+    for task in ("tune-model", "train-classifier", "quantize-to-bundle", "evaluate-model"):
         shards = loop_tasks[task]["inputs"]["artifacts"]["shards"]
         assert shards == {"componentInputArtifact": "pipelinechannel--prepare-shards-shards"}, shards
     acquire = comps["comp-acquire-dataset"]["outputDefinitions"]["artifacts"]

@@ -6,8 +6,9 @@ import os
 import numpy as np
 import pytest
 
-from mushroom.datasets import load_split
+from mushroom.datasets import balanced_sample, load_split
 from mushroom.preprocess import load_image
+from mushroom.quality import photo_size
 from mushroom.shards import MANIFEST_NAME, ShardError, open_split, prepare_shards, shard_arrays, shard_dataset
 
 
@@ -36,6 +37,26 @@ def test_shard_pixels_are_bit_identical_to_load_image(small_dataset, shards, spl
     pixels = np.concatenate([x.numpy() for x, _ in batches])
     assert pixels.dtype == np.float32
     np.testing.assert_array_equal(pixels, images.astype(np.float32))
+    # What the quality gate checks besides the pixels: each photo's stored size, from its header.
+    assert opened.photo_sizes.tolist() == [list(photo_size(p)) for p in examples.paths]
+
+
+def test_chosen_rows_in_one_pass_in_the_order_asked(small_dataset, shards):
+    opened = open_split(shards, "train", 48)  # 96 photos in 3 files of 40
+    images, labels = shard_arrays(opened)
+    picked = balanced_sample(opened.labels, 30, 5)  # ascending, spread over every file
+    sample, sample_labels = shard_arrays(opened, indices=picked)
+    np.testing.assert_array_equal(sample, images[picked])
+    np.testing.assert_array_equal(sample_labels, labels[picked])
+    rows = np.array([95, 0, 41, 0, 39])  # any order, repeats, both ends, across file boundaries
+    np.testing.assert_array_equal(shard_arrays(opened, indices=rows)[0], images[rows])
+    out = np.zeros((len(opened) + 1, 48, 48, 3), np.uint8)
+    shard_arrays(opened, out=out[1:])
+    np.testing.assert_array_equal(out[1:], images)
+    assert not out[0].any()
+    assert len(shard_arrays(opened, indices=[])[0]) == 0
+    with pytest.raises(IndexError, match="outside the split's 96 photos"):
+        shard_arrays(opened, indices=[96])
 
 
 def test_manifest_lists_every_file_with_its_checksum_and_sizes_once(shards, small_dataset):
@@ -94,3 +115,31 @@ def test_preparing_other_sizes_removes_the_old_files(small_dataset, tmp_path):
     prepare_shards(dataset, splits, out, [48], examples_per_shard=40)
     prepare_shards(dataset, splits, out, [32], examples_per_shard=40)
     assert not list(out.glob("size=48/*.tfrecord")) and list(out.glob("size=32/*.tfrecord"))
+
+
+def test_shards_of_another_split_table_stop_naming_the_split(small_dataset, tmp_path):
+    from mushroom import stages
+
+    dataset, splits = small_dataset
+    out = tmp_path / "shards"
+    prepare_shards(dataset, splits, out, [32], examples_per_shard=40)
+    for split in ("train", "val", "test"):
+        open_split(out, split, 32, splits_dir=splits)  # the table they were made from
+    other = tmp_path / "other-splits"
+    stages.split(dataset, {"train": 0.6, "val": 0.2, "test": 0.2}, 8, other)  # another seed
+    for split in ("train", "val", "test"):
+        with pytest.raises(ShardError, match=rf"the '{split}' shards \(\d+ photos\) were prepared from another "
+                                             rf"split table than {other} \(\d+ {split} photos"):
+            open_split(out, split, 32, splits_dir=other)
+
+
+def test_shards_of_the_earlier_format_ask_for_prepare_again(small_dataset, tmp_path):
+    dataset, splits = small_dataset
+    out = tmp_path / "shards"
+    prepare_shards(dataset, splits, out, [32], examples_per_shard=40)
+    manifest = json.loads((out / MANIFEST_NAME).read_text())
+    (out / MANIFEST_NAME).write_text(json.dumps({**manifest, "schema_version": 1}))
+    with pytest.raises(ShardError, match="shards of schema version 1 .* rerun the prepare stage"):
+        open_split(out, "val", 32)
+    prepare_shards(dataset, splits, out, [32], examples_per_shard=40)  # the fingerprint differs: rewritten
+    assert json.loads((out / MANIFEST_NAME).read_text())["schema_version"] == 2

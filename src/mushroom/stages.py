@@ -11,7 +11,7 @@ import logging
 import os
 import shutil
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -142,12 +142,48 @@ def _shards(dataset_dir, splits_dir, image_size: int, shards_dir):
         yield Path(tmp)
 
 
-def _training_data(shards_dir: Path, config, seed: int, runtime):
+def _open_shards(shards_dir: Path, splits_dir, names, image_size: int) -> list:
+    """The shards of each split in ``names`` at ``image_size``, checked against the split table
+    (same photos, same order): a mismatch stops the stage here, before any work."""
+    from mushroom.shards import open_split
+
+    return [open_split(shards_dir, name, image_size, splits_dir=splits_dir) for name in names]
+
+
+def _splits_with_shards(dataset_dir, splits_dir, shards_dir: Path, names, image_size: int) -> list:
+    """Each split in ``names`` (:class:`mushroom.datasets.SplitExamples`) with its shards, their
+    rows checked to be the split's photos in its order, classes included."""
+    from mushroom.datasets import load_split
+    from mushroom.shards import ShardError
+
+    pairs = []
+    for name, shards in zip(names, _open_shards(shards_dir, splits_dir, names, image_size), strict=True):
+        examples = load_split(dataset_dir, splits_dir, name)
+        if len(shards) != len(examples) or not np.array_equal(shards.labels, examples.labels):
+            raise ShardError(f"{shards_dir}: the {name!r} shards' classes differ from the dataset's (prepared for "
+                             f"another dataset folder or species order?); rerun the prepare stage")
+        pairs.append((examples, shards))
+    return pairs
+
+
+def _pixels(shard_splits: list, image_size: int) -> np.ndarray:
+    """The photos of ``shard_splits``, one split after the other, in one ``uint8`` array."""
+    from mushroom.shards import shard_arrays
+
+    images = np.empty((sum(len(s) for s in shard_splits), image_size, image_size, 3), dtype=np.uint8)
+    start = 0
+    for split_shards in shard_splits:
+        shard_arrays(split_shards, out=images[start:start + len(split_shards)])
+        start += len(split_shards)
+    return images
+
+
+def _training_data(shards_dir: Path, splits_dir, config, seed: int, runtime):
     """Train and val datasets from shards, batched for the global batch, augmented as configured."""
     from mushroom.datasets import augmentation
-    from mushroom.shards import open_split, shard_dataset
+    from mushroom.shards import shard_dataset
 
-    train, val = (open_split(shards_dir, name, config.image_size) for name in ("train", "val"))
+    train, val = _open_shards(shards_dir, splits_dir, ("train", "val"), config.image_size)
     batch = runtime.global_batch(config.batch_size)
     train_ds = shard_dataset(train, batch, training=True, seed=seed,
                              augment=augmentation(seed, config.train.augmentation))
@@ -173,7 +209,7 @@ def tune(dataset_dir, splits_dir, model_config: dict[str, Any], seed: int, out_d
         _seed_everything(seed)
         with _shards(dataset_dir, splits_dir, config.image_size, shards_dir) as shards, \
                 tempfile.TemporaryDirectory(prefix="mushroom-tuner-") as work:
-            train, train_ds, val_ds, _ = _training_data(shards, config, seed, runtime)
+            train, train_ds, val_ds, _ = _training_data(shards, splits_dir, config, seed, runtime)
             hp, trials = tune_hyperparameters(config, train.num_classes, train_ds, val_ds, work, seed, runtime,
                                               train.labels)
         write_json_atomic(out_dir / HYPERPARAMETERS, hp.to_dict())
@@ -199,7 +235,7 @@ def train(dataset_dir, splits_dir, hyperparameters_dir, model_config: dict[str, 
         runtime = resolve_runtime(config.train, seed)  # an impossible setting stops here, before any work
         _seed_everything(seed)
         with _shards(dataset_dir, splits_dir, config.image_size, shards_dir) as shards:
-            train_split, train_ds, val_ds, steps = _training_data(shards, config, seed, runtime)
+            train_split, train_ds, val_ds, steps = _training_data(shards, splits_dir, config, seed, runtime)
             log.info("train: %d train photos, %d classes, %s", len(train_split), train_split.num_classes, hp)
             model, history = train_model(config, train_split.num_classes, hp, train_ds, val_ds, runtime,
                                          train_split.labels, steps, seed)
@@ -216,31 +252,35 @@ def train(dataset_dir, splits_dir, hyperparameters_dir, model_config: dict[str, 
 
 
 def quantize(dataset_dir, splits_dir, model_dir, model_config: dict[str, Any], seed: int,
-             out_dir: str | Path) -> dict:
+             out_dir: str | Path, shards_dir: str | Path | None = None) -> dict:
     """Convert to every configured TFLite variant, choose one, and write the bundle.
 
     The bundle also holds ``quantization_report.json`` / ``.md``: each variant's size,
     validation top-1, agreement with float32 and latency, the worst int8 layers, and why the
-    default variant was chosen.
+    default variant was chosen. Photos (the representative train sample and the validation
+    split) come from ``shards_dir`` (the prepare stage), else from shards made here.
     """
     from mushroom.bundle import build_provenance, write_bundle
-    from mushroom.datasets import balanced_sample, load_images, load_split
+    from mushroom.datasets import balanced_sample
     from mushroom.models import load_model
     from mushroom.quantize import format_report, headline_metrics, quantize_model
+    from mushroom.shards import shard_arrays
 
     config = parse_model_config(model_config)
     q = config.quantize
     out_dir = Path(out_dir)
     with _timed(f"quantize {config.model_name}"):
-        train_split = load_split(dataset_dir, splits_dir, "train")
-        val = load_split(dataset_dir, splits_dir, "val")
-        picked = balanced_sample(train_split.labels, q.representative_samples, seed)
-        representative = load_images([train_split.paths[i] for i in picked], config.image_size)
+        with _shards(dataset_dir, splits_dir, config.image_size, shards_dir) as shards:
+            (train_split, train_shards), (val, val_shards) = _splits_with_shards(
+                dataset_dir, splits_dir, shards, ("train", "val"), config.image_size)
+            picked = balanced_sample(train_split.labels, q.representative_samples, seed)
+            representative, _ = shard_arrays(train_shards, indices=picked)
+            val_images, _ = shard_arrays(val_shards)
         log.info("quantize: %d representative train photos (balanced, no augmentation), %d validation photos",
                  len(picked), len(val))
         model = load_model(Path(model_dir) / KERAS_MODEL)
         models, report = quantize_model(
-            model, representative, load_images(val.paths, config.image_size), val.labels, q.variants,
+            model, representative, val_images, val.labels, q.variants,
             q.tolerance_points, q.min_agreement, debug_samples=q.debug_samples, latency_runs=q.latency_runs)
         extra = {"representative_samples": int(len(picked)), "choice_reason": report["reason"]}
         image = {key: os.environ[var] for key, var in IMAGE_ENV.items() if os.environ.get(var)}
@@ -257,7 +297,7 @@ def quantize(dataset_dir, splits_dir, model_dir, model_config: dict[str, Any], s
 
 def evaluate(dataset_dir, splits_dir, model_dir, bundle_dir, out_dir: str | Path,
              calibrated_bundle_dir: str | Path, *, latency_runs: int | None = None,
-             target_dangerous_as_edible: float | None = None) -> Evaluation:
+             target_dangerous_as_edible: float | None = None, shards_dir: str | Path | None = None) -> Evaluation:
     """Evaluate Keras and every TFLite variant; fit the calibration and safety policy.
 
     Predicts the validation and test splits with every variant, fits a temperature and the
@@ -278,10 +318,13 @@ def evaluate(dataset_dir, splits_dir, model_dir, bundle_dir, out_dir: str | Path
             ``MUSHROOM_LATENCY_RUNS``).
         target_dangerous_as_edible: The dangerous-as-edible rate allowed on the validation
             split when choosing the edible threshold (default 0.005).
+        shards_dir: The prepare stage's shards, where the validation, test and train photos
+            (pixels and stored sizes) come from; None: shards made here. The unknown-species
+            photos (never split) are decoded from their files.
     """
     from mushroom.bundle import CALIBRATION, read_bundle
     from mushroom.calibration import DEFAULT_TARGET
-    from mushroom.datasets import balanced_sample, load_images, load_split, load_unknown
+    from mushroom.datasets import balanced_sample, load_unknown
     from mushroom.evaluate import (
         OPEN_SET_TRAIN_PHOTOS,
         OpenSetInputs,
@@ -296,19 +339,24 @@ def evaluate(dataset_dir, splits_dir, model_dir, bundle_dir, out_dir: str | Path
     from mushroom.evaluation import write_evaluation
     from mushroom.models import load_model
     from mushroom.openset import FeatureInputs, gather_negatives
+    from mushroom.preprocess import read_photo
+    from mushroom.quality import check_photo
     from mushroom.report import write_report
+    from mushroom.shards import shard_arrays
     from mushroom.tracking import log_evaluation
 
     target = DEFAULT_TARGET if target_dangerous_as_edible is None else float(target_dangerous_as_edible)
     if not 0.0 <= target < 1.0:
         raise ValueError(f"target_dangerous_as_edible must be in [0, 1), got {target}")
     out_dir = Path(out_dir)
-    with _timed("evaluate"):
+    with _timed("evaluate"), ExitStack() as stack:
         bundle = read_bundle(bundle_dir)
-        val, test = (load_split(dataset_dir, splits_dir, name) for name in ("val", "test"))
+        shards = stack.enter_context(_shards(dataset_dir, splits_dir, bundle.image_size, shards_dir))
+        (train_split, train_shards), (val, val_shards), (test, test_shards) = _splits_with_shards(
+            dataset_dir, splits_dir, shards, ("train", "val", "test"), bundle.image_size)
         if test.catalog.taxon_ids != bundle.catalog.taxon_ids:
             raise ValueError(f"evaluate: the dataset's species differ from the bundle's ({bundle_dir})")
-        images = load_images(val.paths + test.paths, bundle.image_size)
+        images = _pixels([val_shards, test_shards], bundle.image_size)
         log.info("evaluate: %d val and %d test photos at %d px", len(val), len(test), bundle.image_size)
         model = load_model(Path(model_dir) / KERAS_MODEL)
         probs, features = predict_variants_with_features(model, bundle_dir, images)
@@ -317,9 +365,12 @@ def evaluate(dataset_dir, splits_dir, model_dir, bundle_dir, out_dir: str | Path
         test_probs = {k: p[n_val:] for k, p in probs.items()}
         latency = measure_variants_latency(bundle, images[n_val], latency_runs)
         unknown_paths, unknown_taxa = load_unknown(dataset_dir)
-        unknown_images = load_images(unknown_paths, bundle.image_size)
+        # Read as identify reads a photo, so the whole quality gate (pixel noise too) applies.
+        unknown_photos = [read_photo(path, bundle.image_size) for path in unknown_paths]
+        unknown_images = np.stack([photo.pixels for photo in unknown_photos]) if unknown_photos else \
+            np.empty((0, bundle.image_size, bundle.image_size, 3), np.uint8)
         negatives = gather_negatives(bundle.image_size, unknown_images=unknown_images, unknown_taxa=unknown_taxa,
-                                     unknown_gate=_gate(unknown_paths, unknown_images))
+                                     unknown_gate=np.array([check_photo(p) is not None for p in unknown_photos], bool))
         stacked = np.concatenate(list(negatives.images.values()))
         log.info("evaluate: %d open-set negatives (%s), %d of them unknown-species photos", len(stacked),
                  ", ".join(f"{k} {len(v)}" for k, v in negatives.images.items()), len(unknown_paths))
@@ -331,9 +382,8 @@ def evaluate(dataset_dir, splits_dir, model_dir, bundle_dir, out_dir: str | Path
 
         feature_inputs = {}
         if features:
-            train_split = load_split(dataset_dir, splits_dir, "train")
             picked = balanced_sample(train_split.labels, OPEN_SET_TRAIN_PHOTOS, 0)
-            train_images = load_images([train_split.paths[i] for i in picked], bundle.image_size)
+            train_images, _ = shard_arrays(train_shards, indices=picked)
             _, train_features = predict_variants_with_features(None, bundle_dir, train_images)
             stats = fit_variant_feature_stats(train_features, train_split.labels[picked], len(bundle.catalog))
             log.info("evaluate: open-set feature statistics of %d variant(s) from %d train photos", len(stats),
@@ -342,7 +392,7 @@ def evaluate(dataset_dir, splits_dir, model_dir, bundle_dir, out_dir: str | Path
                               for key, f in features.items() if key in stats}
         open_set = OpenSetInputs(
             negatives, {key: by_kind(p) for key, p in negative_probs.items()},
-            _gate(test.paths, images[n_val:]), features=feature_inputs)
+            _gate(test_shards.photo_sizes, images[n_val:]), features=feature_inputs)
         data_source = bundle.provenance.get("data") or _dataset_source(dataset_dir)
         result = evaluate_predictions(test.labels, test_probs, bundle, val.labels, val_probs, latency, target,
                                       open_set, data_source)
@@ -365,12 +415,15 @@ def evaluate(dataset_dir, splits_dir, model_dir, bundle_dir, out_dir: str | Path
     return result
 
 
-def _gate(paths: list[str], images: np.ndarray) -> np.ndarray:
-    """The quality gate's refusal of each photo (True: "not a usable photo")."""
-    from mushroom.quality import check_pixels, photo_size
+def _gate(photo_sizes, images: np.ndarray) -> np.ndarray:
+    """The quality gate's refusal of each photo (True: "not a usable photo"), from its model input
+    and its stored ``(width, height)`` (:func:`mushroom.quality.photo_size`). The shards keep no
+    finer detail, so the pixel-noise check is not applied to these (known, split) photos: it
+    refused none of the real or synthetic photos it was measured on (see ``mushroom.quality``)."""
+    from mushroom.quality import check_pixels
 
-    return np.array([check_pixels(image, photo_size(path)) is not None for path, image in zip(paths, images,
-                                                                                               strict=True)], bool)
+    return np.array([check_pixels(image, (int(w), int(h))) is not None
+                     for (w, h), image in zip(photo_sizes, images, strict=True)], bool)
 
 
 def _dataset_source(dataset_dir: str | Path) -> dict[str, Any]:

@@ -108,6 +108,53 @@ def _group_in_float(group: str) -> Callable:
     return build
 
 
+_CALIBRATED: dict[tuple[str, int], bytes] = {}
+
+
+def _calibrated(saved, representative) -> bytes:
+    """One calibration per (model, photos) for all range remedies."""
+    key = (str(saved[True]), len(representative))
+    if key not in _CALIBRATED:
+        _CALIBRATED[key] = variants.calibrate(variants.BuildInputs(saved[True], representative))
+    return _CALIBRATED[key]
+
+
+def _all_ranges(method: str, percentile: float = 99.99) -> Callable:
+    """Every activation's range by ``method`` over the calibration photos, except fixed ones.
+
+    Left as calibrated: the preprocessing at the input (pixel space) and outputs whose range
+    the op fixes (SOFTMAX, LOGISTIC, TANH).
+    """
+    def build(saved, representative):
+        calibrated = _calibrated(saved, representative)
+        fb = variants._flatbuffer(calibrated)  # noqa: SLF001
+        graph, types = fb.subgraphs[0], variants._op_types(fb)  # noqa: SLF001
+        skip = {int(t) for t in graph.inputs}
+        for op in graph.operators:
+            if types[op.opcodeIndex] in ("SOFTMAX", "LOGISTIC", "TANH") or any(int(i) in skip for i in op.inputs) \
+                    and types[op.opcodeIndex] in ("SUB", "ADD", "MUL", "PAD", "QUANTIZE"):
+                skip |= {int(t) for t in op.outputs}
+        names_ = [n for i, t in enumerate(graph.tensors) if i not in skip
+                  and (n := variants._tensor_name(t)) in variants.calibrated_ranges(calibrated)]  # noqa: SLF001
+        values = variants.activation_values(calibrated, representative, names_)
+        ranges = {n: variants.activation_range(v, method, percentile) for n, v in values.items()}
+        return variants.quantize_full_integer(variants.with_ranges(calibrated, ranges))
+    return build
+
+
+def _head_ranges(which: str, method: str = "minmax", percentile: float = 99.99, held_out_like: bool = False):
+    """The logits' (``which="logits"``) or the logits' and features' (``"head"``) ranges."""
+    def build(saved, representative):
+        calibrated = _calibrated(saved, representative)
+        head = variants.head_tensors(calibrated)
+        names_ = [head.logits] + ([head.features] if which == "head" else [])
+        photos = variants.held_out_like(representative) if held_out_like else representative
+        values = variants.activation_values(calibrated, photos, names_)
+        ranges = {n: variants.activation_range(v, method, percentile) for n, v in values.items()}
+        return variants.quantize_full_integer(variants.with_ranges(calibrated, ranges))
+    return build
+
+
 REMEDIES: dict[str, tuple[str, Callable]] = {
     variants.REFERENCE: ("float", _build(variants.REFERENCE, fold=False)),
     "dynamic_int8": ("mixed", _build("dynamic_int8", fold=False)),
@@ -115,6 +162,17 @@ REMEDIES: dict[str, tuple[str, Callable]] = {
     "int8 + preprocessing fold": ("int8-only", _build(variants.FULL_INTEGER)),
     "int8 + fold, 16 calibration photos": ("int8-only", _few_photos),
     "int8 + fold, per-tensor weights": ("int8-only", _per_tensor),
+    "int8 + fold, logits range pct 99.9": ("int8-only", _head_ranges("logits", "percentile", 99.9)),
+    "int8 + fold, logits range pct 99": ("int8-only", _head_ranges("logits", "percentile", 99.0)),
+    "int8 + fold, logits range MSE": ("int8-only", _head_ranges("logits", "mse")),
+    "int8 + fold, ranges pct 99.99 all activations": ("int8-only", _all_ranges("percentile", 99.99)),
+    "int8 + fold, ranges pct 99.9 all activations": ("int8-only", _all_ranges("percentile", 99.9)),
+    "int8 + fold, MSE ranges all activations": ("int8-only", _all_ranges("mse")),
+    "int8 + fold, logits range from held-out-like photos": ("int8-only", _head_ranges("logits",
+                                                                                      held_out_like=True)),
+    "int8 + fold, logits and features ranges from held-out-like photos": ("int8-only", _head_ranges(
+        "head", held_out_like=True)),
+    "int8_head_range (shipped)": ("int8-only", _build("int8_head_range")),
     "int8 + fold, head in float": ("mixed", _group_in_float("head")),
     "int16x8 + fold": ("int16", _build("int16x8")),
 }

@@ -78,3 +78,20 @@ def test_report_markdown_shows_the_fold_and_where_answers_flip():
     assert "**Preprocessing:** channel flip folded into `conv1_conv`" in text
     assert "| 3 | `block2a` | 0.970 |" in text and "| squeeze-excite | 40 | 0.910 |" in text
     assert 'x-axis ["stem", "block2a", "head"]' in text and "line [0.990, 0.970, 0.880]" in text
+
+
+def test_int8_only_head_range_variant_is_chosen_when_plain_int8_changes_answers():
+    candidates = {"float32": _c("float32", 0.40, 9.0), "int8": _c("int8", 0.40, 2.1),
+                  "int8_head_range": _c("int8_head_range", 0.40, 2.2)}
+    candidates["int8"].agreement, candidates["int8_head_range"].agreement = 0.875, 0.984
+    name, reason = choose_variant(candidates, tolerance_points=1.0, min_agreement=0.97)
+    assert name == "int8_head_range" and "int8 (+0.0 pts, agreement 0.875)" in reason
+
+
+def test_report_markdown_shows_replaced_head_ranges():
+    report = {"validation_photos": 10, "representative_samples": 5, "latency_threads": 2,
+              "variants": {"float32": {"size_mb": 4.0, "top1": 0.9, "top1_loss_points": 0.0,
+                                       "agreement_with_float32": 1.0, "latency_ms": 5.0}},
+              "reason": "int8_head_range: because",
+              "head_ranges": {"probabilities/BiasAdd": {"calibrated": (-26.0, 67.06), "held_out_like": (-3.49, 6.23)}}}
+    assert ("`probabilities/BiasAdd` [-26.00, 67.06] -> [-3.49, 6.23]" in format_report(report))

@@ -312,6 +312,12 @@ def format_report(report: dict) -> str:
     if report.get("preprocessing_fold"):
         lines += [f"**Preprocessing:** {report['preprocessing_fold']} (float-equivalent; in TFLite int8 "
                   "a channel flip copies bytes between tensors of different scales).", ""]
+    if report.get("head_ranges"):
+        ranges = "; ".join(f"`{name[-40:]}` [{r['calibrated'][0]:.2f}, {r['calibrated'][1]:.2f}] -> "
+                           f"[{r['held_out_like'][0]:.2f}, {r['held_out_like'][1]:.2f}]"
+                           for name, r in report["head_ranges"].items())
+        lines += [f"**int8_head_range:** int8 ranges of the head from held-out-like (shifted) train photos instead "
+                  f"of the train photos' min-max: {ranges}.", ""]
     if report.get("error_profile"):
         lines += _profile_markdown(report["error_profile"])
     if report.get("layer_errors"):

@@ -367,6 +367,199 @@ def group_in_float(calibrated: bytes, ops: list[QuantizableOp], group: str) -> b
     return quantize_calibrated(calibrated, [o.tensor_name for o in ops if o.group == group])
 
 
+# --- activation ranges beyond min-max (issue 14) ------------------------------------------
+#
+# The calibration stores each activation's min/max over the representative photos in the
+# calibrated flatbuffer; the quantizer turns them into int8 scales. Train photos can be far
+# more confident than new ones (a model that has memorised them): the logits' min-max then
+# spans 2-3x what new photos reach, and its int8 step swallows the small logit differences
+# that decide close answers. These functions read activations, derive other ranges and write
+# them into the calibrated model before :func:`quantize_full_integer`.
+
+RANGE_METHODS = ("minmax", "percentile", "mse")
+
+
+@dataclass(frozen=True)
+class HeadTensors:
+    """The classifier head of a calibrated model: the softmax's input (logits) and its op."""
+
+    logits: str  # the tensor the final SOFTMAX reads
+    features: str | None  # the input of the op that produces the logits (e.g. pooled features)
+    producer: str  # that op's type, e.g. FULLY_CONNECTED
+
+
+def _flatbuffer(model: bytes):
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    return flatbuffer_utils.read_model_from_bytearray(bytearray(model))
+
+
+def _op_types(fb) -> list[str]:
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    names_ = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    return [names_.get(max(c.builtinCode, c.deprecatedBuiltinCode), "CUSTOM") for c in fb.operatorCodes]
+
+
+def _tensor_name(t) -> str:
+    return t.name.decode() if isinstance(t.name, bytes) else str(t.name)
+
+
+def head_tensors(calibrated: bytes) -> HeadTensors:
+    """The logits tensor: the input of the SOFTMAX that produces a model output.
+
+    Raises:
+        ValueError: The model has no SOFTMAX producing an output (no logits tensor to find).
+    """
+    fb = _flatbuffer(calibrated)
+    graph, types = fb.subgraphs[0], _op_types(fb)
+    outputs = set(int(i) for i in graph.outputs)
+    producers = {int(t): op for op in graph.operators for t in op.outputs}
+    for op in graph.operators:
+        if types[op.opcodeIndex] == "SOFTMAX" and int(op.outputs[0]) in outputs:
+            logits = int(op.inputs[0])
+            before = producers.get(logits)
+            features = _tensor_name(graph.tensors[int(before.inputs[0])]) if before is not None else None
+            return HeadTensors(_tensor_name(graph.tensors[logits]), features,
+                               types[before.opcodeIndex] if before is not None else "model input")
+    raise ValueError("cannot find the logits: the model has no SOFTMAX op producing an output "
+                     f"(its op types: {sorted(set(types))}); give the tensor's ranges by name instead")
+
+
+def calibrated_ranges(calibrated: bytes) -> dict[str, tuple[float, float]]:
+    """Every calibrated activation's recorded (min, max), by tensor name."""
+    graph = _flatbuffer(calibrated).subgraphs[0]
+    ranges = {}
+    for t in graph.tensors:
+        q = t.quantization
+        if q is not None and q.min is not None and len(q.min) == 1 and q.max is not None:
+            ranges[_tensor_name(t)] = (float(q.min[0]), float(q.max[0]))
+    return ranges
+
+
+def with_ranges(calibrated: bytes, ranges: dict[str, tuple[float, float]]) -> bytes:
+    """The calibrated model with the activation ranges of the named tensors replaced.
+
+    Raises:
+        ValueError: A tensor the model has no calibrated range for, or a range that does not
+            hold 0 with min < max (int8 needs zero exactly representable), before any change.
+    """
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    known = calibrated_ranges(calibrated)
+    unknown = sorted(set(ranges) - set(known))
+    if unknown:
+        raise ValueError(f"the model has no calibrated activation named {unknown[:5]}; "
+                         f"e.g. {sorted(known)[-3:]}")
+    bad = {n: r for n, r in ranges.items() if not (r[0] <= 0 <= r[1] and r[0] < r[1])}
+    if bad:
+        raise ValueError(f"activation range(s) must hold 0 with min < max: {bad}")
+    fb = _flatbuffer(calibrated)
+    for t in fb.subgraphs[0].tensors:
+        name = _tensor_name(t)
+        if name in ranges:
+            t.quantization.min = np.array([ranges[name][0]], np.float32)
+            t.quantization.max = np.array([ranges[name][1]], np.float32)
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(fb))
+
+
+def activation_values(calibrated: bytes, photos: np.ndarray, tensors: Iterable[str]) -> dict[str, np.ndarray]:
+    """The float values of the named activations on ``photos``, stacked along a first axis."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=calibrated, experimental_preserve_all_tensors=True)
+    index = {t["name"]: t["index"] for t in interpreter.get_tensor_details()}
+    tensors = list(tensors)
+    missing = [t for t in tensors if t not in index]
+    if missing:
+        raise ValueError(f"the model has no tensor(s) {missing[:5]}")
+    detail = interpreter.get_input_details()[0]
+    interpreter.resize_tensor_input(detail["index"], [1, *photos.shape[1:]])
+    interpreter.allocate_tensors()
+    values: dict[str, list] = {t: [] for t in tensors}
+    for photo in photos:
+        interpreter.set_tensor(detail["index"], photo[None].astype(np.float32))
+        interpreter.invoke()
+        for t in tensors:
+            values[t].append(interpreter.get_tensor(index[t]).copy())
+    return {t: np.concatenate(v) for t, v in values.items()}
+
+
+def activation_range(values: np.ndarray, method: str = "minmax", percentile: float = 99.99) -> tuple[float, float]:
+    """A range for ``values`` that holds 0.
+
+    ``minmax``: the extremes; ``percentile``: the ``percentile``-th and ``100 - percentile``-th
+    percentiles; ``mse``: the min-max range shrunk by the factor (0.05-1) whose int8 rounding
+    and clipping error is smallest.
+    """
+    x = np.asarray(values, np.float64).ravel()
+    if method == "minmax":
+        lo, hi = x.min(), x.max()
+    elif method == "percentile":
+        lo, hi = np.percentile(x, 100 - percentile), np.percentile(x, percentile)
+    elif method == "mse":
+        if len(x) > 200_000:
+            x = np.random.default_rng(0).choice(x, 200_000, replace=False)
+        lo0, hi0, best = min(0.0, x.min()), max(0.0, x.max()), None
+        for f in np.linspace(0.05, 1.0, 96):
+            lo, hi = lo0 * f, hi0 * f
+            step = (hi - lo) / 255
+            if step <= 0:
+                continue
+            zero = np.round(-128 - lo / step)
+            err = np.mean(((np.clip(np.round(x / step) + zero, -128, 127) - zero) * step - x) ** 2)
+            if best is None or err < best[0]:
+                best = (err, lo, hi)
+        lo, hi = (best[1], best[2]) if best else (x.min(), x.max())
+    else:
+        raise ValueError(f"unknown range method {method!r}; allowed: {RANGE_METHODS}")
+    lo, hi = min(0.0, float(lo)), max(0.0, float(hi))
+    return (lo, hi) if hi > lo else (lo, lo + 1e-6)
+
+
+def held_out_like(photos: np.ndarray) -> np.ndarray:
+    """Train photos the model has not seen as such: shifted by a sixth of their size (wrapping).
+
+    A model that memorised its train photos answers them with logits 2-3x larger than new
+    photos; shifted copies (seams and all) bring back the activations of photos it has not
+    seen, without touching the validation or test split.
+    """
+    shift = max(1, photos.shape[1] // 6)
+    return np.roll(photos, (shift, shift), axis=(1, 2))
+
+
+def quantize_full_integer(calibrated: bytes) -> bytes:
+    """Full int8 of a calibrated model with float input/output, as the converter's own step."""
+    from tensorflow.lite.python import convert
+
+    return convert.mlir_quantize(calibrated, fully_quantize=False)
+
+
+def head_ranges_from(calibrated: bytes, photos: np.ndarray, method: str = "minmax",
+                     percentile: float = 99.99) -> dict[str, tuple[float, float]]:
+    """The ranges of the logits and of the features the logits are computed from, over ``photos``.
+
+    Raises:
+        ValueError: The model has no logits tensor (:func:`head_tensors`).
+    """
+    head = head_tensors(calibrated)
+    tensors = [head.logits] + ([head.features] if head.features in calibrated_ranges(calibrated) else [])
+    values = activation_values(calibrated, photos, tensors)
+    return {t: activation_range(values[t], method, percentile) for t in tensors}
+
+
+def build_int8_head_range(inputs: BuildInputs):
+    """Full int8 whose head ranges (logits, pooled features) come from held-out-like photos.
+
+    Every other activation keeps its min-max range from the representative photos; the model
+    stays integer-only (float only at the input and output boundary, as ``int8``).
+    """
+    calibrated = calibrate(inputs)
+    ranges = head_ranges_from(calibrated, held_out_like(inputs.representative))
+    recorded = calibrated_ranges(calibrated)
+    inputs.notes["head_ranges"] = {t: {"calibrated": recorded[t], "held_out_like": r} for t, r in ranges.items()}
+    yield quantize_full_integer(with_ranges(calibrated, ranges)), {}
+
 for _variant in (
     Variant("float32", build_float32, "plain conversion, the reference"),
     Variant("float16", build_float16, "float16 weights"),
@@ -375,6 +568,9 @@ for _variant in (
     Variant("int8", build_int8, "full integer (int8 weights and activations), float input/output",
             integer=True, integer_only=True, needs_representative=True),
     Variant("int8_io", build_int8_io, "full integer with int8 input/output (NPUs, microcontrollers)",
+            integer=True, integer_only=True, needs_representative=True),
+    Variant("int8_head_range", build_int8_head_range,
+            "full integer; the logits' and pooled features' ranges from held-out-like (shifted) train photos",
             integer=True, integer_only=True, needs_representative=True),
     Variant("int16x8", build_int16x8, "int16 activations, int8 weights", integer=True,
             needs_representative=True),

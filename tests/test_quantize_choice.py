@@ -80,6 +80,21 @@ def test_report_markdown_shows_the_fold_and_where_answers_flip():
     assert 'x-axis ["stem", "block2a", "head"]' in text and "line [0.990, 0.970, 0.880]" in text
 
 
+def test_int8_only_variant_wins_over_a_faster_mixed_one_within_measurement_slack():
+    candidates = {"float32": _c("float32", 0.90, 10.0, 4000), "int8": _c("int8", 0.90, 4.1),
+                  "dynamic_int8": _c("dynamic_int8", 0.90, 4.0), "int16x8": _c("int16x8", 0.90, 3.95)}
+    name, reason = choose_variant(candidates, tolerance_points=1.0)
+    assert name == "int8" and reason.startswith("int8: fastest int8-only variant")
+
+
+def test_clearly_faster_mixed_variant_wins_and_the_reason_says_int8_only_was_slower():
+    # MobileNetV3 on this CPU: hard-swish has no fast int8 kernel, dynamic range is faster.
+    candidates = {"float32": _c("float32", 0.90, 5.0, 4000), "int8": _c("int8", 0.90, 6.0),
+                  "dynamic_int8": _c("dynamic_int8", 0.90, 4.0)}
+    name, reason = choose_variant(candidates, tolerance_points=1.0)
+    assert name == "dynamic_int8" and "int8-only int8 is more than 5% slower" in reason
+
+
 def test_int8_only_head_range_variant_is_chosen_when_plain_int8_changes_answers():
     candidates = {"float32": _c("float32", 0.40, 9.0), "int8": _c("int8", 0.40, 2.1),
                   "int8_head_range": _c("int8_head_range", 0.40, 2.2)}

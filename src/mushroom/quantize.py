@@ -85,12 +85,20 @@ def _acceptable(c: MeasuredVariant, reference: MeasuredVariant, tolerance_points
     return (reference.top1 - c.top1) * 100 <= tolerance_points + 1e-9 and c.agreement >= min_agreement - 1e-9
 
 
+#: An int8-only variant within this factor of the fastest acceptable variant of another class
+#: (dynamic-range, selective, int16x8) counts as "not slower": latency is measured, not exact.
+INT8_ONLY_SLACK = 1.05
+
+
 def choose_variant(candidates: dict[str, MeasuredVariant], tolerance_points: float,
                    min_agreement: float = 0.0) -> tuple[str, str]:
-    """The fastest integer variant within ``tolerance_points`` of float32 top-1 (ties: smaller).
+    """The integer variant to ship: int8-only first, else the fastest (ties: smaller).
 
-    A variant must also agree with float32's top-1 on at least ``min_agreement`` of the
-    validation photos: on a small validation split, top-1 alone can hide many changed answers.
+    A variant qualifies when its top-1 is within ``tolerance_points`` of float32's and it
+    agrees with float32's top-1 on at least ``min_agreement`` of the validation photos (on a
+    small validation split, top-1 alone can hide many changed answers). Among qualifying
+    variants, the fastest int8-only one (integer-only NPUs and Edge TPUs can run it) is shipped
+    unless another class is faster by more than :data:`INT8_ONLY_SLACK`; then the fastest.
 
     Returns:
         ``(name, reason)``; falls back to the float32 reference when no integer variant qualifies.
@@ -103,12 +111,24 @@ def choose_variant(candidates: dict[str, MeasuredVariant], tolerance_points: flo
             f"no integer variant is within {tolerance_points:g} point(s) of {registry.REFERENCE} top-1 "
             f"({reference.top1:.3f}) with agreement >= {min_agreement:.2f} on the validation split; "
             f"keeping {registry.REFERENCE}")
-    best = min(ok.values(), key=lambda c: (c.latency_ms, c.size_mb))
+    def fastest(group):
+        return min(group, key=lambda c: (c.latency_ms, c.size_mb))
+
+    best = fastest(ok.values())
+    int8_only = [c for c in ok.values() if registry.get(c.name).integer_only]
+    if int8_only and not registry.get(best.name).integer_only:
+        preferred = fastest(int8_only)
+        if preferred.latency_ms <= INT8_ONLY_SLACK * best.latency_ms:
+            best = preferred
     others = ", ".join(f"{c.name} {c.latency_ms:.2f} ms" for c in sorted(ok.values(), key=lambda c: c.latency_ms)
                        if c.name != best.name)
+    if int8_only and best.name not in {c.name for c in int8_only}:
+        others += (f" (int8-only {fastest(int8_only).name} is more than {(INT8_ONLY_SLACK - 1) * 100:.0f}% slower "
+                   "than the chosen variant)")
     rejected = ", ".join(f"{n} ({(candidates[n].top1 - reference.top1) * 100:+.1f} pts, agreement "
                          f"{candidates[n].agreement:.3f})" for n in integer if n not in ok)
-    reason = (f"{best.name}: fastest integer variant within {tolerance_points:g} point(s) of {registry.REFERENCE} "
+    kind = "fastest int8-only variant" if registry.get(best.name).integer_only else "fastest integer variant"
+    reason = (f"{best.name}: {kind} within {tolerance_points:g} point(s) of {registry.REFERENCE} "
               f"on the validation split (top-1 {best.top1:.3f} vs {reference.top1:.3f}, agreement "
               f"{best.agreement:.3f}, {best.latency_ms:.2f} ms, {best.size_mb:.2f} MB)")
     if best.latency_ms > 1.05 * reference.latency_ms:

@@ -103,14 +103,16 @@ def check_pixels(pixels: np.ndarray, original_size: tuple[int, int] | None = Non
     black = float(np.mean(luminance <= BLACK_LEVEL))
     if black >= CLIPPED_SHARE:
         return f"{UNDER_EXPOSED} ({black:.0%} of the photo is black)"
-    spread = max(float(luminance.std()), *(float(pixels[..., c].std()) for c in range(3)))
-    if spread < MIN_STD:
-        return f"{UNIFORM} (one flat colour: pixel values vary by {spread:.1f} of 255)"
+    # Noise before flatness: fine noise averages to a flat grey in the model input, and the
+    # finer detail says what it really is (a flat photo's correlation is 1).
     if detail is not None and min(np.shape(detail)[:2]) >= MIN_DETAIL_SIDE:
         correlation = neighbour_correlation(detail)
         if correlation < MIN_NEIGHBOUR_CORRELATION:
             return (f"{NOISE} (neighbouring pixels are unrelated: correlation {correlation:.2f}, "
                     f"camera photos have at least {MIN_NEIGHBOUR_CORRELATION:.1f})")
+    spread = max(float(luminance.std()), *(float(pixels[..., c].std()) for c in range(3)))
+    if spread < MIN_STD:
+        return f"{UNIFORM} (one flat colour: pixel values vary by {spread:.1f} of 255)"
     return None
 
 

@@ -1,8 +1,9 @@
 """The automatic choice of a quantized variant (pure logic, no conversion)."""
 
 import numpy as np
+import pytest
 
-from mushroom.quantize import MeasuredVariant, choose_variant, format_report
+from mushroom.quantize import MeasuredVariant, choose_variant, format_report, representative_indices
 
 
 def _c(name, top1, ms, size_bytes=1000):
@@ -110,3 +111,14 @@ def test_report_markdown_shows_replaced_head_ranges():
               "reason": "int8_head_range: because",
               "head_ranges": {"probabilities/BiasAdd": {"calibrated": (-26.0, 67.06), "held_out_like": (-3.49, 6.23)}}}
     assert ("`probabilities/BiasAdd` [-26.00, 67.06] -> [-3.49, 6.23]" in format_report(report))
+
+
+def test_representative_set_covers_every_species_or_stops_before_conversion():
+    labels = np.repeat(np.arange(4), 10)
+    names = ["Amanita muscaria", "Boletus edulis", "Amanita phalloides", "Morchella esculenta"]
+    picked = representative_indices(labels, 8, seed=0, names=names)
+    assert sorted(np.bincount(labels[picked]).tolist()) == [2, 2, 2, 2]
+    with pytest.raises(ValueError, match=r"no photo of 1 of 4 species \(Morchella esculenta\).*at least 4"):
+        representative_indices(labels, 3, seed=0, names=names)
+    with pytest.raises(ValueError, match="Morchella esculenta"):  # a species with no train photos at all
+        representative_indices(labels[labels < 3], 300, seed=0, names=names)

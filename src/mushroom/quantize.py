@@ -90,6 +90,29 @@ def _acceptable(c: MeasuredVariant, reference: MeasuredVariant, tolerance_points
 INT8_ONLY_SLACK = 1.05
 
 
+def representative_indices(labels: np.ndarray, samples: int, seed: int, names: list[str]) -> np.ndarray:
+    """Train photos for int8 calibration: ``samples`` of them, balanced across species.
+
+    Every species must be among them: activation ranges calibrated without a species' photos
+    clip what the model computes for it.
+
+    Raises:
+        ValueError: Fewer photos asked for than there are species, or a species without train
+            photos, naming the species and the setting to change; before any conversion.
+    """
+    from mushroom.datasets import balanced_sample
+
+    picked = balanced_sample(labels, samples, seed)
+    missing = sorted(set(range(len(names))) - set(np.asarray(labels)[picked].tolist()))
+    if missing:
+        shown = ", ".join(names[i] for i in missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise ValueError(f"quantize: the representative set ({len(picked)} train photos) has no photo of "
+                         f"{len(missing)} of {len(names)} species ({shown}); int8 calibration needs every species: "
+                         f"set quantize.representative_samples to at least {len(names)} (default 300) and give "
+                         f"every species train photos")
+    return picked
+
+
 def choose_variant(candidates: dict[str, MeasuredVariant], tolerance_points: float,
                    min_agreement: float = 0.0) -> tuple[str, str]:
     """The integer variant to ship: int8-only first, else the fastest (ties: smaller).

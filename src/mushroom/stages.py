@@ -261,9 +261,8 @@ def quantize(dataset_dir, splits_dir, model_dir, model_config: dict[str, Any], s
     split) come from ``shards_dir`` (the prepare stage), else from shards made here.
     """
     from mushroom.bundle import build_provenance, write_bundle
-    from mushroom.datasets import balanced_sample
     from mushroom.models import load_model
-    from mushroom.quantize import format_report, headline_metrics, quantize_model
+    from mushroom.quantize import format_report, headline_metrics, quantize_model, representative_indices
     from mushroom.shards import shard_arrays
 
     config = parse_model_config(model_config)
@@ -273,7 +272,8 @@ def quantize(dataset_dir, splits_dir, model_dir, model_config: dict[str, Any], s
         with _shards(dataset_dir, splits_dir, config.image_size, shards_dir) as shards:
             (train_split, train_shards), (val, val_shards) = _splits_with_shards(
                 dataset_dir, splits_dir, shards, ("train", "val"), config.image_size)
-            picked = balanced_sample(train_split.labels, q.representative_samples, seed)
+            picked = representative_indices(train_split.labels, q.representative_samples, seed,
+                                            [sp.scientific_name for sp in train_split.catalog])
             representative, _ = shard_arrays(train_shards, indices=picked)
             val_images, _ = shard_arrays(val_shards)
         log.info("quantize: %d representative train photos (balanced, no augmentation), %d validation photos",

@@ -111,6 +111,10 @@ def _find_checkout(start: Path) -> Path | None:
     return None
 
 
+#: What ``python -m pipelines.*`` imports first (the ``pipeline`` extra).
+PIPELINE_MODULES = ("yaml", "pydantic", "kfp")
+
+
 def _cmd_pipeline(args: argparse.Namespace) -> int:
     # The pipeline definitions (pipelines/, components/) ship with the source checkout, not with
     # the installed package, so they run as their own process there instead of being imported.
@@ -127,6 +131,13 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
             f"or above): the pipeline definitions are not part of the installed package. Clone the repository, "
             f"`make install`, and run `{command}` there (`make help` lists the verbs)"
         )
+    # Check the pipeline extra here, so that a base install gets main()'s one line naming it
+    # instead of the child's traceback.
+    import importlib.util
+
+    for name in PIPELINE_MODULES:
+        if importlib.util.find_spec(name) is None:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
     where = "" if root == here else "; relative paths are read from there"
     print(f"mushroom pipeline: {command} (in {root}{where})", file=sys.stderr, flush=True)
     child = subprocess.Popen([sys.executable, "-m", module, *args.rest], cwd=root)
@@ -212,6 +223,15 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `mushroom species | head`: stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except Exception as err:  # anything unforeseen: one line; the traceback on request
+        if os.environ.get(TRACEBACK_ENV):
+            raise
+        print(f"error: {type(err).__name__}: {err} (set {TRACEBACK_ENV}=1 for the traceback)", file=sys.stderr)
+        return 1
+
+
+#: Set (to anything) to get the Python traceback of an unforeseen error instead of one line.
+TRACEBACK_ENV = "MUSHROOM_TRACEBACK"
 
 
 if __name__ == "__main__":

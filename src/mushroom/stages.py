@@ -405,9 +405,10 @@ def evaluate(dataset_dir, splits_dir, model_dir, bundle_dir, out_dir: str | Path
         write_feature_stats(calibrated_bundle_dir, result, open_set)
         log.info("evaluate %s: wrote %s, report %s and calibrated bundle %s", result.model_name, path,
                  report["html"], calibrated_bundle_dir)
+        detail = logging.getLogger("mushroom.evaluate")  # full log only: the closing table shows these
         for name, v in result.ordered().items():
             fitted = v.calibrated.policy
-            log.info("evaluate %s: top-1 %.3f, T %.2f, ECE %.3f -> %.3f, edible threshold %s, coverage %.2f",
+            detail.info("evaluate %s: top-1 %.3f, T %.2f, ECE %.3f -> %.3f, edible threshold %s, coverage %.2f",
                      name, v.top1, v.temperature, v.uncalibrated.calibration.ece, v.calibrated.calibration.ece,
                      fitted.edible_threshold, fitted.coverage)
         log_evaluation(result, flatten_metrics(result), report, calibrated_bundle_dir,

@@ -85,8 +85,8 @@ def _acceptable(c: MeasuredVariant, reference: MeasuredVariant, tolerance_points
     return (reference.top1 - c.top1) * 100 <= tolerance_points + 1e-9 and c.agreement >= min_agreement - 1e-9
 
 
-#: An int8-only variant within this factor of the fastest acceptable variant of another class
-#: (dynamic-range, selective, int16x8) counts as "not slower": latency is measured, not exact.
+#: An int8-only variant within this factor of dynamic-range int8's latency counts as "not slower"
+#: (latency is measured, and stages running side by side make it noisy).
 INT8_ONLY_SLACK = 1.05
 
 
@@ -119,9 +119,11 @@ def choose_variant(candidates: dict[str, MeasuredVariant], tolerance_points: flo
 
     A variant qualifies when its top-1 is within ``tolerance_points`` of float32's and it
     agrees with float32's top-1 on at least ``min_agreement`` of the validation photos (on a
-    small validation split, top-1 alone can hide many changed answers). Among qualifying
-    variants, the fastest int8-only one (integer-only NPUs and Edge TPUs can run it) is shipped
-    unless another class is faster by more than :data:`INT8_ONLY_SLACK`; then the fastest.
+    small validation split, top-1 alone can hide many changed answers). The fastest qualifying
+    int8-only variant (integer-only NPUs and Edge TPUs run it) is shipped unless it is slower
+    than dynamic-range int8 (the variants built without representative photos) by more than
+    :data:`INT8_ONLY_SLACK`; then, or when no int8-only variant qualifies, the fastest of the
+    rest (dynamic range, selective, int16x8).
 
     Returns:
         ``(name, reason)``; falls back to the float32 reference when no integer variant qualifies.
@@ -139,18 +141,19 @@ def choose_variant(candidates: dict[str, MeasuredVariant], tolerance_points: flo
 
     best = fastest(ok.values())
     int8_only = [c for c in ok.values() if registry.get(c.name).integer_only]
-    if int8_only and not registry.get(best.name).integer_only:
-        preferred = fastest(int8_only)
-        if preferred.latency_ms <= INT8_ONLY_SLACK * best.latency_ms:
-            best = preferred
+    dynamic = [c for c in ok.values() if not registry.get(c.name).needs_representative]
+    bar = fastest(dynamic) if dynamic else None
+    preferred = fastest(int8_only) if int8_only else None
+    if preferred is not None and (bar is None or preferred.latency_ms <= INT8_ONLY_SLACK * bar.latency_ms):
+        best = preferred
     others = ", ".join(f"{c.name} {c.latency_ms:.2f} ms" for c in sorted(ok.values(), key=lambda c: c.latency_ms)
                        if c.name != best.name)
-    if int8_only and best.name not in {c.name for c in int8_only}:
-        others += (f" (int8-only {fastest(int8_only).name} is more than {(INT8_ONLY_SLACK - 1) * 100:.0f}% slower "
-                   "than the chosen variant)")
+    if preferred is not None and best is not preferred:
+        others += (f" (int8-only {preferred.name} is more than {(INT8_ONLY_SLACK - 1) * 100:.0f}% slower than "
+                   f"dynamic-range {bar.name})")
     rejected = ", ".join(f"{n} ({(candidates[n].top1 - reference.top1) * 100:+.1f} pts, agreement "
                          f"{candidates[n].agreement:.3f})" for n in integer if n not in ok)
-    kind = "fastest int8-only variant" if registry.get(best.name).integer_only else "fastest integer variant"
+    kind = "fastest int8-only variant" if best is preferred else "fastest integer variant"
     reason = (f"{best.name}: {kind} within {tolerance_points:g} point(s) of {registry.REFERENCE} "
               f"on the validation split (top-1 {best.top1:.3f} vs {reference.top1:.3f}, agreement "
               f"{best.agreement:.3f}, {best.latency_ms:.2f} ms, {best.size_mb:.2f} MB)")

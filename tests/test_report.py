@@ -324,16 +324,19 @@ def test_comparison_documents(two_evaluations, tmp_path):
     assert comparison.markdown.startswith(f"# Model comparison\n\nChosen: **{comparison.best}**, variant **int8**: "
                                           "highest validation top-1")
     assert "reads the validation split only" in comparison.markdown
-    assert "\n\n| model | architecture | px | variant | shipped / chosen | val top-1 |" in comparison.markdown
+    assert ("\n\n| configuration | variant | size MB | latency ms (1 thread, median) | val top-1 |"
+            in comparison.markdown)
     summary = comparison.summary
     assert [e["model_name"] for e in summary["evaluations"]] == ["synthetic-0", "synthetic-1"]
     assert set(summary["evaluations"][0]["variants"]) == {"keras", "tflite_float32", "tflite_int8"}
     int8 = summary["evaluations"][0]["variants"]["tflite_int8"]
     assert int8["vs_float32"]["top1_change"]["absolute"] == pytest.approx(
         two_evaluations[0].variant(registry.FULL_INTEGER).vs_float32.top1_change.absolute)
-    assert [row[:4] for row in summary["table"]["rows"][:3]] == [
-        ["synthetic-0", "none", "64", key] for key in ("keras", "tflite_float32", "tflite_int8")]
-    roles = [row[4] for row in summary["table"]["rows"]]
+    assert [row[:2] for row in summary["table"]["rows"][:3]] == [
+        ["synthetic-0", key] for key in ("keras", "tflite_float32", "tflite_int8")]
+    val = two_evaluations[0].variant(registry.FULL_INTEGER).validation
+    assert int8["validation"]["top1"] == pytest.approx(val.top1)
+    roles = [row[-1] for row in summary["table"]["rows"]]
     assert roles.count("CHOSEN") == 1 and roles.count("shipped") == 1
     assert summary["chosen_variant"] == registry.FULL_INTEGER and summary["reason"] == comparison.choice.reason
     paths = comparison.write(tmp_path)

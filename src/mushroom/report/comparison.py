@@ -3,26 +3,31 @@
 ``compare_evaluations`` chooses on the validation split only, by the variant each bundle
 ships: among configurations whose shipped variant keeps the validation dangerous-as-edible
 rate within the target, the highest validation top-1, then the smaller file, then the lower
-latency. Test figures are tabulated for every configuration and variant (against its own TFLite
-float32 reference) but never read to choose.
+latency. The pages tabulate every configuration and variant on validation, with size and
+latency; the test split is shown once, for the chosen bundle only. Every configuration's test
+figures stay in its own ``report.html`` and ``evaluation.json`` (and ``comparison.json``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from mushroom import variants as registry
 from mushroom.fileio import write_json_atomic, write_text_atomic
 from mushroom.report.html import render_comparison_html
 from mushroom.report.plots import Plot, plot_accuracy_vs_cost, save_plot, tflite_points
-from mushroom.report.tables import DASH, Table, change, fmt, latency, md_table, pct, risk
+from mushroom.report.tables import DASH, Table, change, fmt, latency, md_table, median_ms, pct, risk, signed
 
 if TYPE_CHECKING:
     from mushroom.evaluation import Evaluation, VariantEvaluation
 
-CHOICE_NOTE = "The choice reads the validation split only; test figures are reported, never used to choose."
+CHOICE_NOTE = ("The choice reads the validation split only; the test split is read once, for the chosen bundle, "
+               "after the choice.")
+TEST_NOTE = ("Test figures of the other configurations and variants are not shown here: each configuration's own "
+             "report.html and evaluation.json hold them.")
+CHOSEN = "CHOSEN"  # the role of the chosen configuration's shipped variant (the row highlighted)
 COMPARISON_REPORT = "comparison.html"
 COMPARISON_MARKDOWN = "comparison.md"
 COMPARISON_JSON = "comparison.json"
@@ -117,35 +122,107 @@ def choose_best(evaluations: list[Evaluation], shipped: dict[str, str]) -> Choic
     return Choice(best.model_name, name, reason)
 
 
+class ComparisonTables(NamedTuple):
+    """The tables of the comparison pages (:func:`comparison_tables`)."""
+
+    main: Table  # every configuration and variant on validation, with size and latency
+    configurations: Table  # what each configuration is and ships
+    vs_float32: Table  # each TFLite variant against its configuration's float32
+    chosen_test: Table  # the chosen bundle's test figures, one figure a row
+
+
+def _role(evaluation: Evaluation, name: str | None, shipped: dict[str, str], choice: Choice | None) -> str:
+    if choice is not None and (evaluation.model_name, name) == (choice.model_name, choice.variant):
+        return CHOSEN
+    return "shipped" if name is not None and name == shipped.get(evaluation.model_name) else ""
+
+
 def comparison_table(evaluations: list[Evaluation], shipped: dict[str, str] | None = None,
                      choice: Choice | None = None) -> Table:
-    """One row per configuration and variant: accuracy, safety, size, latency and change vs float32.
+    """One row per configuration and variant: size, latency and the validation figures the choice reads.
 
-    The shipped variant of each configuration is marked, and the chosen one ``CHOSEN``.
+    The shipped variant of each configuration is marked ``shipped``, the chosen one ``CHOSEN``.
     """
     shipped = shipped or {}
-    header = ["model", "architecture", "px", "variant", "shipped / chosen", "val top-1", "top-1", "top-5",
-              "macro F1", "ECE (calibrated)", "dangerous as edible", "coverage", "size MB",
-              "latency ms 1 thread / all", "top-1 vs float32 (abs / rel)", "top-5 vs float32 (abs / rel)",
-              "size vs float32", "latency vs float32 (1 thread)"]
+    header = ["configuration", "variant", "size MB", "latency ms (1 thread, median)", "val top-1", "val top-5",
+              "val dangerous as edible", "val coverage", "shipped / chosen"]
     rows = []
     for e in evaluations:
         for key, v in e.ordered().items():
-            cal, d = v.calibrated, v.vs_float32
-            one, every = latency(v)
-            changes = (change(d.top1_change), change(d.top5_change)) if d else (DASH, DASH)
-            name = registry.variant_of_key(key)
-            role = ("CHOSEN" if choice and (e.model_name, name) == (choice.model_name, choice.variant) else
-                    "shipped" if name is not None and name == shipped.get(e.model_name) else "")
-            rows.append([
-                e.model_name, e.architecture, str(e.image_size), key, role,
-                fmt(v.validation.top1 if v.validation else None), fmt(v.top1), fmt(v.top5),
-                fmt(v.species.macro_f1), fmt(cal.calibration.ece), risk(cal.policy), pct(cal.policy.coverage),
-                fmt(v.size_mb, 2),
-                f"{fmt(one.median_ms, 2)} / {fmt(every.median_ms, 2)}" if v.latency else DASH,
-                *changes, fmt(d.size_ratio if d else None), fmt(d.latency_ratio_threads_1 if d else None),
-            ])
+            policy, val = v.calibrated.policy, v.validation
+            rows.append([e.model_name, key, fmt(v.size_mb, 2), fmt(median_ms(latency(v)[0]), 2),
+                         fmt(val.top1 if val else None), fmt(val.top5 if val else None),
+                         risk(policy, validation=True), pct(policy.val_coverage),
+                         _role(e, registry.variant_of_key(key), shipped, choice)])
     return Table(header, rows)
+
+
+def configurations_table(evaluations: list[Evaluation], shipped: dict[str, str] | None = None) -> Table:
+    """One row per configuration: architecture, input size, the splits it was fitted on and what it ships."""
+    shipped = shipped or {}
+    header = ["configuration", "architecture", "input px", "species", "val photos", "dangerous-as-edible target",
+              "ships"]
+    return Table(header, [[e.model_name, e.architecture, str(e.image_size), str(e.num_classes),
+                           str(e.num_val_photos), pct(e.target_dangerous_as_edible), shipped.get(e.model_name, DASH)]
+                          for e in evaluations], "Configurations")
+
+
+def vs_float32_table(evaluations: list[Evaluation]) -> Table:
+    """Each TFLite variant against its configuration's float32: size, latency and validation top-1."""
+    header = ["configuration", "variant", "size vs float32", "latency vs float32 (1 thread)",
+              "latency ms (all cores, median)", "val top-1 vs float32"]
+    rows = []
+    for e in evaluations:
+        ref = e.reference.validation if e.reference else None
+        for name, v in e.tflite_variants().items():
+            d = v.vs_float32
+            size, speed = ("1.000", "1.00") if name == registry.REFERENCE else (
+                fmt(d.size_ratio if d else None), fmt(d.latency_ratio_threads_1 if d else None, 2))
+            val_change = v.validation.top1 - ref.top1 if v.validation and ref else None
+            rows.append([e.model_name, registry.evaluation_key(name), size, speed, fmt(median_ms(latency(v)[1]), 2),
+                         signed(val_change)])
+    return Table(header, rows, f"Against the same configuration's TFLite {registry.REFERENCE}")
+
+
+def chosen_test_table(evaluations: list[Evaluation], choice: Choice) -> Table:
+    """The test split's figures of the chosen configuration's chosen variant, one figure a row."""
+    e = next(e for e in evaluations if e.model_name == choice.model_name)
+    v = e.variant(choice.variant)
+    cal, d = v.calibrated, v.vs_float32
+    rows = [["test photos", str(e.num_test_photos)], ["top-1", fmt(v.top1)], ["top-3", fmt(v.top3)],
+            ["top-5", fmt(v.top5)], ["macro F1", fmt(v.species.macro_f1)],
+            ["ECE (calibrated)", fmt(cal.calibration.ece)], ["AUC P(edible)", fmt(cal.edibility.roc_auc)],
+            ["dangerous as edible", risk(cal.policy)],
+            ["coverage", pct(cal.policy.coverage)], ["selective risk", pct(cal.policy.selective_risk)],
+            [f"top-1 vs {registry.REFERENCE} (abs / rel)", change(d.top1_change) if d else DASH]]
+    return Table(["figure (test split)", "value"], rows,
+                 f"{choice.model_name}, variant {registry.evaluation_key(choice.variant)}")
+
+
+def comparison_tables(evaluations: list[Evaluation], shipped: dict[str, str] | None,
+                      choice: Choice) -> ComparisonTables:
+    """Every table of the comparison pages."""
+    return ComparisonTables(comparison_table(evaluations, shipped, choice), configurations_table(evaluations, shipped),
+                            vs_float32_table(evaluations), chosen_test_table(evaluations, choice))
+
+
+def comparison_markdown(tables: ComparisonTables, choice: Choice) -> str:
+    """``comparison.md``: the choice, the validation table (the chosen row in bold), the test figures of the
+    chosen bundle, then the configurations and the change against float32."""
+    def md(table: Table) -> str:
+        rows = [[f"**{c}**" if row[-1] == CHOSEN and c else c for c in row] for row in table.rows]
+        return md_table(table.header, rows)
+
+    return "\n".join([
+        "# Model comparison", "",
+        f"Chosen: **{choice.model_name}**, variant **{choice.variant}**: {choice.reason}. {CHOICE_NOTE}", "",
+        "## Validation split: every configuration and variant", "", md(tables.main), "",
+        "Size: the TFLite file. Latency: the median per image on the CPU, one thread. CHOSEN: the chosen "
+        "configuration's shipped variant; shipped: what each other bundle ships.", "",
+        "## Test split, read once for the chosen bundle", "", f"{tables.chosen_test.title}.", "",
+        md(tables.chosen_test), "", TEST_NOTE, "",
+        f"## {tables.configurations.title}", "", md(tables.configurations), "",
+        f"## {tables.vs_float32.title}", "", md(tables.vs_float32), ""])
 
 
 def _dump(model) -> dict[str, Any]:
@@ -161,6 +238,10 @@ def summarize_variant(variant: VariantEvaluation) -> dict[str, Any]:
         "edible_roc_auc": cal.edibility.roc_auc, "dangerous_as_edible_rate": cal.policy.risk,
         "coverage": cal.policy.coverage,
     }
+    if variant.validation is not None:
+        summary["validation"] = {**_dump(variant.validation),
+                                 "dangerous_as_edible_rate": cal.policy.val_dangerous_as_edible_rate,
+                                 "coverage": cal.policy.val_coverage}
     if variant.size_mb is not None:
         summary["size_mb"] = variant.size_mb
     if variant.latency is not None:
@@ -191,28 +272,28 @@ def compare_evaluations(evaluations: list[Evaluation], shipped: dict[str, str]) 
     if not evaluations:
         raise ValueError("compare: no evaluations")
     choice = choose_best(evaluations, shipped)
-    table = comparison_table(evaluations, shipped, choice)
-    markdown = (f"# Model comparison\n\nChosen: **{choice.model_name}**, variant **{choice.variant}**: "
-                f"{choice.reason}. {CHOICE_NOTE}\n\n{md_table(table.header, table.rows)}\n\n"
-                f"Figures are on the test split unless marked val. Changes are against the same configuration's "
-                f"TFLite {registry.REFERENCE} model.\n")
+    tables = comparison_tables(evaluations, shipped, choice)
     summary = {"best": choice.model_name, "chosen_variant": choice.variant, "reason": choice.reason,
                "evaluations": [summarize_evaluation(e) for e in evaluations],
-               "table": {"header": table.header, "rows": table.rows}}
+               "table": {"header": tables.main.header, "rows": tables.main.rows}}
+    markdown = comparison_markdown(tables, choice)
     return Comparison(choice, markdown, summary, list(evaluations), shipped)
 
 
 def write_comparison_report(evaluations: list[Evaluation], choice: Choice, out_dir: str | Path,
                             shipped: dict[str, str] | None = None) -> Path:
-    """Write ``comparison.html`` (the choice, the table, accuracy against size and latency) into ``out_dir``.
+    """Write ``comparison.html`` (the choice, the tables, validation top-1 against size and latency) into ``out_dir``.
 
     The plot is also written to ``plots/comparison_accuracy_vs_cost.png``. Returns the HTML path.
     """
     out_dir = Path(out_dir)
-    points = [p for e in evaluations for p in tflite_points(e)]
-    plot = Plot("Top-1 accuracy against file size and CPU latency (1 thread, median), per configuration",
-                plot_accuracy_vs_cost(points, "Every configuration and TFLite variant (test split)"))
+    points = [p for e in evaluations for p in tflite_points(e, split="validation")]
+    plot = Plot("Validation top-1 against file size and CPU latency (1 thread, median), every configuration and "
+                "TFLite variant; ringed: the chosen bundle",
+                plot_accuracy_vs_cost(points, "Every configuration and TFLite variant (validation split)",
+                                      split="validation", chosen=(choice.model_name, choice.variant)))
     save_plot(out_dir, _PLOT_STEM, plot.png)
-    table = comparison_table(evaluations, shipped, choice)
-    write_text_atomic(out_dir / COMPARISON_REPORT, render_comparison_html(table, plot, choice, CHOICE_NOTE))
+    html = render_comparison_html(comparison_tables(evaluations, shipped, choice), plot, choice,
+                                  note=CHOICE_NOTE, test_note=TEST_NOTE)
+    write_text_atomic(out_dir / COMPARISON_REPORT, html)
     return out_dir / COMPARISON_REPORT

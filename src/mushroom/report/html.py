@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from mushroom import variants as registry
 from mushroom.report.tables import (
     SECTIONS,
-    Table,
     data_source_line,
     openset_tables,
     section_tables,
@@ -23,6 +22,7 @@ from mushroom.report.tables import (
 
 if TYPE_CHECKING:
     from mushroom.evaluation import Evaluation
+    from mushroom.report.comparison import Choice, ComparisonTables
     from mushroom.report.plots import Plot
 
 
@@ -63,8 +63,15 @@ def render_html(evaluation: Evaluation, plots: dict[str, Plot], shipped_variant:
                    images={stem: _image(plot) for stem, plot in plots.items()})
 
 
-def render_comparison_html(table: Table, plot: Plot, choice, note: str) -> str:
-    """The comparison page: the choice (a :class:`mushroom.report.comparison.Choice`), every configuration
-    and variant, and accuracy against cost."""
-    return _render("comparison.html.j2", title="Model comparison", choice=choice, note=note, table=table,
-                   image=_image(plot))
+def render_comparison_html(tables: ComparisonTables, plot: Plot, choice: Choice, note: str, test_note: str) -> str:
+    """The comparison page: the choice, every configuration and variant on validation, the chosen
+    bundle's test figures and validation accuracy against cost.
+
+    Args:
+        tables: Every table of the page.
+        plot: Validation top-1 against size and latency.
+        choice: The chosen configuration and variant.
+        note: How the choice was made; test_note: where the other test figures are.
+    """
+    return _render("comparison.html.j2", title="Model comparison", choice=choice, note=note, test_note=test_note,
+                   tables=tables, image=_image(plot))

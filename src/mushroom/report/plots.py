@@ -35,7 +35,7 @@ class Point(NamedTuple):
 
     Attributes:
         label: The variant name, written next to the point.
-        top1: Top-1 accuracy on the test split.
+        top1: Top-1 accuracy on the split the plot shows (:func:`tflite_points`).
         size_mb: File size.
         latency_ms: Median latency with one thread (None: not measured).
         group: The configuration (one colour per group).
@@ -172,29 +172,157 @@ def plot_edible_roc(edibility: dict[str, EdibilityMetrics]) -> bytes:
     return _png(fig)
 
 
-def plot_accuracy_vs_cost(points: list[Point], title: str) -> bytes:
-    """Top-1 accuracy against file size and against CPU latency (one thread), one colour per group."""
-    fig = _figure(11, 4.4)
+def _label_text(names: list[str], width: int = 32) -> str:
+    """Names joined by commas, a new line where the line would pass ``width`` characters."""
+    lines = [names[0]]
+    for name in names[1:]:
+        if len(lines[-1]) + 2 + len(name) <= width:
+            lines[-1] += f", {name}"
+        else:
+            lines[-1] += ","
+            lines.append(name)
+    return "\n".join(lines)
+
+
+def _coincident(pixels: list[tuple[float, float]], radius: float) -> list[list[int]]:
+    """Indices of points drawn within ``radius`` pixels of a cluster's first point, in input order."""
+    clusters: list[list[int]] = []
+    for i, (x, y) in enumerate(pixels):
+        home = next((c for c in clusters if abs(x - pixels[c[0]][0]) <= radius and abs(y - pixels[c[0]][1]) <= radius),
+                    None)
+        if home is None:
+            clusters.append([i])
+        else:
+            home.append(i)
+    return clusters
+
+
+def _offsets(rows: int, step: float = 5.0):
+    """Label offsets (points) and alignments, nearest first: beside, diagonal, above/below, then stacked."""
+    yield from ((6, 0, "left", "center"), (-6, 0, "right", "center"), (5, 5, "left", "bottom"),
+                (5, -5, "left", "top"), (-5, 5, "right", "bottom"), (-5, -5, "right", "top"),
+                (0, 7, "center", "bottom"), (0, -7, "center", "top"))
+    for k in range(1, rows + 1):
+        for dy in (k * step, -k * step):
+            yield 6, dy, "left", "center"
+            yield -6, dy, "right", "center"
+
+
+def _place_labels(ax, renderer, labels: list[tuple[str, tuple[float, float], str]], markers: list) -> None:
+    """Annotate each ``(text, data point, colour)`` of ``labels`` on ``ax``, in order.
+
+    Greedy and deterministic: each label takes the first of :func:`_offsets` whose box meets no
+    label placed before it, lies inside the axes and covers no marker (``markers``: pixel boxes),
+    in that order of importance; ties go to the nearer offset.
+    """
+    frame = ax.get_window_extent(renderer)
+    placed: list = []
+    for text, xy, color in labels:
+        ann = ax.annotate(text, xy, textcoords="offset points", xytext=(0, 0), fontsize=7, color=color,
+                          linespacing=1.1)
+        best = None
+        for offset in _offsets(12 * len(labels)):
+            _move(ann, offset)
+            box = ann.get_window_extent(renderer).padded(1.5)
+            on_labels = sum(_overlap(box, other) for other in placed)
+            on_markers = sum(_overlap(box, other) for other in markers)
+            inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+            rank = (on_labels > 0, not inside, on_markers > 0, on_labels + on_markers)
+            if best is None or rank < best[0]:
+                best = (rank, box, offset)
+            if rank == (False, False, False, 0):
+                break
+        _, box, offset = best
+        _move(ann, offset)
+        placed.append(box)
+
+
+def _move(annotation, offset: tuple[float, float, str, str]) -> None:
+    dx, dy, ha, va = offset
+    annotation.set_position((dx, dy))
+    annotation.set_horizontalalignment(ha)
+    annotation.set_verticalalignment(va)
+
+
+def _overlap(a, b) -> float:
+    """The area two boxes share (0 when they only touch or are apart)."""
+    return max(0.0, min(a.x1, b.x1) - max(a.x0, b.x0)) * max(0.0, min(a.y1, b.y1) - max(a.y0, b.y0))
+
+
+def accuracy_vs_cost_figure(points: list[Point], title: str, split: str = "test",
+                            chosen: tuple[str, str] | None = None):
+    """The figure of :func:`plot_accuracy_vs_cost`, laid out and labelled (a matplotlib ``Figure``).
+
+    Points that would be drawn on top of each other (within 3 pixels, same configuration) share
+    one label listing their names; every label is placed so that it covers no other label and
+    no marker (:func:`_place_labels`).
+
+    Args:
+        points: The variants.
+        title: The figure title.
+        split: The split the top-1 accuracy is on (the y axis says so).
+        chosen: ``(group, label)`` of a point to ring and name "chosen" in the legend.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.transforms import Bbox
+
+    groups = sorted({p.group for p in points})
+    fig = _figure(11, 4.8)
+    FigureCanvasAgg(fig)
     axes = fig.subplots(1, 2, sharey=True)
     costs: tuple[tuple[Callable[[Point], float | None], str], ...] = (
         (lambda p: p.size_mb, "model file size (MB)"),
         (lambda p: p.latency_ms, "CPU latency per image, 1 thread, median (ms)"))
-    groups = sorted({p.group for p in points})
+    colors = {group: _color(i) for i, group in enumerate(groups)}
+    marker, ring = 7, 13  # marker sizes in points
     for ax, (cost, xlabel) in zip(axes, costs, strict=True):
-        for i, group in enumerate(groups):
-            mine = sorted((p for p in points if p.group == group and cost(p) is not None), key=cost)
-            if not mine:
-                continue
-            ax.plot([cost(p) for p in mine], [p.top1 for p in mine], "o", color=_color(i), label=group,
-                    markersize=7, alpha=0.85)
-            for p in mine:
-                ax.annotate(p.label, (cost(p), p.top1), textcoords="offset points", xytext=(5, 5), fontsize=7)
+        for group in groups:
+            mine = [p for p in points if p.group == group and cost(p) is not None]
+            if mine:
+                ax.plot([cost(p) for p in mine], [p.top1 for p in mine], "o", color=colors[group], label=group,
+                        markersize=marker, alpha=0.85)
+        ring_at = [p for p in points if chosen == (p.group, p.label) and cost(p) is not None]
+        if ring_at:
+            ax.plot([cost(ring_at[0])], [ring_at[0].top1], "o", markerfacecolor="none", markeredgecolor="black",
+                    markersize=ring, markeredgewidth=1.5, label="chosen")
+        ax.margins(x=0.1, y=0.15)
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    axes[0].set_ylabel("top-1 accuracy (test)")
+    axes[0].set_ylabel(f"top-1 accuracy ({split})")
+    for ax in axes:
+        ax.set_xlim(ax.get_xlim())
+        ax.set_ylim(ax.get_ylim())
+    handles, names = axes[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, names, loc="outside lower center", ncol=min(len(handles), 6), fontsize=8, frameon=False)
     fig.suptitle(title)
-    return _png(fig)
+    # Lay out once and freeze limits and layout, so that the pixels computed below are where points are drawn.
+    fig.canvas.draw()
+    fig.set_layout_engine("none")
+    renderer = fig.canvas.get_renderer()
+    for ax, (cost, _) in zip(axes, costs, strict=True):
+        labels, markers = [], []
+        for group in groups:
+            mine = [p for p in points if p.group == group and cost(p) is not None]
+            pixels = [tuple(ax.transData.transform((cost(p), p.top1))) for p in mine]
+            for cluster in _coincident(pixels, radius=3.0):
+                first = mine[cluster[0]]
+                color = colors[group] if len(groups) > 1 else "#222222"
+                labels.append((_label_text([mine[i].label for i in cluster]), (cost(first), first.top1), color))
+            for p, (x, y) in zip(mine, pixels, strict=True):
+                half = (ring if chosen == (p.group, p.label) else marker) / 2 * fig.dpi / 72
+                markers.append(Bbox.from_extents(x - half, y - half, x + half, y + half))
+        _place_labels(ax, renderer, sorted(labels, key=lambda t: (t[1][0], -t[1][1], t[0])), markers)
+    return fig
+
+
+def plot_accuracy_vs_cost(points: list[Point], title: str, split: str = "test",
+                          chosen: tuple[str, str] | None = None) -> bytes:
+    """Top-1 accuracy against file size and against CPU latency (one thread), one colour per group.
+
+    See :func:`accuracy_vs_cost_figure`: coincident points share a label, no two labels overlap.
+    """
+    return _png(accuracy_vs_cost_figure(points, title, split, chosen))
 
 
 # --- the plots of one evaluation ------------------------------------------------------------------
@@ -221,10 +349,18 @@ def plot_openset_histogram(histogram: dict[str, list[float]], threshold: float |
     return _png(fig)
 
 
-def tflite_points(evaluation: Evaluation) -> list[Point]:
-    """Every TFLite variant of ``evaluation`` with a file size, in report order."""
-    return [Point(name, v.top1, v.size_mb, median_ms(latency(v)[0]), evaluation.model_name)
-            for name, v in evaluation.tflite_variants().items() if v.size_mb is not None]
+def tflite_points(evaluation: Evaluation, split: str = "test") -> list[Point]:
+    """Every TFLite variant of ``evaluation`` with a file size, in report order.
+
+    ``split``: the top-1 accuracy of ``"test"`` or of ``"validation"`` (a variant without
+    validation figures is then left out).
+    """
+    points = []
+    for name, v in evaluation.tflite_variants().items():
+        top1 = v.top1 if split == "test" else v.validation.top1 if v.validation else None
+        if v.size_mb is not None and top1 is not None:
+            points.append(Point(name, top1, v.size_mb, median_ms(latency(v)[0]), evaluation.model_name))
+    return points
 
 
 def build_plots(evaluation: Evaluation, shipped_variant: str | None = None) -> dict[str, Plot]:

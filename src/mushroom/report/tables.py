@@ -209,10 +209,11 @@ def openset_groups_table(evaluation: Evaluation) -> Table:
     return Table(header, rows)
 
 
-def risk(policy) -> str:
-    """The test dangerous-as-edible rate, saying when its 0% comes from never saying 'edible'."""
-    text = pct(policy.risk, 2)
-    return f"{text} (never says edible)" if policy.edible_threshold is None and policy.risk is not None else text
+def risk(policy, validation: bool = False) -> str:
+    """The test (or validation) dangerous-as-edible rate, saying when its 0% comes from never saying 'edible'."""
+    rate = policy.val_dangerous_as_edible_rate if validation else policy.risk
+    text = pct(rate, 2)
+    return f"{text} (never says edible)" if policy.edible_threshold is None and rate is not None else text
 
 
 # --- one table per section ------------------------------------------------------------------------

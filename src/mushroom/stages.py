@@ -340,7 +340,6 @@ def evaluate(dataset_dir, splits_dir, model_dir, bundle_dir, out_dir: str | Path
     from mushroom.models import load_model
     from mushroom.openset import FeatureInputs, gather_negatives
     from mushroom.preprocess import read_photo
-    from mushroom.quality import check_photo
     from mushroom.report import write_report
     from mushroom.shards import shard_arrays
     from mushroom.tracking import log_evaluation
@@ -370,7 +369,8 @@ def evaluate(dataset_dir, splits_dir, model_dir, bundle_dir, out_dir: str | Path
         unknown_images = np.stack([photo.pixels for photo in unknown_photos]) if unknown_photos else \
             np.empty((0, bundle.image_size, bundle.image_size, 3), np.uint8)
         negatives = gather_negatives(bundle.image_size, unknown_images=unknown_images, unknown_taxa=unknown_taxa,
-                                     unknown_gate=np.array([check_photo(p) is not None for p in unknown_photos], bool))
+                                     unknown_gate=_gate(unknown_images, [p.stored_size for p in unknown_photos],
+                                                        [p.detail for p in unknown_photos]))
         stacked = np.concatenate(list(negatives.images.values()))
         log.info("evaluate: %d open-set negatives (%s), %d of them unknown-species photos", len(stacked),
                  ", ".join(f"{k} {len(v)}" for k, v in negatives.images.items()), len(unknown_paths))
@@ -392,7 +392,7 @@ def evaluate(dataset_dir, splits_dir, model_dir, bundle_dir, out_dir: str | Path
                               for key, f in features.items() if key in stats}
         open_set = OpenSetInputs(
             negatives, {key: by_kind(p) for key, p in negative_probs.items()},
-            _gate(test_shards.photo_sizes, images[n_val:]), features=feature_inputs)
+            _gate(images[n_val:], test_shards.photo_sizes), features=feature_inputs)
         data_source = bundle.provenance.get("data") or _dataset_source(dataset_dir)
         result = evaluate_predictions(test.labels, test_probs, bundle, val.labels, val_probs, latency, target,
                                       open_set, data_source)
@@ -416,15 +416,16 @@ def evaluate(dataset_dir, splits_dir, model_dir, bundle_dir, out_dir: str | Path
     return result
 
 
-def _gate(photo_sizes, images: np.ndarray) -> np.ndarray:
-    """The quality gate's refusal of each photo (True: "not a usable photo"), from its model input
-    and its stored ``(width, height)`` (:func:`mushroom.quality.photo_size`). The shards keep no
-    finer detail, so the pixel-noise check is not applied to these (known, split) photos: it
-    refused none of the real or synthetic photos it was measured on (see ``mushroom.quality``)."""
-    from mushroom.quality import check_pixels
+def _gate(images: np.ndarray, photo_sizes, details=None) -> np.ndarray:
+    """The quality gate's refusal of each photo (True: "not a usable photo"), from its model input,
+    its stored ``(width, height)`` and, where given, its finer detail for the pixel-noise check
+    (:func:`mushroom.quality.check_batch`). The shards keep no finer detail, so the noise check
+    is not applied to known (split) photos: it refused none of the real or synthetic photos it
+    was measured on (see ``mushroom.quality``)."""
+    from mushroom.quality import check_batch
 
-    return np.array([check_pixels(image, (int(w), int(h))) is not None
-                     for (w, h), image in zip(photo_sizes, images, strict=True)], bool)
+    sizes = [(int(w), int(h)) for w, h in photo_sizes]
+    return np.array([reason is not None for reason in check_batch(images, sizes, details)], bool)
 
 
 def _dataset_source(dataset_dir: str | Path) -> dict[str, Any]:

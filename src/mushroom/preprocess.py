@@ -120,7 +120,14 @@ def _decoded(source: str | Path | bytes, size: int) -> tuple[Image.Image, tuple[
 
 def load_image(source: str | Path | bytes, size: int) -> np.ndarray:
     """Read a photo and return the model input: ``uint8`` RGB, ``(size, size, 3)``, 0-255."""
-    return resize_with_pad(_decoded(source, size)[0], size)
+    return load_image_with_size(source, size)[0]
+
+
+def load_image_with_size(source: str | Path | bytes, size: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """:func:`load_image`, and the photo's ``(width, height)`` as stored (EXIF rotation applied),
+    from one read of the file."""
+    image, stored = _decoded(source, size)
+    return resize_with_pad(image, size), stored
 
 
 #: The longer side (px) of :attr:`Photo.detail`.

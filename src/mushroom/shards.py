@@ -35,7 +35,7 @@ import numpy as np
 
 from mushroom.fileio import atomic_path, read_json, write_json_atomic
 from mushroom.manifest import SPLIT_NAMES, read_dataset_catalog, read_splits
-from mushroom.preprocess import load_image
+from mushroom.preprocess import load_image_with_size
 from mushroom.versioning import check_schema_version
 
 log = logging.getLogger(__name__)
@@ -92,21 +92,15 @@ def _example(image: np.ndarray, label: int) -> bytes:
     return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
 
-def _read(path: str, size: int) -> tuple[np.ndarray, tuple[int, int]]:
-    from mushroom.quality import photo_size
-
-    return load_image(path, size), photo_size(path)
-
-
 def _decoded(paths: list[str], size: int, threads: int) -> Iterator[tuple[np.ndarray, tuple[int, int]]]:
-    """``load_image`` and the stored size of every path, in order, a few in flight (Pillow
+    """``load_image_with_size`` of every path, in order, a few in flight (Pillow
     decodes outside the GIL)."""
     with ThreadPoolExecutor(max_workers=threads) as pool:
         window = threads * 4
-        pending = [pool.submit(_read, p, size) for p in paths[:window]]
+        pending = [pool.submit(load_image_with_size, p, size) for p in paths[:window]]
         for i in range(len(paths)):
             if i + window < len(paths):
-                pending.append(pool.submit(_read, paths[i + window], size))
+                pending.append(pool.submit(load_image_with_size, paths[i + window], size))
             yield pending[i].result()
             pending[i] = None  # release the pixels once written
 

@@ -200,3 +200,22 @@ def test_images_are_pinned_and_the_gpu_image_is_derived():
         with pytest.raises(ConfigError) as info:
             parse_images(env, "d:1")
         assert expected in str(info.value) and len(str(info.value).splitlines()) == 2
+
+
+def test_a_quantize_recipe_adds_int8_recipe_and_bad_recipes_are_named():
+    from mushroom.config import ConfigError, parse_model_config
+
+    base = {"model_name": "m", "architecture": "mobilenetv3-large", "weights": "none"}
+    assert "int8_recipe" not in parse_model_config(base).quantize.variants
+    recipe = [{"tensors": "@logits", "method": "percentile", "percentile": 99.9, "photos": "held_out_like"}]
+    q = parse_model_config({**base, "quantize": {"recipe": recipe}}).quantize
+    assert q.variants[-1] == "int8_recipe" and q.recipe[0].percentile == 99.9
+    listed = parse_model_config({**base, "quantize": {"recipe": recipe, "variants": ["float32", "int8"]}}).quantize
+    assert listed.variants == ["float32", "int8", "int8_recipe"]
+    for bad, message in (({"variants": ["float32", "int8", "int8_recipe"]}, "int8_recipe but quantize.recipe is empty"),
+                         ({"recipe": [{"tensors": "block(1"}]}, "not a regular expression"),
+                         ({"recipe": [{"tensors": "@head"}]}, "@logits and @features"),
+                         ({"recipe": [{"tensors": "@logits", "method": "entropy"}]}, "method"),
+                         ({"recipe": [{"tensors": "@logits", "percentile": 100}]}, "percentile")):
+        with pytest.raises(ConfigError, match=message):
+            parse_model_config({**base, "quantize": bad})

@@ -257,3 +257,102 @@ def test_range_overrides_refuse_bad_input_before_quantizing(caffe_net, tmp_path)
     with pytest.raises(ValueError, match="cannot find the logits"):
         next(iter(variants.get("int8_head_range").build(variants.BuildInputs(tmp_path / "linear",
                                                                               np.full((2, 8, 8, 3), 9.0)))))
+
+
+def test_int8_variants_share_one_calibration_and_match_the_converters_own_path(caffe_net, tmp_path, monkeypatch):
+    """One calibration serves int8, int8_io, int8_head_range, int8_selective and the error profile.
+
+    Quantizing the shared calibrated model is the converter's own second step: the same
+    answers, bit for bit, as converting each variant from scratch.
+    """
+    import tensorflow as tf
+
+    from mushroom.quantize import export_saved_model, quantize_model
+    from mushroom.tflite import TFLiteClassifier
+
+    model, representative, val, labels = caffe_net
+    inputs = variants.BuildInputs(export_saved_model(model, tmp_path / "sm"), representative[:32])
+    own = {"int8": variants._full_integer_converter(inputs).convert(),  # noqa: SLF001
+           "int8_io": variants._calibrated_converter(  # noqa: SLF001
+               inputs, [tf.lite.OpsSet.TFLITE_BUILTINS_INT8], tf.int8).convert()}
+    for name, converted in own.items():
+        shared = next(iter(variants.get(name).build(inputs)))[0]
+        (tmp_path / "own.tflite").write_bytes(converted)
+        (tmp_path / "shared.tflite").write_bytes(shared)
+        np.testing.assert_array_equal(TFLiteClassifier(tmp_path / "shared.tflite").predict(val),
+                                      TFLiteClassifier(tmp_path / "own.tflite").predict(val), err_msg=name)
+
+    calls = []
+    real = variants.calibrate
+    monkeypatch.setattr(variants, "calibrate", lambda i: calls.append(1) or real(i))
+    wanted = [variants.REFERENCE, "int8", "int8_io", "int8_head_range", "int8_selective"]
+    models, report = quantize_model(model, representative[:32], val, labels, wanted, latency_runs=1,
+                                    escalation_steps=(1,), profile_points=2)
+    assert len(calls) == 1 and set(models) == set(wanted) and "error_profile" in report and report["layer_errors"]
+
+
+HEAD_RECIPE = [{"tensors": "@logits", "photos": "held_out_like"}, {"tensors": "@features", "photos": "held_out_like"}]
+
+
+def test_a_recipe_reproduces_int8_head_range_and_lands_in_the_report(caffe_net, tmp_path):
+    """The shipped remedy written as a recipe: the same ranges, the same answers, integer-only."""
+    from mushroom.quantize import format_report, quantize_model
+    from mushroom.tflite import TFLiteClassifier
+
+    model, representative, val, labels = caffe_net
+    wanted = [variants.REFERENCE, variants.FULL_INTEGER, "int8_head_range", "int8_recipe"]
+    models, report = quantize_model(model, representative, val, labels, wanted, latency_runs=1, profile_points=0,
+                                    recipe=HEAD_RECIPE)
+    probs = {}
+    for name in ("int8_head_range", "int8_recipe"):
+        (tmp_path / f"{name}.tflite").write_bytes(models[name])
+        probs[name] = TFLiteClassifier(tmp_path / f"{name}.tflite").predict(val)
+    np.testing.assert_array_equal(probs["int8_recipe"], probs["int8_head_range"])
+    assert report["recipe"]["ranges_set"] == 2 and report["recipe"]["ranges_changed"] >= 1
+    assert [r["matched"] for r in report["recipe"]["rules"]] == [1, 1]
+    ops = _op_names(models["int8_recipe"])
+    assert ops[0] == "QUANTIZE" and "QUANTIZE" not in ops[1:]
+    text = format_report(report)
+    assert "**int8_recipe:** `@logits` minmax on held-out-like photos (1 activation(s))" in text
+    plain = report["variants"][variants.FULL_INTEGER]["agreement_with_float32"]
+    assert f"**Remedy:** plain full int8 keeps {plain:.1%} of float32's answers" in text
+
+
+def test_the_report_names_the_remedy_that_keeps_most_answers():
+    from mushroom.quantize import remedy_summary
+
+    def measured(**agreements):
+        return {"variants": {n: {"agreement_with_float32": a} for n, a in agreements.items()}}
+
+    text = remedy_summary(measured(float32=1.0, int8=0.64, int8_io=0.64, int8_head_range=0.98, int8_selective=1.0))
+    assert text.startswith("plain full int8 keeps 64.0% of float32's answers; the best int8-only remedy, "
+                           "int8_head_range (full integer; the logits'") and text.endswith("keeps 98.0%")
+    assert remedy_summary(measured(float32=1.0, int8=0.9, int8_io=0.9)).endswith("no other int8-only variant keeps more")
+    assert remedy_summary(measured(float32=1.0)) is None
+
+
+def test_a_recipe_that_does_not_fit_stops_before_quantizing(caffe_net, tmp_path, monkeypatch):
+    from mushroom.quantize import export_saved_model, quantize_model
+
+    model, representative, val, labels = caffe_net
+    inputs = variants.BuildInputs(export_saved_model(model, tmp_path / "sm"), representative[:8])
+    calibrated = variants.calibrated_model(inputs)
+    rule = variants.RangeRule
+    with pytest.raises(variants.RecipeError, match=r"recipe\[0\] \(tensors 'block9_no_such'\): matches no calibrated"):
+        variants.check_recipe(calibrated, 8, [rule("block9_no_such")])
+    with pytest.raises(variants.RecipeError, match=r"recipe\[1\].*no HARD_SWISH op.*CONV_2D"):
+        variants.check_recipe(calibrated, 8, [rule("@logits"), rule("HARD_SWISH")])
+    # 4 species: the 99.99th percentile of the logits needs 10,000 values, 8 photos give 32.
+    with pytest.raises(variants.RecipeError, match=r"99.99th percentile .* need at least 10,000 values; 8 representative "
+                                                   r"photos give 32: set quantize.representative_samples to at least 2500"):
+        variants.check_recipe(calibrated, 8, [rule("@logits", "percentile")])
+    assert [len(t) for _, t in variants.check_recipe(calibrated, 8, [rule("ADD", "mse"), rule("conv1_")])][0] == 2
+
+    # In the stage: the error comes before any variant is converted, and is not "left out".
+    built = []
+    real = variants._converter  # noqa: SLF001
+    monkeypatch.setattr(variants, "_converter", lambda i, optimize=True: built.append(optimize) or real(i, optimize))
+    with pytest.raises(variants.RecipeError, match="matches no calibrated activation"):
+        quantize_model(model, representative[:8], val, labels, [variants.REFERENCE, variants.FULL_INTEGER,
+                                                                "int8_recipe"], recipe=[{"tensors": "nope_"}])
+    assert built == [True]  # the calibration's converter only: no variant was converted

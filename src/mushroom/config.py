@@ -247,9 +247,40 @@ class TrainConfig(_Strict):
     deterministic: bool = Field(False, description="TensorFlow op determinism and fixed seeds (tune and train)")
 
 
+RECIPE_VARIANT = "int8_recipe"
+
+
+class RangeRuleConfig(_Strict):
+    """One activation-range rule of ``quantize.recipe`` (:class:`mushroom.variants.RangeRule`)."""
+
+    tensors: str = Field(description="@logits, @features, an op type in capitals (e.g. LOGISTIC), or a regular "
+                                     "expression searched in the activation tensor names")
+    method: Literal["minmax", "percentile", "mse"] = "minmax"
+    percentile: float = Field(99.99, gt=50, lt=100, description="for method: percentile")
+    photos: Literal["representative", "held_out_like"] = Field(
+        "representative", description="held_out_like: the representative photos shifted by a sixth of their size")
+
+    @field_validator("tensors")
+    @classmethod
+    def _pattern(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("tensors must name @logits, @features, an op type or a pattern")
+        if not v.startswith("@"):
+            try:
+                re.compile(v)
+            except re.error as err:
+                raise ValueError(f"tensors {v!r} is not a regular expression: {err}") from None
+        elif v not in ("@logits", "@features"):
+            raise ValueError(f"tensors {v!r}: the names starting with @ are @logits and @features")
+        return v
+
+
 class QuantizeConfig(_Strict):
     representative_samples: int = Field(300, ge=1, description="train photos, balanced across species")
-    variants: list[str] = Field(default_factory=variants.names, description="see mushroom.variants")
+    variants: list[str] = Field(default_factory=variants.default_names,
+                                description="see mushroom.variants; int8_recipe is added when a recipe is given")
+    recipe: list[RangeRuleConfig] = Field(default_factory=list, description=(
+        "activation-range rules for the int8_recipe variant, applied in order (a later rule wins)"))
     tolerance_points: float = Field(1.0, ge=0, description="allowed top-1 loss vs float32 on val, in points")
     min_agreement: float = Field(0.97, ge=0, le=1, description="required top-1 agreement with float32 on val")
     debug_samples: int = Field(64, ge=1, description="photos for the per-layer error report")
@@ -266,6 +297,21 @@ class QuantizeConfig(_Strict):
         if missing:
             raise ValueError(f"variants must include {missing} (the reference and full int8)")
         return sorted(set(v), key=known.index)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _recipe_variant(cls, data: Any) -> Any:
+        """A recipe builds ``int8_recipe``; listing ``int8_recipe`` without a recipe is an error."""
+        if not isinstance(data, dict):
+            return data
+        listed = data.get("variants")
+        if data.get("recipe"):
+            base = list(listed) if listed is not None else variants.default_names()
+            return {**data, "variants": base if RECIPE_VARIANT in base else [*base, RECIPE_VARIANT]}
+        if listed is not None and RECIPE_VARIANT in listed:
+            raise ValueError(f"variants lists {RECIPE_VARIANT} but quantize.recipe is empty: give activation-range "
+                             "rules (README, Quantization) or leave the variant out")
+        return data
 
 
 class ModelConfig(_Strict):

@@ -171,7 +171,7 @@ def quantize_model(model, representative: np.ndarray, val_images: np.ndarray, va
                    variants: list[str], tolerance_points: float = 1.0, min_agreement: float = 0.97,
                    escalation_steps=(1, 2, 4, 8, 16, 32, 64), debug_samples: int = 64,
                    latency_runs: int = 20, fold_preprocessing: bool = True,
-                   profile_points: int = 6) -> tuple[dict[str, bytes], dict]:
+                   profile_points: int = 6, recipe=()) -> tuple[dict[str, bytes], dict]:
     """Build ``variants`` (see :mod:`mushroom.variants`), measure each on validation and choose one.
 
     A build that yields several attempts (an escalating variant) is measured attempt by
@@ -181,7 +181,9 @@ def quantize_model(model, representative: np.ndarray, val_images: np.ndarray, va
     With ``fold_preprocessing`` the model is first rewritten into a float-equivalent one whose
     preprocessing quantizes well (:func:`mushroom.backbones.fold_preprocessing`; ResNet50's
     channel flip goes into its first convolution). With ``profile_points`` > 0 the report also
-    says where full int8 changes answers (:func:`error_profile`).
+    says where full int8 changes answers (:func:`error_profile`). ``recipe``: activation-range
+    rules (:class:`mushroom.variants.RangeRule` or dicts of its fields) for ``int8_recipe``; a
+    recipe that does not fit the model stops the stage (:class:`mushroom.variants.RecipeError`).
 
     Returns:
         ``(models, report)``: variant -> flatbuffer, and a JSON-able report with each
@@ -198,8 +200,11 @@ def quantize_model(model, representative: np.ndarray, val_images: np.ndarray, va
             report["preprocessing_fold"] = fold.description
             log.info("quantize: %s", fold.description)
     with tempfile.TemporaryDirectory(prefix="mushroom-savedmodel-") as tmp:
+        rules = tuple(r if isinstance(r, registry.RangeRule) else registry.RangeRule(**r) for r in recipe)
         inputs = registry.BuildInputs(export_saved_model(model, Path(tmp) / "saved_model"), representative,
-                                      debug_samples, tuple(escalation_steps), report)
+                                      debug_samples, tuple(escalation_steps), report, rules)
+        if rules:  # a recipe that does not fit the model stops the stage before any variant is built
+            registry.check_recipe(registry.calibrated_model(inputs), len(representative), rules)
         ordered = [registry.REFERENCE] + [v for v in variants if v != registry.REFERENCE]
         float_pred = None
         for name in ordered:
@@ -209,7 +214,7 @@ def quantize_model(model, representative: np.ndarray, val_images: np.ndarray, va
                     registry.get(name), inputs, val_images, val_labels, float_pred, candidates.get(registry.REFERENCE),
                     (tolerance_points, min_agreement), threads, latency_runs)
             except Exception as err:  # noqa: BLE001 - one optional variant must not sink the stage
-                if name in registry.REQUIRED:
+                if name in registry.REQUIRED or isinstance(err, registry.RecipeError):
                     raise
                 log.warning("variant %s failed to convert, left out: %s", name, str(err).splitlines()[0])
                 report.setdefault("failed", {})[name] = str(err).splitlines()[0][:300]
@@ -279,7 +284,7 @@ def error_profile(inputs: registry.BuildInputs, images: np.ndarray, float_pred: 
         A JSON-able dict with ``blocks``, ``depth``, ``groups``, ``full_int8_agreement`` and a
         one-line ``finding``.
     """
-    calibrated = registry.calibrate(inputs)
+    calibrated = registry.calibrated_model(inputs)
     ops = registry.quantizable_ops(calibrated)
     blocks = registry.blocks_in_order(ops)
     depth = [{"blocks_quantized": k, "last_block": blocks[k - 1],
@@ -336,6 +341,22 @@ def _profile_markdown(profile: dict) -> list[str]:
     return lines
 
 
+def remedy_summary(report: dict) -> str | None:
+    """Which int8-only variant restores float32's answers that plain full int8 changes, if any."""
+    measured = report.get("variants", {})
+    plain = measured.get(registry.FULL_INTEGER)
+    if plain is None:
+        return None
+    others = {n: v for n, v in measured.items()
+              if n != registry.FULL_INTEGER and n in registry.names() and registry.get(n).integer_only}
+    best = max(others, key=lambda n: others[n]["agreement_with_float32"], default=None)
+    base = f"plain full {registry.FULL_INTEGER} keeps {plain['agreement_with_float32']:.1%} of float32's answers"
+    if best is None or others[best]["agreement_with_float32"] <= plain["agreement_with_float32"] + 1e-9:
+        return base + "; no other int8-only variant keeps more"
+    return (base + f"; the best int8-only remedy, {best} ({registry.get(best).description}), keeps "
+            f"{others[best]['agreement_with_float32']:.1%}")
+
+
 def headline_metrics(report: dict) -> dict[str, float]:
     """Size and validation top-1 of every variant, for KFP ``Metrics``."""
     measured = report["variants"]
@@ -364,6 +385,14 @@ def format_report(report: dict) -> str:
                            for name, r in report["head_ranges"].items())
         lines += [f"**int8_head_range:** int8 ranges of the head from held-out-like (shifted) train photos instead "
                   f"of the train photos' min-max: {ranges}.", ""]
+    if report.get("recipe"):
+        r = report["recipe"]
+        rules = "; ".join(f"`{x['tensors']}` {x['method']} on {x['photos'].replace('_', '-')} photos ({x['matched']} "
+                          f"activation(s))" for x in r["rules"])
+        lines += [f"**int8_recipe:** {rules}; {r['ranges_changed']} of {r['ranges_set']} ranges changed.", ""]
+    remedy = remedy_summary(report)
+    if remedy:
+        lines += [f"**Remedy:** {remedy}.", ""]
     if report.get("error_profile"):
         lines += _profile_markdown(report["error_profile"])
     if report.get("layer_errors"):

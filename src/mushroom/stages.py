@@ -281,7 +281,8 @@ def quantize(dataset_dir, splits_dir, model_dir, model_config: dict[str, Any], s
         model = load_model(Path(model_dir) / KERAS_MODEL)
         models, report = quantize_model(
             model, representative, val_images, val.labels, q.variants,
-            q.tolerance_points, q.min_agreement, debug_samples=q.debug_samples, latency_runs=q.latency_runs)
+            q.tolerance_points, q.min_agreement, debug_samples=q.debug_samples, latency_runs=q.latency_runs,
+            recipe=[rule.model_dump() for rule in q.recipe])
         extra = {"representative_samples": int(len(picked)), "choice_reason": report["reason"]}
         image = {key: os.environ[var] for key, var in IMAGE_ENV.items() if os.environ.get(var)}
         dataset_config = read_json(Path(dataset_dir) / "dataset.json").get("config")

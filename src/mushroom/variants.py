@@ -41,6 +41,27 @@ _KEY_PREFIX = "tflite_"
 
 
 @dataclass(frozen=True)
+class RangeRule:
+    """One rule of an activation-range recipe (``quantize.recipe``, variant ``int8_recipe``).
+
+    Attributes:
+        tensors: Which activations: ``@logits`` (the softmax's input), ``@features`` (the input
+            of the layer that computes the logits), an op type in capitals (e.g. ``LOGISTIC``:
+            the outputs of every such op), or else a regular expression searched in the
+            activation tensor names.
+        method: ``minmax``, ``percentile`` or ``mse`` (:func:`activation_range`).
+        percentile: For ``percentile``.
+        photos: ``representative`` (the calibration photos) or ``held_out_like``
+            (:func:`held_out_like`: the same photos shifted, as the model sees new photos).
+    """
+
+    tensors: str
+    method: str = "minmax"
+    percentile: float = 99.99
+    photos: str = "representative"
+
+
+@dataclass(frozen=True)
 class BuildInputs:
     """What a build function may use.
 
@@ -50,6 +71,10 @@ class BuildInputs:
         debug_samples: Photos for per-layer error analysis.
         escalation_steps: For escalating builds: how many layers to keep in float, in order.
         notes: Facts a build adds to the quantization report (e.g. the worst layers).
+        recipe: Activation-range rules for ``int8_recipe`` (:class:`RangeRule`, the config's
+            ``quantize.recipe``).
+        shared: What builds of one model share (:func:`calibrated_model`: one int8 calibration
+            for every int8 variant and the error profile, instead of one each).
     """
 
     saved_model: Path
@@ -57,6 +82,8 @@ class BuildInputs:
     debug_samples: int = 64
     escalation_steps: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
     notes: dict[str, Any] = field(default_factory=dict)
+    recipe: tuple[RangeRule, ...] = ()
+    shared: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
 
 # A build yields (flatbuffer, facts) attempts; the quantize stage keeps the first acceptable one.
@@ -74,6 +101,8 @@ class Variant:
         integer: Uses integer arithmetic (a candidate for the quantize stage's choice).
         integer_only: Every op runs in integers (integer-only NPUs, Edge TPUs).
         needs_representative: The build needs representative photos.
+        by_default: Built when the configuration does not list variants (``int8_recipe`` is
+            built only when the configuration gives a recipe).
     """
 
     name: str
@@ -82,6 +111,7 @@ class Variant:
     integer: bool = False
     integer_only: bool = False
     needs_representative: bool = False
+    by_default: bool = True
 
 
 _REGISTRY: Registry[Variant] = Registry("variant", protected=REQUIRED)
@@ -97,6 +127,11 @@ def register(variant: Variant) -> Variant:
 unregister = _REGISTRY.unregister
 get = _REGISTRY.get
 names = _REGISTRY.names
+
+
+def default_names() -> list[str]:
+    """The variants a configuration builds when it does not list them."""
+    return [v.name for v in _REGISTRY if v.by_default]
 
 
 def integer_names() -> list[str]:
@@ -194,13 +229,13 @@ def build_dynamic_int8(inputs: BuildInputs):
 
 
 def build_int8(inputs: BuildInputs):
-    yield _full_integer_converter(inputs).convert(), {}
+    yield quantize_full_integer(calibrated_model(inputs)), {}
 
 
 def build_int8_io(inputs: BuildInputs):
     import tensorflow as tf
 
-    yield _calibrated_converter(inputs, [tf.lite.OpsSet.TFLITE_BUILTINS_INT8], tf.int8).convert(), {}
+    yield quantize_full_integer(calibrated_model(inputs), io_type=tf.int8), {}
 
 
 def build_int16x8(inputs: BuildInputs):
@@ -222,17 +257,14 @@ class LayerError:
     scale: float
 
 
-def layer_error_report(inputs: BuildInputs):
-    """Per-layer quantization error of full int8, worst first.
-
-    Returns:
-        ``(errors, debugger)``; the debugger can re-quantize with layers left in float.
-    """
+def layer_error_report(inputs: BuildInputs) -> list[LayerError]:
+    """Per-layer quantization error of full int8 (from the shared calibration), worst first."""
     import tensorflow as tf
+    from tensorflow.lite.python import convert
 
-    debug_data = _samples(inputs.representative[: inputs.debug_samples])
-    debugger = tf.lite.experimental.QuantizationDebugger(converter=_full_integer_converter(inputs),
-                                                         debug_dataset=debug_data)
+    debug_model = convert.mlir_quantize(calibrated_model(inputs), enable_numeric_verify=True)
+    debugger = tf.lite.experimental.QuantizationDebugger(
+        quant_debug_model_content=debug_model, debug_dataset=_samples(inputs.representative[: inputs.debug_samples]))
     debugger.run()
     buf = io.StringIO()
     debugger.layer_statistics_dump(buf)
@@ -243,20 +275,18 @@ def layer_error_report(inputs: BuildInputs):
         ratio = math.sqrt(mse) / scale if scale > 0 and mse == mse else float("inf")
         errors.append(LayerError(row["op_name"], row["tensor_name"], ratio, float(row["mean_error"]), scale))
     errors.sort(key=lambda e: e.rmse_over_scale, reverse=True)
-    return errors, debugger
+    return errors
 
 
 def build_int8_selective(inputs: BuildInputs):
     """Full int8 with the worst 1, 2, 4, ... layers left in float: one attempt per step."""
-    import tensorflow as tf
-
-    errors, debugger = layer_error_report(inputs)
+    errors = layer_error_report(inputs)
     inputs.notes["layer_errors"] = [vars(e) for e in errors[:20]]
     inputs.notes["layers_checked"] = len(errors)
+    calibrated = calibrated_model(inputs)
     for k in [s for s in inputs.escalation_steps if s <= len(errors)] or [len(errors)]:
         names_ = [e.tensor_name for e in errors[:k]]
-        debugger.options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=names_)
-        yield debugger.get_nondebug_quantized_model(), {"float_layers": names_}
+        yield quantize_calibrated(calibrated, names_), {"float_layers": names_}
 
 
 # --- where answers flip: partial quantization from one calibration -------------------------
@@ -291,6 +321,18 @@ def calibrate(inputs: BuildInputs) -> bytes:
     converter = _full_integer_converter(inputs)
     converter._experimental_calibrate_only = True  # noqa: SLF001 - the converter's calibration step
     return converter.convert()
+
+
+def calibrated_model(inputs: BuildInputs) -> bytes:
+    """:func:`calibrate`, once per :class:`BuildInputs`: every int8 build of a model shares it.
+
+    Calibration (running every representative photo through the float model with each
+    activation's range recorded) is the slow part of an int8 build; quantizing the calibrated
+    model is what the converter does next (same ranges, same int8 model).
+    """
+    if "calibrated" not in inputs.shared:
+        inputs.shared["calibrated"] = calibrate(inputs)
+    return inputs.shared["calibrated"]
 
 
 def quantize_calibrated(calibrated: bytes, float_tensors: Iterable[str] = (), float_ops: Iterable[str] = ()) -> bytes:
@@ -528,11 +570,16 @@ def held_out_like(photos: np.ndarray) -> np.ndarray:
     return np.roll(photos, (shift, shift), axis=(1, 2))
 
 
-def quantize_full_integer(calibrated: bytes) -> bytes:
-    """Full int8 of a calibrated model with float input/output, as the converter's own step."""
+def quantize_full_integer(calibrated: bytes, io_type=None) -> bytes:
+    """Full int8 of a calibrated model, as the converter's own step after calibration.
+
+    ``io_type``: the model's input/output type (default float32; ``tf.int8`` for int8 I/O).
+    """
+    import tensorflow as tf
     from tensorflow.lite.python import convert
 
-    return convert.mlir_quantize(calibrated, fully_quantize=False)
+    io_type = io_type or tf.float32
+    return convert.mlir_quantize(calibrated, fully_quantize=False, input_data_type=io_type, output_data_type=io_type)
 
 
 def head_ranges_from(calibrated: bytes, photos: np.ndarray, method: str = "minmax",
@@ -554,11 +601,153 @@ def build_int8_head_range(inputs: BuildInputs):
     Every other activation keeps its min-max range from the representative photos; the model
     stays integer-only (float only at the input and output boundary, as ``int8``).
     """
-    calibrated = calibrate(inputs)
+    calibrated = calibrated_model(inputs)
     ranges = head_ranges_from(calibrated, held_out_like(inputs.representative))
     recorded = calibrated_ranges(calibrated)
     inputs.notes["head_ranges"] = {t: {"calibrated": recorded[t], "held_out_like": r} for t, r in ranges.items()}
     yield quantize_full_integer(with_ranges(calibrated, ranges)), {}
+
+# --- recipes: activation ranges by rule, from the configuration (issue 14) ------------------
+
+
+class RecipeError(ValueError):
+    """A recipe that does not fit the model or its representative photos (raised before quantizing)."""
+
+
+_HEAD_ALIASES = ("@logits", "@features")
+_OP_TYPE = re.compile(r"[A-Z][A-Z0-9_]*")
+
+
+def _min_values(rule: RangeRule) -> int:
+    """How many values a rule's method needs to be more than the extremes (percentile) or a guess."""
+    if rule.method == "percentile":
+        return math.ceil(100.0 / (100.0 - rule.percentile))
+    return 256 if rule.method == "mse" else 1  # mse: at least one value per int8 level
+
+
+def recipe_targets(calibrated: bytes, rule: RangeRule, index: int = 0) -> list[str]:
+    """The calibrated activations a rule applies to.
+
+    Raises:
+        RecipeError: The rule names no activation of this model (with examples of what it has).
+    """
+    known = calibrated_ranges(calibrated)
+    where = f"quantize.recipe[{index}] (tensors {rule.tensors!r})"
+    if rule.tensors in _HEAD_ALIASES:
+        try:
+            head = head_tensors(calibrated)
+        except ValueError as err:
+            raise RecipeError(f"{where}: {err}") from None
+        name = head.logits if rule.tensors == "@logits" else head.features
+        found = [name] if name in known else []
+    elif _OP_TYPE.fullmatch(rule.tensors):
+        ops = quantizable_ops(calibrated)
+        found = [o.tensor_name for o in ops if o.op_name == rule.tensors and o.tensor_name in known]
+        if not found:
+            raise RecipeError(f"{where}: the model has no {rule.tensors} op with a calibrated output; "
+                              f"its op types: {sorted({o.op_name for o in ops})}")
+    else:
+        pattern = re.compile(rule.tensors)
+        found = [n for n in known if pattern.search(n)]
+    if not found:
+        raise RecipeError(f"{where}: matches no calibrated activation of the model; e.g. "
+                          f"{sorted(known)[:2] + sorted(known)[-2:]}")
+    return found
+
+
+def _values_per_photo(calibrated: bytes) -> dict[str, int]:
+    graph = _flatbuffer(calibrated).subgraphs[0]
+    return {_tensor_name(t): int(np.prod(t.shape[1:])) if t.shape is not None and len(t.shape) > 1 else 1
+            for t in graph.tensors}
+
+
+def check_recipe(calibrated: bytes, photos: int, recipe: Iterable[RangeRule]) -> list[tuple[RangeRule, list[str]]]:
+    """Each rule with the activations it names, checked against the model and the photo count.
+
+    Raises:
+        RecipeError: A rule that names nothing in the model, or ``photos`` representative
+            photos too few for its method (before any activation is read or quantized).
+    """
+    recipe = list(recipe)
+    n = photos
+    per_photo = _values_per_photo(calibrated)
+    plans = []
+    for i, rule in enumerate(recipe):
+        if rule.method not in RANGE_METHODS:
+            raise RecipeError(f"quantize.recipe[{i}]: unknown method {rule.method!r}; allowed: {RANGE_METHODS}")
+        if rule.photos not in ("representative", "held_out_like"):
+            raise RecipeError(f"quantize.recipe[{i}]: photos must be 'representative' or 'held_out_like', "
+                              f"not {rule.photos!r}")
+        targets = recipe_targets(calibrated, rule, i)
+        need = _min_values(rule)
+        smallest = min(targets, key=lambda t: per_photo.get(t, 1))
+        have = n * per_photo.get(smallest, 1)
+        if have < need:
+            needed = math.ceil(need / per_photo.get(smallest, 1))
+            what = f"the {rule.percentile:g}th percentile" if rule.method == "percentile" else f"{rule.method} ranges"
+            raise RecipeError(f"quantize.recipe[{i}] (tensors {rule.tensors!r}): {what} of `{smallest}` need at "
+                              f"least {need:,} values; {n} representative photos give {have:,}: set "
+                              f"quantize.representative_samples to at least {needed} or choose another method")
+        plans.append((rule, targets))
+    return plans
+
+
+def recipe_ranges(calibrated: bytes, representative: np.ndarray, recipe: Iterable[RangeRule],
+                  chunk_bytes: int = 256 << 20) -> tuple[dict[str, tuple[float, float]], list[dict]]:
+    """The activation ranges a recipe gives (a later rule wins for a tensor two rules name).
+
+    Every rule is checked against the model and the photos before any activation is read.
+    Activations are read a few tensors at a time (at most ``chunk_bytes`` of values at once).
+
+    Returns:
+        ``(ranges, notes)``: tensor -> (min, max), and per rule what it matched.
+
+    Raises:
+        RecipeError: A rule that names nothing in the model, or a representative set too small
+            for its method (e.g. the 99.99th percentile of the logits of 6 species needs
+            10,000 values: 1,667 photos).
+    """
+    n = len(representative)
+    per_photo = _values_per_photo(calibrated)
+    plans = check_recipe(calibrated, n, recipe)
+    values: dict[tuple[int, str], tuple[float, float]] = {}
+    for photos_kind in ("representative", "held_out_like"):
+        wanted = list(dict.fromkeys(t for rule, targets in plans if rule.photos == photos_kind for t in targets))
+        if not wanted:
+            continue
+        photos = representative if photos_kind == "representative" else held_out_like(representative)
+        chunk, size = [], 0
+        for t in wanted + [None]:
+            if t is not None and (not chunk or size + n * per_photo.get(t, 1) * 4 <= chunk_bytes):
+                chunk.append(t)
+                size += n * per_photo.get(t, 1) * 4
+                continue
+            read = activation_values(calibrated, photos, chunk)
+            for i, (rule, targets) in enumerate(plans):
+                if rule.photos == photos_kind:
+                    for name in set(targets) & set(read):
+                        values[(i, name)] = activation_range(read[name], rule.method, rule.percentile)
+            chunk, size = ([t], n * per_photo.get(t, 1) * 4) if t is not None else ([], 0)
+    ranges: dict[str, tuple[float, float]] = {}
+    notes = []
+    for i, (rule, targets) in enumerate(plans):  # in order: a later rule wins
+        ranges.update({name: values[(i, name)] for name in targets})
+        notes.append({"tensors": rule.tensors, "method": rule.method, "photos": rule.photos,
+                      "matched": len(targets), "examples": targets[:3]})
+    return ranges, notes
+
+
+def build_int8_recipe(inputs: BuildInputs):
+    """Full int8 with the activation ranges of ``quantize.recipe`` (integer-only, as ``int8``)."""
+    if not inputs.recipe:
+        raise RecipeError("int8_recipe needs activation-range rules: set quantize.recipe")
+    calibrated = calibrated_model(inputs)
+    ranges, notes = recipe_ranges(calibrated, inputs.representative, inputs.recipe)
+    recorded = calibrated_ranges(calibrated)
+    changed = [abs(recorded[t][0] - r[0]) + abs(recorded[t][1] - r[1]) > 1e-6 for t, r in ranges.items()]
+    inputs.notes["recipe"] = {"rules": notes, "ranges_changed": int(sum(changed)), "ranges_set": len(ranges)}
+    yield quantize_full_integer(with_ranges(calibrated, ranges)), {}
+
 
 for _variant in (
     Variant("float32", build_float32, "plain conversion, the reference"),
@@ -577,6 +766,8 @@ for _variant in (
     Variant("int8_selective", build_int8_selective,
             "full integer except the layers whose quantization error is largest", integer=True,
             needs_representative=True),
+    Variant("int8_recipe", build_int8_recipe, "full integer with the activation ranges of quantize.recipe",
+            integer=True, integer_only=True, needs_representative=True, by_default=False),
 ):
     register(_variant)
 del _variant

@@ -155,6 +155,158 @@ def _head_ranges(which: str, method: str = "minmax", percentile: float = 99.99, 
     return build
 
 
+# --- the LiteRT quantizer (litert-quantizer, successor of ai-edge-quantizer) ----------------
+
+
+def _litert(algorithm: str) -> Callable:
+    """Full int8 by litert-quantizer's ``static_wi8_ai8`` recipe with ``algorithm`` for the weights.
+
+    Its MSE and OCTAV choose weight clipping ranges; activations are min-max from its own
+    calibration (the algorithms fall back to min-max where there is no tensor content).
+    """
+    def build(saved, representative):
+        from ai_edge_litert.interpreter import Interpreter
+        from litert_quantizer import quantizer, recipe
+
+        float_model = _build(variants.REFERENCE)(saved, representative)
+        signatures = Interpreter(model_content=float_model).get_signature_list()
+        key = next(iter(signatures))
+        name = signatures[key]["inputs"][0]
+        qt = quantizer.Quantizer(bytearray(float_model), recipe.static_wi8_ai8(recipe.AlgorithmName[algorithm]))
+        data = {key: [{name: photo[None].astype(np.float32)} for photo in representative]}
+        result = qt.quantize(qt.calibrate(data), enable_progress_report=False)
+        return bytes(result.quantized_model)
+    return build
+
+
+# --- cross-layer equalization (Nagel et al. 2019) ------------------------------------------
+
+
+def _bottleneck_pairs(backbone) -> list[tuple[str, str, str]]:
+    """(conv, its BatchNorm, next conv) pairs with only a ReLU between: ResNet50's bottlenecks."""
+    names_ = {layer.name for layer in backbone.layers}
+    pairs = []
+    for layer in backbone.layers:
+        if layer.name.endswith("_1_conv") or layer.name.endswith("_2_conv"):
+            prefix, k = layer.name[:-len("_1_conv")], int(layer.name[-len("1_conv")])
+            a_bn, b, relu = f"{prefix}_{k}_bn", f"{prefix}_{k + 1}_conv", f"{prefix}_{k}_relu"
+            if {a_bn, b, relu} <= names_:
+                pairs.append((layer.name, a_bn, b))
+    return pairs
+
+
+def equalize_cross_layer(model):
+    """A float-equivalent copy of ``model`` whose consecutive ReLU convolutions have equal weight ranges.
+
+    For each pair (conv A + BatchNorm, ReLU, conv B), output channel c of A is scaled by 1/s_c
+    (BatchNorm gamma and beta: ReLU commutes with a positive scale) and input channel c of B
+    by s_c, with s_c = sqrt(r_A(c) / r_B(c)) over the BatchNorm-folded weight ranges, so both
+    become sqrt(r_A r_B). Only for ReLU networks (ResNet50): swish and ReLU6 are not
+    positive-homogeneous. Returns ``(model, pairs equalized)``.
+    """
+    import keras
+
+    from mushroom.models import BACKBONE_NAME
+
+    clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    backbone = clone.get_layer(BACKBONE_NAME)
+    pairs = _bottleneck_pairs(backbone)
+    for a_name, bn_name, b_name in pairs:
+        a, bn, b = backbone.get_layer(a_name), backbone.get_layer(bn_name), backbone.get_layer(b_name)
+        gamma, beta, mean, var = bn.get_weights()
+        folded = a.get_weights()[0] * (gamma / np.sqrt(var + bn.epsilon))
+        r_a = np.abs(folded).max(axis=(0, 1, 2))
+        wb, *b_rest = b.get_weights()
+        r_b = np.abs(wb).max(axis=(0, 1, 3))
+        scale = np.where((r_a > 0) & (r_b > 0), np.sqrt(r_a / np.maximum(r_b, 1e-12)), 1.0)
+        bn.set_weights([gamma / scale, beta / scale, mean, var])
+        b.set_weights([wb * scale[None, None, :, None], *b_rest])
+    return clone, len(pairs)
+
+
+def _equalized(variant: str) -> Callable:
+    def build(saved, representative):
+        from mushroom.quantize import export_saved_model
+
+        model, pairs = equalize_cross_layer(saved["keras"])
+        if not pairs:
+            raise ValueError("no conv-ReLU-conv pairs to equalize (ResNet50 bottlenecks only)")
+        before = saved["keras"].predict(representative[:16].astype(np.float32), verbose=0)
+        after = model.predict(representative[:16].astype(np.float32), verbose=0)
+        if np.abs(before - after).max() > 1e-3:
+            raise RuntimeError(f"equalization changed the float model (max difference {np.abs(before - after).max()})")
+        folded, _ = backbones.fold_preprocessing(model)
+        path = export_saved_model(folded, Path(saved["tmp"]) / f"equalized-{variant}")
+        out, _ = next(iter(variants.get(variant).build(variants.BuildInputs(path, representative))))
+        return out
+    return build
+
+
+# --- a short quantization-aware fine-tune of the head, distilled from float ----------------
+
+
+def _head_qat(epochs: int = 60) -> Callable:
+    """int8_head_range whose classifier is fine-tuned on the int8 backbone's own features.
+
+    Keras 3 has no tensorflow-model-optimization; this is the part of QAT that fits the
+    stack without rewriting the graph: the backbone stays as calibrated, and the Dense head
+    is trained (Adam, ``epochs`` full-batch steps) to reproduce float32's probabilities
+    (KL divergence) from the features the int8 model actually computes, with its kernel
+    fake-quantized per output channel and its logits fake-quantized to the int8 range the
+    converter will use (straight-through gradients). The int8 model is then quantized with
+    exactly those ranges.
+    """
+    def build(saved, representative):
+        import keras
+        from keras import ops
+
+        from mushroom.quantize import export_saved_model
+
+        model = saved["keras"]
+        inputs = variants.BuildInputs(saved[True], representative)
+        calibrated = variants.calibrated_model(inputs)
+        ranges = variants.head_ranges_from(calibrated, variants.held_out_like(representative))
+        head = variants.head_tensors(calibrated)
+        base = variants.quantize_full_integer(variants.with_ranges(calibrated, ranges))
+        photos = np.concatenate([representative, variants.held_out_like(representative),
+                                 representative[:, :, ::-1]]).astype(np.float32)
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "m.tflite").write_bytes(base)
+            _, features = TFLiteClassifier(Path(tmp) / "m.tflite").predict_with_features(photos)
+        teacher = model.predict(photos, verbose=0)
+        kernel, bias = model.get_layer("probabilities").get_weights()
+        lo, hi = ranges[head.logits]
+        step = (hi - lo) / 255.0
+
+        class FakeQuantHead(keras.layers.Layer):
+            def build(self, _):
+                self.kernel = self.add_weight(shape=kernel.shape, initializer=keras.initializers.Constant(kernel))
+                self.bias = self.add_weight(shape=bias.shape, initializer=keras.initializers.Constant(bias))
+
+            def call(self, x):
+                scale = ops.maximum(ops.max(ops.abs(self.kernel), axis=0), 1e-8) / 127.0
+                wq = self.kernel + ops.stop_gradient(ops.round(self.kernel / scale) * scale - self.kernel)
+                logits = ops.clip(ops.matmul(x, wq) + self.bias, lo, hi)
+                logits = logits + ops.stop_gradient(ops.round((logits - lo) / step) * step + lo - logits)
+                return ops.softmax(logits)
+
+        x = keras.Input((features.shape[1],))
+        student = keras.Model(x, FakeQuantHead()(x))
+        student.compile(optimizer=keras.optimizers.Adam(1e-3), loss=keras.losses.KLDivergence())
+        student.fit(features, teacher, epochs=epochs, batch_size=len(features), verbose=0)
+        tuned = keras.models.clone_model(model)
+        tuned.set_weights(model.get_weights())
+        tuned.get_layer("probabilities").set_weights([np.asarray(w) for w in student.layers[1].get_weights()])
+        folded, _ = backbones.fold_preprocessing(tuned)
+        path = export_saved_model(folded, Path(saved["tmp"]) / "head-qat")
+        tuned_calibrated = variants.calibrate(variants.BuildInputs(path, representative))
+        same = {variants.head_tensors(tuned_calibrated).logits: (lo, hi),
+                variants.head_tensors(tuned_calibrated).features: ranges[head.features]}
+        return variants.quantize_full_integer(variants.with_ranges(tuned_calibrated, same))
+    return build
+
+
 REMEDIES: dict[str, tuple[str, Callable]] = {
     variants.REFERENCE: ("float", _build(variants.REFERENCE, fold=False)),
     "dynamic_int8": ("mixed", _build("dynamic_int8", fold=False)),
@@ -174,6 +326,12 @@ REMEDIES: dict[str, tuple[str, Callable]] = {
         "head", held_out_like=True)),
     "int8_head_range (shipped)": ("int8-only", _build("int8_head_range")),
     "int8 + fold, head in float": ("mixed", _group_in_float("head")),
+    "int8 + fold + cross-layer equalization": ("int8-only", _equalized(variants.FULL_INTEGER)),
+    "int8_head_range + cross-layer equalization": ("int8-only", _equalized("int8_head_range")),
+    "int8 + fold, litert-quantizer min-max": ("int8-only", _litert("MIN_MAX_UNIFORM_QUANT")),
+    "int8 + fold, litert-quantizer MSE weights": ("int8-only", _litert("MSE")),
+    "int8 + fold, litert-quantizer OCTAV weights": ("int8-only", _litert("OCTAV")),
+    "int8_head_range + head fine-tuned on int8 features (QAT, distilled)": ("int8-only", _head_qat()),
     "int16x8 + fold": ("int16", _build("int16x8")),
 }
 
@@ -225,6 +383,7 @@ def run(arch: str, seed: int, args, data, cache: Path) -> dict[str, dict]:
         saved = {False: export_saved_model(model, Path(tmp) / "plain"),
                  True: export_saved_model(folded, Path(tmp) / "folded") if folded is not model else None}
         saved[True] = saved[True] or saved[False]
+        saved["keras"], saved["tmp"] = model, tmp
         order = [variants.REFERENCE] + [r for r in wanted if r not in (variants.REFERENCE, "profile")]
         for name in order:
             if name in results and name != variants.REFERENCE:

@@ -161,8 +161,9 @@ def _head_ranges(which: str, method: str = "minmax", percentile: float = 99.99, 
 def _litert(algorithm: str) -> Callable:
     """Full int8 by litert-quantizer's ``static_wi8_ai8`` recipe with ``algorithm`` for the weights.
 
-    Its MSE and OCTAV choose weight clipping ranges; activations are min-max from its own
-    calibration (the algorithms fall back to min-max where there is no tensor content).
+    Its MSE and OCTAV choose weight clipping ranges of the convolutions and fully connected
+    layers (other ops stay min-max: OCTAV refuses the asymmetric constants of ``SUB``);
+    activations are min-max from its own calibration.
     """
     def build(saved, representative):
         from ai_edge_litert.interpreter import Interpreter
@@ -172,7 +173,16 @@ def _litert(algorithm: str) -> Callable:
         signatures = Interpreter(model_content=float_model).get_signature_list()
         key = next(iter(signatures))
         name = signatures[key]["inputs"][0]
-        qt = quantizer.Quantizer(bytearray(float_model), recipe.static_wi8_ai8(recipe.AlgorithmName[algorithm]))
+        from litert_quantizer import recipe_manager
+        from litert_quantizer.qtyping import TFLOperationName
+
+        rules = recipe_manager.RecipeManager()
+        rules.add_static_config(".*", TFLOperationName.ALL_SUPPORTED, 8, 8)  # min-max everywhere
+        if algorithm != "MIN_MAX_UNIFORM_QUANT":  # then the algorithm for the weights of these ops
+            for op in (TFLOperationName.CONV_2D, TFLOperationName.DEPTHWISE_CONV_2D,
+                       TFLOperationName.FULLY_CONNECTED):
+                rules.add_static_config(".*", op, 8, 8, algorithm_key=recipe.AlgorithmName[algorithm])
+        qt = quantizer.Quantizer(bytearray(float_model), rules.get_quantization_recipe())
         data = {key: [{name: photo[None].astype(np.float32)} for photo in representative]}
         result = qt.quantize(qt.calibrate(data), enable_progress_report=False)
         return bytes(result.quantized_model)

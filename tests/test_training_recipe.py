@@ -111,3 +111,33 @@ def test_deterministic_training_gives_identical_weights(small_dataset, tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     diff = float(out.stdout.split("MAXDIFF")[-1])
     assert diff == 0.0
+
+
+def test_augmentation_inside_the_model_trains_and_saves_the_classifier_alone(small_dataset, tmp_path, caplog):
+    """augment_on: model (the GPU default) on CPU: the random layers are the training model's first
+    layers, the input pipeline does not augment, and the saved model is the plain classifier."""
+    import logging
+
+    from mushroom.runtime import resolve_runtime
+    from mushroom.training import classifier_of, with_augmentation
+
+    dataset, splits = small_dataset
+    config = _config(augment_on="model", augmentation="strong")
+    parsed = parse_model_config(config)
+    assert resolve_runtime(parsed.train, 3, gpus=[]).augment_in_model
+    assert not resolve_runtime(parse_model_config(TINY).train, 3, gpus=[]).augment_in_model  # auto, no GPU: data
+    with caplog.at_level(logging.INFO):
+        stages.tune(dataset, splits, config, 3, tmp_path / "hp")
+        stages.train(dataset, splits, tmp_path / "hp", config, 3, tmp_path / "model")
+    assert "augmentation in the model" in caplog.text
+    model = keras.models.load_model(tmp_path / "model" / "model.keras", compile=False)
+    assert model.name == "mobilenetv3_large" and model.input_shape == (None, 32, 32, 3)
+    assert not any(layer.name == "augmentation" for layer in model.layers)
+
+    # The training model shares the classifier's weights and, outside training, changes nothing.
+    trainer = with_augmentation(model, "strong", seed=3)
+    assert classifier_of(trainer) is model and classifier_of(model) is model
+    photos = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_allclose(trainer.predict(photos, verbose=0), model.predict(photos, verbose=0), atol=1e-6)
+    augmented = trainer.get_layer("augmentation")(photos, training=True)
+    assert not np.allclose(np.asarray(augmented), photos), "training=True changes the photos"

@@ -239,6 +239,10 @@ class TrainConfig(_Strict):
         "basic", description="strong: RandAugment (2 ops, magnitude 0.5) on top of the basic flips, rotation, "
                              "zoom and contrast")
     # Where it runs (mushroom.runtime); nothing changes without a GPU.
+    augment_on: Literal["auto", "data", "model"] = Field(
+        "auto", description="where augmentation runs: data (tf.data, on the CPU), model (the training model's "
+                            "first layers, on the accelerator; the saved model has no such layers); auto: model "
+                            "on GPUs, else data")
     precision: Literal["auto", "float32", "mixed_float16", "mixed_bfloat16"] = Field(
         "auto", description="auto: mixed_float16 on GPUs of compute capability 7.0+, else float32")
     jit_compile: Literal["auto", "on", "off"] = Field("auto", description="XLA; auto: on GPUs only")

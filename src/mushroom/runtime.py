@@ -64,6 +64,7 @@ class TrainingRuntime:
     deterministic: bool
     seed: int
     gpus: tuple[Gpu, ...] = ()
+    augment_in_model: bool = False  # augmentation as the training model's first layers (on the accelerator)
 
     def global_batch(self, batch_size: int) -> int:
         """Photos per training step across replicas."""
@@ -76,7 +77,8 @@ class TrainingRuntime:
     def describe(self) -> str:
         devices = ", ".join(g.name for g in self.gpus) or "CPU"
         return (f"{devices}; precision {self.precision}, XLA {'on' if self.jit_compile else 'off'}, "
-                f"{self.replicas} replica(s){', deterministic' if self.deterministic else ''}")
+                f"{self.replicas} replica(s), augmentation in the {'model' if self.augment_in_model else 'input pipeline'}"
+                f"{', deterministic' if self.deterministic else ''}")
 
     @contextlib.contextmanager
     def activate(self) -> Iterator[Any]:
@@ -127,8 +129,10 @@ def resolve_runtime(train: Any, seed: int, gpus: list[Gpu] | None = None) -> Tra
     jit = train.jit_compile
     jit_compile = bool(gpus) if jit == "auto" else jit == "on"
     replicas = len(gpus) if train.multi_gpu and len(gpus) > 1 else 1
+    where = getattr(train, "augment_on", "auto")
     return TrainingRuntime(precision=precision, jit_compile=jit_compile, replicas=replicas,
-                           deterministic=train.deterministic, seed=seed, gpus=tuple(gpus))
+                           deterministic=train.deterministic, seed=seed, gpus=tuple(gpus),
+                           augment_in_model=bool(gpus) if where == "auto" else where == "model")
 
 
 def as_float32(model):

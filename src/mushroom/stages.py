@@ -179,14 +179,18 @@ def _pixels(shard_splits: list, image_size: int) -> np.ndarray:
 
 
 def _training_data(shards_dir: Path, splits_dir, config, seed: int, runtime):
-    """Train and val datasets from shards, batched for the global batch, augmented as configured."""
+    """Train and val datasets from shards, batched for the global batch, augmented as configured.
+
+    With ``runtime.augment_in_model`` the train dataset is not augmented: the training model
+    does it (:func:`mushroom.training.with_augmentation`).
+    """
     from mushroom.datasets import augmentation
     from mushroom.shards import shard_dataset
 
     train, val = _open_shards(shards_dir, splits_dir, ("train", "val"), config.image_size)
     batch = runtime.global_batch(config.batch_size)
-    train_ds = shard_dataset(train, batch, training=True, seed=seed,
-                             augment=augmentation(seed, config.train.augmentation))
+    augment = None if runtime.augment_in_model else augmentation(seed, config.train.augmentation)
+    train_ds = shard_dataset(train, batch, training=True, seed=seed, augment=augment)
     val_ds = shard_dataset(val, batch, training=False, seed=seed)
     return train, train_ds, val_ds, -(-len(train) // batch)
 

@@ -49,11 +49,39 @@ def compile_model(model: keras.Model, learning_rate, label_smoothing: float, jit
     )
 
 
+def with_augmentation(model: keras.Model, strength: str, seed: int) -> keras.Model:
+    """A training model: ``model`` behind the augmentation layers, sharing its layers and weights.
+
+    The random layers run where the model runs (on the GPU, inside the compiled step) and only
+    while training; validation and prediction pass photos through unchanged. The layers are
+    float32 whatever the mixed-precision policy. Fit this model; save :func:`classifier_of` it.
+    """
+    from mushroom.datasets import augmentation
+
+    policy = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        augment = augmentation(seed, strength)
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+    inputs = keras.Input(model.input_shape[1:], name="pixels")
+    trainer = keras.Model(inputs, model(augment(inputs)), name=f"{model.name}_training")
+    trainer.classifier = model
+    return trainer
+
+
+def classifier_of(model: keras.Model) -> keras.Model:
+    """The classifier inside a training model (:func:`with_augmentation`), else ``model`` itself."""
+    return getattr(model, "classifier", model)
+
+
 def _new_model(config: ModelConfig, num_classes: int, hp: Hyperparameters, runtime: TrainingRuntime,
                learning_rate=None) -> keras.Model:
     model = build_model(config.architecture, num_classes, config.image_size, config.weights, hp.dropout)
     if config.weights != "none":
         set_backbone_trainable(model, None)
+    if runtime.augment_in_model:
+        model = with_augmentation(model, config.train.augmentation, runtime.seed)
     compile_model(model, learning_rate or runtime.learning_rate(hp.learning_rate), hp.label_smoothing,
                   runtime.jit_compile)
     return model
@@ -220,7 +248,7 @@ def train_model(
     with runtime.activate():
         model, history = _train_phases(config, num_classes, hp, train_ds, val_ds, runtime,
                                        class_weights(config, train_labels, num_classes), steps_per_epoch)
-    return as_float32(model), history
+    return as_float32(classifier_of(model)), history
 
 
 def _train_phases(config: ModelConfig, num_classes: int, hp: Hyperparameters, train_ds, val_ds,
@@ -253,7 +281,7 @@ def _train_phases(config: ModelConfig, num_classes: int, hp: Hyperparameters, tr
     fit(tc.head_epochs, 1)
     if tc.fine_tune_epochs > 0:
         phase_one_best, phase_one_weights = max(history["val_accuracy"]), _snapshot(model)
-        n = set_backbone_trainable(model, tc.fine_tune_fraction)
+        n = set_backbone_trainable(classifier_of(model), tc.fine_tune_fraction)
         lr = base_lr * tc.fine_tune_lr_factor
         log.info("phase 2 (fine-tune): %d backbone layers trainable, %d epochs at lr %.2g (%s)",
                  n, tc.fine_tune_epochs, lr, tc.lr_schedule)

@@ -327,7 +327,8 @@ def test_the_report_names_the_remedy_that_keeps_most_answers():
     text = remedy_summary(measured(float32=1.0, int8=0.64, int8_io=0.64, int8_head_range=0.98, int8_selective=1.0))
     assert text.startswith("plain full int8 keeps 64.0% of float32's answers; the best int8-only remedy, "
                            "int8_head_range (full integer; the logits'") and text.endswith("keeps 98.0%")
-    assert remedy_summary(measured(float32=1.0, int8=0.9, int8_io=0.9)).endswith("no other int8-only variant keeps more")
+    same = remedy_summary(measured(float32=1.0, int8=0.9, int8_io=0.9))
+    assert same.endswith("no other int8-only variant keeps more")
     assert remedy_summary(measured(float32=1.0)) is None
 
 
@@ -343,8 +344,9 @@ def test_a_recipe_that_does_not_fit_stops_before_quantizing(caffe_net, tmp_path,
     with pytest.raises(variants.RecipeError, match=r"recipe\[1\].*no HARD_SWISH op.*CONV_2D"):
         variants.check_recipe(calibrated, 8, [rule("@logits"), rule("HARD_SWISH")])
     # 4 species: the 99.99th percentile of the logits needs 10,000 values, 8 photos give 32.
-    with pytest.raises(variants.RecipeError, match=r"99.99th percentile .* need at least 10,000 values; 8 representative "
-                                                   r"photos give 32: set quantize.representative_samples to at least 2500"):
+    too_few = (r"99.99th percentile .* need at least 10,000 values; 8 representative photos give 32: "
+               r"set quantize.representative_samples to at least 2500")
+    with pytest.raises(variants.RecipeError, match=too_few):
         variants.check_recipe(calibrated, 8, [rule("@logits", "percentile")])
     assert [len(t) for _, t in variants.check_recipe(calibrated, 8, [rule("ADD", "mse"), rule("conv1_")])][0] == 2
 

@@ -76,8 +76,9 @@ class TrainingRuntime:
 
     def describe(self) -> str:
         devices = ", ".join(g.name for g in self.gpus) or "CPU"
+        augment = "model" if self.augment_in_model else "input pipeline"
         return (f"{devices}; precision {self.precision}, XLA {'on' if self.jit_compile else 'off'}, "
-                f"{self.replicas} replica(s), augmentation in the {'model' if self.augment_in_model else 'input pipeline'}"
+                f"{self.replicas} replica(s), augmentation in the {augment}"
                 f"{', deterministic' if self.deterministic else ''}")
 
     @contextlib.contextmanager

@@ -219,3 +219,23 @@ def test_a_quantize_recipe_adds_int8_recipe_and_bad_recipes_are_named():
                          ({"recipe": [{"tensors": "@logits", "percentile": 100}]}, "percentile")):
         with pytest.raises(ConfigError, match=message):
             parse_model_config({**base, "quantize": bad})
+
+
+def test_readme_stage_table_lists_every_stage_with_its_defaults():
+    """README's "Stage defaults" table is what DEFAULT_STAGES says, one row per stage, in order."""
+    from mushroom.config import DEFAULT_STAGES
+
+    readme = (CONFIGS.parents[1] / "README.md").read_text(encoding="utf-8")
+    head = "| stage | CPU request / limit | memory request / limit | scratch | timeout | retries | caching |"
+    rows = readme.split(head, 1)[1].split("\n\n", 1)[0].strip().splitlines()[1:]
+    table = {}
+    for row in rows:
+        stage, cpu, memory, scratch, timeout, retries, caching = (c.strip() for c in row.strip("|").split("|"))
+        table[stage] = (cpu, memory, scratch, timeout, int(retries), caching.startswith("on"))
+    expected = {
+        stage: (f"{d['cpu_request']} / {d['cpu_limit']}", f"{d['memory_request']} / {d['memory_limit']}",
+                d["scratch_size"], f"{d['timeout_s'] // 3600} h", d.get("retries", 0), d.get("caching", True))
+        for stage, d in DEFAULT_STAGES.items()
+    }
+    assert list(table) == list(expected)
+    assert table == expected

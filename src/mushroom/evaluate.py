@@ -491,7 +491,8 @@ def evaluate_predictions(test_labels: np.ndarray, test_probs: dict[str, np.ndarr
                          val_labels: np.ndarray, val_probs: dict[str, np.ndarray],
                          latency: dict[str, dict] | None = None, target: float = DEFAULT_TARGET,
                          open_set: OpenSetInputs | None = None,
-                         data_source: dict[str, Any] | None = None) -> Evaluation:
+                         data_source: dict[str, Any] | None = None,
+                         backbone_weights: dict[str, Any] | None = None) -> Evaluation:
     """The evaluation of every variant; see the module docstring for what it holds.
 
     Args:
@@ -503,6 +504,7 @@ def evaluate_predictions(test_labels: np.ndarray, test_probs: dict[str, np.ndarr
         target: The dangerous-as-edible rate allowed on the validation split.
         open_set: Negatives and their probabilities: fits and measures the open-set answer.
         data_source: What the model was trained on (the bundle's ``provenance.data``).
+        backbone_weights: Where its backbone's weights came from (``provenance.backbone_weights``).
     """
     catalog = bundle.catalog
     evaluated = {}
@@ -523,6 +525,7 @@ def evaluate_predictions(test_labels: np.ndarray, test_probs: dict[str, np.ndarr
         variants=evaluated)
     if data_source is not None:
         evaluation.data_source = data_source
+    evaluation.backbone_weights = backbone_weights
     evaluation.warnings = split_warnings(val_labels, catalog, target)
     for warning in evaluation.warnings:
         log.warning("evaluate: %s", warning)
@@ -574,6 +577,8 @@ def calibration_file(evaluation: Evaluation) -> dict[str, Any]:
                           "not_edible_below": p.not_edible_below}
         if v.open_set is not None:
             variants[name]["open_set"] = {**v.open_set.rule, "fitted_on": v.open_set.fitted_on}
+            if v.open_set.unknown_check is not None:
+                variants[name]["open_set"]["unknown_check"] = v.open_set.unknown_check.model_dump(mode="json")
     return {"schema_version": CALIBRATION_SCHEMA_VERSION,
             "variants": variants,
             "target_dangerous_as_edible": evaluation.target_dangerous_as_edible,
@@ -585,7 +590,8 @@ def calibration_file(evaluation: Evaluation) -> dict[str, Any]:
 _NOT_FLAT = frozenset({"roc_curve", "risk_coverage", "reliability", "per_species", "confusion_matrix",
                        "most_confused", "verdicts", "bins", "target", "photos", "edible_photos",
                        "dangerous_photos", "deadly_photos", "num_threads", "runs", "warmup", "folds",
-                       "fitted", "histogram", "rule", "fitted_on", "score_choice", "known_kept", "test_photos"})
+                       "fitted", "histogram", "rule", "fitted_on", "score_choice", "known_kept", "test_photos",
+                       "score_constraint", "min_auroc"})
 
 
 def flatten_metrics(evaluation: Evaluation) -> dict[str, float]:

@@ -255,6 +255,19 @@ class OpenSetGroup(_Model):
     refused_gate_on: float
 
 
+class OpenSetCheck(_Model):
+    """Whether the open-set rule ships: its score on unknown species, against validation photos."""
+
+    checked: bool  # False: no unknown-species photos to check on (the rule ships unchecked)
+    shipped: bool  # the rule has a threshold identify applies
+    kinds: list[str]  # the held-out unknown taxa (those chosen on where none is held out)
+    photos: int
+    auroc: float | None
+    interval: list[float] | None  # 95% Hanley-McNeil interval of the AUROC
+    min_auroc: float
+    reason: str  # one line: why it ships, does not, or was not checked
+
+
 class OpenSetMetrics(_Model):
     """The open-set answer of one variant: the score chosen, its threshold and what it refuses."""
 
@@ -262,7 +275,10 @@ class OpenSetMetrics(_Model):
     threshold: float | None
     known_kept: float
     fallback: str | None
-    score_choice: dict[str, float | None]  # mean AUROC of each score on the fitting kinds (validation)
+    score_choice: dict[str, float | None]  # AUROC of each score on the kinds ranked on (fitted_on.ranked_on)
+    # AUROC of each score on the fitting real non-mushroom photos, the choice's second constraint
+    score_constraint: dict[str, float | None] | None = None
+    unknown_check: OpenSetCheck | None = None  # absent: evaluated before the check existed
     fitted_on: dict[str, Any]
     val_refused: float
     test_photos: int
@@ -328,6 +344,7 @@ class Evaluation(_Model):
     variants: dict[str, VariantEvaluation]
     warnings: list[str] | None = None  # what the validation split is too small to support
     data_source: dict[str, Any] | None = None  # what the model was trained on (bundle provenance)
+    backbone_weights: dict[str, Any] | None = None  # where the backbone's starting weights came from
     latency_settings: LatencySettings | None = None
     int8_vs_float32: Int8VsFloat32 | None = None
 

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from mushroom.backbones import describe_weights
 from mushroom.bundle import LABELS, METADATA, Bundle, BundleError, read_bundle
 from mushroom.fileio import write_text_atomic
 from mushroom.openset import OpenSetRule
@@ -332,6 +333,7 @@ class Identifier:
         self.variant = variant or bundle.default_variant
         self.policy: Policy = bundle.policy(self.variant)
         self.quality_gate = quality_gate
+        self._open_set_off = not open_set
         if not (math.isfinite(self.policy.temperature) and self.policy.temperature > 0):
             raise BundleError(f"bundle {bundle.root}: calibration temperature {self.policy.temperature} "
                               f"of variant {self.variant!r} is not a positive number")
@@ -378,6 +380,22 @@ class Identifier:
         """The bundle's model was trained on synthetic drawings (its provenance says so)."""
         return bundle_data_source(self.bundle.metadata).get("source") == "synthetic"
 
+    @property
+    def open_set_unavailable(self) -> str | None:
+        """Why this bundle cannot answer "not one of the species this model knows" (None: it can).
+
+        The reason the evaluate stage recorded (e.g. its score could not tell held-out unknown
+        species apart), or that the bundle has no rule, or that it is switched off.
+        """
+        rule = self.open_set
+        if rule is not None and rule.threshold is not None:
+            return None
+        if self._open_set_off:
+            return "switched off for this run"
+        if rule is None:
+            return f"its calibration has no open-set rule for the {self.variant} variant"
+        return rule.fallback or "no open-set threshold was fitted"
+
     def describe(self) -> dict[str, Any]:
         """The bundle, variant, data source and policy in use (for reports)."""
         meta = self.bundle.metadata
@@ -394,6 +412,7 @@ class Identifier:
             "synthetic_banner": SYNTHETIC_BANNER if self.synthetic else None,
             "policy": self.policy.to_dict(),
             "open_set": None if rule is None else {k: v for k, v in rule.to_dict().items() if k != "prototypes"},
+            "open_set_check": {"available": self.open_set_unavailable is None, "reason": self.open_set_unavailable},
             "quality_gate": self.quality_gate,
         }
 
@@ -602,10 +621,14 @@ def format_header(identifier: Identifier, verbose: bool = False) -> str:
         f"model:  {d['model_name']} ({d['architecture']}, {d['variant']}, {d['image_size']} px); {known}",
         describe_source(d["data_source"]),
     ]
+    weights = (identifier.bundle.metadata.get("provenance") or {}).get("backbone_weights")
+    if weights:
+        lines.append(describe_weights(weights))
     rule = identifier.open_set
-    if rule is None or rule.threshold is None:
-        lines.append("note: this bundle cannot tell unknown species apart: a photo of any other species is "
-                     "answered as one of these")
+    unavailable = identifier.open_set_unavailable
+    if unavailable is not None:
+        lines.append(f"note: the open-set check is unavailable for this bundle, so a photo of any other species is "
+                     f"answered as one of these: {unavailable}")
     if verbose:
         policy = identifier.policy
         threshold = ("never says 'edible' (no fitted threshold)" if policy.edible_threshold is None

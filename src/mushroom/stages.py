@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mushroom import backbones
 from mushroom.config import DatasetConfig, SplitConfig, parse_model_config
 from mushroom.fileio import read_json, write_json_atomic, write_text_atomic
 from mushroom.manifest import SPLIT_NAMES, read_dataset_catalog, read_manifest, write_splits
@@ -291,7 +292,10 @@ def quantize(dataset_dir, splits_dir, model_dir, model_config: dict[str, Any], s
         image = {key: os.environ[var] for key, var in IMAGE_ENV.items() if os.environ.get(var)}
         dataset_config = read_json(Path(dataset_dir) / "dataset.json").get("config")
         run_config = {"seed": seed, "dataset": dataset_config, "model": config.model_dump(mode="json")}
-        extra["provenance"] = build_provenance(dataset_dir, splits_dir, run_config, {"image": image} if image else None)
+        extra["provenance"] = build_provenance(
+            dataset_dir, splits_dir, run_config,
+            {"backbone_weights": backbones.weights_provenance(config.architecture, config.weights),
+             **({"image": image} if image else {})})
         write_bundle(out_dir, models, train_split.catalog, config.model_dump(), extra,
                      default_variant=report["chosen"])
         write_json_atomic(out_dir / "quantization_report.json", report)
@@ -400,7 +404,7 @@ def evaluate(dataset_dir, splits_dir, model_dir, bundle_dir, out_dir: str | Path
             _gate(images[n_val:], test_shards.photo_sizes), features=feature_inputs)
         data_source = bundle.provenance.get("data") or _dataset_source(dataset_dir)
         result = evaluate_predictions(test.labels, test_probs, bundle, val.labels, val_probs, latency, target,
-                                      open_set, data_source)
+                                      open_set, data_source, bundle.provenance.get("backbone_weights"))
         path = write_evaluation(result, out_dir)
         np.savez_compressed(out_dir / "predictions.npz", labels=test.labels, **test_probs,
                             val_labels=val.labels, **{f"val_{k}": p for k, p in val_probs.items()})

@@ -154,7 +154,17 @@ def settings_line(evaluation: Evaluation, shipped_variant: str | None = None) ->
 
 
 def data_source_line(evaluation: Evaluation) -> str:
-    """What the model was trained on, in one sentence; plain when it is synthetic."""
+    """What the model was trained on, in one sentence, and where its backbone's weights came from."""
+    line = _trained_on(evaluation)
+    if evaluation.backbone_weights:
+        from mushroom.backbones import describe_weights
+
+        weights = describe_weights(evaluation.backbone_weights)
+        line += f" {weights[0].upper()}{weights[1:]}."
+    return line
+
+
+def _trained_on(evaluation: Evaluation) -> str:
     source = (evaluation.data_source or {}).get("source")
     if source is None:
         return "Data source: not recorded."
@@ -189,6 +199,19 @@ def openset_table(evaluation: Evaluation) -> Table:
                          pct(k.refused_gate_off), pct(k.refused_gate_on), pct(k.named_as_known),
                          pct(k.named_edible_share)])
     return Table(header, rows)
+
+
+def openset_check_line(evaluation: Evaluation, shipped_variant: str | None = None) -> str | None:
+    """Whether the variant identify uses ships an open-set rule, and why, in one sentence.
+
+    None when that variant has no open-set figures or was evaluated before the unknown-species
+    check existed.
+    """
+    key = evaluation.shown_variant(shipped_variant)
+    o = evaluation.variants[key].open_set
+    if o is None or o.unknown_check is None:
+        return None
+    return f"Open-set check ({key}, used by identify): {o.unknown_check.reason}."
 
 
 def openset_groups_table(evaluation: Evaluation) -> Table:

@@ -5,11 +5,12 @@ from components.image import IMAGE
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def prepare_shards(dataset: Input[Dataset], splits: Input[Dataset], model_configs: list, shards: Output[Dataset],
-                   metrics: Output[Metrics]):
-    """Decode every photo once for every model input size of the run into checksummed shards."""
+def prepare_shards(dataset: Input[Dataset], splits: Input[Dataset], model_configs: list, seed: int,
+                   shards: Output[Dataset], metrics: Output[Metrics]):
+    """Decode every photo once for every model input size of the run into checksummed shards, and
+    cache the pooled features of every frozen pretrained backbone beside them."""
     from mushroom import console, stages
 
     console.setup_stage_logging("prepare")
-    for key, value in stages.prepare(dataset.path, splits.path, model_configs, shards.path).items():
+    for key, value in stages.prepare(dataset.path, splits.path, model_configs, shards.path, seed).items():
         metrics.log_metric(key, value)

@@ -102,7 +102,7 @@ def _compose(schedule, dataset_config, model_configs, split_config, seed, publis
     dataset, splits = acquire.outputs["dataset"], split.outputs["splits"]
     # Every photo decoded once, for every model input size of the run; tune, train, quantize and
     # evaluate read these.
-    prepare = prepare_shards(dataset=dataset, splits=splits, model_configs=model_configs)
+    prepare = prepare_shards(dataset=dataset, splits=splits, model_configs=model_configs, seed=seed)
     schedule(prepare, "prepare")
     shards = prepare.outputs["shards"]
 

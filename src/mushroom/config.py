@@ -238,6 +238,12 @@ class TrainConfig(_Strict):
     augmentation: Literal["basic", "strong"] = Field(
         "basic", description="strong: RandAugment (2 ops, magnitude 0.5) on top of the basic flips, rotation, "
                              "zoom and contrast")
+    head_features: Literal["cached", "pixels"] = Field(
+        "cached", description="with weights: imagenet, the head phase and tune trials train on pooled features "
+                              "the prepare stage computed once per photo and augmented view (cached); pixels: "
+                              "run the frozen backbone every epoch")
+    feature_views: int = Field(4, ge=1, le=32, description="cached features per train photo: the photo and "
+                                                           "feature_views - 1 fixed augmentations of it")
     # Where it runs (mushroom.runtime); nothing changes without a GPU.
     augment_on: Literal["auto", "data", "model"] = Field(
         "auto", description="where augmentation runs: data (tf.data, on the CPU), model (the training model's "

@@ -81,6 +81,24 @@ def build_model(
     return model
 
 
+def build_feature_extractor(architecture: str, image_size: int, weights: str = "imagenet") -> keras.Model:
+    """0-255 pixels -> the pooled features of the backbone in inference mode: what
+    :func:`build_model`'s classifier head reads, and what :mod:`mushroom.features` caches."""
+    spec = backbones.get(architecture)
+    backbone = _backbone(architecture, image_size, "imagenet" if weights == "imagenet" else None)
+    inputs = keras.Input((image_size, image_size, 3), name="pixels")
+    x = spec.preprocessing()(inputs) if spec.preprocessing is not None else inputs
+    return keras.Model(inputs, backbone(x, training=False), name=f"{architecture.replace('-', '_')}_features")
+
+
+def feature_head(model: keras.Model) -> keras.Model:
+    """The classifier's head alone, features -> probabilities, sharing its layers and weights:
+    training it trains ``model``'s head (the head phase on cached features)."""
+    classifier = model.get_layer("probabilities")
+    inputs = keras.Input((classifier.input.shape[-1],), name="features")
+    return keras.Model(inputs, classifier(model.get_layer("dropout")(inputs)), name=f"{model.name}_head")
+
+
 def set_backbone_trainable(model: keras.Model, fraction: float | None) -> int:
     """Freeze the backbone (``fraction=None``) or unfreeze its top ``fraction`` of layers.
 

@@ -116,13 +116,21 @@ def split(dataset_dir: str | Path, split_config: dict[str, Any], seed: int, out_
     return {name: sum(r.split == name for r in result) for name in SPLIT_NAMES}
 
 
-def prepare(dataset_dir, splits_dir, model_configs: list[dict[str, Any]], out_dir: str | Path) -> dict[str, float]:
-    """Decode every photo once for every distinct model input size into shards (:mod:`mushroom.shards`)."""
+def prepare(dataset_dir, splits_dir, model_configs: list[dict[str, Any]], out_dir: str | Path,
+            seed: int = 42) -> dict[str, float]:
+    """Decode every photo once for every distinct model input size into shards (:mod:`mushroom.shards`),
+    and compute the pooled features of every configuration whose head phase reads them
+    (:mod:`mushroom.features`)."""
+    from mushroom.features import prepare_features, uses_cached_features
     from mushroom.shards import prepare_shards
 
-    sizes = sorted({parse_model_config(m).image_size for m in model_configs})
+    configs = [parse_model_config(m) for m in model_configs]
+    sizes = sorted({c.image_size for c in configs})
     with _timed(f"prepare sizes {sizes}"):
         manifest = prepare_shards(dataset_dir, splits_dir, out_dir, sizes)
+        for config in configs:
+            if uses_cached_features(config):
+                prepare_features(out_dir, splits_dir, config, seed)
     return {"photos": float(sum(s["count"] for s in manifest["splits"].values())), "sizes": float(len(sizes)),
             "megabytes": sum(f["bytes"] for f in manifest["files"].values()) / 1e6}
 
@@ -179,6 +187,25 @@ def _pixels(shard_splits: list, image_size: int) -> np.ndarray:
     return images
 
 
+def _head_data(shards_dir: Path, splits_dir, config, seed: int, runtime, train, val) -> tuple | None:
+    """The head phase's datasets of cached features, or None where it reads pixels. Without
+    features from the prepare stage (a stage run by itself), they are computed here."""
+    from mushroom.features import feature_datasets, load_features, prepare_features, uses_cached_features
+
+    if not uses_cached_features(config):
+        return None
+    train_features = load_features(shards_dir, config, seed, "train")
+    if train_features is None:
+        log.info("no cached features of %s beside the shards: computing them now", config.model_name)
+        prepare_features(shards_dir, splits_dir, config, seed)
+        train_features = load_features(shards_dir, config, seed, "train")
+    val_features = load_features(shards_dir, config, seed, "val")
+    log.info("head phase on cached features: %d train photos x %d views, %d val photos, %d features",
+             train_features.shape[1], train_features.shape[0], val_features.shape[1], train_features.shape[2])
+    return feature_datasets(train_features, train.labels, val_features, val.labels, train.num_classes,
+                            runtime.global_batch(config.batch_size), seed)
+
+
 def _training_data(shards_dir: Path, splits_dir, config, seed: int, runtime):
     """Train and val datasets from shards, batched for the global batch, augmented as configured.
 
@@ -215,8 +242,13 @@ def tune(dataset_dir, splits_dir, model_config: dict[str, Any], seed: int, out_d
         with _shards(dataset_dir, splits_dir, config.image_size, shards_dir) as shards, \
                 tempfile.TemporaryDirectory(prefix="mushroom-tuner-") as work:
             train, train_ds, val_ds, _ = _training_data(shards, splits_dir, config, seed, runtime)
+            head_data = _head_data(shards, splits_dir, config, seed, runtime, train,
+                                   _open_shards(shards, splits_dir, ("val",), config.image_size)[0])
+            if head_data is not None:
+                train_ds, val_ds = head_data
             hp, trials = tune_hyperparameters(config, train.num_classes, train_ds, val_ds, work, seed, runtime,
-                                              train.labels)
+                                              train.labels, None if head_data is None else
+                                              int(train_ds.element_spec[0].shape[-1]))
         write_json_atomic(out_dir / HYPERPARAMETERS, hp.to_dict())
         write_json_atomic(out_dir / "trials.json", trials)
     return {**hp.to_dict(), "best_val_accuracy": max(t["score"] or 0.0 for t in trials)}
@@ -242,8 +274,10 @@ def train(dataset_dir, splits_dir, hyperparameters_dir, model_config: dict[str, 
         with _shards(dataset_dir, splits_dir, config.image_size, shards_dir) as shards:
             train_split, train_ds, val_ds, steps = _training_data(shards, splits_dir, config, seed, runtime)
             log.info("train: %d train photos, %d classes, %s", len(train_split), train_split.num_classes, hp)
+            head_data = _head_data(shards, splits_dir, config, seed, runtime, train_split,
+                                   _open_shards(shards, splits_dir, ("val",), config.image_size)[0])
             model, history = train_model(config, train_split.num_classes, hp, train_ds, val_ds, runtime,
-                                         train_split.labels, steps, seed)
+                                         train_split.labels, steps, seed, head_data)
         tmp = out_dir / f".tmp-{KERAS_MODEL}"
         model.save(tmp)
         tmp.replace(out_dir / KERAS_MODEL)

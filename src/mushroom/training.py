@@ -1,7 +1,8 @@
 """Hyperparameter search (keras-tuner) and two-phase training.
 
 Phase one trains the head with the backbone frozen (with pretrained weights; a model
-trained from scratch trains everything). Phase two unfreezes the top part of the backbone
+trained from scratch trains everything); given cached features (:mod:`mushroom.features`), it
+and every tune trial train the head alone on them instead of running the backbone each epoch. Phase two unfreezes the top part of the backbone
 at a lower learning rate. Both use early stopping with the best weights restored.
 """
 
@@ -16,7 +17,7 @@ import keras
 import numpy as np
 
 from mushroom.config import ModelConfig
-from mushroom.models import build_model, set_backbone_trainable
+from mushroom.models import build_model, feature_head, set_backbone_trainable
 from mushroom.runtime import TrainingRuntime, as_float32, resolve_runtime
 
 log = logging.getLogger(__name__)
@@ -160,14 +161,24 @@ class LearningRateLog(keras.callbacks.Callback):
             logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
 
 
+def _head_only(num_classes: int, feature_dim: int, dropout: float) -> keras.Model:
+    """Phase one's trainable part on its own: features -> dropout -> softmax (a tune trial)."""
+    inputs = keras.Input((feature_dim,), name="features")
+    x = keras.layers.Dropout(dropout, name="dropout")(inputs)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name="probabilities", dtype="float32")(x)
+    return keras.Model(inputs, outputs, name="head")
+
+
 def tune_hyperparameters(
     config: ModelConfig, num_classes: int, train_ds, val_ds, work_dir: str | Path, seed: int = 42,
-    runtime: TrainingRuntime | None = None, train_labels: np.ndarray | None = None,
+    runtime: TrainingRuntime | None = None, train_labels: np.ndarray | None = None, feature_dim: int | None = None,
 ) -> tuple[Hyperparameters, list[dict]]:
     """Search learning rate, dropout and label smoothing with keras-tuner.
 
     Each trial trains phase one for ``config.tune.epochs`` epochs; the objective is
-    validation accuracy. The budget is ``config.tune.max_trials``.
+    validation accuracy. The budget is ``config.tune.max_trials``. With ``feature_dim``, the
+    datasets hold cached features (:func:`mushroom.features.feature_datasets`) and each trial
+    trains the head alone: the same phase one, without running the frozen backbone.
 
     Returns:
         The best hyperparameters and one summary row per trial.
@@ -182,6 +193,11 @@ def tune_hyperparameters(
             dropout=hp.Float("dropout", t.dropout[0], t.dropout[1]),
             label_smoothing=hp.Float("label_smoothing", t.label_smoothing[0], t.label_smoothing[1]),
         )
+        if feature_dim is not None:
+            head = _head_only(num_classes, feature_dim, chosen.dropout)
+            compile_model(head, runtime.learning_rate(chosen.learning_rate), chosen.label_smoothing,
+                          runtime.jit_compile)
+            return head
         return _new_model(config, num_classes, chosen, runtime)
 
     class Search(kt.RandomSearch):
@@ -225,7 +241,7 @@ def tune_hyperparameters(
 def train_model(
     config: ModelConfig, num_classes: int, hp: Hyperparameters, train_ds, val_ds,
     runtime: TrainingRuntime | None = None, train_labels: np.ndarray | None = None,
-    steps_per_epoch: int | None = None, seed: int = 42,
+    steps_per_epoch: int | None = None, seed: int = 42, head_data: tuple | None = None,
 ) -> tuple[keras.Model, dict[str, list[float]]]:
     """Train in two phases; return the model (best weights restored, float32) and the history.
 
@@ -241,18 +257,22 @@ def train_model(
         train_labels: Class index of every training photo (for ``class_weights: balanced``).
         steps_per_epoch: Batches per epoch (for ``lr_schedule: cosine`` and warm-up).
         seed: The run's seed (determinism).
+        head_data: ``(train, val)`` datasets of cached features and one-hot labels
+            (:func:`mushroom.features.feature_datasets`): phase one trains the head on them.
     """
     tc = config.train
     runtime = runtime or resolve_runtime(tc, seed)
     log.info("train %s on %s", config.model_name, runtime.describe())
     with runtime.activate():
         model, history = _train_phases(config, num_classes, hp, train_ds, val_ds, runtime,
-                                       class_weights(config, train_labels, num_classes), steps_per_epoch)
+                                       class_weights(config, train_labels, num_classes), steps_per_epoch,
+                                       head_data)
     return as_float32(classifier_of(model)), history
 
 
 def _train_phases(config: ModelConfig, num_classes: int, hp: Hyperparameters, train_ds, val_ds,
-                  runtime: TrainingRuntime, weights: dict[int, float] | None, steps_per_epoch: int | None):
+                  runtime: TrainingRuntime, weights: dict[int, float] | None, steps_per_epoch: int | None,
+                  head_data: tuple | None = None):
     tc = config.train
     base_lr = runtime.learning_rate(hp.learning_rate)
     model = _new_model(config, num_classes, hp, runtime,
@@ -261,24 +281,30 @@ def _train_phases(config: ModelConfig, num_classes: int, hp: Hyperparameters, tr
 
     total = tc.head_epochs + tc.fine_tune_epochs
 
-    def fit(epochs: int, phase: int) -> None:
+    def fit(epochs: int, phase: int, trained=None, data=(train_ds, val_ds)) -> None:
         stop = keras.callbacks.EarlyStopping(
             monitor="val_accuracy", mode="max", patience=tc.patience, restore_best_weights=True, verbose=1
         )
         start = time.monotonic()
         # Epochs count across both phases: phase 2 starts at head_epochs + 1 even when phase 1 stopped early.
         progress = EpochLog(total, suffix=f" (phase {phase})", first_epoch=0 if phase == 1 else tc.head_epochs)
-        result = model.fit(train_ds, validation_data=val_ds, epochs=epochs, verbose=0, class_weight=weights,
-                           callbacks=[LearningRateLog(), stop, progress])
+        result = (trained or model).fit(data[0], validation_data=data[1], epochs=epochs, verbose=0,
+                                        class_weight=weights, callbacks=[LearningRateLog(), stop, progress])
         for key, values in result.history.items():
             history.setdefault(key, []).extend(float(v) for v in values)
         history.setdefault("phase", []).extend([phase] * len(result.history["loss"]))
         log.info("phase %d: %d epochs in %.0fs, best val_accuracy %.3f", phase,
                  len(result.history["loss"]), time.monotonic() - start, max(result.history["val_accuracy"]))
 
-    log.info("phase 1 (%s): %d epochs at lr %.2g (%s)", "head" if config.weights != "none" else "from scratch",
-             tc.head_epochs, base_lr, tc.lr_schedule)
-    fit(tc.head_epochs, 1)
+    kind = "from scratch" if config.weights == "none" else "head on cached features" if head_data else "head"
+    log.info("phase 1 (%s): %d epochs at lr %.2g (%s)", kind, tc.head_epochs, base_lr, tc.lr_schedule)
+    if head_data is not None:
+        head = feature_head(classifier_of(model))
+        compile_model(head, learning_rate_schedule(config, base_lr, tc.head_epochs, steps_per_epoch),
+                      hp.label_smoothing, runtime.jit_compile)
+        fit(tc.head_epochs, 1, head, head_data)
+    else:
+        fit(tc.head_epochs, 1)
     if tc.fine_tune_epochs > 0:
         phase_one_best, phase_one_weights = max(history["val_accuracy"]), _snapshot(model)
         n = set_backbone_trainable(classifier_of(model), tc.fine_tune_fraction)

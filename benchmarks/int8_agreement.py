@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mushroom import backbones, variants
+from mushroom import backbones, export, variants
 from mushroom.policy import NOT_EDIBLE, Policy
 from mushroom.tflite import TFLiteClassifier, measure_latency
 
@@ -246,7 +246,7 @@ def _equalized(variant: str) -> Callable:
         after = model.predict(representative[:16].astype(np.float32), verbose=0)
         if np.abs(before - after).max() > 1e-3:
             raise RuntimeError(f"equalization changed the float model (max difference {np.abs(before - after).max()})")
-        folded, _ = backbones.fold_preprocessing(model)
+        folded, _ = export.fold_preprocessing(model)
         path = export_saved_model(folded, Path(saved["tmp"]) / f"equalized-{variant}")
         out, _ = next(iter(variants.get(variant).build(variants.BuildInputs(path, representative))))
         return out
@@ -308,7 +308,7 @@ def _head_qat(epochs: int = 60) -> Callable:
         tuned = keras.models.clone_model(model)
         tuned.set_weights(model.get_weights())
         tuned.get_layer("probabilities").set_weights([np.asarray(w) for w in student.layers[1].get_weights()])
-        folded, _ = backbones.fold_preprocessing(tuned)
+        folded, _ = export.fold_preprocessing(tuned)
         path = export_saved_model(folded, Path(saved["tmp"]) / "head-qat")
         tuned_calibrated = variants.calibrate(variants.BuildInputs(path, representative))
         same = {variants.head_tensors(tuned_calibrated).logits: (lo, hi),
@@ -386,7 +386,7 @@ def run(arch: str, seed: int, args, data, cache: Path) -> dict[str, dict]:
     if not wanted:
         return results
     model = _trained(arch, seed, images[:n_train], labels[:n_train], args.size, args.epochs, cache)
-    folded, _ = backbones.fold_preprocessing(model)
+    folded, _ = export.fold_preprocessing(model)
     val, val_labels = images[n_train:], labels[n_train:]
     representative = images[:n_train][: args.representative]
     with tempfile.TemporaryDirectory() as tmp:

@@ -8,6 +8,8 @@ import threading
 
 import pytest
 
+from tests.helpers import TINY_MODEL
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("WANDB_MODE", "disabled")
 
@@ -28,20 +30,6 @@ def small_dataset(tmp_path_factory):
     stages.acquire(config, 7, root / "dataset")
     stages.split(root / "dataset", {"train": 0.6, "val": 0.2, "test": 0.2}, 7, root / "splits")
     return root / "dataset", root / "splits"
-
-
-TINY_MODEL = {
-    "model_name": "tiny-mobilenet",
-    "architecture": "mobilenetv3-large",
-    "image_size": 48,
-    "weights": "none",
-    "batch_size": 16,
-    "tune": {"max_trials": 1, "epochs": 1, "learning_rate": [0.003, 0.003], "dropout": [0.0, 0.0],
-             "label_smoothing": [0.0, 0.0]},
-    "train": {"head_epochs": 15, "fine_tune_epochs": 0, "patience": 15},  # learns: val top-1 ~0.8
-    # The strictest choice: the answer users get must match float32 on every validation photo.
-    "quantize": {"representative_samples": 200, "tolerance_points": 0.0, "min_agreement": 1.0},
-}
 
 
 @pytest.fixture(scope="session")

@@ -198,7 +198,7 @@ def test_dockerfile_base_image_is_a_build_argument(dockerfile):
 
 
 def test_wheelhouse_is_in_the_build_context_but_not_in_git():
-    from tests.test_deploy_files import dockerignore_excludes, dockerignore_patterns
+    from tests.helpers import dockerignore_excludes, dockerignore_patterns
 
     patterns = dockerignore_patterns()
     assert not dockerignore_excludes(patterns, "images/wheelhouse/tensorflow_cpu-2.21.0-cp311-cp311.whl")
@@ -235,7 +235,7 @@ def test_base_image_script_names_the_packages_debootstrap_cannot_resolve():
 def test_quantize_records_the_image_it_ran_in(trained_run, tmp_path, monkeypatch):
     from mushroom import stages, variants
     from mushroom.bundle import read_bundle
-    from tests.conftest import TINY_MODEL
+    from tests.helpers import TINY_MODEL
 
     assert "image" not in read_bundle(trained_run["bundle"]).metadata["provenance"]  # no runner said
     for key, var in stages.IMAGE_ENV.items():

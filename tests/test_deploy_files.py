@@ -19,6 +19,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from tests.helpers import dockerignore_excludes, dockerignore_patterns
+
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = ROOT / "images"
 MANIFESTS = ROOT / "manifests"
@@ -156,50 +158,6 @@ def dockerfile_images(path: Path) -> list[str]:
                 if source not in stages and not source.isdigit():
                     images.append(source)
     return images
-
-
-def dockerignore_excludes(patterns: list[str], path: str) -> bool:
-    """Docker's .dockerignore rule: the last matching pattern wins; a pattern that matches a
-    folder also matches everything inside it; ``!`` re-includes."""
-
-    def to_regex(pattern: str) -> re.Pattern:
-        out, i = "", 0
-        while i < len(pattern):
-            if pattern.startswith("**/", i):
-                out, i = out + "(?:.*/)?", i + 3
-            elif pattern.startswith("**", i):
-                out, i = out + ".*", i + 2
-            elif pattern[i] == "*":
-                out, i = out + "[^/]*", i + 1
-            elif pattern[i] == "?":
-                out, i = out + "[^/]", i + 1
-            elif pattern[i] == "[":
-                end = pattern.index("]", i)
-                out, i = out + pattern[i : end + 1], end + 1
-            else:
-                out, i = out + re.escape(pattern[i]), i + 1
-        return re.compile(out)
-
-    parts = path.split("/")
-    candidates = ["/".join(parts[: n + 1]) for n in range(len(parts))]
-    excluded = False
-    for pattern in patterns:
-        negate = pattern.startswith("!")
-        cleaned = pattern[1:] if negate else pattern
-        cleaned = cleaned.strip().strip("/")
-        if not cleaned:
-            continue
-        regex = to_regex(cleaned)
-        if any(regex.fullmatch(c) for c in candidates):
-            excluded = not negate
-    return excluded
-
-
-def dockerignore_patterns() -> list[str]:
-    path = ROOT / ".dockerignore"
-    assert path.is_file(), ".dockerignore is missing at the repository root (the build context)"
-    lines = (line.strip() for line in path.read_text(encoding="utf-8").splitlines())
-    return [line for line in lines if line and not line.startswith("#")]
 
 
 # --------------------------------------------------------------------------- Dockerfiles

@@ -18,7 +18,7 @@ from mushroom import identify as identify_module
 from mushroom.bundle import BundleError
 from mushroom.identify import resolve_bundle
 from mushroom.publish import publish_run
-from tests.test_publish import make_run_folders, relative_files, run
+from tests.helpers import make_run_folders, relative_files, run
 
 
 @pytest.fixture

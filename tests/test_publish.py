@@ -12,7 +12,6 @@ import base64
 import hashlib
 import json
 import logging
-import os
 import random
 import threading
 import time
@@ -39,34 +38,10 @@ from mushroom.publish import (
     run_folder_name,
 )
 from mushroom.storage import GcsStore, LocalStore, StorageError, check_key, check_writable
+from tests.helpers import LARGE_SIZE, T0, make_run_folders, relative_files, run
 
-# Above google-cloud-storage's 8 MiB multipart limit, so the resumable upload path runs too.
-LARGE_SIZE = 9 * 1024 * 1024
 GOLDEN = Path(__file__).parent / "golden" / "evaluation.json"
-T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 UI_NAME = "Run of quantized-mushroom (1a2b3)"
-
-
-def run(name: str = "run", job_id: str = "001", minutes: float = 0) -> RunIdentity:
-    """A run created ``minutes`` after T0; ``run("run", "001")`` lands in folder ``run-001``."""
-    return RunIdentity(name, job_id, T0 + timedelta(minutes=minutes))
-
-
-def make_run_folders(root: Path, *, label: str = "v1", large: bool = False) -> tuple[Path, Path]:
-    """A small bundle (nested files) and evaluation folder; ``label`` changes labels.json."""
-    bundle = root / "bundle"
-    evaluation = root / "evaluation"
-    (bundle / "extra").mkdir(parents=True)
-    evaluation.mkdir(parents=True)
-    (bundle / "model_int8.tflite").write_bytes(bytes(range(256)) * 64)
-    (bundle / "labels.json").write_text(f'["amanita_muscaria", "boletus_edulis", "{label}"]\n')
-    (bundle / "metadata.json").write_text('{"architecture": "efficientnetv2-b0", "input_size": 224}\n')
-    (bundle / "extra" / "species.csv").write_text("taxon_id,scientific_name\n48715,Amanita muscaria\n")
-    if large:
-        (bundle / "model_float32.tflite").write_bytes(os.urandom(LARGE_SIZE))
-    (evaluation / "metrics.json").write_text('{"top1": 0.81, "top5": 0.95}\n')
-    (evaluation / "report.md").write_text("# Evaluation\n\nAll good.\n")
-    return bundle, evaluation
 
 
 def make_gated_run(root: Path, *, top1: float = 0.8, dangerous: float | None = 0.0) -> tuple[Path, Path]:
@@ -86,12 +61,6 @@ def make_gated_run(root: Path, *, top1: float = 0.8, dangerous: float | None = 0
 
 def gate_for(folders: tuple[Path, Path], **settings) -> PromotionGate:
     return PromotionGate(PromotionGateConfig(**settings), *folders)
-
-
-def relative_files(folder: Path) -> dict[str, bytes]:
-    return {
-        p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
-    }
 
 
 def gcs_crc32c(data: bytes) -> str:

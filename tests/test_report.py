@@ -11,14 +11,13 @@ import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 
 from mushroom import variants as registry
-from mushroom.evaluation import Evaluation, read_evaluation
+from mushroom.evaluation import read_evaluation
 from mushroom.report import SECTIONS, focus_variants, write_comparison_report, write_report
-from mushroom.species import load_catalog
+from tests.helpers import copy_evaluation, synthetic_evaluation
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -64,43 +63,6 @@ def assert_embedded_pngs(page: _Page, expected: int) -> None:
         assert image.width >= 400 and image.height >= 300
         # Not a blank canvas: a plot has many distinct colours.
         assert len(image.convert("RGB").getcolors(maxcolors=1 << 20) or []) > 20
-
-
-def synthetic_evaluation(tmp_path: Path, n_classes: int = 12, seed: int = 0,
-                         extra_variant: str | None = None) -> Evaluation:
-    """An evaluation of made-up predictions (no TensorFlow) over real catalog species.
-
-    ``extra_variant``: a registered variant evaluated too (in the bundle, timed).
-    """
-    from mushroom.bundle import read_bundle, write_bundle
-    from mushroom.evaluate import evaluate_predictions
-
-    rng = np.random.default_rng(seed)
-    catalog = load_catalog()
-    catalog = catalog.subset([s.scientific_name for s in catalog][:n_classes])
-    extra = [extra_variant] if extra_variant else []
-    models = {"float32": b"f" * 40_000, "int8": b"q" * 11_000, **{v: b"x" * 20_000 for v in extra}}
-    write_bundle(tmp_path / "bundle", models, catalog,
-                 {"model_name": f"synthetic-{seed}", "architecture": "none", "image_size": 64})
-    bundle = read_bundle(tmp_path / "bundle")
-
-    def probs(labels, strength):
-        logits = rng.normal(size=(len(labels), n_classes))
-        logits[np.arange(len(labels)), labels] += strength
-        e = np.exp(logits * 2.5)
-        return (e / e.sum(1, keepdims=True)).astype(np.float32)
-
-    val_labels, test_labels = rng.integers(0, n_classes, 400), rng.integers(0, n_classes, 300)
-    strengths = {"keras": 2.2, "tflite_float32": 2.2, "tflite_int8": 2.0,
-                 **{registry.evaluation_key(v): 1.8 for v in extra}}
-    medians = {"tflite_float32": 9.0 + seed, "tflite_int8": 4.0 + seed,
-               **{registry.evaluation_key(v): 6.0 + seed for v in extra}}
-    latency = {v: {"threads_1": {"median_ms": m, "p90_ms": 1.3 * m, "mean_ms": m},
-                   "threads_all": {"median_ms": m / 2, "p90_ms": m, "mean_ms": m / 2}}
-               for v, m in medians.items()}
-    return evaluate_predictions(test_labels, {v: probs(test_labels, s) for v, s in strengths.items()}, bundle,
-                                val_labels, {v: probs(val_labels, s) for v, s in strengths.items()}, latency,
-                                target=0.02)
 
 
 @pytest.fixture(scope="module")
@@ -248,32 +210,19 @@ def two_evaluations(tmp_path_factory):
     return [synthetic_evaluation(root / f"c{i}", n_classes=6, seed=i) for i in range(2)]
 
 
-def _copy(evaluation: Evaluation, name: str, variant: str = registry.FULL_INTEGER, *, val_top1: float | None = None,
-          **test_figures) -> Evaluation:
-    """``evaluation`` under another model name, with some figures of ``variant`` changed."""
-    copy = evaluation.model_copy(deep=True)
-    copy.model_name = name
-    changed = copy.variant(variant)
-    if val_top1 is not None:
-        changed.validation.top1 = val_top1
-    for field, value in test_figures.items():
-        setattr(changed, field, value)
-    return copy
-
-
 def test_compare_chooses_the_shipped_variant_by_validation_top1_then_size(two_evaluations):
     from mushroom.report import compare_evaluations
 
     first = two_evaluations[0]
     int8 = first.variant(registry.FULL_INTEGER)
-    better = _copy(first, "better", val_top1=int8.validation.top1 + 0.01)
-    smaller = _copy(first, "smaller", size_mb=int8.size_mb / 2)
+    better = copy_evaluation(first, "better", val_top1=int8.validation.top1 + 0.01)
+    smaller = copy_evaluation(first, "smaller", size_mb=int8.size_mb / 2)
     shipped = {e.model_name: registry.FULL_INTEGER for e in (first, better, smaller)}
     comparison = compare_evaluations([first, better, smaller], shipped)
     assert (comparison.best, comparison.choice.variant) == ("better", registry.FULL_INTEGER)
     assert compare_evaluations([first, smaller], shipped).best == "smaller"  # the same validation top-1
     # Another configuration shipping float32 is judged by float32's figures.
-    by_float = _copy(first, "by-float", registry.REFERENCE, val_top1=int8.validation.top1 + 0.05)
+    by_float = copy_evaluation(first, "by-float", registry.REFERENCE, val_top1=int8.validation.top1 + 0.05)
     chosen = compare_evaluations([better, by_float], {**shipped, "by-float": registry.REFERENCE}).choice
     assert (chosen.model_name, chosen.variant) == ("by-float", registry.REFERENCE)
 
@@ -283,8 +232,8 @@ def test_compare_never_reads_the_test_split(two_evaluations):
 
     first = two_evaluations[0]
     int8 = first.variant(registry.FULL_INTEGER)
-    val_winner = _copy(first, "val-winner", val_top1=int8.validation.top1 + 0.02, top1=0.0, top5=0.0)
-    test_winner = _copy(first, "test-winner", top1=1.0, top3=1.0, top5=1.0)
+    val_winner = copy_evaluation(first, "val-winner", val_top1=int8.validation.top1 + 0.02, top1=0.0, top5=0.0)
+    test_winner = copy_evaluation(first, "test-winner", top1=1.0, top3=1.0, top5=1.0)
     shipped = {"val-winner": registry.FULL_INTEGER, "test-winner": registry.FULL_INTEGER}
     assert compare_evaluations([test_winner, val_winner], shipped).best == "val-winner"
     assert compare_evaluations([val_winner, test_winner], shipped).best == "val-winner"
@@ -295,7 +244,7 @@ def test_compare_puts_the_safety_target_first(two_evaluations):
 
     first = two_evaluations[0]
     int8 = first.variant(registry.FULL_INTEGER)
-    unsafe = _copy(first, "unsafe", val_top1=int8.validation.top1 + 0.2)
+    unsafe = copy_evaluation(first, "unsafe", val_top1=int8.validation.top1 + 0.2)
     unsafe.variant(registry.FULL_INTEGER).calibrated.policy.val_dangerous_as_edible_rate = 0.5  # target 0.02
     shipped = {first.model_name: registry.FULL_INTEGER, "unsafe": registry.FULL_INTEGER}
     comparison = compare_evaluations([unsafe, first], shipped)
@@ -306,11 +255,11 @@ def test_compare_needs_the_shipped_variant_and_validation_figures(two_evaluation
     from mushroom.report import compare_evaluations
 
     first = two_evaluations[0]
-    no_int8 = _copy(first, "no-int8")
+    no_int8 = copy_evaluation(first, "no-int8")
     del no_int8.variants[registry.FULL_INTEGER_KEY]
     with pytest.raises(ValueError, match="no-int8 ships 'int8'"):
         compare_evaluations([first, no_int8], {"no-int8": registry.FULL_INTEGER})
-    old = _copy(first, "old")
+    old = copy_evaluation(first, "old")
     old.variant(registry.FULL_INTEGER).validation = None
     with pytest.raises(ValueError, match="old's evaluation has no validation figures"):
         compare_evaluations([first, old], {"old": registry.FULL_INTEGER})

@@ -9,7 +9,7 @@ import pytest
 
 from mushroom import variants as registry
 from mushroom.report.plots import Point, accuracy_vs_cost_figure
-from tests.test_report import _copy, synthetic_evaluation
+from tests.helpers import copy_evaluation, synthetic_evaluation
 
 # Realistic quantized variants: the four full-integer ones share size and top-1.
 VARIANTS = [("float32", 12.0, 0.812, 21.0), ("float16", 6.0, 0.812, 20.4), ("dynamic_int8", 3.3, 0.806, 9.1),
@@ -115,8 +115,9 @@ def three_configurations(tmp_path_factory):
     root = tmp_path_factory.mktemp("layout")
     base = synthetic_evaluation(root / "base", n_classes=6)
     val = base.variant(registry.FULL_INTEGER).validation.top1
-    return [_copy(base, "alpha", top1=0.4321), _copy(base, "beta", val_top1=val + 0.01, top1=0.6543),
-            _copy(base, "gamma", top1=0.2109)]
+    return [copy_evaluation(base, "alpha", top1=0.4321),
+            copy_evaluation(base, "beta", val_top1=val + 0.01, top1=0.6543),
+            copy_evaluation(base, "gamma", top1=0.2109)]
 
 
 @pytest.fixture(scope="module")

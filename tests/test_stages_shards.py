@@ -11,7 +11,7 @@ from mushroom import stages
 from mushroom.datasets import load_images, load_split
 from mushroom.manifest import read_splits
 from mushroom.shards import ShardError
-from tests.conftest import TINY_MODEL
+from tests.helpers import TINY_MODEL
 
 
 @pytest.fixture(scope="module")

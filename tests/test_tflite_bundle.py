@@ -99,7 +99,8 @@ def test_pixel_scaling_lives_inside_the_graph(arch):
     """The model takes 0-255 pixels; its first layers bring them to the backbone's range."""
     import keras
 
-    from mushroom.models import CaffePreprocess, build_model
+    from mushroom.backbone_layers import CaffePreprocess
+    from mushroom.models import build_model
 
     model = build_model(arch, 3, 32, "none")
     layers = model.layers + model.get_layer("backbone").layers
@@ -179,7 +180,7 @@ def test_weights_file_round_trip(tmp_path):
 
 def test_feature_output_survives_resnet50s_preprocessing_fold():
     """The export form of a folded ResNet50 still outputs the same probabilities and pooled features."""
-    from mushroom.backbones import fold_preprocessing
+    from mushroom.export import fold_preprocessing
     from mushroom.models import build_model, with_feature_output
 
     model = build_model("resnet50", 3, 32, "none")

@@ -10,20 +10,9 @@ from pathlib import Path
 
 import keras
 
-from mushroom import backbones
+from mushroom import backbone_layers, backbones  # noqa: F401 - registers the layers saved models refer to
 
 BACKBONE_NAME = "backbone"
-
-
-@keras.saving.register_keras_serializable(package="mushroom")
-class CaffePreprocess(keras.layers.Layer):
-    """ResNet50's ImageNet preprocessing (RGB->BGR, mean subtraction) as a graph layer."""
-
-    MEAN_BGR = (103.939, 116.779, 123.68)
-
-    def call(self, inputs):
-        bgr = keras.ops.flip(inputs, axis=-1)
-        return bgr - keras.ops.convert_to_tensor(self.MEAN_BGR, dtype=inputs.dtype)
 
 
 def _backbone(architecture: str, image_size: int, weights: str | None) -> keras.Model:

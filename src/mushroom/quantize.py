@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mushroom import backbones
+from mushroom import export
 from mushroom import variants as registry
 from mushroom.tflite import TFLiteClassifier, measure_latency
 
@@ -179,7 +179,7 @@ def quantize_model(model, representative: np.ndarray, val_images: np.ndarray, va
     left out with a warning, except the required ones.
 
     With ``fold_preprocessing`` the model is first rewritten into a float-equivalent one whose
-    preprocessing quantizes well (:func:`mushroom.backbones.fold_preprocessing`; ResNet50's
+    preprocessing quantizes well (:func:`mushroom.export.fold_preprocessing`; ResNet50's
     channel flip goes into its first convolution). With ``profile_points`` > 0 the report also
     says where full int8 changes answers (:func:`error_profile`). ``recipe``: activation-range
     rules (:class:`mushroom.variants.RangeRule` or dicts of its fields) for ``int8_recipe``; a
@@ -195,7 +195,7 @@ def quantize_model(model, representative: np.ndarray, val_images: np.ndarray, va
                     "representative_samples": int(len(representative)),
                     "validation_photos": int(len(val_images)), "latency_threads": threads}
     if fold_preprocessing:
-        model, fold = backbones.fold_preprocessing(model)
+        model, fold = export.fold_preprocessing(model)
         if fold is not None:
             report["preprocessing_fold"] = fold.description
             log.info("quantize: %s", fold.description)

@@ -3,7 +3,8 @@
 Phase one trains the head with the backbone frozen (with pretrained weights; a model
 trained from scratch trains everything); given cached features (:mod:`mushroom.features`), it
 and every tune trial train the head alone on them instead of running the backbone each epoch.
-Phase two unfreezes the top part of the backbone at a lower learning rate. Both use early stopping with the best weights restored.
+Phase two unfreezes the top part of the backbone at a lower learning rate. Both use early
+stopping with the best weights restored.
 """
 
 from __future__ import annotations

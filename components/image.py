@@ -5,12 +5,12 @@ every other stage the CPU image. ``MUSHROOM_IMAGE`` names the CPU image (default
 :data:`DEFAULT_IMAGE`); the GPU image is the same reference with ``-gpu`` appended to its tag, or
 ``MUSHROOM_GPU_IMAGE`` where it is pinned otherwise (required when ``MUSHROOM_IMAGE`` is a
 digest). ``make compile``/``make submit`` set both from ``IMAGE`` and ``TAG``. Untagged and
-``:latest`` references are refused (:class:`mushroom.config.ImagesConfig`).
+``:latest`` references are refused (:class:`mushroom.cluster.ImagesConfig`).
 """
 
 import os
 
-from mushroom.config import ImagesConfig, parse_images
+from mushroom.cluster import ImagesConfig, parse_images
 
 DEFAULT_IMAGE = "ghcr.io/quantized-mushroom/mushroom:0.1.0"  # the Makefile's IMAGE:TAG
 

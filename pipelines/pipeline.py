@@ -22,14 +22,8 @@ from components import (
     tune_model,
 )
 from components.image import project_images
-from mushroom.config import (
-    DEFAULT_GPU_TOLERATIONS,
-    ClusterConfig,
-    ConfigError,
-    ImagesConfig,
-    RunConfig,
-    vertex_problems,
-)
+from mushroom.cluster import DEFAULT_GPU_TOLERATIONS, ClusterConfig, ImagesConfig, vertex_problems
+from mushroom.config import ConfigError, RunConfig
 
 PIPELINE_NAME = "quantized-mushroom"
 
@@ -106,7 +100,7 @@ def _compose(schedule, dataset_config, model_configs, split_config, seed, publis
     schedule(prepare, "prepare")
     shards = prepare.outputs["shards"]
 
-    # The loop body is mushroom.config.LOOP_STAGES (the node-fit arithmetic counts on it).
+    # The loop body is mushroom.stage_names.LOOP_STAGES (the node-fit arithmetic counts on it).
     with dsl.ParallelFor(model_configs, parallelism=parallelism, name="per-model") as config:
         tune = tune_model(dataset=dataset, splits=splits, shards=shards, model_config=config, seed=seed)
         schedule(tune, "tune")

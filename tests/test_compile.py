@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mushroom.config import STAGES
+from mushroom.stage_names import STAGES
 from pipelines.compile import compile_pipeline
 
 CONFIGS = Path(__file__).resolve().parents[1] / "pipelines" / "configs"
@@ -205,7 +205,7 @@ def test_committed_paper_yaml_stays_gpu_sized():
 
 
 def test_loop_body_is_the_config_loop_stages(spec):
-    from mushroom.config import LOOP_STAGES
+    from mushroom.stage_names import LOOP_STAGES
 
     _, loop = _loop(spec)
     body = spec["components"][loop["componentRef"]["name"]]["dag"]["tasks"]
@@ -220,7 +220,8 @@ def test_no_runtime_pip_install(spec):
 def test_config_values_become_parameter_defaults(spec):
     params = spec["root"]["inputDefinitions"]["parameters"]
     models = params["model_configs"]["defaultValue"]
-    assert [m["architecture"] for m in models] == ["efficientnetv2-m", "resnet50"]
+    assert [m["architecture"] for m in models] == ["efficientnetv2-m", "resnet50", "efficientnet-lite0",
+                                                   "efficientnet-lite2"]
     assert params["dataset_config"]["defaultValue"]["source"] == "inaturalist"
 
 
@@ -262,7 +263,8 @@ def test_submit_dry_run_prints_the_submission(capsys):
     assert plan["backend"] == "kfp" and plan["target"] == "http://kfp.example:8080"
     assert plan["enable_caching"] is False and plan["pipeline_root"] == "gs://b/root"
     assert plan["service_account"] == "mushroom-pipeline-runner"
-    assert [m["model_name"] for m in plan["arguments"]["model_configs"]] == ["efficientnetv2-m", "resnet50"]
+    assert [m["model_name"] for m in plan["arguments"]["model_configs"]] == [
+        "efficientnetv2-m", "resnet50", "efficientnet-lite0", "efficientnet-lite2"]
 
 
 def test_submit_refuses_incomplete_targets(capsys):

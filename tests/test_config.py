@@ -3,7 +3,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mushroom.config import DEFAULT_STAGES, ConfigError, load_config, parse_config
+from mushroom.cluster import DEFAULT_STAGES
+from mushroom.config import ConfigError, load_config, parse_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "pipelines" / "configs"
 
@@ -105,7 +106,7 @@ def test_run_entry_point_fails_fast_on_bad_config(tmp_path, capsys):
 
 
 def test_cluster_defaults_fit_the_demo_node_and_paper_stays_gpu_sized():
-    from mushroom.config import cpu_millis, memory_bytes, peak_requests
+    from mushroom.cluster import cpu_millis, memory_bytes, peak_requests
 
     demo = load_config(CONFIGS / "demo.yaml").cluster
     assert demo.fit == "run" and demo.node.cpu == "4" and demo.node.memory == "7680Mi"
@@ -120,7 +121,7 @@ def test_cluster_defaults_fit_the_demo_node_and_paper_stays_gpu_sized():
 
 
 def test_a_stage_given_in_part_keeps_its_other_defaults():
-    from mushroom.config import DEFAULT_STAGES
+    from mushroom.cluster import DEFAULT_STAGES
 
     data = _demo()
     data["cluster"]["stages"] = {"train": {"timeout_s": 600}, "publish": {"retries": 1}}
@@ -186,7 +187,7 @@ def test_fit_stage_checks_each_stage_alone():
 
 
 def test_images_are_pinned_and_the_gpu_image_is_derived():
-    from mushroom.config import parse_images
+    from mushroom.cluster import parse_images
 
     images = parse_images({}, "reg.example:5000/m:0.2.0")
     assert (images.cpu, images.gpu) == ("reg.example:5000/m:0.2.0", "reg.example:5000/m:0.2.0-gpu")

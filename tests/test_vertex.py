@@ -10,7 +10,8 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import aiplatform
 from google.cloud.aiplatform_v1.types import AcceleratorType
 
-from mushroom.config import VERTEX_ACCELERATOR_TYPES, load_config
+from mushroom.cluster import VERTEX_ACCELERATOR_TYPES
+from mushroom.config import load_config
 from pipelines.compile import compile_pipeline
 from pipelines.submit import main as submit_main
 from pipelines.vertex import create_request, pipeline_job

@@ -26,8 +26,10 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from mushroom.evaluation import Evaluation
 
+from mushroom.stage_names import LOOP_STAGES
+
 # The stages of one model configuration: their lines must name it.
-CONFIGURATION_STAGES = ("tune", "train", "quantize", "evaluate")
+CONFIGURATION_STAGES = LOOP_STAGES
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: [%(stage_tag)s] %(message)s"
 

@@ -12,6 +12,7 @@ import base64
 import hashlib
 import json
 import logging
+import os
 import random
 import threading
 import time
@@ -493,11 +494,23 @@ def test_a_lost_race_checks_the_gate_again_against_the_new_latest(tmp_path, dest
     assert read_latest(destination).run == "run-fast"
 
 
+# The stress tests' random draws (order, creation times, gate failures, start delays, read jitter) all
+# come from the seed they report: MUSHROOM_STRESS_SEED=N reruns seed N alone (thread scheduling aside).
+_JITTER = threading.local()
+
+
+def _stress_seeds(count: int) -> list[int]:
+    seed = os.environ.get("MUSHROOM_STRESS_SEED")
+    return [int(seed)] if seed else list(range(count))
+
+
 def _stress(destination: str, tmp_path: Path, seed: int, make_client=None) -> None:
     """8 publishers at once, in random order, some failing the gate; latest must end at the newest gated run."""
     rng = random.Random(seed)
     minutes = rng.sample(range(100), 8)
     unsafe = set(rng.sample(range(8), 3))
+    delays = [rng.random() * 0.01 for _ in range(8)]  # drawn here: threads draw in no fixed order
+    jitter_seeds = [rng.randrange(2**32) for _ in range(8)]  # each publisher's own read jitter
     runs = []
     for i in range(8):
         folders = make_gated_run(tmp_path / f"s{seed}-{i}", dangerous=0.2 if i in unsafe else 0.0)
@@ -508,9 +521,10 @@ def _stress(destination: str, tmp_path: Path, seed: int, make_client=None) -> No
     def publisher(i):
         folders, identity = runs[i]
         client = make_client() if make_client else None
+        _JITTER.rng = random.Random(jitter_seeds[i])
         try:
             barrier.wait()
-            time.sleep(rng.random() * 0.01)
+            time.sleep(delays[i])
             publish_run(*folders, destination, identity, gate=gate_for(folders), client=client)
         except Exception as err:  # noqa: BLE001 - reported below
             errors.append(err)
@@ -520,22 +534,25 @@ def _stress(destination: str, tmp_path: Path, seed: int, make_client=None) -> No
         t.start()
     for t in threads:
         t.join(timeout=120)
-    assert not errors, errors
+    reproduce = f"seed {seed} (MUSHROOM_STRESS_SEED={seed} reruns it)"
+    assert not errors, f"{reproduce}: {errors}"
     gated = [identity for i, (_, identity) in enumerate(runs) if i not in unsafe]
     newest = max(gated, key=lambda r: r.created)
     assert read_latest(destination, client=make_client() if make_client else None) == Latest(
-        newest.folder, newest.created, newest.name), f"seed {seed}"
+        newest.folder, newest.created, newest.name), reproduce
     store = mushroom_storage.open_store(destination, make_client() if make_client else None)
-    assert all(store.is_folder(f"{identity.folder}/bundle") for _, identity in runs)
+    assert all(store.is_folder(f"{identity.folder}/bundle") for _, identity in runs), reproduce
 
 
 def _jitter_reads(monkeypatch, store_class) -> None:
-    """Widen the window between reading latest and swapping it, at random."""
+    """Widen the window between reading latest and swapping it, by each publisher's seeded jitter."""
     real = store_class.read_pointer
 
     def slow(self, *args):
         result = real(self, *args)
-        time.sleep(random.random() * 0.005)
+        rng = getattr(_JITTER, "rng", None)
+        if rng is not None:  # a publisher of _stress (other threads read without jitter)
+            time.sleep(rng.random() * 0.005)
         return result
 
     monkeypatch.setattr(store_class, "read_pointer", slow)
@@ -543,7 +560,7 @@ def _jitter_reads(monkeypatch, store_class) -> None:
 
 def test_eight_publishers_on_a_folder_end_at_the_newest_gated_run(tmp_path, monkeypatch):
     _jitter_reads(monkeypatch, LocalStore)
-    for seed in range(10):
+    for seed in _stress_seeds(10):
         _stress(str(tmp_path / f"published-{seed}"), tmp_path, seed)
 
 
@@ -551,7 +568,7 @@ def test_eight_publishers_on_gcs_end_at_the_newest_gated_run(tmp_path, gcs_clien
     from google.auth.credentials import AnonymousCredentials
 
     _jitter_reads(monkeypatch, GcsStore)
-    for seed in range(5):
+    for seed in _stress_seeds(5):
         bucket = gcs_client.create_bucket(f"mushroom-{uuid.uuid4().hex[:12]}")
         _stress(f"gs://{bucket.name}/published", tmp_path, seed,
                 lambda: storage.Client(project="test", credentials=AnonymousCredentials()))

@@ -205,9 +205,11 @@ def main(argv: list[str] | None = None) -> int:
     for name, v in evaluation.tflite_variants().items():
         o = v.open_set
         choice = ", ".join(f"{k} {_num(a)}" for k, a in o.score_choice.items())
-        print(f"{name}: score {o.score} (mean AUROC on fitting negatives: {choice}); threshold "
+        print(f"{name}: score {o.score} (AUROC the choice ranked: {choice}); threshold "
               f"{_num(o.threshold)}; validation refused {_pct(o.val_refused)}; test refused "
               f"{_pct(o.test_refused_gate_off)} (gate off) / {_pct(o.test_refused_gate_on)} (gate on)")
+        if o.unknown_check is not None:
+            print(f"  open-set check: {o.unknown_check.reason}")
         print(f"  {'kind':<18} {'fit':<4} {'photos':>6} {'AUROC':>6} {'FPR95':>7} {'refused: score':>15} "
               f"{'gate+score':>11} {'named edible':>13}")
         for kind, k in o.kinds.items():

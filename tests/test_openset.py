@@ -169,8 +169,9 @@ def test_open_set_evaluation_separates_confident_knowns_from_diffuse_negatives()
     unknown = rng.integers(0, 256, (40, size, size, 3), dtype=np.uint8)
     negatives = openset.gather_negatives(size, per_family=20, unknown_images=unknown,
                                          unknown_taxa=np.repeat([11, 12, 13, 14], 10))
-    assert {"unknown_fit", "unknown_held_out", "real_photos", "noise"} <= set(negatives.images)
-    assert negatives.fit == {"noise", "flat", "gradient", "unknown_fit"}
+    assert {"unknown_fit", "unknown_held_out", "real_photos_fit", "real_photos_held_out",
+            "noise"} <= set(negatives.images)
+    assert negatives.fit == {"noise", "flat", "gradient", "real_photos_fit", "unknown_fit"}
     # Flat colours are refused; pixel noise too, but not the blocky, upsampled half of the family.
     assert negatives.gate["flat"].all() and 0 < negatives.gate["noise"].sum() < len(negatives.gate["noise"])
     probs = {kind: _peaked(rng, len(images), classes, 0.5)[0] for kind, images in negatives.images.items()}

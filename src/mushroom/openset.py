@@ -29,11 +29,20 @@ features, a second output (:mod:`mushroom.tflite`):
 
 Which score a bundle uses is chosen by measurement in the evaluate stage
 (:func:`choose_score`, among :data:`CANDIDATE_SCORES`, plus :data:`FEATURE_CANDIDATE_SCORES`
-for a variant with a feature output): the one with the highest mean AUROC on the negative
-kinds it is fitted on; held-out kinds are only reported. The threshold is the
-highest one that refuses at most 5% of known validation photos as a 95% upper confidence bound
-(:func:`certified_threshold`), so that the share of known photos refused holds beyond the
-sample.
+for a variant with a feature output), against the validation photos. With unknown-species
+photos (near-OOD: what a forager meets), the one with the highest AUROC on the unknown taxa it
+is fitted on, among the scores not inverted on the fitting real non-mushroom photos
+(:data:`MIN_PHOTO_AUROC`, the second constraint); generated images never decide. Without
+them, the highest mean AUROC on every fitting kind. Held-out kinds are only reported. The
+threshold is the highest one that refuses at most 5% of known validation photos as a 95% upper
+confidence bound (:func:`certified_threshold`), so that the share of known photos refused
+holds beyond the sample.
+
+A score that cannot tell unknown species apart does not ship (:func:`check_on_unknown_species`):
+where its AUROC on the held-out unknown taxa (validation photos against them) is below
+:data:`MIN_UNKNOWN_AUROC` or its 95% interval includes 0.5, the rule has no threshold and its
+``fallback`` says why; ``identify`` then says the open-set check is unavailable. Without
+unknown-species photos the rule ships unchecked, and the evaluation says so.
 
 ``calibration.json`` gains, per variant, an ``open_set`` entry::
 
@@ -41,13 +50,14 @@ sample.
      "prototypes": [[...], ...],            # only for the prototype score
      "features": {"file": "open_set_features.npz", "dim": 960, "components": 64,
                   "train_photos": 504},     # only for the mahalanobis score
-     "fitted_on": {...}, "fallback": null}  # or the reason no threshold was fitted
+     "fitted_on": {...}, "fallback": null,  # or the reason no threshold was fitted
+     "unknown_check": {"checked": true, "shipped": true, "auroc": 0.81, ...}}
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,6 +77,13 @@ CANDIDATE_SCORES = ("msp", "neg_entropy", "max_logit")
 # Candidates too where the variant outputs features (chosen by the same measurement).
 FEATURE_CANDIDATE_SCORES = ("mahalanobis",)
 FEATURES_FILE = "open_set_features.npz"  # the bundle's feature statistics, per variant
+# A score ships only if its AUROC on the held-out unknown species is at least this and its
+# interval (:func:`auroc_interval`) excludes chance (0.5); otherwise no open-set threshold.
+MIN_UNKNOWN_AUROC = 0.6
+CHECK_CONFIDENCE = 0.95
+# The choice's second constraint: a score ranked on unknown species must not be inverted on the
+# fitting real non-mushroom photos (AUROC at least this), unless every candidate is.
+MIN_PHOTO_AUROC = 0.5
 # Principal directions of the shared covariance kept exactly; the others share their mean
 # variance. 64 keeps the file small (EfficientNetV2-B0: 1280-d, 0.35 MB a variant in float32,
 # against 6.5 MB for a full precision matrix) and measured within noise of the full matrix on
@@ -367,23 +384,109 @@ def fpr_at_tpr(known: np.ndarray, unknown: np.ndarray, tpr: float = 0.95) -> flo
     return float(np.mean(np.asarray(unknown) >= threshold_for(known, tpr)))
 
 
-def choose_score(known: dict[str, np.ndarray], negatives: dict[str, dict[str, np.ndarray]]) -> tuple[str, dict]:
-    """The score with the highest mean AUROC over the negative families.
+def choose_score(known: dict[str, np.ndarray], negatives: dict[str, dict[str, np.ndarray]],
+                 near: Sequence[str] = (), photos: Sequence[str] = ()) -> tuple[str, dict]:
+    """The score to ship: ranked on unknown species where there are some, else on every family.
+
+    Without ``near`` kinds: the highest mean AUROC over every family. With them: the highest mean
+    AUROC over the ``near`` kinds (unknown species) among the scores whose mean AUROC over the
+    ``photos`` kinds (real non-mushroom photos) is at least :data:`MIN_PHOTO_AUROC` (among all
+    scores when none is, or without ``photos``); the other families never decide.
 
     Args:
         known: Score name -> scores of the known (validation) photos.
         negatives: Score name -> family -> scores of that family's photos (the fitting families).
+        near: The families the choice is ranked on (unknown species); empty: all of them.
+        photos: The families of the second constraint (real non-mushroom photos).
 
     Returns:
-        The chosen score name and ``{score: {"auroc_mean": ..., "auroc": {family: ...}}}``.
+        The chosen score name and ``{score: {"auroc_mean": <the AUROC ranked on>, "auroc":
+        {family: ...}, "photos_auroc": <over photos, or None>, "eligible": bool}}``.
     """
     table = {}
+
+    def mean(values: list[float | None]) -> float | None:
+        values = [v for v in values if v is not None]
+        return float(np.mean(values)) if values else None
+
     for name in known:
         per = {fam: auroc(known[name], s) for fam, s in negatives[name].items() if len(s)}
-        values = [v for v in per.values() if v is not None]
-        table[name] = {"auroc_mean": float(np.mean(values)) if values else None, "auroc": per}
-    best = max(table, key=lambda n: (round(table[n]["auroc_mean"] or 0.0, 6), -SCORES.index(n)))
+        ranked = mean([per.get(fam) for fam in near]) if near else mean(list(per.values()))
+        on_photos = mean([per.get(fam) for fam in photos]) if near and photos else None
+        table[name] = {"auroc_mean": ranked, "auroc": per, "photos_auroc": on_photos,
+                       "eligible": on_photos is None or on_photos >= MIN_PHOTO_AUROC}
+    pool = [n for n in table if table[n]["eligible"]] or list(table)
+    best = max(pool, key=lambda n: (round(table[n]["auroc_mean"] or 0.0, 6), -SCORES.index(n)))
     return best, table
+
+
+def auroc_interval(value: float, known: int, unknown: int,
+                   confidence: float = CHECK_CONFIDENCE) -> tuple[float, float]:
+    """The Hanley-McNeil (1982) ``confidence`` interval of an AUROC of ``known`` against ``unknown`` photos.
+
+    It takes photos as independent; photos of one species are not, so the interval is, if
+    anything, too narrow: :data:`MIN_UNKNOWN_AUROC` keeps a margin above chance besides.
+    """
+    from statistics import NormalDist
+
+    if known < 1 or unknown < 1:
+        raise ValueError(f"an AUROC interval needs photos on both sides, got {known} and {unknown}")
+    a = float(value)
+    q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
+    variance = (a * (1 - a) + (known - 1) * (q1 - a * a) + (unknown - 1) * (q2 - a * a)) / (known * unknown)
+    half = NormalDist().inv_cdf(0.5 + confidence / 2) * math.sqrt(max(variance, 0.0))
+    return max(0.0, a - half), min(1.0, a + half)
+
+
+def check_on_unknown_species(known: np.ndarray, unknown: dict[str, np.ndarray], score: str,
+                             seen: bool = False, why_unchecked: str | None = None) -> dict[str, Any]:
+    """Whether a score may ship: its AUROC on unknown species, known validation photos against them.
+
+    It passes when the AUROC is at least :data:`MIN_UNKNOWN_AUROC` and its interval
+    (:func:`auroc_interval`) lies above 0.5. Without unknown-species photos it is not checked
+    (and passes, as before the check existed).
+
+    Args:
+        known: The score of the known validation photos.
+        unknown: Kind name -> the score of that kind's unknown-species photos (the held-out taxa).
+        score: The score's name (for the reason).
+        seen: The score was chosen on these very photos (one unknown taxon: none held out).
+        why_unchecked: Why there are no unknown species to check on (used without ``unknown``).
+
+    Returns:
+        A dict in the form of :class:`mushroom.evaluation.OpenSetCheck`, ``shipped`` set to the
+        outcome (the caller clears it when no threshold ships for another reason), and
+        ``reason``: one line saying why.
+    """
+    kinds = [k for k, s in unknown.items() if len(s)]
+    scores = np.concatenate([unknown[k] for k in kinds]) if kinds else np.zeros(0)
+    out: dict[str, Any] = {"checked": bool(kinds), "shipped": True, "kinds": kinds, "photos": int(len(scores)),
+                           "auroc": None, "interval": None, "min_auroc": MIN_UNKNOWN_AUROC}
+    if kinds and not len(known):
+        out.update(shipped=False, reason="no validation photos to check the score against: no open-set rule ships")
+        return out
+    if not kinds:
+        why = why_unchecked or "there are no unknown-species photos"
+        out["reason"] = (f"the rule ships but was not checked on unknown species ({why}): the {score} score was "
+                         "chosen on non-mushroom images only, and how well it refuses species the model does not "
+                         "know is not measured")
+        return out
+    value = auroc(known, scores)
+    low, high = auroc_interval(value, len(known), len(scores))
+    out.update(auroc=value, interval=[low, high])
+    which = ("unknown species (the ones it was chosen on: a single taxon, none held out)" if seen
+             else "held-out unknown species")
+    measured = (f"the {score} score's AUROC on {which} ({', '.join(kinds)}: {len(scores)} photos against "
+                f"{len(known)} validation photos) is {value:.2f} (95% interval {low:.2f}-{high:.2f})")
+    if value < MIN_UNKNOWN_AUROC:
+        out.update(shipped=False, reason=f"{measured}, below {MIN_UNKNOWN_AUROC:.2f}: the score cannot tell "
+                                         "unknown species apart, so no open-set rule ships")
+    elif low <= 0.5:
+        out.update(shipped=False, reason=f"{measured}, an interval that includes chance (0.5): the score may not "
+                                         "tell unknown species apart, so no open-set rule ships")
+    else:
+        out["reason"] = f"{measured}, at least {MIN_UNKNOWN_AUROC:.2f} and above chance: the rule ships"
+    return out
 
 
 # --------------------------------------------------------------------------- negatives
@@ -579,6 +682,7 @@ class Negatives:
             :data:`UNKNOWN_SPECIES`.
         fit: The kinds the score is chosen on; the others are held out (reported only).
         notes: Fallbacks taken while gathering them (too few unknown photos, ...).
+        unchecked: Why there are no unknown-species photos to check the score on (None: there are).
     """
 
     images: dict[str, np.ndarray] = field(default_factory=dict)
@@ -586,6 +690,7 @@ class Negatives:
     group: dict[str, str] = field(default_factory=dict)
     fit: set[str] = field(default_factory=set)
     notes: list[str] = field(default_factory=list)
+    unchecked: str | None = None
 
     def add(self, kind: str, images: np.ndarray, gate: np.ndarray, group: str, fit: bool) -> None:
         self.images[kind], self.gate[kind], self.group[kind] = images, np.asarray(gate, dtype=bool), group
@@ -598,8 +703,10 @@ def gather_negatives(size: int, per_family: int = 60, unknown_images: np.ndarray
                      seed: int = 0) -> Negatives:
     """The negatives of the open-set evaluation.
 
-    Generated families :data:`FIT_FAMILIES` are fitted on, :data:`HELD_OUT_FAMILIES` and the
-    real package photos (:func:`package_photos`) are held out. Unknown-species photos (at least
+    Generated families :data:`FIT_FAMILIES` are fitted on, :data:`HELD_OUT_FAMILIES` are held
+    out. The real package photos (:func:`package_photos`) are split by source photo, its crops
+    together: every other one is fitted on (``real_photos_fit``, the score choice's second
+    constraint), the rest held out (``real_photos_held_out``). Unknown-species photos (at least
     :data:`MIN_UNKNOWN_PHOTOS`) are split by taxon: every other taxon is fitted on, the rest
     held out (one taxon: fitted on, none held out). Fewer photos: left out, with a note.
     """
@@ -609,7 +716,12 @@ def gather_negatives(size: int, per_family: int = 60, unknown_images: np.ndarray
         negatives.add(family, images, gate, NON_MUSHROOM_GENERATED, family in FIT_FAMILIES)
     real = package_photos(size, seed=seed)
     if len(real.images):
-        negatives.add("real_photos", real.images, real.refused, NON_MUSHROOM_REAL, False)
+        sources = np.asarray(real.sources)
+        fit_rows = np.isin(sources, sorted(set(real.sources))[::2])
+        negatives.add("real_photos_fit", real.images[fit_rows], real.refused[fit_rows], NON_MUSHROOM_REAL, True)
+        if (~fit_rows).any():
+            negatives.add("real_photos_held_out", real.images[~fit_rows], real.refused[~fit_rows],
+                          NON_MUSHROOM_REAL, False)
     n_unknown = 0 if unknown_images is None else len(unknown_images)
     if n_unknown >= MIN_UNKNOWN_PHOTOS:
         taxa = np.asarray(unknown_taxa)
@@ -622,9 +734,10 @@ def gather_negatives(size: int, per_family: int = 60, unknown_images: np.ndarray
             negatives.add("unknown_held_out", unknown_images[~fit_rows], gate[~fit_rows],
                           UNKNOWN_SPECIES, False)
     elif n_unknown:
-        negatives.notes.append(f"{n_unknown} unknown-species photos are fewer than {MIN_UNKNOWN_PHOTOS}: not used; "
-                               "the score is chosen on generated non-mushroom images only")
+        negatives.unchecked = f"{n_unknown} unknown-species photos are fewer than {MIN_UNKNOWN_PHOTOS}"
+        negatives.notes.append(f"{negatives.unchecked}: not used; the score is chosen on non-mushroom images only")
     else:
+        negatives.unchecked = "dataset.unknown_species is empty"
         negatives.notes.append("no unknown-species photos (dataset.unknown_species is empty): the unknown-species "
                                "rejection is not measured")
     return negatives
@@ -675,9 +788,13 @@ def evaluate_open_set(val_labels: np.ndarray, val_probs: np.ndarray, test_probs:
         features: The variant's features and their statistics: the feature-space scores
             (:data:`FEATURE_CANDIDATE_SCORES`) join the candidates (None: probability scores only).
 
+    The score is chosen by :func:`choose_score` (on the fitting unknown species, where there are
+    some) and checked by :func:`check_on_unknown_species` on the held-out ones: one that fails
+    ships no threshold, its ``fallback`` saying why.
+
     Returns:
         A dict in the form of :class:`mushroom.evaluation.OpenSetMetrics`, with ``rule`` (the
-        ``calibration.json`` entry, :meth:`OpenSetRule.to_dict`).
+        ``calibration.json`` entry, :meth:`OpenSetRule.to_dict`) and ``unknown_check``.
     """
     notes = list(negatives.notes)
     prototypes = fit_prototypes(val_probs, val_labels, val_probs.shape[1])
@@ -697,11 +814,33 @@ def evaluate_open_set(val_labels: np.ndarray, val_probs: np.ndarray, test_probs:
     choice_known = {name: scored(val_probs, name, val_features) for name in candidates}
     choice_negs = {name: {k: scored(negative_probs[k], name, negative_features(k)) for k in fit_kinds}
                    for name in candidates}
-    score, table = choose_score(choice_known, choice_negs)
+    # Ranked on the unknown species fitted on (near-OOD), real non-mushroom photos as a constraint.
+    near = [k for k in fit_kinds if negatives.group[k] == UNKNOWN_SPECIES]
+    photos = [k for k in fit_kinds if negatives.group[k] == NON_MUSHROOM_REAL]
+    score, table = choose_score(choice_known, choice_negs, near, photos)
+    if near and not table[score]["eligible"]:
+        notes.append(f"every score ranks the fitting real non-mushroom photos below chance (AUROC under "
+                     f"{MIN_PHOTO_AUROC}): {score} is chosen on unknown species alone")
+    # Checked on the unknown taxa the choice did not see (all of them when there is a single one).
+    held_out = [k for k in negative_probs if negatives.group[k] == UNKNOWN_SPECIES and k not in negatives.fit]
+    check = check_on_unknown_species(
+        choice_known[score], {k: scored(negative_probs[k], score, negative_features(k)) for k in held_out or near},
+        score, seen=not held_out, why_unchecked=negatives.unchecked)
     rule_prototypes = prototypes if score == "prototype" else None
     if len(val_labels) < MIN_KNOWN_PHOTOS:
         fallback = (f"{len(val_labels)} validation photos are fewer than {MIN_KNOWN_PHOTOS}: no open-set threshold "
                     "(identify never answers 'unknown species')")
+        threshold = None
+        notes.append(fallback)
+        if not check["checked"]:
+            check["reason"] = f"{fallback}; not checked on unknown species ({negatives.unchecked or 'none'})"
+        elif not check["shipped"]:
+            check["reason"] = f"{fallback}; besides, {check['reason']}"
+        else:
+            check["reason"] = fallback
+        check["shipped"] = False
+    elif not check["shipped"]:
+        fallback = check["reason"]
         threshold = None
         notes.append(fallback)
     else:
@@ -755,7 +894,10 @@ def evaluate_open_set(val_labels: np.ndarray, val_probs: np.ndarray, test_probs:
     return {
         "score": score, "threshold": threshold, "known_kept": known_kept, "fallback": fallback,
         "score_choice": {k: v["auroc_mean"] for k, v in table.items()},
-        "fitted_on": {"known": "val", "known_photos": int(len(val_labels)), "negatives": fit_kinds},
+        "score_constraint": {k: v["photos_auroc"] for k, v in table.items()} if near and photos else None,
+        "unknown_check": check,
+        "fitted_on": {"known": "val", "known_photos": int(len(val_labels)), "negatives": fit_kinds,
+                      "ranked_on": near or fit_kinds, "constraint": photos if near else []},
         "val_refused": float(np.mean(known_val < threshold)) if threshold is not None else 0.0,
         "test_photos": int(len(known_test)), "test_refused_gate_off": off, "test_refused_gate_on": on,
         "test_refused_by_gate": float(test_gate.mean()) if len(test_gate) else 0.0,

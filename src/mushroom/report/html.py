@@ -14,6 +14,7 @@ from mushroom import variants as registry
 from mushroom.report.tables import (
     SECTIONS,
     data_source_line,
+    openset_check_line,
     openset_tables,
     section_tables,
     settings_line,
@@ -58,6 +59,7 @@ def render_html(evaluation: Evaluation, plots: dict[str, Plot], shipped_variant:
     return _render("report.html.j2", title=f"Evaluation {evaluation.model_name}", evaluation=evaluation,
                    settings=settings_line(evaluation, shipped_variant), sections=SECTIONS,
                    data_source=data_source_line(evaluation),
+                   openset_check=openset_check_line(evaluation, shipped_variant),
                    tables={**section_tables(evaluation), **openset_tables(evaluation)},
                    species_tables=species_tables(evaluation, shipped_variant),
                    images={stem: _image(plot) for stem, plot in plots.items()})

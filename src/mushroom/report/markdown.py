@@ -8,6 +8,7 @@ from mushroom.report.tables import (
     SECTIONS,
     data_source_line,
     md_table,
+    openset_check_line,
     openset_tables,
     section_tables,
     settings_line,
@@ -34,7 +35,11 @@ def render_summary(evaluation: Evaluation, shipped_variant: str | None = None) -
     lines = [f"# Evaluation: {evaluation.model_name}", "", source, "", settings_line(evaluation, shipped_variant), "",
              *(f"> **Warning:** {w}\n" for w in evaluation.warnings or []),
              md_table(tables["overview"].header, tables["overview"].rows)]
+    check = openset_check_line(evaluation, shipped_variant)
     for section in _SUMMARY_SECTIONS:
         if tables[section].rows:
-            lines += ["", f"## {SECTIONS[section]}", "", md_table(tables[section].header, tables[section].rows)]
+            lines += ["", f"## {SECTIONS[section]}", ""]
+            if section == "open_set" and check:
+                lines += [check, ""]
+            lines.append(md_table(tables[section].header, tables[section].rows))
     return "\n".join(lines) + "\n"

@@ -59,7 +59,7 @@ def _class_names() -> list[str]:
 def imagenet(architecture: str, size: int, workdir: Path) -> None:
     import numpy as np
 
-    from mushroom import efficientnet_lite
+    from mushroom import efficientnet_lite, variants
     from mushroom.quantize import convert, export_saved_model
     from mushroom.tflite import TFLiteClassifier, measure_latency
 
@@ -82,7 +82,7 @@ def imagenet(architecture: str, size: int, workdir: Path) -> None:
     print(f"\n## TFLite variants of the ImageNet network ({len(photos)} photos: the package's and their mirrors)")
     print(f"  {'variant':<14} {'size MB':>8} {'top-1 = float32':>16} {'subjects in top 5':>18} {'1-thread ms':>12}")
     reference = None
-    for variant in ("float32", "dynamic_int8", "int8"):
+    for variant in (variants.REFERENCE, "dynamic_int8", variants.FULL_INTEGER):
         path = workdir / f"{variant}.tflite"
         path.write_bytes(convert(saved, variant, photos))
         probabilities = TFLiteClassifier(path, num_threads=1).predict(photos)

@@ -525,7 +525,8 @@ def evaluate_predictions(test_labels: np.ndarray, test_probs: dict[str, np.ndarr
         variants=evaluated)
     if data_source is not None:
         evaluation.data_source = data_source
-    evaluation.backbone_weights = backbone_weights
+    if backbone_weights is not None:
+        evaluation.backbone_weights = backbone_weights
     evaluation.warnings = split_warnings(val_labels, catalog, target)
     for warning in evaluation.warnings:
         log.warning("evaluate: %s", warning)

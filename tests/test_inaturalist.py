@@ -37,6 +37,11 @@ from mushroom.testing.inat_server import FakeINaturalist, draw_image
 TAXA = (101, 202, 303)
 RETRIES = 3
 MIN_SIDE = 64
+# The read timeout where a test counts requests exactly: long enough that no reply of the fake
+# server (on 127.0.0.1) outlasts it, even on a loaded machine, so no request is retried by chance.
+READ_TIMEOUT_S = 10.0
+# Where the timeout itself is tested: a "timeout" fault hangs twice as long as the client waits.
+SHORT_TIMEOUT_S, HANG_S = 1.5, 3.0
 
 
 def make_catalog(taxa) -> Catalog:
@@ -44,7 +49,8 @@ def make_catalog(taxa) -> Catalog:
 
 
 def config_for(inat: FakeINaturalist, **overrides) -> INaturalistSourceConfig:
-    """A configuration for the fake server: no rate limits, short timeouts and backoffs."""
+    """A configuration for the fake server: no rate limits, short backoffs, and a read timeout
+    that only the ``timeout`` faults reach."""
     values = dict(
         api_url=inat.api_url,
         photos_per_species=100,
@@ -52,7 +58,7 @@ def config_for(inat: FakeINaturalist, **overrides) -> INaturalistSourceConfig:
         requests_per_minute=100_000,
         requests_per_day=1_000_000,
         concurrency=4,
-        timeout_s=0.5,
+        timeout_s=READ_TIMEOUT_S,
         max_retries=RETRIES,
         backoff_factor=0.01,
         backoff_max=0.05,
@@ -181,7 +187,7 @@ def test_photos_per_species_caps_downloads_and_paging(tmp_path):
 
 
 def test_faults_are_counted_and_nothing_corrupt_is_written(tmp_path):
-    inat = FakeINaturalist.with_taxa((101, 202), observations_per_taxon=8, max_per_page=3, hang_s=1.2)
+    inat = FakeINaturalist.with_taxa((101, 202), observations_per_taxon=8, max_per_page=3, hang_s=HANG_S)
     p, q = inat.photos_of(101), inat.photos_of(202)
     p[0].fault, p[1].fault, p[2].fault = "truncated", "html", "tiny"
     p[3].license, p[4].license = "cc-by-nd", None
@@ -197,7 +203,7 @@ def test_faults_are_counted_and_nothing_corrupt_is_written(tmp_path):
         inat.inject_photo_fault(q[1].id, "429")
         inat.inject_photo_fault(q[2].id, "timeout")
         inat.inject_photo_fault(q[3].id, "cut")
-        records = acquire_inaturalist(config_for(inat), make_catalog((101, 202)), tmp_path)
+        records = acquire_inaturalist(config_for(inat, timeout_s=SHORT_TIMEOUT_S), make_catalog((101, 202)), tmp_path)
 
         kept_101 = [p[i] for i in (7, 8, 10, 11, 12, 13, 14, 15)]
         assert [r.photo_id for r in records] == [str(x.id) for x in kept_101 + q]
@@ -282,7 +288,8 @@ def _journal_events(out_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (out_dir / ".inaturalist/journal.jsonl").read_text().splitlines()]
 
 
-def _wait_for_photos(out_dir: Path, n: int, process: subprocess.Popen, timeout_s: float = 120.0) -> None:
+def _wait_for_photos(out_dir: Path, n: int, process: subprocess.Popen, timeout_s: float = 300.0) -> None:
+    """Wait until the journal holds ``n`` committed photos (the limit only stops a hung test)."""
     deadline = time.monotonic() + timeout_s
     journal = out_dir / ".inaturalist/journal.jsonl"
     while time.monotonic() < deadline:
@@ -293,6 +300,11 @@ def _wait_for_photos(out_dir: Path, n: int, process: subprocess.Popen, timeout_s
     raise AssertionError(f"fewer than {n} photos were committed within {timeout_s}s")
 
 
+def _requests_from(inat: FakeINaturalist, kind: str, user_agent: str) -> int:
+    """Requests of ``kind`` one client sent (told apart by its User-Agent), whenever they arrived."""
+    return sum(r.kind == kind and user_agent in r.user_agent for r in list(inat.log))
+
+
 def test_a_killed_run_resumes_to_the_same_dataset(tmp_path):
     taxa = load_catalog().taxon_ids[:3]
     reference_dir, run_dir = tmp_path / "reference", tmp_path / "run"
@@ -301,9 +313,16 @@ def test_a_killed_run_resumes_to_the_same_dataset(tmp_path):
         reference = build_dataset(config, reference_dir)
         assert len(reference) == 60
 
+        # The run to kill names itself apart: a request of it that reaches the server late (the
+        # kernel may still hold one after the kill) is never counted as the resumed run's.
+        killed = DatasetConfig(source="inaturalist", species=taxa,
+                               inaturalist=config_for(inat, user_agent="killed-run/1"))
         inat.reset_counts()
-        inat.hold_photos(after=25)  # photo requests after the 25th hang: the kill lands mid-run
-        args = json.dumps({"config": config.model_dump(), "out_dir": str(run_dir)})
+        # Photo requests after the 25th are held until release(), and with a read timeout far
+        # longer than the test they are never given up on: the run cannot finish by itself, and
+        # the kill lands between the 15th committed photo and the 25th.
+        inat.hold_photos(after=25)
+        args = json.dumps({"config": killed.model_dump(), "out_dir": str(run_dir)})
         with (tmp_path / "killed.log").open("w") as log:
             process = subprocess.Popen([sys.executable, "-c", _ACQUIRE_IN_SUBPROCESS, args], stderr=log)
             try:
@@ -313,12 +332,12 @@ def test_a_killed_run_resumes_to_the_same_dataset(tmp_path):
                 process.wait()
         assert process.returncode == -signal.SIGKILL
         inat.release()
-        inat.wait_idle()  # the held requests of the killed run are answered and logged before counting again
+        inat.wait_idle()  # the held requests of the killed run are answered and logged
 
         events = _journal_events(run_dir)
         committed = sum(e["event"] == "photo" for e in events)
         pages = sum(e["event"] == "page" for e in events)
-        assert 15 <= committed < 60 and not (run_dir / "manifest.csv").exists()
+        assert 15 <= committed <= 25 and not (run_dir / "manifest.csv").exists()
         # What else a kill can leave: a half-written temporary file, a photo renamed into place
         # whose journal line never made it (here: garbage), and a torn journal line.
         (run_dir / f"images/{taxa[0]}/.{reference[0].photo_id}.jpg.x1y2.tmp").write_bytes(b"\xff\xd8 half")
@@ -331,8 +350,9 @@ def test_a_killed_run_resumes_to_the_same_dataset(tmp_path):
 
         inat.reset_counts()
         resumed = build_dataset(config, run_dir)
-        assert inat.count("photo") == 60 - committed  # only what was missing
-        assert inat.count("api") == 9 - pages
+        agent = config.inaturalist.user_agent
+        assert _requests_from(inat, "photo", agent) == 60 - committed  # only what was missing
+        assert _requests_from(inat, "api", agent) == 9 - pages
 
     assert resumed == reference
     assert len({r.photo_id for r in resumed}) == 60
@@ -472,19 +492,19 @@ def test_backoff_waits_from_the_first_retry_with_jitter(tmp_path):
         waits.append(nominal)
     assert waits == [1.0, 2.0, 3.0]  # 1, 2, 4 capped at backoff_max
 
-    with FakeINaturalist.with_taxa(TAXA[:1], observations_per_taxon=2, hang_s=1.0) as inat:
+    with FakeINaturalist.with_taxa(TAXA[:1], observations_per_taxon=2, hang_s=HANG_S) as inat:
         first = inat.photos_of(TAXA[0])[0].id
         inat.inject_api_fault("500", times=2)
         inat.inject_api_fault("timeout")
         inat.inject_photo_fault(first, "500")
-        config = config_for(inat, backoff_factor=0.2, backoff_max=5.0)
+        config = config_for(inat, backoff_factor=0.2, backoff_max=5.0, timeout_s=SHORT_TIMEOUT_S)
         acquire_inaturalist(config, make_catalog(TAXA[:1]), tmp_path)
         inat.wait_idle()
         api = sorted((r for r in inat.log if r.kind == "api"), key=lambda r: r.arrived)
         assert [r.fault for r in api] == ["500", "500", "timeout", None]
         assert api[1].arrived - api[0].time >= 0.1  # retry 1: 0.1-0.2 s (urllib3 waited 0 s)
         assert api[2].arrived - api[1].time >= 0.2  # retry 2: 0.2-0.4 s
-        assert api[3].arrived - api[2].arrived >= 0.5 + 0.4  # the 0.5 s read timeout, then 0.4-0.8 s
+        assert api[3].arrived - api[2].arrived >= SHORT_TIMEOUT_S + 0.4  # the read timeout, then 0.4-0.8 s
         photo = sorted((r for r in inat.log if r.photo_id == first), key=lambda r: r.arrived)
         assert [r.status for r in photo] == [500, 200] and photo[1].arrived - photo[0].time >= 0.1
 
@@ -548,6 +568,7 @@ def test_a_network_going_down_mid_run_stops_cleanly_and_a_rerun_resumes(tmp_path
         committed = sum(e["event"] == "photo" for e in _journal_events(out_dir))
         assert committed < 40
 
+        inat.wait_idle()  # the held requests, released by stop(), are logged before counting again
         inat.start(port=port)
         inat.reset_counts()
         assert main(["dataset", str(config_path), str(out_dir)]) == 0

@@ -384,7 +384,7 @@ def test_open_set_threshold_from_the_bundle_refuses_unknown_photos(bundle_dir, p
     (bundle / "calibration.json").write_text(json.dumps(calibration))
     refused = Identifier(bundle).identify(photo)
     assert refused.verdict == UNKNOWN_SPECIES and refused.refused
-    assert refused.reasons[0].startswith("not one of the 4 species this model knows")
+    assert refused.reasons[0].startswith("this does not look like any of the 4 species this model knows")
     assert "top5" not in refused.to_dict() and refused.to_dict()["closest_known"]
     assert refused.verdict_text.startswith("not one of the species this model knows")
     calibration["variants"][identifier.variant]["open_set"]["score"] = "magic"
@@ -449,7 +449,7 @@ def test_feature_score_refuses_out_of_distribution_photos_and_answers_known_ones
     worst = min(refused, key=lambda a: a.open_set_score).photo
     answer = identifier.identify(worst)  # one photo alone: the same answer
     assert answer.verdict == UNKNOWN_SPECIES and answer.open_set_score < identifier.open_set.threshold
-    assert answer.reasons[0].startswith("not one of the 4 species this model knows")
+    assert answer.reasons[0].startswith("this does not look like any of the 4 species this model knows")
     batched = list(identifier.identify_many([worst, test_photos[0]]))  # features read in a batch too
     assert batched[0].verdict == UNKNOWN_SPECIES and batched[1].open_set_score == pytest.approx(
         answers[0].open_set_score, rel=0.05)  # dynamic-range variants quantize activations per batch

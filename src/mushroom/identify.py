@@ -77,6 +77,13 @@ VERDICT_TEXT = {
     UNKNOWN_SPECIES: "not one of the species this model knows - ask an expert",
     UNUSABLE_PHOTO: "not a usable photo - take another one",
 }
+
+
+def unknown_species_reason(n_species: int) -> str:
+    """Why a photo the open-set score refused gets no species (its score is for ``--verbose`` and ``--json``)."""
+    return f"this does not look like any of the {n_species} species this model knows"
+
+
 SYNTHETIC_BANNER = ("THIS MODEL WAS TRAINED ON SYNTHETIC DRAWINGS, NOT ON PHOTOS OF MUSHROOMS: "
                     "its answers on real photos mean nothing.")
 
@@ -147,6 +154,7 @@ class Answer:
     top_danger: str | None = None
     reasons: tuple[str, ...] = ()
     open_set_score: float | None = None
+    open_set_threshold: float | None = None  # set when the open-set score refused the photo
 
     @property
     def ok(self) -> bool:
@@ -191,6 +199,8 @@ class Answer:
             })
         if self.open_set_score is not None:
             out["open_set_score"] = round(self.open_set_score, 6)
+        if self.open_set_threshold is not None:
+            out["open_set_threshold"] = round(self.open_set_threshold, 6)
         out["notice"] = self.notice
         return out
 
@@ -450,10 +460,9 @@ class Identifier:
         if self.open_set is not None:
             score = float(self.open_set.scores(probs[None], None if features is None else features[None])[0])
             if self.open_set.threshold is not None and score < self.open_set.threshold:
-                reason = (f"not one of the {len(self._species)} species this model knows: the photo is unlike the "
-                          f"photos it was trained on (open-set score {score:.3g} is below "
-                          f"{self.open_set.threshold:.3g})")
-                return Answer(photo, candidates, verdict=UNKNOWN_SPECIES, reasons=(reason,), open_set_score=score)
+                return Answer(photo, candidates, verdict=UNKNOWN_SPECIES,
+                              reasons=(unknown_species_reason(len(self._species)),), open_set_score=score,
+                              open_set_threshold=self.open_set.threshold)
         dangerous = [c for c in candidates if c.edibility in DANGEROUS and c.probability > LOOKALIKE_MIN_PROBABILITY]
         top_danger = candidates[0].edibility if candidates and candidates[0].edibility in DANGEROUS else None
         lookalikes = tuple(Lookalike(c.scientific_name, c.common_name, c.edibility, c.probability, c.caution)
@@ -657,6 +666,9 @@ def format_answer(answer: Answer, verbose: bool = False) -> str:
     if answer.refused:
         lines.append(f"  verdict:   {answer.verdict_text}")
         lines += [f"  why:       {r}" for r in answer.reasons]
+        if verbose and answer.open_set_score is not None and answer.open_set_threshold is not None:
+            lines.append(f"  open-set score: {answer.open_set_score:.4g}, below this bundle's threshold "
+                         f"{answer.open_set_threshold:.4g}")
         if verbose and answer.candidates:
             lines.append("  closest known species (NOT an identification):")
             lines += ["  " + row for row in _candidate_rows(answer)]

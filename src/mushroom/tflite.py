@@ -13,6 +13,12 @@ converter orders them by name, so the features come first.
 
 from __future__ import annotations
 
+import os
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +73,49 @@ def _dequantized(out: np.ndarray, detail: dict) -> np.ndarray:
     return out.astype(np.float32)
 
 
+RUNTIME_INFO_PREFIX = b"INFO: "  # how the LiteRT runtime's C++ logger starts an INFO line
+_STDERR_LOCK = threading.Lock()
+
+
+@contextmanager
+def runtime_info_dropped() -> Iterator[None]:
+    """Drop the INFO lines the LiteRT runtime prints on stderr while the block runs; pass on the rest.
+
+    The runtime's C++ logger writes ``INFO: Created TensorFlow Lite XNNPACK delegate for CPU.``
+    straight to file descriptor 2 the first time a process allocates an interpreter's tensors,
+    and no setting of the Python package (nor ``TF_CPP_MIN_LOG_LEVEL``) turns it off. Here file
+    descriptor 2 points at a temporary file for the duration of the block; afterwards every line
+    written there that is not an ``INFO:`` line (a warning, an error, Python's own output) is
+    written to the real stderr, in order. Process-wide, so serialised by a lock.
+    """
+    with _STDERR_LOCK:
+        try:
+            sys.stderr.flush()
+            saved = os.dup(2)
+        except (OSError, ValueError, AttributeError):  # no usable stderr: nothing to keep clean
+            saved = None
+        if saved is None:
+            yield
+            return
+        with tempfile.TemporaryFile() as capture:
+            os.dup2(capture.fileno(), 2)
+            try:
+                yield
+            finally:
+                try:
+                    sys.stderr.flush()
+                except (OSError, ValueError, AttributeError):
+                    pass
+                os.dup2(saved, 2)
+                os.close(saved)
+                capture.seek(0)
+                kept = [line for line in capture.read().splitlines(keepends=True)
+                        if not line.startswith(RUNTIME_INFO_PREFIX)]
+                if kept:
+                    with open(2, "wb", closefd=False) as err:
+                        err.write(b"".join(kept))
+
+
 class TFLiteClassifier:
     """A loaded ``.tflite`` classifier.
 
@@ -79,8 +128,9 @@ class TFLiteClassifier:
         from ai_edge_litert.interpreter import Interpreter
 
         self.path = Path(path)
-        self.interpreter = Interpreter(model_path=str(self.path), num_threads=num_threads)
-        self.interpreter.allocate_tensors()
+        with runtime_info_dropped():  # the first allocation in a process prints an XNNPACK INFO line
+            self.interpreter = Interpreter(model_path=str(self.path), num_threads=num_threads)
+            self.interpreter.allocate_tensors()
         self._input = self.interpreter.get_input_details()[0]
         self._output_index, self._features_index = find_outputs(self.interpreter)
         self._refresh_outputs()

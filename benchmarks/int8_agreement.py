@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mushroom import backbones, export, variants
+from mushroom import backbones, export, quant_diagnostics, tflite_build, tflite_ranges, variants
 from mushroom.policy import NOT_EDIBLE, Policy
 from mushroom.tflite import TFLiteClassifier, measure_latency
 
@@ -81,7 +81,7 @@ def _converter(saved_model: Path, representative: np.ndarray, ops=None):
     import tensorflow as tf
 
     inputs = variants.BuildInputs(saved_model, representative)
-    return variants._calibrated_converter(inputs, ops or [tf.lite.OpsSet.TFLITE_BUILTINS_INT8])  # noqa: SLF001
+    return tflite_build._calibrated_converter(inputs, ops or [tf.lite.OpsSet.TFLITE_BUILTINS_INT8])  # noqa: SLF001
 
 
 def _build(variant: str, fold: bool = True) -> Callable:
@@ -103,8 +103,8 @@ def _per_tensor(saved, representative):
 
 def _group_in_float(group: str) -> Callable:
     def build(saved, representative):
-        calibrated = variants.calibrate(variants.BuildInputs(saved[True], representative))
-        return variants.group_in_float(calibrated, variants.quantizable_ops(calibrated), group)
+        calibrated = tflite_build.calibrate(variants.BuildInputs(saved[True], representative))
+        return quant_diagnostics.group_in_float(calibrated, tflite_ranges.quantizable_ops(calibrated), group)
     return build
 
 
@@ -115,7 +115,7 @@ def _calibrated(saved, representative) -> bytes:
     """One calibration per (model, photos) for all range remedies."""
     key = (str(saved[True]), len(representative))
     if key not in _CALIBRATED:
-        _CALIBRATED[key] = variants.calibrate(variants.BuildInputs(saved[True], representative))
+        _CALIBRATED[key] = tflite_build.calibrate(variants.BuildInputs(saved[True], representative))
     return _CALIBRATED[key]
 
 
@@ -127,18 +127,18 @@ def _all_ranges(method: str, percentile: float = 99.99) -> Callable:
     """
     def build(saved, representative):
         calibrated = _calibrated(saved, representative)
-        fb = variants._flatbuffer(calibrated)  # noqa: SLF001
-        graph, types = fb.subgraphs[0], variants._op_types(fb)  # noqa: SLF001
+        fb = tflite_ranges._flatbuffer(calibrated)  # noqa: SLF001
+        graph, types = fb.subgraphs[0], tflite_ranges._op_types(fb)  # noqa: SLF001
         skip = {int(t) for t in graph.inputs}
         for op in graph.operators:
             if types[op.opcodeIndex] in ("SOFTMAX", "LOGISTIC", "TANH") or any(int(i) in skip for i in op.inputs) \
                     and types[op.opcodeIndex] in ("SUB", "ADD", "MUL", "PAD", "QUANTIZE"):
                 skip |= {int(t) for t in op.outputs}
         names_ = [n for i, t in enumerate(graph.tensors) if i not in skip
-                  and (n := variants._tensor_name(t)) in variants.calibrated_ranges(calibrated)]  # noqa: SLF001
-        values = variants.activation_values(calibrated, representative, names_)
-        ranges = {n: variants.activation_range(v, method, percentile) for n, v in values.items()}
-        return variants.quantize_full_integer(variants.with_ranges(calibrated, ranges))
+                  and (n := tflite_ranges._tensor_name(t)) in tflite_ranges.calibrated_ranges(calibrated)]  # noqa: SLF001
+        values = tflite_ranges.activation_values(calibrated, representative, names_)
+        ranges = {n: tflite_ranges.activation_range(v, method, percentile) for n, v in values.items()}
+        return tflite_build.quantize_full_integer(tflite_ranges.with_ranges(calibrated, ranges))
     return build
 
 
@@ -146,12 +146,12 @@ def _head_ranges(which: str, method: str = "minmax", percentile: float = 99.99, 
     """The logits' (``which="logits"``) or the logits' and features' (``"head"``) ranges."""
     def build(saved, representative):
         calibrated = _calibrated(saved, representative)
-        head = variants.head_tensors(calibrated)
+        head = tflite_ranges.head_tensors(calibrated)
         names_ = [head.logits] + ([head.features] if which == "head" else [])
-        photos = variants.held_out_like(representative) if held_out_like else representative
-        values = variants.activation_values(calibrated, photos, names_)
-        ranges = {n: variants.activation_range(v, method, percentile) for n, v in values.items()}
-        return variants.quantize_full_integer(variants.with_ranges(calibrated, ranges))
+        photos = tflite_ranges.held_out_like(representative) if held_out_like else representative
+        values = tflite_ranges.activation_values(calibrated, photos, names_)
+        ranges = {n: tflite_ranges.activation_range(v, method, percentile) for n, v in values.items()}
+        return tflite_build.quantize_full_integer(tflite_ranges.with_ranges(calibrated, ranges))
     return build
 
 
@@ -275,11 +275,11 @@ def _head_qat(epochs: int = 60) -> Callable:
 
         model = saved["keras"]
         inputs = variants.BuildInputs(saved[True], representative)
-        calibrated = variants.calibrated_model(inputs)
-        ranges = variants.head_ranges_from(calibrated, variants.held_out_like(representative))
-        head = variants.head_tensors(calibrated)
-        base = variants.quantize_full_integer(variants.with_ranges(calibrated, ranges))
-        photos = np.concatenate([representative, variants.held_out_like(representative),
+        calibrated = tflite_build.calibrated_model(inputs)
+        ranges = tflite_ranges.head_ranges_from(calibrated, tflite_ranges.held_out_like(representative))
+        head = tflite_ranges.head_tensors(calibrated)
+        base = tflite_build.quantize_full_integer(tflite_ranges.with_ranges(calibrated, ranges))
+        photos = np.concatenate([representative, tflite_ranges.held_out_like(representative),
                                  representative[:, :, ::-1]]).astype(np.float32)
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / "m.tflite").write_bytes(base)
@@ -310,10 +310,10 @@ def _head_qat(epochs: int = 60) -> Callable:
         tuned.get_layer("probabilities").set_weights([np.asarray(w) for w in student.layers[1].get_weights()])
         folded, _ = export.fold_preprocessing(tuned)
         path = export_saved_model(folded, Path(saved["tmp"]) / "head-qat")
-        tuned_calibrated = variants.calibrate(variants.BuildInputs(path, representative))
-        same = {variants.head_tensors(tuned_calibrated).logits: (lo, hi),
-                variants.head_tensors(tuned_calibrated).features: ranges[head.features]}
-        return variants.quantize_full_integer(variants.with_ranges(tuned_calibrated, same))
+        tuned_calibrated = tflite_build.calibrate(variants.BuildInputs(path, representative))
+        same = {tflite_ranges.head_tensors(tuned_calibrated).logits: (lo, hi),
+                tflite_ranges.head_tensors(tuned_calibrated).features: ranges[head.features]}
+        return tflite_build.quantize_full_integer(tflite_ranges.with_ranges(tuned_calibrated, same))
     return build
 
 

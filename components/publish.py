@@ -1,32 +1,7 @@
-from datetime import UTC, datetime
-
 from kfp import dsl
 from kfp.dsl import Artifact, Input, Model
 
 from components.image import IMAGE
-
-
-def record_start_time(pipeline_spec) -> str:
-    """Write the current UTC time wherever ``pipeline_spec`` asks for the run's creation time (in place).
-
-    The publish task orders runs by ``dsl.PIPELINE_JOB_CREATE_TIME_UTC_PLACEHOLDER``, which KFP
-    and Vertex resolve but kfp.local (2.17) fails on; a local run records its start time
-    there instead, right before it runs.
-
-    Args:
-        pipeline_spec: The ``PipelineSpec`` of the pipeline about to run locally.
-
-    Returns:
-        The time written (ISO 8601, UTC).
-    """
-    now = datetime.now(UTC).isoformat()
-    dags = [pipeline_spec.root.dag, *(c.dag for c in pipeline_spec.components.values() if c.HasField("dag"))]
-    for dag in dags:
-        for task in dag.tasks.values():
-            for parameter in task.inputs.parameters.values():
-                if parameter.runtime_value.constant.string_value == dsl.PIPELINE_JOB_CREATE_TIME_UTC_PLACEHOLDER:
-                    parameter.runtime_value.constant.string_value = now
-    return now
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)

@@ -33,6 +33,33 @@ from pipelines.runlog import RunConsole
 RUNNERS = ("subprocess", "docker")
 
 
+def record_start_time(pipeline_spec) -> str:
+    """Write the current UTC time wherever ``pipeline_spec`` asks for the run's creation time (in place).
+
+    The publish task orders runs by ``dsl.PIPELINE_JOB_CREATE_TIME_UTC_PLACEHOLDER``, which KFP
+    and Vertex resolve but kfp.local (2.17) fails on; a local run records its start time
+    there instead, right before it runs.
+
+    Args:
+        pipeline_spec: The ``PipelineSpec`` of the pipeline about to run locally.
+
+    Returns:
+        The time written (ISO 8601, UTC).
+    """
+    from datetime import UTC, datetime
+
+    from kfp import dsl
+
+    now = datetime.now(UTC).isoformat()
+    dags = [pipeline_spec.root.dag, *(c.dag for c in pipeline_spec.components.values() if c.HasField("dag"))]
+    for dag in dags:
+        for task in dag.tasks.values():
+            for parameter in task.inputs.parameters.values():
+                if parameter.runtime_value.constant.string_value == dsl.PIPELINE_JOB_CREATE_TIME_UTC_PLACEHOLDER:
+                    parameter.runtime_value.constant.string_value = now
+    return now
+
+
 def run_local(config_path: str | Path, output_dir: str | Path, runner: str = "subprocess",
               image: str | None = None, say: Callable[..., None] | None = None) -> dict:
     """Run the whole pipeline locally; return where the results are.
@@ -51,7 +78,6 @@ def run_local(config_path: str | Path, output_dir: str | Path, runner: str = "su
     """
     from kfp import local
 
-    from components.publish import record_start_time
     from pipelines.pipeline import pipeline_arguments, pipeline_for
 
     if runner not in RUNNERS:

@@ -12,9 +12,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 from mushroom import __version__
 
@@ -70,6 +70,17 @@ class _RecordingClient:
         return created
 
 
+@contextmanager
+def _skipped(module, function: str):
+    """``module.function`` does nothing inside the block (aiplatform's bucket creation in a dry run)."""
+    original = getattr(module, function)
+    setattr(module, function, lambda *args, **kwargs: None)
+    try:
+        yield
+    finally:
+        setattr(module, function, original)
+
+
 def create_request(job, *, service_account: str | None, network: str | None = None) -> dict[str, Any]:
     """The ``CreatePipelineJob`` request ``job.submit(service_account, network)`` would send, as JSON.
 
@@ -80,7 +91,7 @@ def create_request(job, *, service_account: str | None, network: str | None = No
 
     recorder = _RecordingClient()
     job.api_client = recorder
-    with mock.patch.object(gcs_utils, "create_gcs_bucket_for_pipeline_artifacts_if_it_does_not_exist"):
+    with _skipped(gcs_utils, "create_gcs_bucket_for_pipeline_artifacts_if_it_does_not_exist"):
         job.submit(service_account=service_account, network=network)
     assert recorder.request is not None, "PipelineJob.submit() sent no create request"
     message = recorder.request["pipeline_job"]

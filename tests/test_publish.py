@@ -678,8 +678,8 @@ def test_gcs_upload_that_does_not_match_local_checksums_is_removed_and_reported(
 
 
 def test_the_publish_task_gets_the_run_name_job_id_and_creation_time():
-    from components.publish import record_start_time
     from pipelines.pipeline import build_pipeline
+    from pipelines.run import record_start_time
 
     spec = build_pipeline().pipeline_spec
     params = spec.root.dag.tasks["publish-bundle"].inputs.parameters

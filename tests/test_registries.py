@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mushroom import backbones, variants
+from mushroom import backbones, tflite_build, variants
 from mushroom.config import ConfigError, parse_model_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,7 +36,7 @@ def _rescale():
 
 def _float32_again(inputs: variants.BuildInputs):
     # A second float reference built by the reference's own build function, with one fact.
-    for model, facts in variants.build_float32(inputs):
+    for model, facts in tflite_build.build_float32(inputs):
         yield model, {**facts, "built_by": "test"}
 
 

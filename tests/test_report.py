@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from mushroom import tflite_build
 from mushroom import variants as registry
 from mushroom.evaluation import read_evaluation
 from mushroom.report import SECTIONS, focus_variants, write_comparison_report, write_report
@@ -100,7 +101,7 @@ def test_report_and_summary_name_the_numbers(synthetic_report):
 
 
 def test_comparison_report_embeds_its_plot(tmp_path):
-    from mushroom.report.comparison import Choice
+    from mushroom.shipping import Choice
 
     evaluations = [synthetic_evaluation(tmp_path / f"c{i}", n_classes=6, seed=i) for i in range(2)]
     path = write_comparison_report(evaluations, Choice("synthetic-1", "int8", "a reason"), tmp_path / "out")
@@ -167,7 +168,7 @@ DUMMY_VARIANT = "bfloat16_test"  # registered by the test below only
 
 @pytest.fixture
 def dummy_variant():
-    variant = registry.register(registry.Variant(DUMMY_VARIANT, registry.build_float32, "registered by a test"))
+    variant = registry.register(registry.Variant(DUMMY_VARIANT, tflite_build.build_float32, "registered by a test"))
     try:
         yield variant.name
     finally:
@@ -297,7 +298,7 @@ def test_comparison_documents(two_evaluations, tmp_path):
 
 
 def test_md_table_escapes_pipes():
-    from mushroom.report import md_table
+    from mushroom.formatting import md_table
 
     assert md_table(["a", "b"], [["x|y", 1]]) == "| a | b |\n|---|---|\n| x\\|y | 1 |"
 

@@ -174,14 +174,12 @@ def build_provenance(dataset_dir: str | Path, splits_dir: str | Path, run_config
     info = read_json(Path(dataset_dir) / DATASET_INFO_NAME)
     config = info.get("config") or {}
     source = info.get("source")
-    data: dict[str, Any] = {"source": source, "synthetic": source == "synthetic",
+    from mushroom.sources import registry as sources
+
+    data: dict[str, Any] = {"source": source, "synthetic": sources.is_synthetic({"source": source}),
                             "acquired_at": info.get("acquired_at"), "seed": info.get("seed"), "config": config}
-    if source == "inaturalist":
-        inat = config.get("inaturalist") or {}
-        data.update(place_id=inat.get("place_id"), quality_grade=inat.get("quality_grade"),
-                    licenses=inat.get("licenses"))
-    elif source == "folder":
-        data["root"] = (config.get("folder") or {}).get("root")
+    if source in sources.names():
+        data.update(sources.get(source).recorded(config.get(source) or {}))
     rows = read_splits(splits_dir)
     splits = {}
     for name in ("train", "val", "test"):

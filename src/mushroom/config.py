@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import (
+    ConfigDict,
     Field,
     ValidationError,
     field_validator,
@@ -23,6 +24,7 @@ from pydantic import (
 from mushroom import backbones, variants
 from mushroom.cluster import ClusterConfig
 from mushroom.config_base import ConfigError, Strict, format_errors
+from mushroom.sources import registry as source_registry
 from mushroom.species import load_catalog
 
 __all__ = ["ConfigError", "RunConfig", "ModelConfig", "DatasetConfig", "SplitConfig", "load_config",
@@ -101,7 +103,13 @@ class UnknownTaxon(Strict):
 
 
 class DatasetConfig(Strict):
-    source: Literal["synthetic", "folder", "inaturalist"]
+    """The ``dataset:`` section. ``source`` names a registered source (:mod:`mushroom.sources.registry`);
+    its settings are ``dataset.<source>:`` (the built-in ones are fields here; another source's
+    are validated with the settings model it registered)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    source: str
     species: Literal["all"] | list[int | str] = "all"
     unknown_species: list[int | str | UnknownTaxon] = Field(
         default_factory=list,
@@ -113,6 +121,40 @@ class DatasetConfig(Strict):
     inaturalist: INaturalistSourceConfig = INaturalistSourceConfig()
     cache_uri: str | None = Field(
         None, description="gs:// prefix (or folder) where the built dataset is kept and reused by later runs")
+
+    @field_validator("source")
+    @classmethod
+    def _registered_source(cls, v: str) -> str:
+        if v not in source_registry.names():
+            raise ValueError(f"unknown source {v!r}; allowed: {source_registry.names()}")
+        return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _registered_settings(cls, data: Any) -> Any:
+        """Settings of sources registered beyond the built-in ones: ``dataset.<name>:`` validated
+        by the source's settings model; any other unknown key is an error naming it."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for key in [k for k in data if k not in cls.model_fields]:
+            if key not in source_registry.names():
+                raise ValueError(f"unknown field {key!r} (sources: {source_registry.names()})")
+            try:
+                data[key] = source_registry.get(key).settings_model().model_validate(data[key])
+            except ValidationError as err:
+                problems = "; ".join(f"{key}.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
+                raise ValueError(problems) from None
+        return data
+
+    def _given(self, name: str):
+        return getattr(self, name) if name in type(self).model_fields else (self.model_extra or {}).get(name)
+
+    def settings(self, source: str | None = None):
+        """The settings model of ``source`` (default: this dataset's source), defaults if not given."""
+        name = source or self.source
+        value = self._given(name)
+        return value if value is not None else source_registry.get(name).settings_model()()
 
     @field_validator("cache_uri")
     @classmethod
@@ -141,8 +183,11 @@ class DatasetConfig(Strict):
 
     @model_validator(mode="after")
     def _source_settings(self):
-        if self.source == "folder" and self.folder is None:
-            raise ValueError("source 'folder' needs folder.root (an ImageFolder tree)")
+        source = source_registry.get(self.source)
+        if source.settings_required and self._given(self.source) is None:
+            required = [f"dataset.{self.source}.{name}" for name, f in source.settings_model().model_fields.items()
+                        if f.is_required()]
+            raise ValueError(f"source {self.source!r} needs its settings: {', '.join(required)}")
         self.unknown_catalog()  # unknown_species: trained ones, duplicates and unresolvable names fail here
         return self
 

@@ -166,7 +166,8 @@ def closing_rows(evaluations: list[Evaluation], shipped: dict[str, str], best: s
         shipped: Model name -> the variant its bundle ships.
         best, chosen_variant: The configuration and variant the compare stage chose.
     """
-    from mushroom.report.tables import fmt, pct, risk
+    from mushroom.formatting import fmt, pct
+    from mushroom.report.tables import risk
 
     rows = []
     for e in evaluations:

@@ -388,7 +388,9 @@ class Identifier:
     @property
     def synthetic(self) -> bool:
         """The bundle's model was trained on synthetic drawings (its provenance says so)."""
-        return bundle_data_source(self.bundle.metadata).get("source") == "synthetic"
+        from mushroom.sources import registry as sources
+
+        return sources.is_synthetic(bundle_data_source(self.bundle.metadata))
 
     @property
     def open_set_unavailable(self) -> str | None:
@@ -593,17 +595,9 @@ SPECIES_NAMED_IN_HEADER = 12  # more species than this: the header gives the cou
 
 def describe_source(source: dict[str, Any]) -> str:
     """One line on what a bundle was trained on, from its recorded data source."""
-    kind = source.get("source")
-    if kind is None:
-        return "trained on: not recorded in this bundle"
-    if kind == "synthetic":
-        return "trained on: synthetic drawings of mushrooms (the demo generator), not photos"
-    if kind == "inaturalist":
-        where = source.get("place_id")
-        when = source.get("acquired_at")
-        return (f"trained on: iNaturalist research-grade photos (place {where}"
-                f"{', acquired ' + when[:10] if when else ''})")
-    return f"trained on: photos from a local folder ({source.get('root', '?')})"
+    from mushroom.sources import registry as sources
+
+    return f"trained on: {sources.describe(source)}"
 
 
 def format_species(identifier: Identifier) -> str:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mushroom import export
+from mushroom import export, quant_diagnostics, tflite_build, tflite_ranges
 from mushroom import variants as registry
 from mushroom.tflite import TFLiteClassifier, measure_latency
 
@@ -183,7 +183,7 @@ def quantize_model(model, representative: np.ndarray, val_images: np.ndarray, va
     channel flip goes into its first convolution). With ``profile_points`` > 0 the report also
     says where full int8 changes answers (:func:`error_profile`). ``recipe``: activation-range
     rules (:class:`mushroom.variants.RangeRule` or dicts of its fields) for ``int8_recipe``; a
-    recipe that does not fit the model stops the stage (:class:`mushroom.variants.RecipeError`).
+    recipe that does not fit the model stops the stage (:class:`mushroom.tflite_ranges.RecipeError`).
 
     Returns:
         ``(models, report)``: variant -> flatbuffer, and a JSON-able report with each
@@ -204,7 +204,7 @@ def quantize_model(model, representative: np.ndarray, val_images: np.ndarray, va
         inputs = registry.BuildInputs(export_saved_model(model, Path(tmp) / "saved_model"), representative,
                                       debug_samples, tuple(escalation_steps), report, rules)
         if rules:  # a recipe that does not fit the model stops the stage before any variant is built
-            registry.check_recipe(registry.calibrated_model(inputs), len(representative), rules)
+            tflite_ranges.check_recipe(tflite_build.calibrated_model(inputs), len(representative), rules)
         ordered = [registry.REFERENCE] + [v for v in variants if v != registry.REFERENCE]
         float_pred = None
         for name in ordered:
@@ -214,7 +214,7 @@ def quantize_model(model, representative: np.ndarray, val_images: np.ndarray, va
                     registry.get(name), inputs, val_images, val_labels, float_pred, candidates.get(registry.REFERENCE),
                     (tolerance_points, min_agreement), threads, latency_runs)
             except Exception as err:  # noqa: BLE001 - one optional variant must not sink the stage
-                if name in registry.REQUIRED or isinstance(err, registry.RecipeError):
+                if name in registry.REQUIRED or isinstance(err, tflite_ranges.RecipeError):
                     raise
                 log.warning("variant %s failed to convert, left out: %s", name, str(err).splitlines()[0])
                 report.setdefault("failed", {})[name] = str(err).splitlines()[0][:300]
@@ -284,19 +284,19 @@ def error_profile(inputs: registry.BuildInputs, images: np.ndarray, float_pred: 
         A JSON-able dict with ``blocks``, ``depth``, ``groups``, ``full_int8_agreement`` and a
         one-line ``finding``.
     """
-    calibrated = registry.calibrated_model(inputs)
-    ops = registry.quantizable_ops(calibrated)
-    blocks = registry.blocks_in_order(ops)
+    calibrated = tflite_build.calibrated_model(inputs)
+    ops = tflite_ranges.quantizable_ops(calibrated)
+    blocks = quant_diagnostics.blocks_in_order(ops)
     depth = [{"blocks_quantized": k, "last_block": blocks[k - 1],
-              "agreement": _agreement(registry.first_blocks_quantized(calibrated, ops, k), images, float_pred,
+              "agreement": _agreement(quant_diagnostics.first_blocks_quantized(calibrated, ops, k), images, float_pred,
                                       threads)} for k in _spread(len(blocks), points)]
     full = depth[-1]["agreement"]
     groups = []
-    for group in registry.OP_GROUPS:
+    for group in tflite_ranges.OP_GROUPS:
         n = sum(o.group == group for o in ops)
         if n:
             groups.append({"group": group, "ops": n, "agreement": _agreement(
-                registry.group_in_float(calibrated, ops, group), images, float_pred, threads)})
+                quant_diagnostics.group_in_float(calibrated, ops, group), images, float_pred, threads)})
     return {"blocks": blocks, "depth": depth, "groups": groups, "full_int8_agreement": full,
             "finding": _finding(depth, groups, full)}
 
@@ -323,7 +323,7 @@ def _finding(depth: list[dict], groups: list[dict], full: float) -> str:
 
 
 def _profile_markdown(profile: dict) -> list[str]:
-    from mushroom.report.tables import md_table
+    from mushroom.formatting import md_table
 
     depth = profile["depth"]
     lines = ["## Where full int8 changes answers", "", profile["finding"] + ".", "",
@@ -366,7 +366,7 @@ def headline_metrics(report: dict) -> dict[str, float]:
 
 def format_report(report: dict) -> str:
     """The quantization report as Markdown."""
-    from mushroom.report.tables import md_table
+    from mushroom.formatting import md_table
 
     measured = md_table(
         ["variant", "size MB", "val top-1", "loss (points)", f"agreement with {registry.REFERENCE}", "latency ms"],

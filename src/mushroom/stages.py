@@ -474,7 +474,9 @@ def _gate(images: np.ndarray, photo_sizes, details=None) -> np.ndarray:
 def _dataset_source(dataset_dir: str | Path) -> dict[str, Any]:
     """The data source of a dataset folder (for bundles written before provenance was recorded)."""
     info = read_json(Path(dataset_dir) / "dataset.json")
-    return {"source": info.get("source"), "synthetic": info.get("source") == "synthetic"}
+    from mushroom.sources import registry as sources
+
+    return {"source": info.get("source"), "synthetic": sources.is_synthetic(info)}
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 from mushroom.fileio import write_text_atomic
 from mushroom.report.comparison import (
     COMPARISON_REPORT,
-    Choice,
     Comparison,
     compare_evaluations,
     write_comparison_report,
@@ -26,14 +25,14 @@ from mushroom.report.comparison import (
 from mushroom.report.html import render_html
 from mushroom.report.markdown import render_summary
 from mushroom.report.plots import PLOTS, build_plots, save_plot
-from mushroom.report.tables import SECTIONS, focus_variants, md_table
+from mushroom.report.tables import SECTIONS, focus_variants
 
 if TYPE_CHECKING:
     from mushroom.evaluation import Evaluation
 
 __all__ = [
-    "COMPARISON_REPORT", "PLOTS", "REPORT", "SECTIONS", "SUMMARY", "Choice", "Comparison", "compare_evaluations",
-    "focus_variants", "md_table", "render_summary", "write_comparison_report", "write_report",
+    "COMPARISON_REPORT", "PLOTS", "REPORT", "SECTIONS", "SUMMARY", "Comparison", "compare_evaluations",
+    "focus_variants", "render_summary", "write_comparison_report", "write_report",
 ]
 
 log = logging.getLogger(__name__)

@@ -16,9 +16,11 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from mushroom import variants as registry
 from mushroom.fileio import write_json_atomic, write_text_atomic
+from mushroom.formatting import DASH, fmt, md_table, pct, signed
 from mushroom.report.html import render_comparison_html
 from mushroom.report.plots import Plot, plot_accuracy_vs_cost, save_plot, tflite_points
-from mushroom.report.tables import DASH, Table, change, fmt, latency, md_table, median_ms, pct, risk, signed
+from mushroom.report.tables import Table, change, latency, median_ms, risk
+from mushroom.shipping import Choice, choose_best
 
 if TYPE_CHECKING:
     from mushroom.evaluation import Evaluation, VariantEvaluation
@@ -68,58 +70,6 @@ class Comparison:
         write_json_atomic(out_dir / COMPARISON_JSON, self.summary)
         html = write_comparison_report(self.evaluations, self.choice, out_dir, self.shipped)
         return {"markdown": out_dir / COMPARISON_MARKDOWN, "json": out_dir / COMPARISON_JSON, "html": html}
-
-
-@dataclass(frozen=True)
-class Choice:
-    """The chosen configuration, the variant it ships, and why."""
-
-    model_name: str
-    variant: str
-    reason: str
-
-
-def _shipped(evaluation: Evaluation, shipped: dict[str, str]) -> tuple[str, VariantEvaluation]:
-    """The variant a configuration's bundle ships, and its evaluation."""
-    name = shipped.get(evaluation.model_name) or registry.fallback_variant(evaluation.tflite_variants())
-    variant = evaluation.variant(name)
-    if variant is None:
-        raise ValueError(f"compare: {evaluation.model_name} ships {name!r}, which its evaluation does not hold")
-    if variant.validation is None:
-        raise ValueError(f"compare: {evaluation.model_name}'s evaluation has no validation figures (written by an "
-                         "older version); rerun its evaluate stage to compare it")
-    return name, variant
-
-
-def _is_safe(evaluation: Evaluation, variant: VariantEvaluation) -> bool:
-    rate = variant.calibrated.policy.val_dangerous_as_edible_rate
-    return rate is None or rate <= evaluation.target_dangerous_as_edible + 1e-12
-
-
-def choose_best(evaluations: list[Evaluation], shipped: dict[str, str]) -> Choice:
-    """Choose on the validation split, by each bundle's shipped variant, under the safety target.
-
-    Rank: the validation dangerous-as-edible rate within the target first, then the highest
-    validation top-1, then the smaller file, then the lower single-thread latency.
-
-    Args:
-        evaluations: One per configuration.
-        shipped: Model name -> the variant its bundle ships (``metadata.json``'s ``default_variant``).
-    """
-    def rank(e: Evaluation) -> tuple:
-        _, v = _shipped(e, shipped)
-        one_thread = v.latency.threads_1.median_ms if v.latency else float("inf")
-        return _is_safe(e, v), v.validation.top1, -(v.size_mb or 0.0), -one_thread
-
-    best = max(evaluations, key=rank)
-    name, v = _shipped(best, shipped)
-    safe = sum(_is_safe(e, _shipped(e, shipped)[1]) for e in evaluations)
-    reason = (f"highest validation top-1 ({v.validation.top1:.3f}) of the shipped variants among the {safe} of "
-              f"{len(evaluations)} configuration(s) within the dangerous-as-edible target on validation"
-              if _is_safe(best, v) else
-              f"no configuration meets the dangerous-as-edible target on validation; highest validation top-1 "
-              f"({v.validation.top1:.3f})")
-    return Choice(best.model_name, name, reason)
 
 
 class ComparisonTables(NamedTuple):

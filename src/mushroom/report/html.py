@@ -20,11 +20,13 @@ from mushroom.report.tables import (
     settings_line,
     species_tables,
 )
+from mushroom.sources import registry as sources
 
 if TYPE_CHECKING:
     from mushroom.evaluation import Evaluation
-    from mushroom.report.comparison import Choice, ComparisonTables
+    from mushroom.report.comparison import ComparisonTables
     from mushroom.report.plots import Plot
+    from mushroom.shipping import Choice
 
 
 class _Image(NamedTuple):
@@ -59,6 +61,7 @@ def render_html(evaluation: Evaluation, plots: dict[str, Plot], shipped_variant:
     return _render("report.html.j2", title=f"Evaluation {evaluation.model_name}", evaluation=evaluation,
                    settings=settings_line(evaluation, shipped_variant), sections=SECTIONS,
                    data_source=data_source_line(evaluation),
+                   synthetic_source=sources.is_synthetic(evaluation.data_source),
                    openset_check=openset_check_line(evaluation, shipped_variant),
                    tables={**section_tables(evaluation), **openset_tables(evaluation)},
                    species_tables=species_tables(evaluation, shipped_variant),

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from mushroom.formatting import md_table
 from mushroom.report.tables import (
     SECTIONS,
     data_source_line,
-    md_table,
     openset_check_line,
     openset_tables,
     section_tables,
     settings_line,
 )
+from mushroom.sources import registry as sources
 
 if TYPE_CHECKING:
     from mushroom.evaluation import Evaluation
@@ -30,7 +31,7 @@ def render_summary(evaluation: Evaluation, shipped_variant: str | None = None) -
     """
     tables = {**section_tables(evaluation), **openset_tables(evaluation)}
     source = data_source_line(evaluation)
-    if (evaluation.data_source or {}).get("source") == "synthetic":
+    if sources.is_synthetic(evaluation.data_source):
         source = f"> **{source}**"
     lines = [f"# Evaluation: {evaluation.model_name}", "", source, "", settings_line(evaluation, shipped_variant), "",
              *(f"> **Warning:** {w}\n" for w in evaluation.warnings or []),

@@ -1,18 +1,16 @@
-"""The report's tables: number formatting, every table's header and rows, and Markdown tables.
+"""The report's tables: every table's header and rows, as plain strings.
 
-Cells are plain strings, so the HTML report, ``summary.md`` and the comparison show the same
-figures. Nothing heavy is imported here (no plotting, no templates): :func:`md_table` is the
-project's one Markdown table writer.
+Cells are plain strings (formatted by :mod:`mushroom.formatting`), so the HTML report,
+``summary.md`` and the comparison show the same figures. Nothing heavy is imported here (no
+plotting, no templates).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
-
-import numpy as np
+from typing import TYPE_CHECKING, NamedTuple
 
 from mushroom import variants as registry
+from mushroom.formatting import DASH, fmt, pct, signed
 
 if TYPE_CHECKING:
     from mushroom.evaluation import (
@@ -25,7 +23,6 @@ if TYPE_CHECKING:
         VariantEvaluation,
     )
 
-DASH = "\u2014"  # a missing value
 SECTIONS = {
     "overview": "Overview",
     "species": "Species",
@@ -49,47 +46,9 @@ class Table(NamedTuple):
 # --- formatting ----------------------------------------------------------------------------
 
 
-def fmt(value: Any, digits: int = 3) -> str:
-    """A number for a table (integers as they are); an em dash for a missing value."""
-    if value is None:
-        return DASH
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        return str(value)
-    return f"{float(value):.{digits}f}"
-
-
-def pct(value: float | None, digits: int = 1) -> str:
-    """A share as a percentage; an em dash for a missing value."""
-    return DASH if value is None else f"{100 * float(value):.{digits}f}%"
-
-
-def signed(value: float | None, digits: int = 3) -> str:
-    """A change with its sign; a change that rounds to zero reads +0 (never -0)."""
-    if value is None:
-        return DASH
-    rounded = round(float(value), digits) + 0.0
-    return f"{rounded:+.{digits}f}"
-
-
 def change(value: Change) -> str:
     """An absolute and a relative change: ``+0.012 / +1.5%``."""
     return f"{signed(value.absolute)} / {pct(value.relative)}"
-
-
-def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A Markdown (GitHub) table; cells are written with ``str`` and their pipes escaped.
-
-    Args:
-        header: Column names.
-        rows: One sequence of cells per row, as long as ``header``.
-
-    Returns:
-        The table's lines, without a trailing newline.
-    """
-    def line(cells: Sequence[Any]) -> str:
-        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
-
-    return "\n".join([line(header), "|" + "---|" * len(header), *(line(r) for r in rows)])
 
 
 def _prf(scores: DecisionScores | SpeciesRow) -> str:
@@ -165,17 +124,13 @@ def data_source_line(evaluation: Evaluation) -> str:
 
 
 def _trained_on(evaluation: Evaluation) -> str:
-    source = (evaluation.data_source or {}).get("source")
-    if source is None:
-        return "Data source: not recorded."
-    if source == "synthetic":
-        return ("Data source: SYNTHETIC drawings of mushrooms (the demo generator), not photos. These figures test "
-                "the pipeline; they say nothing about how the model does on real mushrooms.")
-    if source == "inaturalist":
-        d = evaluation.data_source
-        return (f"Data source: iNaturalist research-grade photos (place {d.get('place_id')}, acquired "
-                f"{(d.get('acquired_at') or '?')[:10]}).")
-    return f"Data source: photos from a local folder ({evaluation.data_source.get('root', '?')})."
+    from mushroom.sources import registry as sources
+
+    description = sources.describe(evaluation.data_source)
+    if sources.is_synthetic(evaluation.data_source):  # shouted: these figures are not about mushrooms
+        return (f"Data source: {description.replace('synthetic', 'SYNTHETIC', 1)}. These figures test the pipeline; "
+                "they say nothing about how the model does on real mushrooms.")
+    return f"Data source: {description}."
 
 
 def openset_table(evaluation: Evaluation) -> Table:

@@ -1,4 +1,4 @@
-"""Data sources behind one interface.
+"""Data sources behind one interface (:mod:`mushroom.sources.registry`).
 
 Every source writes photos under ``<out_dir>/images/`` and returns one
 :class:`~mushroom.manifest.PhotoRecord` per photo, with ``file`` relative to ``out_dir``.
@@ -13,15 +13,17 @@ import time
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from mushroom.config import DatasetConfig
 from mushroom.fileio import write_text_atomic
 from mushroom.manifest import PhotoRecord, records_to_csv, write_dataset_info, write_manifest
+from mushroom.sources import registry
 from mushroom.species import Catalog
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from mushroom.config import DatasetConfig
 
-SOURCES = ("synthetic", "folder", "inaturalist")
+log = logging.getLogger(__name__)
 
 
 UNKNOWN_FOLDER = "unknown"  # photos of the unknown_species, under the dataset folder
@@ -34,19 +36,7 @@ def collect_photos(config: DatasetConfig, catalog: Catalog, out_dir: Path, seed:
 
     ``ignore``: taxa a folder source skips without complaint (the unknown species' folders).
     """
-    if config.source == "synthetic":
-        from mushroom.sources.synthetic import generate_synthetic
-
-        return generate_synthetic(config.synthetic, catalog, out_dir, seed)
-    if config.source == "folder":
-        from mushroom.sources.folder import import_folder
-
-        return import_folder(config.folder, catalog, out_dir, ignore=ignore)
-    if config.source == "inaturalist":
-        from mushroom.sources.inaturalist import acquire_inaturalist
-
-        return acquire_inaturalist(config.inaturalist, catalog, out_dir)
-    raise ValueError(f"dataset.source {config.source!r} is not one of {list(SOURCES)}")
+    return registry.get(config.source).collector()(config.settings(), catalog, out_dir, seed, ignore)
 
 
 def build_dataset(config: DatasetConfig, out_dir: str | Path, seed: int = 42) -> list[PhotoRecord]:

@@ -116,3 +116,9 @@ def import_folder(config: FolderSourceConfig, catalog: Catalog, out_dir: Path,
         log.warning("skipped %d unreadable files, e.g. %s", len(bad), bad[:3])
     log.info("imported %d photos from %s", len(records), root)
     return records
+
+
+def collect_folder(config: FolderSourceConfig, catalog: Catalog, out_dir: Path, seed: int,
+                   ignore: Catalog | None = None) -> list[PhotoRecord]:
+    """The registry's collector (:mod:`mushroom.sources.registry`): :func:`import_folder`."""
+    return import_folder(config, catalog, out_dir, ignore=ignore)

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from mushroom.fileio import read_json, write_json_atomic, write_text_atomic
+from mushroom.formatting import md_table
 from mushroom.manifest import PhotoRecord
-from mushroom.report.tables import md_table
 from mushroom.species import Species
 
 ATTRIBUTIONS_NAME = "ATTRIBUTIONS.csv"

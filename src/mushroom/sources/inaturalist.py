@@ -451,3 +451,9 @@ def _check_missing(config: INaturalistSourceConfig, results: list[TaxonResult]) 
         f"{message}. Check the taxon ids and failures.csv, or set dataset.inaturalist.allow_missing_species: "
         "true to build the dataset without them"
     )
+
+
+def collect_inaturalist(config: INaturalistSourceConfig, catalog: Catalog, out_dir: Path, seed: int,
+                        ignore: Catalog | None = None) -> list[PhotoRecord]:
+    """The registry's collector (:mod:`mushroom.sources.registry`): :func:`acquire_inaturalist`."""
+    return acquire_inaturalist(config, catalog, out_dir)

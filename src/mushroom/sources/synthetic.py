@@ -527,3 +527,9 @@ def _jitter(image: Image.Image, rng: np.random.Generator) -> Image.Image:
     noise = rng.standard_normal(pixels.shape, dtype=np.float32) * rng.uniform(2.0, 6.0)
     pixels = pixels * gain.astype(np.float32) + noise
     return Image.fromarray(np.clip(pixels + 0.5, 0, 255).astype(np.uint8), "RGB")
+
+
+def collect_synthetic(config: SyntheticSourceConfig, catalog: Catalog, out_dir: Path, seed: int,
+                      ignore: Catalog | None = None) -> list[PhotoRecord]:
+    """The registry's collector (:mod:`mushroom.sources.registry`): :func:`generate_synthetic`."""
+    return generate_synthetic(config, catalog, out_dir, seed)

@@ -31,6 +31,11 @@ class Species:
         return self.edibility in DANGEROUS
 
     @property
+    def genus(self) -> str:
+        """The genus: the first word of the scientific name (``Amanita`` for ``Amanita muscaria``)."""
+        return self.scientific_name.split()[0]
+
+    @property
     def slug(self) -> str:
         """A filesystem-safe name, e.g. ``amanita_muscaria``."""
         return self.scientific_name.lower().replace(" ", "_")
@@ -58,6 +63,18 @@ class Catalog:
 
     def __contains__(self, taxon_id: object) -> bool:
         return taxon_id in self._by_id
+
+    def genera(self) -> dict[str, list[int]]:
+        """Genus -> the class indices of its species, genera in the order they first appear."""
+        groups: dict[str, list[int]] = {}
+        for index, species in enumerate(self.species):
+            groups.setdefault(species.genus, []).append(index)
+        return groups
+
+    def worst_edibility(self, indices) -> str:
+        """The most dangerous edibility among the species at ``indices`` (deadly > poisonous >
+        inedible > edible): what a genus answer must assume."""
+        return max((self.species[i].edibility for i in indices), key=EDIBILITY_VALUES.index)
 
     @property
     def taxon_ids(self) -> list[int]:

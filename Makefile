@@ -23,7 +23,7 @@ HOST ?= http://localhost:8080
 PIPELINE_ROOT ?=
 SUBMIT_ARGS ?=
 
-.PHONY: help install demo run test lint compile check-compiled build build-cpu build-gpu push submit clean
+.PHONY: help install demo identify-demo run test lint compile check-compiled build build-cpu build-gpu push submit clean
 
 help: ## List the targets (coloured on a terminal, plain otherwise)
 	@if [ -t 1 ]; then on='\033[36m'; off='\033[0m'; else on=''; off=''; fi; \
@@ -40,6 +40,9 @@ install: $(VENV)/.installed ## Create .venv and install the project with its dev
 
 demo: install ## Run the demo pipeline locally (kfp.local, synthetic data) and print where results are
 	$(PY) -m pipelines.run pipelines/configs/demo.yaml --output outputs/demo
+
+identify-demo: install ## After `make demo`: identify a test photo with the bundle the demo published (prints the command)
+	$(PY) -m pipelines.identify_demo outputs/demo
 
 run: install ## Run CONFIG=path/to/config.yaml locally
 	$(PY) -m pipelines.run $(CONFIG)

@@ -232,14 +232,14 @@ def _summarize(console: RunConsole, result: dict) -> None:
     if best:
         console.say(f"Chosen: {best}, variant {variant}: {comparison.get('reason', '')}")
     console.say()
-    for path, e in zip(result["evaluations"], evaluations, strict=True):
-        console.say(f"  {e.model_name}: evaluation {path}")
-    for path in result["bundles"]:
-        console.say(f"  bundle: {path}")
-    console.say(f"Published bundle and evaluation: {result['published']}")
-    if "://" not in result["published"]:
-        published = Path(result["published"]) / "evaluation"
-        console.say(f"Report: {published / 'report.html'}\nComparison: {published / 'comparison.html'}")
+    # Where each configuration's files are, what was published, and the identify command to try it.
+    from mushroom.console import closing_locations, configuration_of_bundle
+
+    bundles = [(name, path, shipped.get(name, "?")) for path in result["bundles"]
+               for name in [configuration_of_bundle(path) or "?"]]
+    console.say("\n".join(closing_locations(
+        [(e.model_name, path) for path, e in zip(result["evaluations"], evaluations, strict=True)],
+        bundles, result["published"], best, variant)))
 
 
 if __name__ == "__main__":

@@ -197,3 +197,110 @@ def closing_table(evaluations: list[Evaluation], shipped: dict[str, str], best: 
                "shipped variant, under the dangerous-as-edible target); top-1, top-5, dangerous as edible and "
                "coverage: the test split.")
     return "\n".join(out)
+
+
+# --------------------------------------------------------------------------- where things are, and what to try
+
+
+def run_folder_of(path: str | Path) -> Path | None:
+    """The kfp.local run folder (``PIPELINE_ROOT/<run name>``) a task's output lies in: the ancestor
+    that holds the acquire task's output; None when there is none (a cluster run's artifacts)."""
+    for folder in Path(path).resolve().parents:
+        if (folder / "acquire-dataset" / "dataset").is_dir():
+            return folder
+    return None
+
+
+@dataclass(frozen=True)
+class DemoPhoto:
+    """A photo of a run's test split (no model of the run trained on it) and what it shows."""
+
+    path: Path
+    scientific_name: str
+    common_name: str
+    synthetic: bool  # drawn by the synthetic source: not a photo of a mushroom
+
+    @property
+    def description(self) -> str:
+        what = "a synthetic drawing" if self.synthetic else "a photo"
+        common = f" ({self.common_name})" if self.common_name else ""
+        return f"{what} of {self.scientific_name}{common} from the test split, which no model trained on"
+
+
+def demo_photo(run_folder: str | Path) -> DemoPhoto | None:
+    """The first test-split photo of a kfp.local run's dataset that exists; None if there is none."""
+    from mushroom.fileio import read_json
+    from mushroom.manifest import DATASET_INFO_NAME, read_dataset_catalog, read_splits
+
+    run_folder = Path(run_folder)
+    dataset = run_folder / "acquire-dataset" / "dataset"
+    try:
+        records = read_splits(run_folder / "split-dataset" / "splits")
+        catalog = read_dataset_catalog(dataset)
+        source = read_json(dataset / DATASET_INFO_NAME).get("source")
+    except (OSError, ValueError, KeyError):
+        return None
+    for record in records:
+        if record.split == "test" and (dataset / record.file).is_file():
+            species = catalog.find(record.taxon_id)
+            return DemoPhoto(dataset / record.file, species.scientific_name if species else str(record.taxon_id),
+                             species.common_name if species else "", source == "synthetic")
+    return None
+
+
+def shown_path(path: str | Path, cwd: str | Path | None = None) -> str:
+    """A path as a person types it in ``cwd`` (default: the working folder): relative when it lies
+    under it, else absolute; ``gs://`` URIs unchanged. Quoted for a POSIX shell where needed."""
+    import shlex
+
+    text = str(path)
+    if "://" not in text:
+        here = Path(cwd or Path.cwd()).resolve()
+        absolute = Path(text).resolve()
+        text = str(absolute.relative_to(here)) if absolute.is_relative_to(here) else str(absolute)
+    return shlex.quote(text)
+
+
+def mushroom_command(cwd: str | Path | None = None) -> str:
+    """How to call the ``mushroom`` command installed beside this Python, as typed in ``cwd``:
+    ``.venv/bin/mushroom`` in a checkout (works whether or not the environment is activated);
+    plain ``mushroom`` when this Python has none beside it."""
+    script = Path(sys.executable).with_name("mushroom")
+    if not script.is_file():
+        return "mushroom"
+    text = shown_path(script, cwd)
+    return text if "/" in text else f"./{text}"
+
+
+def identify_command(photo: str | Path, bundle: str, cwd: str | Path | None = None) -> str:
+    """``mushroom identify PHOTO --bundle BUNDLE`` as a person types it in ``cwd``."""
+    return f"{mushroom_command(cwd)} identify {shown_path(photo, cwd)} --bundle {shown_path(bundle, cwd)}"
+
+
+def closing_locations(evaluations: list[tuple[str, str]], bundles: list[tuple[str, str, str]], published: str,
+                      best: str | None, chosen_variant: str | None, cwd: str | Path | None = None) -> list[str]:
+    """The lines a run ends with: where each configuration's evaluation and bundle are, what was
+    published, the report, and the identify command for the published bundle and one test photo.
+
+    Args:
+        evaluations: ``(model name, evaluation.json path)`` per configuration.
+        bundles: ``(model name, calibrated bundle folder, the variant it ships)`` per configuration.
+        published: The published run folder (a local path or a ``gs://`` URI).
+        best, chosen_variant: The configuration and variant the compare stage chose (None: no choice).
+        cwd: Where the person types the command (default: the working folder).
+    """
+    lines = [f"  {name}: evaluation {path}" for name, path in evaluations]
+    lines += [f"  {name}: bundle {path} (ships {variant})" for name, path, variant in bundles]
+    lines.append(f"Published bundle and evaluation: {published}")
+    if best:
+        lines.append(f"  the {best} bundle, variant {chosen_variant}: the compare stage's choice")
+    if "://" not in published:
+        evaluation = Path(published) / "evaluation"
+        lines += [f"Report: {evaluation / 'report.html'}", f"Comparison: {evaluation / 'comparison.html'}"]
+    photo = next((p for p in (demo_photo(f) for f in {run_folder_of(b) for _, b, _ in bundles} if f) if p), None)
+    if photo is not None:
+        lines += ["", f"Try the published {best or 'model'} on {photo.description}:",
+                  f"  {identify_command(photo.path, published, cwd)}"]
+        if photo.synthetic:
+            lines.append("  (the data is synthetic: drawings, not mushrooms; the answers on real photos mean nothing)")
+    return lines

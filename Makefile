@@ -54,7 +54,7 @@ $(VENV)/.installed-container: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e ".[container]"
 	touch $@
 
-container-demo: $(VENV)/.installed-container ## Build IMAGE:TAG (CPU) and run the demo with every stage in it (DockerRunner; needs Docker, see README)
+container-demo: $(VENV)/.installed-container ## Build IMAGE:TAG (CPU) and run the demo with every stage in it (DockerRunner; needs Docker, see docs/containers.md)
 	IMAGE=$(IMAGE) TAG=$(TAG) PY=$(PY) LOCAL_BASE_IMAGE=$(LOCAL_BASE_IMAGE) images/container-demo.sh
 
 base-image: ## Build LOCAL_BASE_IMAGE, a Python 3.11 base from Debian packages (root, debootstrap, Docker)
@@ -105,7 +105,7 @@ submit-vertex: install ## Submit CONFIG to Vertex AI Pipelines (PROJECT, REGION,
 	$(IMAGES_ENV) $(PY) -m pipelines.submit $(CONFIG) --vertex --project "$(PROJECT)" --region "$(REGION)" \
 		--pipeline-root "$(PIPELINE_ROOT)" $(SUBMIT_ARGS)
 
-# The demo on a local cluster, step by step (scripts/cluster-demo.sh; README, "Run on a cluster").
+# The demo on a local cluster, step by step (scripts/cluster-demo.sh; docs/clusters.md).
 # KUBE=minikube for minikube; `make kind-demo` runs every step.
 .PHONY: kind-cluster kind-kfp kind-manifests kind-images kind-forward kind-submit kind-results kind-demo
 KUBE ?= kind

@@ -4,7 +4,7 @@
 
 Writes ``OUT/<Scientific name>/<observation>/<n>.jpg`` for every species of the configuration:
 synthetic drawings (``mushroom.sources.synthetic``; NOT photos of mushrooms), in the layout your
-own photos would have. Replace them with your photos and the rest of the walk-through (README,
+own photos would have. Replace them with your photos and the rest of the walk-through (docs/sources.md,
 "Your own photos") stays the same.
 """
 

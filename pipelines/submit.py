@@ -27,8 +27,8 @@ from typing import Any
 from mushroom.config import ConfigError, load_config
 
 KUBERNETES_SERVICE_ACCOUNT = "mushroom-pipeline-runner"  # manifests/base/runner
-# Vertex AI runs a step as a Google service account, named by its email. The docs (README, "Run on
-# Vertex AI") create this one; on GKE the Kubernetes account above is bound to it (Workload Identity).
+# Vertex AI runs a step as a Google service account, named by its email. The docs (docs/clusters.md,
+# "Vertex AI Pipelines") create this one; on GKE the Kubernetes account above is bound to it (Workload Identity).
 GOOGLE_SERVICE_ACCOUNT = "mushroom-pipeline-runner@{project}.iam.gserviceaccount.com"
 
 _EMAIL = re.compile(r"[a-z0-9][a-z0-9._-]*@[a-z0-9][a-z0-9.-]*\.[a-z]{2,}")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The demo on a local Kubernetes cluster, from an empty machine to a finished run, one step at a
-# time. `make kind-demo` runs every step; each step is also its own make target (README, "Run on a
-# cluster"):
+# time. `make kind-demo` runs every step; each step is also its own make target (docs/clusters.md,
+# "kind or minikube"):
 #
 #   scripts/cluster-demo.sh cluster    create the cluster `mushroom` (kind, or minikube with 4 CPUs / 8 GB)
 #   scripts/cluster-demo.sh kfp        install standalone Kubeflow Pipelines $KFP_VERSION (pinned)

@@ -173,7 +173,7 @@ def _quantity(text: str) -> float:
 
 # The demo's target: one 4-CPU / 8 GB node (about 7.5 GiB allocatable) that also runs
 # Kubernetes, standalone Kubeflow Pipelines and the GCS emulator, whose pods request about
-# 1.8 CPU / 2.5 GiB (README, "Run on a cluster", lists the figures and their sources).
+# 1.8 CPU / 2.5 GiB (docs/clusters.md, "Why the demo fits a 4-CPU / 8 GB node", lists the figures and their sources).
 DEMO_NODE = {"cpu": 4.0, "memory": 7.5 * 2**30}
 OTHER_PODS = {"cpu": 1.8, "memory": 2.5 * 2**30}
 

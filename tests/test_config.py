@@ -222,9 +222,9 @@ def test_a_quantize_recipe_adds_int8_recipe_and_bad_recipes_are_named():
             parse_model_config({**base, "quantize": bad})
 
 
-def test_readme_stage_table_lists_every_stage_with_its_defaults():
-    """README's "Stage defaults" table is what DEFAULT_STAGES says, one row per stage, in order."""
-    readme = (CONFIGS.parents[1] / "README.md").read_text(encoding="utf-8")
+def test_docs_stage_table_lists_every_stage_with_its_defaults():
+    """docs/configuration.md's "Stage defaults" table is what DEFAULT_STAGES says, one row per stage, in order."""
+    readme = (CONFIGS.parents[1] / "docs" / "configuration.md").read_text(encoding="utf-8")
     head = "| stage | CPU request / limit | memory request / limit | scratch | timeout | retries | caching |"
     rows = readme.split(head, 1)[1].split("\n\n", 1)[0].strip().splitlines()[1:]
     table = {}

@@ -140,7 +140,7 @@ def test_make_help_is_plain_when_not_on_a_terminal():
 
 
 def test_documented_folder_example_builds_its_dataset(tmp_path, monkeypatch, capsys):
-    """README "Your own photos": stand-in photos, then `mushroom dataset examples/folder.yaml ...`."""
+    """docs/sources.md "Your own photos": stand-in photos, then `mushroom dataset examples/folder.yaml ...`."""
     from mushroom.cli import main
     from mushroom.manifest import read_manifest
 

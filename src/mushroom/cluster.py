@@ -53,8 +53,8 @@ VERTEX_MAX_MEMORY = "624G"
 
 
 _HOUR = 3600
-# Sized for the demo on one 4-CPU / 8 GB node next to Kubeflow Pipelines (README, "Run on a
-# cluster"): at parallelism 2 the loop requests at most 2 x (1 CPU, 2560Mi). Memory requests cover
+# Sized for the demo on one 4-CPU / 8 GB node next to Kubeflow Pipelines (docs/clusters.md, "Why the
+# demo fits"): at parallelism 2 the loop requests at most 2 x (1 CPU, 2560Mi). Memory requests cover
 # the peak resident memory measured per stage in `make demo` (tune 2.0 GiB, train 1.7 GiB,
 # evaluate 0.9 GiB, the rest under 0.1 GiB) except quantize's (2.9 GiB: 2.5Gi asked, 4Gi allowed).
 DEFAULT_STAGES: dict[str, dict[str, Any]] = {
@@ -251,7 +251,7 @@ class NodeConfig(Strict):
 
     The defaults are the demo target, one 4-CPU / 8 GB node (minikube ``--cpus=4 --memory=8g``,
     whose kubelet allocates about 7.5 GiB) that also runs Kubernetes' own pods, standalone
-    Kubeflow Pipelines and the GCS emulator; README "Run on a cluster" lists what ``reserved_*``
+    Kubeflow Pipelines and the GCS emulator; docs/clusters.md lists what ``reserved_*``
     is made of and where each figure comes from.
     """
 

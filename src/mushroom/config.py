@@ -266,7 +266,7 @@ class TrainConfig(Strict):
     fine_tune_fraction: float = Field(0.3, gt=0, le=1, description="share of backbone layers unfrozen")
     fine_tune_lr_factor: float = Field(0.1, gt=0, le=1)
     patience: int = Field(3, ge=1)
-    # The recipe for real photos (README, "Training"); the defaults are what the demo needs.
+    # The recipe for real photos (docs/training.md); the defaults are what the demo needs.
     lr_schedule: Literal["constant", "cosine"] = Field(
         "constant", description="cosine: decay to 0 over each phase, after warmup_epochs of linear warm-up")
     warmup_epochs: int = Field(0, ge=0, description="linear warm-up epochs at the start of each phase")
@@ -357,7 +357,7 @@ class QuantizeConfig(Strict):
             return {**data, "variants": base if RECIPE_VARIANT in base else [*base, RECIPE_VARIANT]}
         if listed is not None and RECIPE_VARIANT in listed:
             raise ValueError(f"variants lists {RECIPE_VARIANT} but quantize.recipe is empty: give activation-range "
-                             "rules (README, Quantization) or leave the variant out")
+                             "rules (docs/quantization.md) or leave the variant out")
         return data
 
 

@@ -389,27 +389,79 @@ def test_calibrated_bundle_has_a_fitted_calibration(trained_run, evaluation):
         open_set = evaluation["variants"][f"tflite_{variant}"]["open_set"]
         rule = entry["open_set"]
         assert rule["score"] == open_set["score"] and rule["threshold"] == open_set["threshold"]
-        assert rule["fitted_on"]["known"] == "val" and "test" not in json.dumps(rule["fitted_on"])
     # The models themselves are the evaluated ones.
     for variant in bundle.metadata["variants"]:
         evaluated = trained_run["bundle"] / f"model_{variant}.tflite"
         assert bundle.model_path(variant).read_bytes() == evaluated.read_bytes()
 
 
-def test_fitted_policy_holds_on_val_with_identify_functions(trained_run):
+def test_a_validation_split_large_enough_certifies_a_real_edible_threshold(certified_run):
+    from mushroom.bundle import read_bundle
+    from mushroom.calibration import DEFAULT_TARGET, photos_to_certify
+
+    evaluation = read_json(certified_run["evaluation"] / "evaluation.json")
+    predictions = np.load(certified_run["evaluation"] / "predictions.npz")
+    bundle = read_bundle(certified_run["calibrated_bundle"])
+    dangerous = np.array([s.is_dangerous for s in bundle.catalog])
+    assert dangerous[predictions["val_labels"]].sum() >= photos_to_certify(DEFAULT_TARGET)
+    assert bundle.calibration["target_dangerous_as_edible"] == DEFAULT_TARGET
+    assert evaluation["warnings"] == []  # nothing to warn about: the split supports the target
+    assert set(bundle.calibration["variants"]) == {"float32", "int8"}
+    for variant, entry in bundle.calibration["variants"].items():
+        fitted = evaluation["variants"][f"tflite_{variant}"]["calibrated"]["policy"]
+        assert entry["edible_threshold"] is not None, variant
+        assert entry["edible_threshold"] == fitted["edible_threshold"]
+        assert entry["temperature"] == pytest.approx(fitted["temperature"])
+        assert fitted["val_dangerous_as_edible_rate"] == 0.0  # certifying 0.5% on ~600 photos allows no miss
+
+
+def test_fitted_policy_holds_on_the_test_split_with_identify_functions(certified_run):
+    """The policy identify reads from the bundle, applied with identify's functions to photos it
+    was not fitted on: it says "edible" for the edible species, and the dangerous photos it calls
+    edible are no evidence against the target (and are what the evaluation reported)."""
+    from scipy.stats import binom
+
     from mushroom.bundle import read_bundle
 
-    bundle = read_bundle(trained_run["calibrated_bundle"])
-    predictions = np.load(trained_run["evaluation"] / "predictions.npz")
+    bundle = read_bundle(certified_run["calibrated_bundle"])
+    evaluation = read_json(certified_run["evaluation"] / "evaluation.json")
+    predictions = np.load(certified_run["evaluation"] / "predictions.npz")
+    target = bundle.calibration["target_dangerous_as_edible"]
+    labels = predictions["labels"]  # the test split
     edible = np.array([s.is_edible for s in bundle.catalog])
-    dangerous = np.array([s.is_dangerous for s in bundle.catalog])[predictions["val_labels"]]
+    is_edible, dangerous = edible[labels], np.array([s.is_dangerous for s in bundle.catalog])[labels]
+    assert is_edible.sum() >= 50 and dangerous.sum() >= 100
     for variant in bundle.metadata["variants"]:
         policy = policy_for(bundle.calibration, variant)
-        calibrated = apply_temperature(predictions[f"val_tflite_{variant}"], policy.temperature)
+        assert policy.edible_threshold is not None
+        calibrated = apply_temperature(predictions[f"tflite_{variant}"], policy.temperature)
         p = edible_probability(calibrated, edible)
         said_edible = np.array([policy.verdict(float(x)) == EDIBLE for x in p])
-        assert said_edible[dangerous].mean() <= bundle.calibration["target_dangerous_as_edible"]
-    assert len(predictions["labels"]) == len(predictions["tflite_int8"])
+        assert said_edible[is_edible].mean() >= 0.5, variant  # "edible" is really said
+        misses = int(said_edible[dangerous].sum())
+        # P(at least this many misses) if the true rate were the target: no evidence of a worse rate.
+        assert binom.sf(misses - 1, dangerous.sum(), target) >= 0.001, (variant, misses, dangerous.sum())
+        reported = evaluation["variants"][f"tflite_{variant}"]["calibrated"]["policy"]
+        assert reported["risk"] == pytest.approx(said_edible[dangerous].mean())
+        assert reported["verdicts"][EDIBLE] == said_edible.sum()
+
+
+def test_changing_the_test_split_cannot_change_what_is_fitted(certified_run, certified_run_retested):
+    """Temperatures, edible thresholds, open-set rules and feature statistics come from the
+    validation split (and training photos and generated negatives), never from the test split."""
+    from mushroom.bundle import read_bundle
+
+    first, second = (read_bundle(run["calibrated_bundle"]) for run in (certified_run, certified_run_retested))
+    evaluations = [read_json(run["evaluation"] / "evaluation.json") for run in (certified_run, certified_run_retested)]
+    assert evaluations[1]["num_test_photos"] < evaluations[0]["num_test_photos"]  # the test split changed ...
+    assert evaluations[1]["num_val_photos"] == evaluations[0]["num_val_photos"]
+    assert any(entry["edible_threshold"] is not None for entry in first.calibration["variants"].values())
+    assert second.calibration == first.calibration  # ... but nothing fitted did
+    features = sorted(p.name for p in first.root.glob("*.npz"))
+    assert features == sorted(p.name for p in second.root.glob("*.npz"))
+    for name in features:
+        a, b = np.load(first.root / name), np.load(second.root / name)
+        assert set(a.files) == set(b.files) and all(np.array_equal(a[k], b[k]) for k in a.files), name
 
 
 def test_report_files_are_written(trained_run):

@@ -369,12 +369,40 @@ def test_unusable_photos_are_refused_before_the_model_with_the_reason(bundle_dir
     assert not Identifier(bundle_dir, quality_gate=False).identify(photos["blank"]).verdict == UNUSABLE_PHOTO
 
 
+def test_what_identify_applies_does_not_depend_on_the_test_split(certified_run, certified_run_retested):
+    """The open-set rule and the policy identify loads were fitted without the test split: the
+    bundle of an evaluation with another test split gives identify the very same ones."""
+    first = Identifier(certified_run["calibrated_bundle"])
+    second = Identifier(certified_run_retested["calibrated_bundle"])
+    assert first.variant == second.variant
+    assert first.open_set is not None and first.open_set.threshold is not None
+    assert second.open_set.to_dict() == first.open_set.to_dict()
+    assert second.policy == first.policy and first.policy.edible_threshold is not None
+
+
+def test_identify_says_edible_for_photos_of_the_edible_species(certified_run):
+    """The one answer that gives permission, end to end: a bundle whose validation split certified
+    an edible threshold, and the test photos (never fitted on) of its edible species."""
+    from mushroom.datasets import load_split
+
+    split = load_split(certified_run["dataset"], certified_run["splits"], "test")
+    identifier = Identifier(certified_run["calibrated_bundle"])
+    species = list(split.catalog)
+    edible = [path for path, label in zip(split.paths, split.labels, strict=True) if species[label].is_edible]
+    answers = [identifier.identify(path) for path in edible[:20]]
+    said = [a for a in answers if a.verdict == EDIBLE]
+    assert len(said) >= 10, [(a.verdict, a.reasons) for a in answers]
+    for answer in said:
+        assert answer.p_edible >= identifier.policy.edible_threshold and not answer.lookalikes
+        assert answer.candidates[0].edibility == "edible"
+
+
 def test_open_set_threshold_from_the_bundle_refuses_unknown_photos(bundle_dir, photo, tmp_path):
     identifier = Identifier(bundle_dir)
     rule = identifier.open_set
     assert rule is not None and rule.threshold is not None  # the evaluate stage fitted one
     entry = read_bundle(bundle_dir).calibration["variants"][identifier.variant]["open_set"]
-    assert entry["score"] == rule.score and entry["fitted_on"]["known"] == "val"
+    assert entry["score"] == rule.score and entry["threshold"] == rule.threshold
     answer = identifier.identify(photo)
     assert answer.open_set_score is not None and answer.open_set_score >= rule.threshold
     # Raise the threshold above the photo's score: the same photo is now "not one of the species this model knows".

@@ -12,6 +12,17 @@ from pipelines.compile import compile_pipeline
 CONFIGS = Path(__file__).resolve().parents[1] / "pipelines" / "configs"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _default_images():
+    """Every test here sees the default images, as the committed YAML names them: MUSHROOM_IMAGE
+    and MUSHROOM_GPU_IMAGE of the environment (``make compile``/``make submit`` set them) are unset
+    for the module; the tests about them set their own."""
+    with pytest.MonkeyPatch.context() as env:
+        env.delenv("MUSHROOM_IMAGE", raising=False)
+        env.delenv("MUSHROOM_GPU_IMAGE", raising=False)
+        yield
+
+
 @pytest.fixture(scope="module")
 def spec(tmp_path_factory):
     path = compile_pipeline(CONFIGS / "paper.yaml", tmp_path_factory.mktemp("c") / "paper.yaml")
@@ -242,11 +253,8 @@ def test_compile_twice_gives_identical_bytes(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["paper", "demo"])
-def test_committed_compiled_pipeline_is_up_to_date(name, tmp_path, monkeypatch):
+def test_committed_compiled_pipeline_is_up_to_date(name, tmp_path):
     """`make compile` must have been run after changing the pipeline, components or configs."""
-    # The committed files name the default images: compile as `make compile` does without IMAGE/TAG.
-    monkeypatch.delenv("MUSHROOM_IMAGE", raising=False)
-    monkeypatch.delenv("MUSHROOM_GPU_IMAGE", raising=False)
     committed = CONFIGS.parent / "compiled" / f"{name}.yaml"
     fresh = compile_pipeline(CONFIGS / f"{name}.yaml", tmp_path / f"{name}.yaml")
     assert fresh.read_bytes() == committed.read_bytes(), f"{committed} is stale: run `make compile`"

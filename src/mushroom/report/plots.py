@@ -39,6 +39,7 @@ class Point(NamedTuple):
         size_mb: File size.
         latency_ms: Median latency with one thread (None: not measured).
         group: The configuration (one colour per group).
+        photos: The photos top-1 is measured on (None: no interval is drawn).
     """
 
     label: str
@@ -46,6 +47,7 @@ class Point(NamedTuple):
     size_mb: float
     latency_ms: float | None
     group: str
+    photos: int | None = None
 
 
 def _color(i: int) -> str:
@@ -101,29 +103,33 @@ def plot_confusion(matrix: list[list[int]], names: list[str], title: str) -> byt
 
 
 def plot_reliability(blocks: dict[str, CalibrationMetrics], title: str) -> bytes:
-    """Reliability diagrams side by side (before and after temperature scaling)."""
-    fig = _figure(10, 4.4)
+    """Reliability diagrams side by side (before and after temperature scaling, or one panel where
+    they are the same): accuracy bars, the bins' mean confidence as markers, photos per bin above."""
+    fig = _figure(5.2 * len(blocks) + 0.6, 4.6)
     axes = fig.subplots(1, len(blocks), sharey=True)
     for ax, (stage, cal) in zip(np.atleast_1d(axes), blocks.items(), strict=True):
         bins = cal.reliability
         centers = [(b.lower + b.upper) / 2 for b in bins]
         width = bins[0].upper - bins[0].lower
+        used = [b.count > 0 for b in bins]
         acc = [b.accuracy or 0.0 for b in bins]
-        conf = [b.confidence if b.count else np.nan for b in bins]
-        ax.bar(centers, acc, width=width * 0.95, color="#4a90d9", edgecolor="#1f4e79", label="accuracy")
-        ax.bar(centers, np.nan_to_num(np.array(conf, dtype=float) - np.array(acc)), bottom=acc, width=width * 0.95,
-               color="#f4a3a3", alpha=0.6, edgecolor="#c0392b", label="gap to confidence")
+        ax.bar([c for c, u in zip(centers, used, strict=True) if u], [a for a, u in zip(acc, used, strict=True) if u],
+               width=width * 0.9, color="#4a90d9", edgecolor="#1f4e79", label="accuracy in the bin")
+        ax.plot([c for c, b in zip(centers, bins, strict=True) if b.count],
+                [b.confidence for b in bins if b.count], "D", color="#c0392b", markersize=5,
+                label="mean confidence in the bin")
         ax.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
-        for x, b in zip(centers, bins, strict=True):
+        for x, a, b in zip(centers, acc, bins, strict=True):
             if b.count:
-                ax.text(x, 0.01, str(b.count), ha="center", va="bottom", fontsize=6, color="white")
+                ax.text(x, min(a, 1.0) + 0.015, str(b.count), ha="center", va="bottom", fontsize=8, color="#222")
         ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1)
+        ax.set_ylim(0, 1.1)
         ax.set_xlabel("confidence (top-1 probability)")
         ax.set_title(f"{stage}: ECE {cal.ece:.3f}, mean conf. {cal.mean_confidence:.2f}, "
                      f"acc. {cal.accuracy:.2f}", fontsize=9)
-        ax.legend(loc="upper left", fontsize=7)
-    np.atleast_1d(axes)[0].set_ylabel("accuracy")
+        ax.legend(loc="upper left", fontsize=7.5)
+        ax.grid(alpha=0.25)
+    np.atleast_1d(axes)[0].set_ylabel("accuracy (numbers: photos in the bin)")
     fig.suptitle(title)
     return _png(fig)
 
@@ -148,12 +154,31 @@ def plot_risk_coverage(policies: dict[str, PolicyMetrics], target: float) -> byt
     right.set_xlabel("coverage (share of photos with a verdict)")
     right.set_ylabel("wrong verdicts among covered photos")
     right.set_title("selective risk (dot: chosen threshold)", fontsize=9)
-    for ax in (left, right):
-        ax.set_xlim(0, 1.02)
-        ax.set_ylim(-0.02, 1.02)
+    coverage = [c for p in policies.values() for c in p.risk_coverage.coverage]
+    x_low = max(0.0, min(coverage, default=0.0) - 0.02)
+    for ax, field, chosen, floor in ((left, "risk", "risk", target), (right, "selective_risk", "selective_risk", 0.0)):
+        # fitted to the curves short of full coverage, where the last threshold (everything 'edible') jumps up
+        body = [r for p in policies.values()
+                for c, r in zip(p.risk_coverage.coverage, getattr(p.risk_coverage, field), strict=True)
+                if r is not None and c < 0.995]
+        every = [r for p in policies.values() for r in getattr(p.risk_coverage, field) if r is not None]
+        points = [getattr(p, chosen) for p in policies.values() if getattr(p, chosen) is not None]
+        top = _fitted_top([*body, *points, floor])
+        peak = max(every, default=0.0)
+        if peak > top:
+            ax.annotate(f"off the axis: up to {peak:.0%}\nat full coverage", xy=(1.0, top), xytext=(-6, -6),
+                        textcoords="offset points", ha="right", va="top", fontsize=7.5, color="#555")
+        ax.set_xlim(x_low, 1.01)
+        ax.set_ylim(-top * 0.03, top)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper left")
     return _png(fig)
+
+
+def _fitted_top(values: list[float]) -> float:
+    """The top of an axis fitted to ``values`` (at least 0.01, so an all-zero curve is still drawn)."""
+    finite = [v for v in values if v is not None and np.isfinite(v)]
+    return max(0.01, max(finite, default=0.0) * 1.25)
 
 
 def plot_edible_roc(edibility: dict[str, EdibilityMetrics]) -> bytes:
@@ -281,6 +306,7 @@ def accuracy_vs_cost_figure(points: list[Point], title: str, split: str = "test"
             if mine:
                 ax.plot([cost(p) for p in mine], [p.top1 for p in mine], "o", color=colors[group], label=group,
                         markersize=marker, alpha=0.85)
+                _intervals(ax, [(cost(p), p) for p in mine], colors[group])
         ring_at = [p for p in points if chosen == (p.group, p.label) and cost(p) is not None]
         if ring_at:
             ax.plot([cost(ring_at[0])], [ring_at[0].top1], "o", markerfacecolor="none", markeredgecolor="black",
@@ -316,6 +342,17 @@ def accuracy_vs_cost_figure(points: list[Point], title: str, split: str = "test"
     return fig
 
 
+def _intervals(ax, placed: list[tuple[float, Point]], color: str) -> None:
+    """95% Wilson intervals of each point's top-1, as vertical bars (points without photos: none)."""
+    from mushroom.report.verdict import wilson
+
+    for x, p in placed:
+        if p.photos:
+            low, high = wilson(round(p.top1 * p.photos), p.photos)
+            ax.errorbar([x], [p.top1], yerr=[[max(0.0, p.top1 - low)], [max(0.0, high - p.top1)]], fmt="none",
+                        ecolor=color, alpha=0.45, capsize=3, lw=1.2)
+
+
 def plot_accuracy_vs_cost(points: list[Point], title: str, split: str = "test",
                           chosen: tuple[str, str] | None = None) -> bytes:
     """Top-1 accuracy against file size and against CPU latency (one thread), one colour per group.
@@ -329,23 +366,49 @@ def plot_accuracy_vs_cost(points: list[Point], title: str, split: str = "test",
 
 
 def plot_openset_histogram(histogram: dict[str, list[float]], threshold: float | None, title: str) -> bytes:
-    """Open-set score histograms: known test photos against each kind of negative, and the threshold."""
-    edges = np.asarray(histogram["edges"])
+    """Open-set score histograms: known test photos against each kind of negative, and the threshold.
+
+    The evaluation bins a robust range (``histogram["range"]``: drawn and full span) and counts
+    scores beyond it in the end bins; the plot says so. The x-axis spans the bins that hold photos
+    and the threshold.
+    """
+    edges = np.asarray(histogram["edges"], dtype=np.float64)
     centers = (edges[:-1] + edges[1:]) / 2
-    kinds = [k for k in histogram if k != "edges"]
+    kinds = [k for k in histogram if k not in ("edges", "range")]
     fig = _figure(7.5, 4.0)
     ax = fig.add_subplot()
+    filled = np.zeros(len(centers), bool)
     for i, kind in enumerate(kinds):
         counts = np.asarray(histogram[kind], dtype=np.float64)
+        filled |= counts > 0
         share = counts / counts.sum() if counts.sum() else counts
-        ax.plot(centers, share, drawstyle="steps-mid", color=_color(i), lw=2.2 if kind == "known_test" else 1.2,
-                label=kind)
+        ax.plot(centers, share, drawstyle="steps-mid", color=_color(i), lw=2.4 if kind == "known_test" else 1.3,
+                ls="-" if i < 8 else ":", label=f"{kind} ({int(counts.sum())})")
     if threshold is not None:
-        ax.axvline(threshold, color="black", ls="--", lw=1, label="threshold")
-    ax.set_xlabel("open-set score (higher: more like a known species)")
-    ax.set_ylabel("share of photos")
+        ax.axvline(threshold, color="black", ls="--", lw=1.2, label="threshold")
+    if filled.any():
+        first, last = np.flatnonzero(filled)[[0, -1]]
+        lo, hi = edges[first], edges[last + 1]
+        if threshold is not None and np.isfinite(threshold):
+            lo, hi = min(lo, threshold), max(hi, threshold)
+        pad = (hi - lo) * 0.03 or 1.0
+        ax.set_xlim(lo - pad, hi + pad)
+    label = "open-set score (higher: more like a known species)"
+    span = histogram.get("range")
+    if span and len(span) == 4:
+        drawn_lo, drawn_hi, full_lo, full_hi = span
+        clipped = []
+        if full_lo < drawn_lo:
+            clipped.append(f"scores down to {full_lo:.4g} counted in the first bin")
+        if full_hi > drawn_hi:
+            clipped.append(f"up to {full_hi:.4g} in the last bin")
+        if clipped:
+            label += "\nclipped to the bulk of the photos: " + ", ".join(clipped)
+    ax.set_xlabel(label, fontsize=9)
+    ax.set_ylabel("share of each kind's photos")
     ax.set_title(title)
-    ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7.5, ncol=2, title="kind (photos)", title_fontsize=7.5)
     return _png(fig)
 
 
@@ -359,7 +422,8 @@ def tflite_points(evaluation: Evaluation, split: str = "test") -> list[Point]:
     for name, v in evaluation.tflite_variants().items():
         top1 = v.top1 if split == "test" else v.validation.top1 if v.validation else None
         if v.size_mb is not None and top1 is not None:
-            points.append(Point(name, top1, v.size_mb, median_ms(latency(v)[0]), evaluation.model_name))
+            photos = evaluation.num_test_photos if split == "test" else evaluation.num_val_photos
+            points.append(Point(name, top1, v.size_mb, median_ms(latency(v)[0]), evaluation.model_name, photos))
     return points
 
 
@@ -395,6 +459,7 @@ def build_plots(evaluation: Evaluation, shipped_variant: str | None = None) -> d
                 plot_openset_histogram(o.histogram, o.threshold, f"{key}: open-set score"))
     points = tflite_points(evaluation)
     if points:
-        plots["accuracy_vs_cost"] = Plot("Top-1 accuracy against size and CPU latency per TFLite variant",
+        plots["accuracy_vs_cost"] = Plot("Top-1 accuracy against size and CPU latency per TFLite variant (bars: 95% "
+                                         "Wilson intervals on the test photos)",
                                          plot_accuracy_vs_cost(points, evaluation.model_name))
     return plots

@@ -23,7 +23,6 @@ from pathlib import Path
 import yaml
 
 from mushroom import variants
-from mushroom.bundle import read_bundle
 from mushroom.evaluation import read_evaluation
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,20 +61,19 @@ def run_seed(config_path: Path, seed: int, out_dir: Path) -> dict:
     if code != 0:
         raise RuntimeError(f"seed {seed}: the run failed (exit {code}); see {out_dir / 'console.txt'}")
     root = out_dir / "pipeline_root"
-    evaluations, shipped = {}, {}
+    evaluations, shipped_keys = {}, {}
     for path in root.rglob("evaluate-model/evaluation/evaluation.json"):
         if path.stat().st_mtime < started:
             continue  # an earlier run into the same folder
         evaluation = read_evaluation(path)
-        bundle = read_bundle(path.parents[1] / "calibrated_bundle")
         evaluations[evaluation.model_name] = evaluation
-        shipped[evaluation.model_name] = variants.evaluation_key(bundle.default_variant)
+        shipped_keys[evaluation.model_name] = variants.evaluation_key(evaluation.shipped_variant)
     [comparison] = [json.loads(p.read_text(encoding="utf-8")) for p in
                     root.rglob("compare-models/best_evaluation/comparison.json") if p.stat().st_mtime >= started]
     lines = len((out_dir / "console.txt").read_text(encoding="utf-8").splitlines())
-    return {"seed": seed, "seconds": seconds, "console_lines": lines, "shipped": shipped,
-            "chosen": [comparison["best"], comparison["chosen_variant"]],
-            "figures": {name: {label: read(e, shipped[name]) for label, read, _ in FIGURES}
+    return {"seed": seed, "seconds": seconds, "console_lines": lines, "shipped_keys": shipped_keys,
+            "choice": [comparison["best"], comparison["shipped_variant"]],
+            "figures": {name: {label: read(e, shipped_keys[name]) for label, read, _ in FIGURES}
                         for name, e in evaluations.items()}}
 
 
@@ -90,8 +88,9 @@ def ranges(runs: list[dict]) -> str:
             low, high = spec.format(min(values)), spec.format(max(values))
             cells.append(low if low == high else f"{low} to {high}")
         lines.append(f"| {label} | {' | '.join(cells)} |")
-    variants = [" / ".join(sorted({variants.variant_of_key(run["shipped"][name]) for run in runs})) for name in names]
-    lines.append(f"| shipped variant(s) | {' | '.join(variants)} |")
+    shipped_variants = [" / ".join(sorted({variants.variant_of_key(run["shipped_keys"][name]) for run in runs}))
+                        for name in names]
+    lines.append(f"| shipped variant(s) | {' | '.join(shipped_variants)} |")
     return "\n".join(lines)
 
 
@@ -116,12 +115,12 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         runs.append(run)
         print(f"[{i}/{len(args.seeds)}] seed {seed}: {run['seconds']:.0f}s, {run['console_lines']} console lines, "
-              f"chose {run['chosen'][0]} ({run['chosen'][1]})", flush=True)
+              f"chose {run['choice'][0]} ({run['choice'][1]})", flush=True)
     (output / "summary.json").write_text(json.dumps(runs, indent=2), encoding="utf-8")
     print(f"\n{config.name}, seeds {', '.join(map(str, args.seeds))} (min to max):\n")
     print(ranges(runs))
-    chosen = ", ".join(f"seed {r['seed']}: {r['chosen'][0]} ({r['chosen'][1]})" for r in runs)
-    print(f"\nchosen: {chosen}")
+    choices = ", ".join(f"seed {r['seed']}: {r['choice'][0]} ({r['choice'][1]})" for r in runs)
+    print(f"\nchosen: {choices}")
     seconds = [r["seconds"] for r in runs]
     lines = [r["console_lines"] for r in runs]
     print(f"wall time per run: {min(seconds) / 60:.1f} - {max(seconds) / 60:.1f} min; "

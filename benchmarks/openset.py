@@ -19,7 +19,7 @@ Then, for the shipped variant and float32, every score side by side (``--compare
 default): AUROC and FPR95 per kind for the probability scores and the feature-space
 ``mahalanobis`` score (statistics from the train photos, as the evaluate stage fits them), and
 the mahalanobis score with other numbers of principal components kept (the bundle stores
-:data:`mushroom.openset.FEATURE_COMPONENTS`). A bundle without a feature output (built before
+:data:`mushroom.openset_fit.FEATURE_COMPONENTS`). A bundle without a feature output (built before
 it) gets probability scores only; ``--requantize`` rebuilds the run's bundle from its Keras model
 first (into the output folder), which exports the features.
 
@@ -121,21 +121,22 @@ COMPONENT_SWEEP = (8, 16, 32, 64, 128, 256, None)  # None: every component (the 
 def _compare_scores(dataset: Path, splits: Path, bundle_dir: Path, variant: str) -> dict:
     """Every open-set score of ``variant`` per kind of negative: AUROC (known test photos against
     the kind) and FPR95 (share passing the threshold that keeps 95% of validation photos)."""
-    from mushroom import openset
+    from mushroom import openset, openset_fit
     from mushroom.bundle import read_bundle
+    from mushroom.calibrate import OPEN_SET_TRAIN_PHOTOS
     from mushroom.datasets import balanced_sample, load_images, load_split, load_unknown
-    from mushroom.evaluate import OPEN_SET_TRAIN_PHOTOS
+    from mushroom.negatives import gather_negatives
     from mushroom.policy import apply_temperature
     from mushroom.tflite import TFLiteClassifier
 
     bundle = read_bundle(bundle_dir)
     size = bundle.image_size
     model = TFLiteClassifier(bundle.model_path(variant))
-    temperature = bundle.policy(variant).temperature
+    temperature = bundle.calibration.variant(variant).temperature
     split = {name: load_split(dataset, splits, name) for name in ("train", "val", "test")}
     picked = balanced_sample(split["train"].labels, OPEN_SET_TRAIN_PHOTOS, 0)
     unknown_paths, unknown_taxa = load_unknown(dataset)
-    negatives = openset.gather_negatives(size, unknown_images=load_images(unknown_paths, size),
+    negatives = gather_negatives(size, unknown_images=load_images(unknown_paths, size),
                                          unknown_taxa=unknown_taxa)
 
     def predict(images):
@@ -147,22 +148,24 @@ def _compare_scores(dataset: Path, splits: Path, bundle_dir: Path, variant: str)
     test = predict(load_images(split["test"].paths, size))
     kinds = {kind: predict(images) for kind, images in negatives.images.items()}
     scorers = {name: (lambda probs, feats, name=name: openset.open_set_score(probs, name))
-               for name in openset.CANDIDATE_SCORES}
+               for name in openset_fit.CANDIDATE_SCORES}
     if train_feats is not None:
         labels = split["train"].labels[picked]
         for k in COMPONENT_SWEEP:
-            stats = openset.fit_feature_stats(train_feats, labels, len(bundle.catalog),
+            stats = openset_fit.fit_feature_stats(train_feats, labels, len(bundle.catalog),
                                               components=k or train_feats.shape[1])
-            name = "mahalanobis" + ("" if k == openset.FEATURE_COMPONENTS else f" (k={k or 'all'})")
+            name = "mahalanobis" + ("" if k == openset_fit.FEATURE_COMPONENTS else f" (k={k or 'all'})")
             scorers[name] = lambda probs, feats, stats=stats: stats.score(feats)
     table = {}
     for name, scorer in scorers.items():
         known_val, known_test = scorer(*val), scorer(*test)
-        threshold, _ = openset.certified_threshold(known_val)
+        threshold, _ = openset_fit.certified_threshold(known_val)
+        quantile = openset_fit.threshold_for(known_val)
         row = {"test_refused": float(np.mean(known_test < threshold))}
         for kind, out in kinds.items():
             s = scorer(*out)
-            row[kind] = {"auroc": openset.auroc(known_test, s), "fpr95": openset.fpr_at_tpr(known_val, s),
+            row[kind] = {"auroc": openset_fit.auroc(known_test, s),
+                         "fpr95": float(np.mean(s >= quantile)) if len(s) else None,
                          "refused": float(np.mean(s < threshold)), "fit": kind in negatives.fit}
         table[name] = row
     return table
@@ -222,18 +225,18 @@ def main(argv: list[str] | None = None) -> int:
     print("identify with the re-calibrated bundle (default variant):")
     for name, verdict, top in _identify_demo_images(calibrated, out / "images"):
         print(f"  {name:<22} {verdict}{'  (top: ' + top + ')' if top else ''}")
-    summary = {name: v.open_set.model_dump(exclude={"histogram", "rule"}) for name, v in
+    summary = {name: v.open_set.model_dump(exclude={"histogram"}) for name, v in
                evaluation.tflite_variants().items()}
     (out / "openset_summary.json").write_text(json.dumps(summary, indent=1))
-    features = calibrated / "open_set_features.npz"
+    calibration = calibrated / "calibration.json"
     print(f"\nbundle: {sum(p.stat().st_size for p in calibrated.iterdir() if p.is_file()) / 1e6:.2f} MB, of which "
-          f"{features.name} {features.stat().st_size / 1e6 if features.is_file() else 0:.3f} MB")
+          f"{calibration.name} (feature statistics included) {calibration.stat().st_size / 1e6:.3f} MB")
     if args.compare:
         from mushroom.bundle import read_bundle
 
-        shipped = read_bundle(calibrated).default_variant
+        shipped_variant = read_bundle(calibrated).shipped_variant
         comparison = {}
-        for variant in dict.fromkeys([shipped, "float32"]):
+        for variant in dict.fromkeys([shipped_variant, "float32"]):
             comparison[variant] = _compare_scores(dataset, splits, calibrated, variant)
             _print_comparison(variant, comparison[variant])
         (out / "openset_scores.json").write_text(json.dumps(comparison, indent=1))

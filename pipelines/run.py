@@ -215,31 +215,27 @@ def _report_failure(console: RunConsole, err: Exception, log_path: Path, verbose
 
 def _summarize(console: RunConsole, result: dict) -> None:
     """Every configuration and variant in one table, the choice, and where everything is."""
-    from mushroom.bundle import read_bundle
     from mushroom.console import closing_table
     from mushroom.evaluation import read_evaluation
     from mushroom.fileio import read_json
 
-    evaluations = [read_evaluation(p) for p in result["evaluations"]]
-    shipped = {}
-    for path in result["bundles"]:
-        bundle = read_bundle(path)
-        shipped[bundle.metadata["model_name"]] = bundle.default_variant
+    evaluations = [read_evaluation(p) for p in result["evaluations"]]  # each records its shipped variant
     comparison = read_json(result["comparison"]) if result.get("comparison") else {}
-    best, variant = comparison.get("best"), comparison.get("chosen_variant")
+    best, shipped_variant = comparison.get("best"), comparison.get("shipped_variant")
     console.say()
-    console.say(closing_table(evaluations, shipped, best, variant))
+    console.say(closing_table(evaluations, best, shipped_variant))
     if best:
-        console.say(f"Chosen: {best}, variant {variant}: {comparison.get('reason', '')}")
+        console.say(f"Chosen: {best}, variant {shipped_variant}: {comparison.get('reason', '')}")
     console.say()
     # Where each configuration's files are, what was published, and the identify command to try it.
     from mushroom.console import closing_locations, configuration_of_bundle
 
-    bundles = [(name, path, shipped.get(name, "?")) for path in result["bundles"]
+    shipped_variants = {e.model_name: e.shipped_variant for e in evaluations}
+    bundles = [(name, path, shipped_variants.get(name) or "?") for path in result["bundles"]
                for name in [configuration_of_bundle(path) or "?"]]
     console.say("\n".join(closing_locations(
         [(e.model_name, path) for path, e in zip(result["evaluations"], evaluations, strict=True)],
-        bundles, result["published"], best, variant)))
+        bundles, result["published"], best, shipped_variant)))
 
 
 if __name__ == "__main__":

@@ -57,6 +57,7 @@ def synthetic_evaluation(tmp_path: Path, n_classes: int = 12, seed: int = 0, ext
     """
     from mushroom import variants as registry
     from mushroom.bundle import read_bundle, write_bundle
+    from mushroom.calibrate import calibrate
     from mushroom.evaluate import evaluate_predictions
     from mushroom.species import load_catalog
 
@@ -66,7 +67,8 @@ def synthetic_evaluation(tmp_path: Path, n_classes: int = 12, seed: int = 0, ext
     extra = [extra_variant] if extra_variant else []
     models = {"float32": b"f" * 40_000, "int8": b"q" * 11_000, **{v: b"x" * 20_000 for v in extra}}
     write_bundle(tmp_path / "bundle", models, catalog,
-                 {"model_name": f"synthetic-{seed}", "architecture": "none", "image_size": 64})
+                 {"model_name": f"synthetic-{seed}", "architecture": "none", "image_size": 64},
+                 shipped_variant="int8")
     bundle = read_bundle(tmp_path / "bundle")
 
     def probs(labels, strength):
@@ -83,9 +85,9 @@ def synthetic_evaluation(tmp_path: Path, n_classes: int = 12, seed: int = 0, ext
     latency = {v: {"threads_1": {"median_ms": m, "p90_ms": 1.3 * m, "mean_ms": m},
                    "threads_all": {"median_ms": m / 2, "p90_ms": m, "mean_ms": m / 2}}
                for v, m in medians.items()}
-    return evaluate_predictions(test_labels, {v: probs(test_labels, s) for v, s in strengths.items()}, bundle,
-                                val_labels, {v: probs(val_labels, s) for v, s in strengths.items()}, latency,
-                                target=0.02)
+    test = {v: probs(test_labels, s) for v, s in strengths.items()}
+    calibration = calibrate(val_labels, {v: probs(val_labels, s) for v, s in strengths.items()}, catalog, target=0.02)
+    return evaluate_predictions(test_labels, test, bundle, calibration, latency)
 
 
 def copy_evaluation(evaluation, name: str, variant: str | None = None, *, val_top1: float | None = None,
@@ -102,6 +104,47 @@ def copy_evaluation(evaluation, name: str, variant: str | None = None, *, val_to
     for field, value in test_figures.items():
         setattr(changed, field, value)
     return copy
+
+
+def write_old_calibration(bundle_dir: Path, calibration, version: int = 2) -> None:
+    """``calibration`` in the form bundles had before calibration.json version 3, as the evaluate
+    stage wrote them: the policy and open-set rule per variant in ``calibration.json`` (version 1:
+    without ``schema_version`` and with a copy of the default variant), the ``mahalanobis``
+    statistics in ``open_set_features.npz`` beside it, named ``<variant>.<array>``."""
+    import json
+
+    from mushroom import variants as registry
+
+    variants, arrays = {}, {}
+    for key, v in calibration.variants.items():
+        name = registry.variant_of_key(key)
+        if name is None:
+            continue
+        entry = v.policy.to_dict()
+        rule = v.open_set
+        if rule is not None:
+            entry["open_set"] = {"score": rule.score, "threshold": rule.threshold, "known_kept": rule.known_kept,
+                                 "fallback": rule.fallback}
+            if rule.prototypes is not None:
+                entry["open_set"]["prototypes"] = np.asarray(rule.prototypes).tolist()
+            if rule.features is not None:
+                stats = rule.features
+                entry["open_set"]["features"] = {"file": "open_set_features.npz", **stats.describe()}
+                arrays.update({f"{name}.means": np.asarray(stats.means, np.float32),
+                               f"{name}.components": np.asarray(stats.components, np.float32),
+                               f"{name}.variances": np.asarray(stats.variances, np.float32),
+                               f"{name}.residual_variance": np.asarray([stats.residual_variance], np.float32),
+                               f"{name}.train_photos": np.asarray([stats.train_photos], np.int64),
+                               f"{name}.shrinkage": np.asarray([stats.shrinkage], np.float32)})
+            if v.open_set_fit is not None:
+                entry["open_set"].update(fitted_on=v.open_set_fit.fitted_on, unknown_check=v.open_set_fit.unknown_check)
+        variants[name] = entry
+    data = {"variants": variants, "target_dangerous_as_edible": calibration.target_dangerous_as_edible,
+            "fitted_on": calibration.fitted_on, "warnings": list(calibration.warnings)}
+    data = {"schema_version": 2, **data} if version == 2 else {**data, "default_variant": "float32"}
+    (Path(bundle_dir) / "calibration.json").write_text(json.dumps(data), encoding="utf-8")
+    if arrays:
+        np.savez_compressed(Path(bundle_dir) / "open_set_features.npz", **arrays)
 
 
 # --------------------------------------------------------------------------- published runs

@@ -9,6 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
+from mushroom.calibrate import calibrate, split_warnings
 from mushroom.calibration import (
     calibration_errors,
     calibration_metrics,
@@ -22,18 +23,12 @@ from mushroom.calibration import (
     reliability_bins,
     risk_coverage_curve,
 )
-from mushroom.evaluate import (
-    calibration_file,
-    edibility_metrics,
-    evaluate_predictions,
-    flatten_metrics,
-    species_metrics,
-    split_warnings,
-    top_list_misses,
-)
+from mushroom.evaluate import evaluate_predictions
 from mushroom.evaluation import Evaluation
 from mushroom.fileio import read_json
-from mushroom.policy import EDIBLE, apply_temperature, edible_probability, policy_for
+from mushroom.flat_metrics import flatten_metrics
+from mushroom.metrics import edibility_metrics, species_metrics, top_list_misses
+from mushroom.policy import EDIBLE, apply_temperature, edible_probability
 from mushroom.species import Catalog, Species
 
 # --- small fixed arrays -------------------------------------------------------------------------
@@ -264,7 +259,8 @@ def _fake_bundle(tmp_path, catalog):
     from mushroom.bundle import read_bundle, write_bundle
 
     config = {"model_name": "fake", "architecture": "none", "image_size": 8}
-    write_bundle(tmp_path / "bundle", {"float32": b"f" * 4000, "int8": b"q" * 1000}, catalog, config)
+    write_bundle(tmp_path / "bundle", {"float32": b"f" * 4000, "int8": b"q" * 1000}, catalog, config,
+                 shipped_variant="int8")
     return read_bundle(tmp_path / "bundle")
 
 
@@ -285,7 +281,8 @@ def test_evaluate_predictions_structure_and_calibration_file(tmp_path):
     latency = {v: {"threads_1": {"median_ms": m, "p90_ms": m * 1.2, "mean_ms": m},
                    "threads_all": {"median_ms": m / 2, "p90_ms": m, "mean_ms": m / 2}}
                for v, m in (("tflite_float32", 4.0), ("tflite_int8", 2.0))}
-    result = evaluate_predictions(test_labels, test, bundle, val_labels, val, latency, target=0.05)
+    calibration = calibrate(val_labels, val, CATALOG, target=0.05)
+    result = evaluate_predictions(test_labels, test, bundle, calibration, latency)
     json.dumps(result.to_json(), allow_nan=False)
     int8 = result.variant("int8")
     assert int8.temperature > 1.5  # the sharpened logits are undone
@@ -294,10 +291,14 @@ def test_evaluate_predictions_structure_and_calibration_file(tmp_path):
     assert int8.vs_float32.size_ratio == pytest.approx(0.25)
     assert int8.vs_float32.latency_ratio_threads_1 == pytest.approx(0.5)
     assert result.int8_vs_float32.size_ratio == pytest.approx(0.25)
-    # The threshold meets the target on the validation split, with the functions identify uses.
-    calibration = calibration_file(result)
-    assert "default_variant" not in calibration  # metadata.json is the one record of the choice
-    policy = policy_for(calibration, "int8")
+    # The threshold meets the target on the validation split, with the functions identify uses, as
+    # the bundle's file gives it back.
+    from mushroom.bundle import read_bundle, write_calibration
+
+    write_calibration(bundle.root, calibration)
+    assert "default_variant" not in read_json(bundle.root / "calibration.json")  # metadata.json records it
+    assert result.shipped_variant == "int8" == bundle.shipped_variant
+    policy = read_bundle(bundle.root).calibration.variant("int8").policy
     edible = np.array([s.is_edible for s in CATALOG])
     dangerous = np.array([s.is_dangerous for s in CATALOG])[val_labels]
     p_val = edible_probability(apply_temperature(val["tflite_int8"], policy.temperature), edible)
@@ -373,22 +374,21 @@ def test_calibrated_bundle_has_a_fitted_calibration(trained_run, evaluation):
 
     bundle = read_bundle(trained_run["calibrated_bundle"])
     calibration = bundle.calibration
-    # The quantize stage's choice, recorded once in metadata.json, is what identify uses.
-    assert "default_variant" not in calibration
-    assert bundle.default_variant == bundle.metadata["default_variant"] in calibration["variants"]
-    assert calibration["target_dangerous_as_edible"] == 0.005
+    # The quantize stage's choice, recorded in metadata.json and the evaluation, is what identify uses.
+    assert "default_variant" not in read_json(trained_run["calibrated_bundle"] / "calibration.json")
+    assert bundle.shipped_variant == bundle.metadata["default_variant"] == evaluation["shipped_variant"]
+    assert calibration.target_dangerous_as_edible == 0.005
     # The fixture's 32 validation photos support neither a temperature nor the safety threshold: said so.
-    assert calibration["warnings"] == evaluation["warnings"] and len(evaluation["warnings"]) == 2
-    assert set(calibration["variants"]) == set(bundle.metadata["variants"]) >= {"float32", "int8"}
-    for variant, entry in calibration["variants"].items():
-        assert set(entry) == {"temperature", "edible_threshold", "not_edible_below", "open_set"}
-        fitted = evaluation["variants"][f"tflite_{variant}"]["calibrated"]["policy"]
-        assert entry["temperature"] == pytest.approx(fitted["temperature"]) and entry["temperature"] > 0
-        assert entry["edible_threshold"] == fitted["edible_threshold"]
+    assert list(calibration.warnings) == evaluation["warnings"] and len(evaluation["warnings"]) == 2
+    assert set(calibration.variants) == {f"tflite_{v}" for v in bundle.metadata["variants"]}
+    assert {"tflite_float32", "tflite_int8"} <= set(calibration.variants)
+    for key, entry in calibration.variants.items():
+        fitted = evaluation["variants"][key]["calibrated"]["policy"]
+        assert entry.temperature == pytest.approx(fitted["temperature"]) and entry.temperature > 0
+        assert entry.policy.edible_threshold == fitted["edible_threshold"]
         # The open-set threshold identify applies is the one the evaluation fitted and measured.
-        open_set = evaluation["variants"][f"tflite_{variant}"]["open_set"]
-        rule = entry["open_set"]
-        assert rule["score"] == open_set["score"] and rule["threshold"] == open_set["threshold"]
+        open_set = evaluation["variants"][key]["open_set"]
+        assert entry.open_set.score == open_set["score"] and entry.open_set.threshold == open_set["threshold"]
     # The models themselves are the evaluated ones.
     for variant in bundle.metadata["variants"]:
         evaluated = trained_run["bundle"] / f"model_{variant}.tflite"
@@ -404,14 +404,14 @@ def test_a_validation_split_large_enough_certifies_a_real_edible_threshold(certi
     bundle = read_bundle(certified_run["calibrated_bundle"])
     dangerous = np.array([s.is_dangerous for s in bundle.catalog])
     assert dangerous[predictions["val_labels"]].sum() >= photos_to_certify(DEFAULT_TARGET)
-    assert bundle.calibration["target_dangerous_as_edible"] == DEFAULT_TARGET
+    assert bundle.calibration.target_dangerous_as_edible == DEFAULT_TARGET
     assert evaluation["warnings"] == []  # nothing to warn about: the split supports the target
-    assert set(bundle.calibration["variants"]) == {"float32", "int8"}
-    for variant, entry in bundle.calibration["variants"].items():
-        fitted = evaluation["variants"][f"tflite_{variant}"]["calibrated"]["policy"]
-        assert entry["edible_threshold"] is not None, variant
-        assert entry["edible_threshold"] == fitted["edible_threshold"]
-        assert entry["temperature"] == pytest.approx(fitted["temperature"])
+    assert set(bundle.calibration.variants) == {"tflite_float32", "tflite_int8"}
+    for key, entry in bundle.calibration.variants.items():
+        fitted = evaluation["variants"][key]["calibrated"]["policy"]
+        assert entry.policy.edible_threshold is not None, key
+        assert entry.policy.edible_threshold == fitted["edible_threshold"]
+        assert entry.temperature == pytest.approx(fitted["temperature"])
         assert fitted["val_dangerous_as_edible_rate"] == 0.0  # certifying 0.5% on ~600 photos allows no miss
 
 
@@ -426,13 +426,13 @@ def test_fitted_policy_holds_on_the_test_split_with_identify_functions(certified
     bundle = read_bundle(certified_run["calibrated_bundle"])
     evaluation = read_json(certified_run["evaluation"] / "evaluation.json")
     predictions = np.load(certified_run["evaluation"] / "predictions.npz")
-    target = bundle.calibration["target_dangerous_as_edible"]
+    target = bundle.calibration.target_dangerous_as_edible
     labels = predictions["labels"]  # the test split
     edible = np.array([s.is_edible for s in bundle.catalog])
     is_edible, dangerous = edible[labels], np.array([s.is_dangerous for s in bundle.catalog])[labels]
     assert is_edible.sum() >= 50 and dangerous.sum() >= 100
     for variant in bundle.metadata["variants"]:
-        policy = policy_for(bundle.calibration, variant)
+        policy = bundle.calibration.variant(variant).policy
         assert policy.edible_threshold is not None
         calibrated = apply_temperature(predictions[f"tflite_{variant}"], policy.temperature)
         p = edible_probability(calibrated, edible)
@@ -455,13 +455,9 @@ def test_changing_the_test_split_cannot_change_what_is_fitted(certified_run, cer
     evaluations = [read_json(run["evaluation"] / "evaluation.json") for run in (certified_run, certified_run_retested)]
     assert evaluations[1]["num_test_photos"] < evaluations[0]["num_test_photos"]  # the test split changed ...
     assert evaluations[1]["num_val_photos"] == evaluations[0]["num_val_photos"]
-    assert any(entry["edible_threshold"] is not None for entry in first.calibration["variants"].values())
-    assert second.calibration == first.calibration  # ... but nothing fitted did
-    features = sorted(p.name for p in first.root.glob("*.npz"))
-    assert features == sorted(p.name for p in second.root.glob("*.npz"))
-    for name in features:
-        a, b = np.load(first.root / name), np.load(second.root / name)
-        assert set(a.files) == set(b.files) and all(np.array_equal(a[k], b[k]) for k in a.files), name
+    assert any(entry.policy.edible_threshold is not None for entry in first.calibration.variants.values())
+    # ... but nothing fitted did: the calibration (feature statistics included) is the same, byte for byte.
+    assert (second.root / "calibration.json").read_bytes() == (first.root / "calibration.json").read_bytes()
 
 
 def test_report_files_are_written(trained_run):
@@ -485,8 +481,8 @@ def test_compare_tabulates_variants_and_picks_on_validation(trained_run, tmp_pat
     shutil.copytree(trained_run["calibrated_bundle"], other_bundle)
     e = read_json(other_eval / "evaluation.json")
     e["model_name"] = "tiny-b"
-    shipped = read_json(other_bundle / "metadata.json")["default_variant"]
-    figures = e["variants"][f"tflite_{shipped}"]  # the JSON file: better on validation, worse on test
+    shipped_variant = e["shipped_variant"]
+    figures = e["variants"][f"tflite_{shipped_variant}"]  # the JSON file: better on validation, worse on test
     figures["validation"]["top1"] = figures["validation"]["top1"] + 0.1
     figures["top1"] = 0.0
     (other_eval / "evaluation.json").write_text(json.dumps(e))
@@ -497,7 +493,7 @@ def test_compare_tabulates_variants_and_picks_on_validation(trained_run, tmp_pat
     text = stages.compare([trained_run["evaluation"], other_eval],
                           [trained_run["calibrated_bundle"], other_bundle],
                           tmp_path / "best_bundle", tmp_path / "best_eval")
-    assert f"Chosen: **tiny-b**, variant **{shipped}**" in text
+    assert f"Chosen: **tiny-b**, variant **{shipped_variant}**" in text
     assert "tflite_int8" in text and "tflite_float32" in text and "keras" in text
     comparison = read_json(tmp_path / "best_eval" / "comparison.json")
     assert comparison["best"] == "tiny-b"
@@ -518,6 +514,7 @@ def test_kfp_metrics_are_flat_finite_numbers(trained_run, evaluation):
     shown = stages.evaluation_outputs(parse_evaluation(evaluation), trained_run["calibrated_bundle"])
     # The shipped variant is the one shown in KFP's confusion matrix and ROC.
     assert shown.variant == f"tflite_{read_json(trained_run['bundle'] / 'metadata.json')['default_variant']}"
+    assert shown.variant == f"tflite_{evaluation['shipped_variant']}"
     assert shown.confusion_matrix == evaluation["variants"][shown.variant]["species"]["confusion_matrix"]
     flat = shown.metrics
     assert all(isinstance(v, float) and math.isfinite(v) for v in flat.values())
@@ -601,7 +598,7 @@ def test_threshold_must_hold_as_a_confidence_bound_not_just_on_the_sample():
 
 def test_topk_accuracy_breaks_ties_like_identify():
     """int8 outputs tie often; the lower class index wins, as in ``identify``'s ranking."""
-    from mushroom.evaluate import topk_accuracy
+    from mushroom.metrics import topk_accuracy
 
     probs = np.array([[0.5, 0.5, 0.0], [0.2, 0.4, 0.4], [0.1, 0.3, 0.6]])
     assert topk_accuracy(np.array([0, 1, 2]), probs, 1) == 1.0

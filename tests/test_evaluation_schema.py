@@ -1,5 +1,6 @@
 """evaluation.json keeps its shape and its numbers: a golden file written by the code before the
-typed evaluation existed (plus ``schema_version``), compared value for value."""
+typed evaluation existed (plus ``schema_version``, and ``shipped_variant`` since schema version 3),
+compared value for value."""
 
 from __future__ import annotations
 
@@ -24,11 +25,12 @@ CATALOG = Catalog([
 def golden_evaluation(tmp_path: Path) -> dict:
     """An evaluation of fixed made-up predictions of three variants (keras, float32, int8)."""
     from mushroom.bundle import read_bundle, write_bundle
+    from mushroom.calibrate import calibrate
     from mushroom.evaluate import evaluate_predictions
 
     rng = np.random.default_rng(11)
     write_bundle(tmp_path / "bundle", {"float32": b"f" * 4000, "int8": b"q" * 1000}, CATALOG,
-                 {"model_name": "golden", "architecture": "none", "image_size": 64}, default_variant="int8")
+                 {"model_name": "golden", "architecture": "none", "image_size": 64}, shipped_variant="int8")
     bundle = read_bundle(tmp_path / "bundle")
 
     def probs(labels, strength):
@@ -44,7 +46,7 @@ def golden_evaluation(tmp_path: Path) -> dict:
     latency = {v: {f"threads_{t}": {"median_ms": m / n, "p90_ms": m, "mean_ms": m / n, "num_threads": n,
                                     "runs": 5, "warmup": 2} for t, n in (("1", 1), ("all", 2))}
                for v, m in (("tflite_float32", 8.0), ("tflite_int8", 3.0))}
-    return evaluate_predictions(test_labels, test, bundle, val_labels, val, latency, target=0.05)
+    return evaluate_predictions(test_labels, test, bundle, calibrate(val_labels, val, CATALOG, target=0.05), latency)
 
 
 def _compare(actual, expected, path="$"):

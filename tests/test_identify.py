@@ -125,8 +125,8 @@ def test_json_answer_has_top5_edibility_verdict_and_notice(bundle_dir, photo, ca
     assert code == 0, err
     doc = json.loads(out)
     assert "NEVER gives permission to eat" in doc["notice"]
-    default_variant = read_bundle(bundle_dir).metadata["default_variant"]
-    assert doc["bundle"]["variant"] == default_variant and doc["bundle"]["num_species"] == 4
+    shipped_variant = read_bundle(bundle_dir).metadata["default_variant"]
+    assert doc["bundle"]["variant"] == shipped_variant and doc["bundle"]["num_species"] == 4
     assert doc["answered"] == 1 and doc["failed"] == 0
     [result] = doc["results"]
     assert result["photo"] == photo and result["ok"] is True
@@ -288,7 +288,7 @@ def _probs(catalog, **by_name) -> np.ndarray:
 def _sure_policy(bundle_dir: Path, dest: Path) -> Path:
     """A copy of the bundle whose default variant says 'edible' at any P(edible) (threshold 0)."""
     bundle = copy_bundle(bundle_dir, dest)
-    variant = read_bundle(bundle).default_variant
+    variant = read_bundle(bundle).shipped_variant
     (bundle / "calibration.json").write_text(json.dumps({"schema_version": 2, "variants": {
         variant: {"temperature": 1.0, "edible_threshold": 0.0, "not_edible_below": 0.0}}}))
     return bundle
@@ -401,8 +401,8 @@ def test_open_set_threshold_from_the_bundle_refuses_unknown_photos(bundle_dir, p
     identifier = Identifier(bundle_dir)
     rule = identifier.open_set
     assert rule is not None and rule.threshold is not None  # the evaluate stage fitted one
-    entry = read_bundle(bundle_dir).calibration["variants"][identifier.variant]["open_set"]
-    assert entry["score"] == rule.score and entry["threshold"] == rule.threshold
+    entry = read_bundle(bundle_dir).calibration.variant(identifier.variant).open_set
+    assert entry.score == rule.score and entry.threshold == rule.threshold
     answer = identifier.identify(photo)
     assert answer.open_set_score is not None and answer.open_set_score >= rule.threshold
     # Raise the threshold above the photo's score: the same photo is now "not one of the species this model knows".
@@ -425,11 +425,12 @@ def _feature_rule_bundle(trained_run, bundle_dir: Path, dest: Path) -> tuple[Pat
     """A copy of the bundle whose default variant refuses by the feature-space score, fitted as the
     evaluate stage fits it: statistics from train photos, the threshold from validation photos."""
     from mushroom.datasets import load_images, load_split
-    from mushroom.openset import FEATURES_FILE, certified_threshold, fit_feature_stats
+    from mushroom.openset import OpenSetRule
+    from mushroom.openset_fit import certified_threshold, fit_feature_stats
 
     bundle = copy_bundle(bundle_dir, dest)
     b = read_bundle(bundle)
-    variant = b.default_variant
+    variant = b.shipped_variant
     classifier = Identifier(bundle, open_set=False).classifier
     assert classifier.has_features  # every variant exports the pooled features
 
@@ -439,13 +440,20 @@ def _feature_rule_bundle(trained_run, bundle_dir: Path, dest: Path) -> tuple[Pat
 
     stats = fit_feature_stats(*features("train"), len(b.catalog))
     threshold, _ = certified_threshold(stats.score(features("val")[0]))
-    calibration = json.loads((bundle / "calibration.json").read_text())
-    calibration["variants"][variant]["open_set"] = {"score": "mahalanobis", "threshold": threshold,
-                                                    "known_kept": 0.95, "fallback": None,
-                                                    "features": stats.describe()}
-    (bundle / "calibration.json").write_text(json.dumps(calibration))
-    np.savez(bundle / FEATURES_FILE, **stats.arrays(f"{variant}."))
+    _set_rule(bundle, variant, OpenSetRule("mahalanobis", threshold, known_kept=0.95, features=stats))
     return bundle, variant
+
+
+def _set_rule(bundle: Path, variant: str, rule) -> None:
+    """Give ``variant`` of the bundle folder another open-set rule (through the bundle's own writer)."""
+    from dataclasses import replace
+
+    from mushroom.bundle import write_calibration
+
+    calibration = read_bundle(bundle).calibration
+    key = f"tflite_{variant}"
+    write_calibration(bundle, replace(calibration, variants={
+        **calibration.variants, key: replace(calibration.variants[key], open_set=rule)}))
 
 
 def test_feature_score_refuses_out_of_distribution_photos_and_answers_known_ones(trained_run, bundle_dir,
@@ -454,8 +462,10 @@ def test_feature_score_refuses_out_of_distribution_photos_and_answers_known_ones
     evaluation = json.loads((Path(trained_run["evaluation"]) / "evaluation.json").read_text())
     choices = {k: v["open_set"] for k, v in evaluation["variants"].items() if k.startswith("tflite_")}
     assert all("mahalanobis" in c["score_choice"] for c in choices.values())
-    assert (bundle_dir / "open_set_features.npz").is_file() == any(c["score"] == "mahalanobis"
-                                                                   for c in choices.values())
+    calibration = read_bundle(bundle_dir).calibration  # the statistics travel inside calibration.json
+    assert not (bundle_dir / "open_set_features.npz").exists()
+    for key, choice in choices.items():
+        assert (calibration.variants[key].open_set.features is not None) == (choice["score"] == "mahalanobis")
     bundle, variant = _feature_rule_bundle(trained_run, bundle_dir, tmp_path / "b")
     identifier = Identifier(bundle)
     assert identifier.open_set.score == "mahalanobis" and identifier.open_set.needs_features
@@ -464,7 +474,7 @@ def test_feature_score_refuses_out_of_distribution_photos_and_answers_known_ones
     known_refused = np.mean([a.verdict == UNKNOWN_SPECIES for a in answers])
     # Generated textures and shapes (never trained on) as photo files: the feature score refuses
     # many more of them than of the known photos.
-    from mushroom.openset import generate_negatives
+    from mushroom.negatives import generate_negatives
 
     ood = []
     for family in ("texture", "shapes"):
@@ -482,9 +492,11 @@ def test_feature_score_refuses_out_of_distribution_photos_and_answers_known_ones
     assert batched[0].verdict == UNKNOWN_SPECIES and batched[1].open_set_score == pytest.approx(
         answers[0].open_set_score, rel=0.05)  # dynamic-range variants quantize activations per batch
     assert identifier.describe()["open_set"]["features"]["dim"] == identifier.classifier.feature_dim
-    # The statistics travel in the bundle: without them it is refused, naming the file.
-    (bundle / "open_set_features.npz").unlink()
-    with pytest.raises(BundleError, match="open_set_features.npz"):
+    # The statistics travel in the bundle: without them it is refused, saying so.
+    data = json.loads((bundle / "calibration.json").read_text())
+    del data["variants"][variant]["open_set"]["features"]
+    (bundle / "calibration.json").write_text(json.dumps(data))
+    with pytest.raises(BundleError, match="without feature statistics"):
         Identifier(bundle)
 
 
@@ -496,19 +508,13 @@ def test_old_bundle_without_feature_output_still_answers(trained_run, bundle_dir
     model = load_model(trained_run["model"] / "model.keras")
     old = convert(export_saved_model(model, tmp_path / "saved_model", features=False), "float32")
     (bundle / "model_float32.tflite").write_bytes(old)  # probabilities only, as bundles were exported before
-    with np.load(bundle / "open_set_features.npz") as data:  # statistics for float32 too (same backbone)
-        arrays = {k.replace(f"{variant}.", "float32.", 1): data[k] for k in data.files}
-    np.savez(bundle / "open_set_features.npz", **arrays)
-    calibration = json.loads((bundle / "calibration.json").read_text())
-    calibration["variants"]["float32"]["open_set"] = {"score": "mahalanobis", "threshold": -1.0,
-                                                      "features": {"file": "open_set_features.npz"}}
-    (bundle / "calibration.json").write_text(json.dumps(calibration))
+    from mushroom.openset import OpenSetRule
+
+    stats = read_bundle(bundle).calibration.variant(variant).open_set.features  # float32 too (same backbone)
+    _set_rule(bundle, "float32", OpenSetRule("mahalanobis", -1.0, features=stats))
     with pytest.raises(BundleError, match="needs the model's feature output, which model_float32.tflite lacks"):
         Identifier(bundle, variant="float32")
-    calibration["variants"]["float32"]["open_set"] = {"score": "max_logit", "threshold": 0.0, "known_kept": 0.95,
-                                                      "fallback": None}
-    (bundle / "calibration.json").write_text(json.dumps(calibration))
-    (bundle / "open_set_features.npz").unlink()
+    _set_rule(bundle, "float32", OpenSetRule("max_logit", 0.0, known_kept=0.95))
     identifier = Identifier(bundle, variant="float32")
     assert not identifier.classifier.has_features
     answer = identifier.identify(photo)
@@ -596,7 +602,7 @@ def test_bundle_missing_a_file_is_a_usage_error(bundle_dir, photo, tmp_path, cap
     assert code == 2 and out == "" and "missing ['species.csv']" in err
 
     bundle = copy_bundle(bundle_dir, tmp_path / "no-model")
-    default_model = f"model_{read_bundle(bundle).default_variant}.tflite"
+    default_model = f"model_{read_bundle(bundle).shipped_variant}.tflite"
     (bundle / default_model).unlink()
     code, _, err = run_cli(capsys, photo, "--bundle", bundle, "--json")
     assert code == 2 and f"has no {default_model}" in err

@@ -8,9 +8,21 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mushroom import openset, quality
+from mushroom import negatives as negs
+from mushroom import openset, openset_fit, quality
 from mushroom.config import ConfigError, parse_config
 from mushroom.preprocess import DETAIL_SIDE, load_image, read_photo
+
+
+def _fit_and_measure(val_labels, val_probs, test_probs, test_gate, probs, negatives, edible, features=None,
+                     test_features=None):
+    """The open-set rule fitted on validation photos and the fitting negatives, then measured on the
+    test split and every kind, as the evaluate stage does; returns the rule and the figures."""
+    from mushroom.openset_eval import measure_open_set
+
+    rule, fit = openset_fit.fit_open_set(val_labels, val_probs, probs, negatives, features=features)
+    return rule, measure_open_set(rule, fit, test_probs, test_gate, probs, negatives, edible, test_features,
+                                  None if features is None else features.negatives)
 
 # --------------------------------------------------------------------------- quality gate
 
@@ -26,7 +38,7 @@ def test_gate_refuses_what_no_camera_produces_of_a_mushroom_and_says_why():
     assert quality.check_pixels(flat, (63, 500)).startswith("too small")
     # Usable: noise, a gradient, a slightly noisy flat colour above MIN_STD, a mostly bright photo.
     assert quality.check_pixels(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)) is None
-    assert quality.check_pixels(openset.generate_negatives("gradient", 1, size, 3)[0]) is None
+    assert quality.check_pixels(negs.generate_negatives("gradient", 1, size, 3)[0]) is None
     noisy = np.clip(flat + rng.normal(0, 3 * quality.MIN_STD, flat.shape), 0, 255).astype(np.uint8)
     assert quality.check_pixels(noisy) is None
     bright = np.full((size, size, 3), 255, np.uint8)
@@ -87,9 +99,9 @@ def test_pixel_noise_is_refused_at_any_size_though_the_model_input_is_a_calm_gre
 
 
 def test_real_photos_that_ship_with_packages_pass_the_noise_check():
-    real = openset.package_photos(64, crops_per_photo=6, seed=4)
+    real = negs.package_photos(64, crops_per_photo=6, seed=4)
     assert len(real.images) == 14 * 6 and not real.refused.any()
-    noise = openset._generated("noise", 40, 64, 0)[1]
+    noise = negs._generated("noise", 40, 64, 0)[1]
     assert 0 < noise.sum() < 40  # pixel noise is refused; blocky, upsampled noise is left to the model
 
 
@@ -105,7 +117,7 @@ def test_scores_by_hand():
     ml = openset.open_set_score(probs, "max_logit")
     assert ml[0] == pytest.approx(logp.max() - logp.mean()) and ml[1] == pytest.approx(0.0)
     assert ml[2] == pytest.approx(-np.log(openset.LOG_FLOOR) * 2 / 3)  # zeros clipped, finite
-    prototypes = openset.fit_prototypes(probs[:1], np.array([0]), 3)
+    prototypes = openset_fit.fit_prototypes(probs[:1], np.array([0]), 3)
     assert openset.open_set_score(probs[:1], "prototype", prototypes)[0] == pytest.approx(0.0)
     with pytest.raises(ValueError, match="not one of"):
         openset.open_set_score(probs, "magic")
@@ -115,42 +127,54 @@ def test_scores_by_hand():
 
 def test_threshold_is_certified_not_just_a_sample_quantile():
     scores = np.arange(108, dtype=np.float64)  # 108 validation photos, as in the demo
-    threshold, note = openset.certified_threshold(scores, 0.95)
+    threshold, note = openset_fit.certified_threshold(scores, 0.95)
     # 95% upper bound of k/108 <= 5%: k = 1 (k = 2 gives 5.7%); the plain quantile would refuse 5.
     assert threshold == 1.0 and note is None
-    assert openset.threshold_for(scores, 0.95) == 5.0
-    few_threshold, few_note = openset.certified_threshold(np.arange(30.0), 0.95)
+    assert openset_fit.threshold_for(scores, 0.95) == 5.0
+    few_threshold, few_note = openset_fit.certified_threshold(np.arange(30.0), 0.95)
     assert few_threshold == 0.0 and "cannot certify" in few_note
     many = np.random.default_rng(0).normal(size=5000)
-    t, _ = openset.certified_threshold(many, 0.95)
+    t, _ = openset_fit.certified_threshold(many, 0.95)
     assert 0.04 < np.mean(many < t) < 0.05
 
 
-def test_rule_round_trips_through_calibration_json():
+def _round_trip(rule, num_classes, tmp_path):
+    """``rule`` written into a bundle's calibration and read back (:mod:`mushroom.bundle`)."""
+    from mushroom.bundle import calibration_from_json, calibration_to_json
+    from mushroom.policy import Calibration, VariantCalibration
+
+    data = json.loads(json.dumps(calibration_to_json(Calibration({"tflite_int8": VariantCalibration(open_set=rule)}))))
+    return data["variants"]["int8"]["open_set"], calibration_from_json(data, tmp_path, num_classes).variant("int8")
+
+
+def test_rule_round_trips_through_calibration_json(tmp_path):
+    from mushroom.bundle import calibration_from_json
+
     rule = openset.OpenSetRule("msp", 0.6, None, 0.95, None)
-    entry = json.loads(json.dumps(rule.to_dict()))
-    back = openset.rule_from_dict(entry)
-    assert back == rule
-    np.testing.assert_array_equal(back.is_unknown(np.array([[0.5, 0.5], [0.9, 0.1]])), [True, False])
-    assert openset.rule_from_dict(None) is None
+    _, back = _round_trip(rule, 2, tmp_path)
+    assert back.open_set == rule
+    np.testing.assert_array_equal(back.open_set.is_unknown(np.array([[0.5, 0.5], [0.9, 0.1]])), [True, False])
+    assert calibration_from_json({"variants": {"int8": {}}}, tmp_path, 2).variant("int8").open_set is None
     never = openset.OpenSetRule("msp", None, fallback="too few photos")
     assert not never.is_unknown(np.array([[0.5, 0.5]])).any()
+    assert _round_trip(never, 2, tmp_path)[1].open_set.fallback == "too few photos"
     with pytest.raises(ValueError, match="not one of"):
-        openset.rule_from_dict({"score": "magic", "threshold": 1.0})
+        calibration_from_json({"variants": {"int8": {"open_set": {"score": "magic", "threshold": 1.0}}}},
+                              tmp_path, 2)
 
 
 def test_negative_families_are_deterministic_and_of_the_right_shape():
-    for family in openset.NEGATIVE_FAMILIES:
-        a = openset.generate_negatives(family, 3, 32, seed=4)
+    for family in negs.NEGATIVE_FAMILIES:
+        a = negs.generate_negatives(family, 3, 32, seed=4)
         assert a.shape == (3, 32, 32, 3) and a.dtype == np.uint8
-        np.testing.assert_array_equal(a, openset.generate_negatives(family, 3, 32, seed=4))
-    assert set(openset.FIT_FAMILIES) | set(openset.HELD_OUT_FAMILIES) == set(openset.NEGATIVE_FAMILIES)
-    assert not set(openset.FIT_FAMILIES) & set(openset.HELD_OUT_FAMILIES)
-    real = openset.package_photos(32, crops_per_photo=3)
-    assert len(real.images) == 3 * (2 + len(openset.SKIMAGE_PHOTOS))
+        np.testing.assert_array_equal(a, negs.generate_negatives(family, 3, 32, seed=4))
+    assert set(negs.FIT_FAMILIES) | set(negs.HELD_OUT_FAMILIES) == set(negs.NEGATIVE_FAMILIES)
+    assert not set(negs.FIT_FAMILIES) & set(negs.HELD_OUT_FAMILIES)
+    real = negs.package_photos(32, crops_per_photo=3)
+    assert len(real.images) == 3 * (2 + len(negs.SKIMAGE_PHOTOS))
     assert {s.split(":")[0] for s in real.sources} == {"sklearn", "skimage"}
     with pytest.raises(ValueError, match="not one of"):
-        openset.generate_negatives("clouds", 1, 32)
+        negs.generate_negatives("clouds", 1, 32)
 
 
 def _peaked(rng, n, classes, strength):
@@ -167,7 +191,7 @@ def test_open_set_evaluation_separates_confident_knowns_from_diffuse_negatives()
     val_probs, val_labels = _peaked(rng, 300, classes, 6.0)
     test_probs, _ = _peaked(rng, 300, classes, 6.0)
     unknown = rng.integers(0, 256, (40, size, size, 3), dtype=np.uint8)
-    negatives = openset.gather_negatives(size, per_family=20, unknown_images=unknown,
+    negatives = negs.gather_negatives(size, per_family=20, unknown_images=unknown,
                                          unknown_taxa=np.repeat([11, 12, 13, 14], 10))
     assert {"unknown_fit", "unknown_held_out", "real_photos_fit", "real_photos_held_out",
             "noise"} <= set(negatives.images)
@@ -175,9 +199,9 @@ def test_open_set_evaluation_separates_confident_knowns_from_diffuse_negatives()
     # Flat colours are refused; pixel noise too, but not the blocky, upsampled half of the family.
     assert negatives.gate["flat"].all() and 0 < negatives.gate["noise"].sum() < len(negatives.gate["noise"])
     probs = {kind: _peaked(rng, len(images), classes, 0.5)[0] for kind, images in negatives.images.items()}
-    result = openset.evaluate_open_set(val_labels, val_probs, test_probs, np.zeros(300, bool), probs, negatives,
-                                       np.array([True, False, False, True]))
-    assert result["score"] in openset.CANDIDATE_SCORES and result["threshold"] is not None
+    rule, result = _fit_and_measure(val_labels, val_probs, test_probs, np.zeros(300, bool), probs, negatives,
+                                    np.array([True, False, False, True]))
+    assert result["score"] in openset_fit.CANDIDATE_SCORES and result["threshold"] is not None
     assert result["fallback"] is None and result["val_refused"] <= 0.05
     assert result["test_refused_gate_off"] < 0.1
     for kind, k in result["kinds"].items():
@@ -186,21 +210,21 @@ def test_open_set_evaluation_separates_confident_knowns_from_diffuse_negatives()
     assert result["kinds"]["flat"]["refused_gate_on"] == 1.0  # the gate refuses every flat image
     assert result["groups"]["unknown_species"]["kinds"] == ["unknown_held_out"]
     assert sum(result["histogram"]["known_test"]) == 300
-    assert openset.rule_from_dict(result["rule"]).threshold == result["threshold"]
+    assert rule.threshold == result["threshold"] and rule.score == result["score"]
 
 
 def test_too_few_photos_give_a_recorded_fallback_never_a_silent_threshold():
     rng = np.random.default_rng(3)
     val_probs, val_labels = _peaked(rng, 12, 3, 4.0)
-    negatives = openset.gather_negatives(16, per_family=5, unknown_images=np.zeros((4, 16, 16, 3), np.uint8),
+    negatives = negs.gather_negatives(16, per_family=5, unknown_images=np.zeros((4, 16, 16, 3), np.uint8),
                                          unknown_taxa=np.array([1, 1, 2, 2]))
     assert "unknown_fit" not in negatives.images
     assert any("4 unknown-species photos are fewer than 10" in n for n in negatives.notes)
     probs = {kind: _peaked(rng, len(images), 3, 0.0)[0] for kind, images in negatives.images.items()}
-    result = openset.evaluate_open_set(val_labels, val_probs, val_probs, np.zeros(12, bool), probs, negatives,
-                                       np.array([True, False, False]))
+    rule, result = _fit_and_measure(val_labels, val_probs, val_probs, np.zeros(12, bool), probs, negatives,
+                                    np.array([True, False, False]))
     assert result["threshold"] is None and "12 validation photos are fewer than 20" in result["fallback"]
-    assert result["rule"]["fallback"] == result["fallback"]
+    assert rule.fallback == result["fallback"] and rule.threshold is None
     assert all(k["refused_gate_off"] == 0.0 for k in result["kinds"].values())
     assert any("unknown-species photos" in n for n in result["notes"])
 
@@ -321,14 +345,14 @@ def test_mahalanobis_ranks_far_features_below_known_ones_and_low_rank_keeps_the_
     mix = _mix(rng, 5.0, 0.2, dim)
     train, labels = _clusters(rng, 400, means, mix)
     known, _ = _clusters(rng, 200, means, mix)
-    full = openset.fit_feature_stats(train, labels, classes, components=dim)
+    full = openset_fit.fit_feature_stats(train, labels, classes, components=dim)
     # With every component kept it is the Ledoit-Wolf Mahalanobis distance itself.
     residuals = train - full.means[labels]
     precision = np.linalg.inv(LedoitWolf(assume_centered=True).fit(residuals).covariance_)
     diff = known[:, None, :] - full.means[None]
     exact = np.einsum("ncd,de,nce->nc", diff, precision, diff)
     np.testing.assert_allclose(full.distances(known), exact, rtol=1e-6)
-    low = openset.fit_feature_stats(train, labels, classes, components=8)
+    low = openset_fit.fit_feature_stats(train, labels, classes, components=8)
     assert low.components.shape == (8, dim) and low.residual_variance > 0
     far = means[0] + 60.0 * rng.normal(size=dim) / np.sqrt(dim)  # 60 units from a class mean
     # A short step off the photos' strong directions: nearer to a class mean than most known photos
@@ -341,32 +365,36 @@ def test_mahalanobis_ranks_far_features_below_known_ones_and_low_rank_keeps_the_
         scores = stats.score(known)
         assert stats.score(far[None])[0] < scores.min()
         assert stats.score(off_manifold[None])[0] < np.quantile(scores, 0.05)
-    assert openset.auroc(low.score(known), low.score(train[:0] + far)) is None  # empty side: no AUROC
+    assert openset_fit.auroc(low.score(known), low.score(train[:0] + far)) is None  # empty side: no AUROC
     with pytest.raises(ValueError, match="do not match the 40-d"):
         low.score(known[:, :10])
     with pytest.raises(ValueError, match="none of class"):
-        openset.fit_feature_stats(train[labels < 2], labels[labels < 2], classes)
+        openset_fit.fit_feature_stats(train[labels < 2], labels[labels < 2], classes)
 
 
-def test_feature_rule_round_trips_through_calibration_json_and_npz(tmp_path):
+def test_feature_rule_round_trips_through_calibration_json(tmp_path):
+    from mushroom.bundle import calibration_from_json
+
     rng = np.random.default_rng(6)
     means = rng.normal(0, 3, (2, 16))
     train, labels = _clusters(rng, 80, means, np.eye(16))
-    stats = openset.fit_feature_stats(train, labels, 2, components=4)
-    np.savez(tmp_path / openset.FEATURES_FILE, **stats.arrays("int8."))
-    with np.load(tmp_path / openset.FEATURES_FILE) as data:
-        loaded = openset.FeatureStats.from_arrays(dict(data), "int8.")
+    stats = openset_fit.fit_feature_stats(train, labels, 2, components=4)
     rule = openset.OpenSetRule("mahalanobis", -5.0, None, 0.95, None, stats)
-    entry = json.loads(json.dumps(rule.to_dict()))
-    assert entry["features"] == {"file": openset.FEATURES_FILE, "dim": 16, "components": 4, "train_photos": 80,
-                                 "shrinkage": pytest.approx(stats.shrinkage, abs=1e-6)}
-    back = openset.rule_from_dict(entry, loaded)
+    assert rule.to_dict()["features"] == {"dim": 16, "components": 4, "train_photos": 80,
+                                          "shrinkage": pytest.approx(stats.shrinkage, abs=1e-6)}
+    entry, calibration = _round_trip(rule, 2, tmp_path)  # the statistics travel inside calibration.json
+    back = calibration.open_set
+    assert entry["features"]["means"]["shape"] == [2, 16] and entry["features"]["components"]["shape"] == [4, 16]
     assert back.needs_features and not openset.OpenSetRule("msp", 0.5).needs_features
     x = np.r_[train[:3], 100 + train[:1]]
     np.testing.assert_allclose(back.scores(np.full((4, 2), 0.5), x), rule.scores(np.full((4, 2), 0.5), x), rtol=1e-5)
     assert back.is_unknown(np.full((4, 2), 0.5), x)[-1]
+    without = {"variants": {"int8": {"open_set": {k: v for k, v in entry.items() if k != "features"}}},
+               "schema_version": 3}
     with pytest.raises(ValueError, match="without feature statistics"):
-        openset.rule_from_dict(entry)
+        calibration_from_json(without, tmp_path, 2)
+    with pytest.raises(ValueError, match="do not match 3 species"):
+        calibration_from_json({"variants": {"int8": {"open_set": entry}}, "schema_version": 3}, tmp_path, 3)
     with pytest.raises(ValueError, match="needs the model's feature output"):
         back.scores(np.full((4, 2), 0.5))
 
@@ -380,20 +408,21 @@ def test_evaluation_chooses_the_feature_score_when_it_separates_better():
     train, train_labels = _clusters(rng, 400, means, np.eye(dim))
     val, val_labels = _clusters(rng, 200, means, np.eye(dim))
     test, _ = _clusters(rng, 200, means, np.eye(dim))
-    negatives = openset.gather_negatives(size, per_family=20)
+    negatives = negs.gather_negatives(size, per_family=20)
     kinds = list(negatives.images)
     val_probs, _ = _peaked(rng, 200, classes, 4.0)
     test_probs, _ = _peaked(rng, 200, classes, 4.0)
     probs = {k: _peaked(rng, len(negatives.images[k]), classes, 4.0)[0] for k in kinds}  # just as confident
     feats = {k: rng.normal(0, 3, (len(negatives.images[k]), dim)) + 12.0 for k in kinds}  # away from the classes
-    features = openset.FeatureInputs(openset.fit_feature_stats(train, train_labels, classes), val, test, feats)
-    result = openset.evaluate_open_set(val_labels, val_probs, test_probs, np.zeros(200, bool), probs, negatives,
-                                       np.array([True, False, False, True]), features=features)
-    assert result["score"] == "mahalanobis" and result["rule"]["features"]["train_photos"] == 400
+    features = openset_fit.OpenSetFeatures(openset_fit.fit_feature_stats(train, train_labels, classes), val, feats)
+    rule, result = _fit_and_measure(val_labels, val_probs, test_probs, np.zeros(200, bool), probs, negatives,
+                                    np.array([True, False, False, True]), features=features, test_features=test)
+    assert result["score"] == "mahalanobis" and result["features"]["train_photos"] == 400
+    assert rule.features is features.stats
     assert result["score_choice"]["mahalanobis"] > 0.99 > max(result["score_choice"][s]
-                                                               for s in openset.CANDIDATE_SCORES)
+                                                               for s in openset_fit.CANDIDATE_SCORES)
     assert result["test_refused_gate_off"] <= 0.1
     assert all(k["auroc"] > 0.99 and k["refused_gate_off"] > 0.9 for k in result["kinds"].values())
-    without = openset.evaluate_open_set(val_labels, val_probs, test_probs, np.zeros(200, bool), probs, negatives,
-                                        np.array([True, False, False, True]))
-    assert without["score"] in openset.CANDIDATE_SCORES and "mahalanobis" not in without["score_choice"]
+    _, without = _fit_and_measure(val_labels, val_probs, test_probs, np.zeros(200, bool), probs, negatives,
+                                  np.array([True, False, False, True]))
+    assert without["score"] in openset_fit.CANDIDATE_SCORES and "mahalanobis" not in without["score_choice"]

@@ -189,8 +189,8 @@ def test_closing_table_names_every_configuration_variant_and_the_choice(local_ru
             assert row[2] == f"{figures['size_mb']:.2f}"
             assert f"{figures['top1']:.3f}" in row and f"{figures['top5']:.3f}" in row
     chosen = [row[:2] for row in rows if row[-1] == "CHOSEN"]
-    assert chosen == [[comparison["best"], comparison["chosen_variant"]]]
-    assert f"Chosen: {comparison['best']}, variant {comparison['chosen_variant']}" in local_run["out"]
+    assert chosen == [[comparison["best"], comparison["shipped_variant"]]]
+    assert f"Chosen: {comparison['best']}, variant {comparison['shipped_variant']}" in local_run["out"]
 
 
 @pytest.mark.slow
@@ -199,7 +199,7 @@ def test_kfp_metrics_hold_a_short_list_of_headline_figures(local_run):
         output = read_json(folder / "evaluate-model" / "executor_output.json")
         [metrics] = output["artifacts"]["metrics"]["artifacts"]
         headline = metrics["metadata"]
-        shipped = f"tflite_{read_bundle(folder / 'evaluate-model' / 'calibrated_bundle').default_variant}"
+        shipped = f"tflite_{read_bundle(folder / 'evaluate-model' / 'calibrated_bundle').shipped_variant}"
         evaluation = read_json(folder / "evaluate-model" / "evaluation" / "evaluation.json")
         assert 10 <= len(headline) <= 30  # the full set (hundreds) stays in evaluation.json
         assert headline[f"{shipped}_top1"] == evaluation["variants"][shipped]["top1"]

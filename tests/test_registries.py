@@ -133,8 +133,9 @@ def test_variant_names_and_key_prefix_live_only_in_the_registry():
 
 
 def test_only_the_owners_subscript_variants():
-    # evaluate builds the evaluation; bundle owns metadata.json; quantize owns its own report.
-    owners = {"evaluate.py", "bundle.py", "quantize.py"}
+    # evaluate builds the evaluation, evaluation migrates its old forms and flat_metrics walks its JSON
+    # form; bundle owns metadata.json and calibration.json; quantize owns its own report.
+    owners = {"evaluate.py", "evaluation.py", "flat_metrics.py", "bundle.py", "quantize.py"}
     offenders = [str(p.relative_to(ROOT)) for p in _python_files("src", "components", "pipelines", "benchmarks")
                  if p.name not in owners and '["variants"]' in p.read_text(encoding="utf-8")]
     assert not offenders, offenders
@@ -159,26 +160,30 @@ def test_bundle_from_a_newer_schema_is_one_clear_line_and_exit_2(trained_run, tm
     assert main(["identify", "--bundle", str(bundle), str(photo)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
-    assert name in err and "schema version 99, newer than this quantized-mushroom reads (2)" in err
+    from mushroom.bundle import CALIBRATION_SCHEMA_VERSION, METADATA_SCHEMA_VERSION
+
+    reads = METADATA_SCHEMA_VERSION if name == "metadata.json" else CALIBRATION_SCHEMA_VERSION
+    assert name in err and f"schema version 99, newer than this quantized-mushroom reads ({reads})" in err
     assert "upgrade" in err
 
 
-def test_bundle_of_the_previous_schema_is_read(trained_run, tmp_path):
+def test_bundle_of_the_first_schema_is_read(trained_run, tmp_path):
     """A version-1 bundle: no schema_version, the default variant copied into calibration.json."""
     from mushroom.bundle import read_bundle
+    from tests.helpers import write_old_calibration
 
+    new = read_bundle(trained_run["calibrated_bundle"])
     bundle = tmp_path / "bundle"
     shutil.copytree(trained_run["calibrated_bundle"], bundle)
     meta = json.loads((bundle / "metadata.json").read_text())
-    calibration = json.loads((bundle / "calibration.json").read_text())
     meta.pop("schema_version")
-    calibration.pop("schema_version")
     (bundle / "metadata.json").write_text(json.dumps(meta))
-    (bundle / "calibration.json").write_text(json.dumps({**calibration, "default_variant": "float32"}))
+    write_old_calibration(bundle, new.calibration, version=1)
     old = read_bundle(bundle)
-    assert old.default_variant == meta["default_variant"]  # metadata.json is the one record
-    assert "default_variant" not in old.calibration
-    assert old.policy() == read_bundle(trained_run["calibrated_bundle"]).policy()
+    assert old.shipped_variant == meta["default_variant"] != "float32"  # metadata.json is the one record
+    for variant in new.variants:
+        before, after = old.calibration.variant(variant), new.calibration.variant(variant)
+        assert before.policy == after.policy and before.open_set.threshold == after.open_set.threshold
 
 
 def test_evaluation_versions(tmp_path):
@@ -188,9 +193,12 @@ def test_evaluation_versions(tmp_path):
     golden = json.loads((ROOT / "tests" / "golden" / "evaluation.json").read_text(encoding="utf-8"))
     current = parse_evaluation(golden)
     assert current.schema_version == SCHEMA_VERSION and current.to_json() == golden
-    previous = {k: v for k, v in golden.items() if k != "schema_version"} | {"default_variant": "float32"}
-    assert parse_evaluation(previous).to_json() == golden
-    with pytest.raises(SchemaVersionError, match="schema version 3, newer"):
-        parse_evaluation({**golden, "schema_version": 3}, "evaluation.json")
+    # Versions 1 and 2 did not record the shipped variant; version 1 kept a copy of the bundle's default.
+    unrecorded = {k: v for k, v in golden.items() if k != "shipped_variant"}
+    first = {k: v for k, v in unrecorded.items() if k != "schema_version"} | {"default_variant": "float32"}
+    assert parse_evaluation(first).to_json() == unrecorded
+    assert parse_evaluation({**unrecorded, "schema_version": 2}).to_json() == unrecorded
+    with pytest.raises(SchemaVersionError, match=f"schema version {SCHEMA_VERSION + 1}, newer"):
+        parse_evaluation({**golden, "schema_version": SCHEMA_VERSION + 1}, "evaluation.json")
     with pytest.raises(ValueError, match="not a valid evaluation"):
         parse_evaluation({**golden, "variants": {"x": {"top1": "high"}}})

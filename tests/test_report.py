@@ -118,10 +118,10 @@ def test_trained_run_report_parses(trained_run):
     page = parse(trained_run["evaluation"] / "report.html")
     assert set(SECTIONS) <= page.ids and page.external == []
     evaluation = read_evaluation(trained_run["evaluation"])
-    shipped = read_bundle(trained_run["calibrated_bundle"]).default_variant
+    assert evaluation.shipped_variant == read_bundle(trained_run["calibrated_bundle"]).shipped_variant
     # Confusion matrices and open-set histograms of the focus variants, a reliability diagram per variant,
     # three more.
-    assert_embedded_pngs(page, 2 * len(focus_variants(evaluation, shipped)) + len(evaluation.variants) + 3)
+    assert_embedded_pngs(page, 2 * len(focus_variants(evaluation)) + len(evaluation.variants) + 3)
 
 
 def test_trained_run_report_has_an_open_set_section_and_names_its_data_source(trained_run):
@@ -179,6 +179,7 @@ def test_a_registered_variant_is_in_every_per_variant_table_and_plot(dummy_varia
     from mushroom.report import plots, tables
 
     evaluation = synthetic_evaluation(tmp_path, n_classes=6, extra_variant=dummy_variant)
+    evaluation.shipped_variant = dummy_variant  # as if its quantize stage had chosen it
     key = registry.evaluation_key(dummy_variant)
     assert list(evaluation.ordered())[-1] == key  # registered last, reported last
     drawn: dict[str, object] = {}
@@ -193,11 +194,11 @@ def test_a_registered_variant_is_in_every_per_variant_table_and_plot(dummy_varia
 
     for name in ("plot_risk_coverage", "plot_edible_roc", "plot_accuracy_vs_cost"):
         monkeypatch.setattr(plots, name, spy(name))
-    paths = write_report(evaluation, tmp_path / "out", shipped_variant=dummy_variant)
+    paths = write_report(evaluation, tmp_path / "out")
     assert key in drawn["plot_risk_coverage"] and key in drawn["plot_edible_roc"]
     assert dummy_variant in [p.label for p in drawn["plot_accuracy_vs_cost"]]
     assert {f"confusion_{key}", f"reliability_{key}"} <= set(paths["plots"])  # shipped: shown in detail
-    per_variant = [*tables.section_tables(evaluation).values(), tables.species_tables(evaluation, dummy_variant)[0]]
+    per_variant = [*tables.section_tables(evaluation).values(), tables.species_tables(evaluation)[0]]
     for table in per_variant:
         assert key in [row[0] for row in table.rows], table.header
     summary = paths["markdown"].read_text(encoding="utf-8")
@@ -218,14 +219,15 @@ def test_compare_chooses_the_shipped_variant_by_validation_top1_then_size(two_ev
     int8 = first.variant(registry.FULL_INTEGER)
     better = copy_evaluation(first, "better", val_top1=int8.validation.top1 + 0.01)
     smaller = copy_evaluation(first, "smaller", size_mb=int8.size_mb / 2)
-    shipped = {e.model_name: registry.FULL_INTEGER for e in (first, better, smaller)}
-    comparison = compare_evaluations([first, better, smaller], shipped)
-    assert (comparison.best, comparison.choice.variant) == ("better", registry.FULL_INTEGER)
-    assert compare_evaluations([first, smaller], shipped).best == "smaller"  # the same validation top-1
+    assert {e.shipped_variant for e in (first, better, smaller)} == {registry.FULL_INTEGER}
+    comparison = compare_evaluations([first, better, smaller])
+    assert (comparison.best, comparison.choice.shipped_variant) == ("better", registry.FULL_INTEGER)
+    assert compare_evaluations([first, smaller]).best == "smaller"  # the same validation top-1
     # Another configuration shipping float32 is judged by float32's figures.
     by_float = copy_evaluation(first, "by-float", registry.REFERENCE, val_top1=int8.validation.top1 + 0.05)
-    chosen = compare_evaluations([better, by_float], {**shipped, "by-float": registry.REFERENCE}).choice
-    assert (chosen.model_name, chosen.variant) == ("by-float", registry.REFERENCE)
+    by_float.shipped_variant = registry.REFERENCE
+    chosen = compare_evaluations([better, by_float]).choice
+    assert (chosen.model_name, chosen.shipped_variant) == ("by-float", registry.REFERENCE)
 
 
 def test_compare_never_reads_the_test_split(two_evaluations):
@@ -235,9 +237,8 @@ def test_compare_never_reads_the_test_split(two_evaluations):
     int8 = first.variant(registry.FULL_INTEGER)
     val_winner = copy_evaluation(first, "val-winner", val_top1=int8.validation.top1 + 0.02, top1=0.0, top5=0.0)
     test_winner = copy_evaluation(first, "test-winner", top1=1.0, top3=1.0, top5=1.0)
-    shipped = {"val-winner": registry.FULL_INTEGER, "test-winner": registry.FULL_INTEGER}
-    assert compare_evaluations([test_winner, val_winner], shipped).best == "val-winner"
-    assert compare_evaluations([val_winner, test_winner], shipped).best == "val-winner"
+    assert compare_evaluations([test_winner, val_winner]).best == "val-winner"
+    assert compare_evaluations([val_winner, test_winner]).best == "val-winner"
 
 
 def test_compare_puts_the_safety_target_first(two_evaluations):
@@ -247,8 +248,7 @@ def test_compare_puts_the_safety_target_first(two_evaluations):
     int8 = first.variant(registry.FULL_INTEGER)
     unsafe = copy_evaluation(first, "unsafe", val_top1=int8.validation.top1 + 0.2)
     unsafe.variant(registry.FULL_INTEGER).calibrated.policy.val_dangerous_as_edible_rate = 0.5  # target 0.02
-    shipped = {first.model_name: registry.FULL_INTEGER, "unsafe": registry.FULL_INTEGER}
-    comparison = compare_evaluations([unsafe, first], shipped)
+    comparison = compare_evaluations([unsafe, first])
     assert comparison.best == first.model_name and "1 of 2 configuration(s)" in comparison.choice.reason
 
 
@@ -259,18 +259,22 @@ def test_compare_needs_the_shipped_variant_and_validation_figures(two_evaluation
     no_int8 = copy_evaluation(first, "no-int8")
     del no_int8.variants[registry.FULL_INTEGER_KEY]
     with pytest.raises(ValueError, match="no-int8 ships 'int8'"):
-        compare_evaluations([first, no_int8], {"no-int8": registry.FULL_INTEGER})
+        compare_evaluations([first, no_int8])
     old = copy_evaluation(first, "old")
     old.variant(registry.FULL_INTEGER).validation = None
     with pytest.raises(ValueError, match="old's evaluation has no validation figures"):
-        compare_evaluations([first, old], {"old": registry.FULL_INTEGER})
+        compare_evaluations([first, old])
+    unrecorded = copy_evaluation(first, "unrecorded")  # evaluated before the shipped variant was recorded
+    unrecorded.shipped_variant = None
+    with pytest.raises(ValueError, match="unrecorded's evaluation records no shipped variant"):
+        compare_evaluations([first, unrecorded])
 
 
 def test_comparison_documents(two_evaluations, tmp_path):
     from mushroom.fileio import read_json
     from mushroom.report import compare_evaluations
 
-    comparison = compare_evaluations(two_evaluations, {e.model_name: registry.FULL_INTEGER for e in two_evaluations})
+    comparison = compare_evaluations(two_evaluations)
     assert comparison.markdown.startswith(f"# Model comparison\n\nChosen: **{comparison.best}**, variant **int8**: "
                                           "highest validation top-1")
     assert "reads the validation split only" in comparison.markdown
@@ -288,7 +292,7 @@ def test_comparison_documents(two_evaluations, tmp_path):
     assert int8["validation"]["top1"] == pytest.approx(val.top1)
     roles = [row[-1] for row in summary["table"]["rows"]]
     assert roles.count("CHOSEN") == 1 and roles.count("shipped") == 1
-    assert summary["chosen_variant"] == registry.FULL_INTEGER and summary["reason"] == comparison.choice.reason
+    assert summary["shipped_variant"] == registry.FULL_INTEGER and summary["reason"] == comparison.choice.reason
     paths = comparison.write(tmp_path)
     assert paths["markdown"].read_text(encoding="utf-8") == comparison.markdown
     assert read_json(paths["json"])["best"] == comparison.best

@@ -124,14 +124,14 @@ def three_configurations(tmp_path_factory):
 def written(three_configurations, tmp_path_factory):
     from mushroom.report import compare_evaluations
 
-    comparison = compare_evaluations(three_configurations, {e.model_name: "int8" for e in three_configurations})
+    comparison = compare_evaluations(three_configurations)
     paths = comparison.write(tmp_path_factory.mktemp("out"))
     return comparison, paths["html"].read_text(encoding="utf-8"), paths["markdown"].read_text(encoding="utf-8")
 
 
 def test_the_main_comparison_table_fits_with_size_and_latency_first(written):
     comparison, html, markdown = written
-    assert (comparison.best, comparison.choice.variant) == ("beta", "int8")
+    assert (comparison.best, comparison.choice.shipped_variant) == ("beta", "int8")
     page = _html_tables(html)
     assert "scroll" not in page.classes  # nothing on the page sits in a sideways-scrolling box
     main = next(t for t in page.tables if t["section"] == "comparison")
@@ -174,7 +174,7 @@ def test_the_comparison_plot_shows_validation_top1(three_configurations, tmp_pat
         return real(points, title, **options)
 
     monkeypatch.setattr(module, "plot_accuracy_vs_cost", spy)
-    chosen = module.choose_best(three_configurations, {})
+    chosen = module.choose_best(three_configurations)
     module.write_comparison_report(three_configurations, chosen, tmp_path)
     assert drawn["split"] == "validation" and drawn["chosen"] == ("beta", "int8")
     assert "validation" in drawn["title"]

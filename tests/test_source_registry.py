@@ -42,7 +42,7 @@ def collect_field_guide(settings: FieldGuideSettings, catalog, out_dir, seed, ig
 @pytest.fixture
 def field_guide():
     source = registry.register(registry.Source(
-        "field_guide", FieldGuideSettings, collect_field_guide,
+        "field_guide", lambda: FieldGuideSettings, collect_field_guide,
         lambda data: f"plates from the field guide {(data.get('guide') or '?')}",
         recorded=lambda settings: {"guide": settings.get("guide")}))
     yield source

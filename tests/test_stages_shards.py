@@ -55,7 +55,8 @@ def test_quantize_from_shards_reads_no_photo_and_builds_the_same_models(trained_
 
 def test_evaluate_from_shards_reads_no_photo_and_keeps_the_split_order(trained_run, without_split_photos,
                                                                        tmp_path):
-    from mushroom.evaluate import predict_variants_with_features
+    from mushroom.bundle import read_bundle
+    from mushroom.evaluate import predict_variants
     from mushroom.models import load_model
 
     dataset, shards = without_split_photos
@@ -72,11 +73,11 @@ def test_evaluate_from_shards_reads_no_photo_and_keeps_the_split_order(trained_r
     np.testing.assert_array_equal(ours["labels"], test.labels)
     np.testing.assert_array_equal(ours["val_labels"], val.labels)
     decoded = load_images(val.paths + test.paths, TINY_MODEL["image_size"])
-    probs, _ = predict_variants_with_features(load_model(trained_run["model"] / "model.keras"),
-                                              trained_run["bundle"], decoded)
-    for key, p in probs.items():
-        np.testing.assert_array_equal(ours[key], p[len(val):], err_msg=key)
-        np.testing.assert_array_equal(ours[f"val_{key}"], p[:len(val)], err_msg=key)
+    predicted = predict_variants(load_model(trained_run["model"] / "model.keras"), read_bundle(trained_run["bundle"]),
+                                 {"photos": decoded})
+    for key, by_set in predicted.probs.items():
+        np.testing.assert_array_equal(ours[key], by_set["photos"][len(val):], err_msg=key)
+        np.testing.assert_array_equal(ours[f"val_{key}"], by_set["photos"][:len(val)], err_msg=key)
     # The quality gate and the open-set answer saw the same photos and stored sizes.
     evaluation, reference = (json.loads((d / "evaluation.json").read_text()) for d in (out, trained_run["evaluation"]))
     assert _without_timings(evaluation) == _without_timings(reference)

@@ -122,14 +122,16 @@ def test_bundle_files_and_metadata(converted):
         "Amanita muscaria", "Boletus edulis", "Pleurotus ostreatus", "Amanita phalloides"]
     labels = json.loads((root / "labels.json").read_text())
     assert [row["index"] for row in labels] == [0, 1, 2, 3]
-    from mushroom.policy import policy_for
+    from mushroom.bundle import CALIBRATION_SCHEMA_VERSION
 
-    policy = policy_for({"variants": {}}, "int8")
+    policy = bundle.calibration.variant("int8").policy
     assert policy.temperature == 1.0 and policy.edible_threshold is None
     assert policy.verdict(0.9999) != "edible"  # no fitted calibration: never "edible"
-    assert bundle.default_variant == bundle.metadata["default_variant"] in bundle.variants
-    assert "default_variant" not in bundle.calibration  # recorded once, in metadata.json
-    assert bundle.metadata["schema_version"] == 2 and bundle.calibration["schema_version"] == 2
+    assert bundle.calibration.variant("int8").open_set is None
+    assert bundle.shipped_variant == bundle.metadata["default_variant"] in bundle.variants
+    calibration = json.loads((root / "calibration.json").read_text())
+    assert "default_variant" not in calibration  # recorded once, in metadata.json
+    assert bundle.metadata["schema_version"] == 2 and calibration["schema_version"] == CALIBRATION_SCHEMA_VERSION
     assert bundle.metadata["image_size"] == 48 and len(bundle.metadata["config_hash"]) == 16
     assert bundle.metadata["versions"]["tensorflow"].startswith("2.21")
 

@@ -5,35 +5,39 @@
     model_float32.tflite, model_int8.tflite   the converted models
     labels.json        class order: index -> taxon id and scientific name
     species.csv        the catalog rows of the classes (names, edibility, caution)
-    calibration.json   temperature and thresholds per variant (see ``mushroom.policy``)
-    open_set_features.npz  per variant whose open-set score is ``mahalanobis``: class means and
-                       the low-rank shared covariance of its pooled features (``mushroom.openset``);
-                       absent in older bundles and where a probability score was chosen
-    metadata.json      architecture, input size, the default variant, versions, config hash, and
+    calibration.json   the calibration (:class:`mushroom.policy.Calibration`): per variant the
+                       temperature and thresholds, the open-set rule (with, for the ``mahalanobis``
+                       score, its feature statistics as base64 float32 arrays) and how they were
+                       fitted (:func:`write_calibration`, :func:`read_calibration`)
+    metadata.json      architecture, input size, the shipped variant (``default_variant``: the
+                       quantize stage's choice, ``identify``'s default), versions, config hash, and
                        ``provenance`` (:func:`build_provenance`): data source, species and photo
                        counts per split, licences of the training photos, run configuration,
                        project version and commit, build time
 
 ``metadata.json`` and ``calibration.json`` carry a ``schema_version``; a bundle written by a
-newer schema than this code reads is refused with a clear message. Reading a bundle needs only
-the standard library (no TensorFlow).
+newer schema than this code reads is refused with a clear message. Older bundles are read as
+they are: a ``calibration.json`` of version 1 or 2, whose ``mahalanobis`` statistics lie in
+``open_set_features.npz`` beside it, and a ``metadata.json`` without a recorded shipped variant
+(resolved once, here, by :func:`shipped_variant`). Reading a bundle needs numpy and the standard
+library (no TensorFlow).
 """
 
 from __future__ import annotations
 
-import hashlib
+import base64
 import json
-import platform
 from dataclasses import dataclass
 from datetime import UTC
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from mushroom import variants as registry
 from mushroom.fileio import read_json, write_bytes_atomic, write_json_atomic, write_text_atomic
-from mushroom.openset import FEATURE_SCORES, FEATURES_FILE, FeatureStats, OpenSetRule, rule_from_dict
-from mushroom.policy import CALIBRATION_SCHEMA_VERSION, DEFAULT_CALIBRATION, Policy, policy_for
+from mushroom.openset import DEFAULT_KNOWN_KEPT, FEATURE_SCORES, FeatureStats, OpenSetRule
+from mushroom.policy import Calibration, OpenSetFit, Policy, PolicyFit, VariantCalibration
 from mushroom.species import Catalog, parse_catalog
 from mushroom.versioning import SchemaVersionError, check_schema_version
 
@@ -43,6 +47,12 @@ CALIBRATION = "calibration.json"
 METADATA = "metadata.json"
 REQUIRED = (LABELS, SPECIES, CALIBRATION, METADATA)
 METADATA_SCHEMA_VERSION = 2  # 1: no schema_version field
+# 1: no schema_version field, a copy of the default variant; 2: the mahalanobis statistics in
+# FEATURES_FILE, no record of how the policies were fitted
+CALIBRATION_SCHEMA_VERSION = 3
+FEATURES_FILE = "open_set_features.npz"  # version 2's feature statistics, per variant (read only)
+# Bundles written before the shipped variant was recorded ship the first of these they hold.
+_UNRECORDED_SHIPPED = (registry.FULL_INTEGER, registry.REFERENCE)
 
 
 class BundleError(ValueError):
@@ -55,14 +65,18 @@ def model_filename(variant: str) -> str:
 
 def config_hash(config: dict[str, Any]) -> str:
     """A short, stable hash of a configuration dict."""
+    import hashlib
+
     text = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _version(package: str) -> str | None:
+    from importlib import metadata  # only when writing: identify never needs it
+
     try:
-        return importlib_metadata.version(package)
-    except importlib_metadata.PackageNotFoundError:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
         return None
 
 
@@ -72,7 +86,8 @@ def write_bundle(
     catalog: Catalog,
     model_config: dict[str, Any],
     extra_metadata: dict[str, Any] | None = None,
-    default_variant: str | None = None,
+    *,
+    shipped_variant: str,
 ) -> Path:
     """Write a bundle folder.
 
@@ -82,9 +97,11 @@ def write_bundle(
         catalog: The classes, in model output order.
         model_config: The model configuration the model was trained with.
         extra_metadata: Added to ``metadata.json``.
-        default_variant: The variant ``identify`` uses by default (the quantize stage's
-            choice); default: the registry's fallback among ``models``.
+        shipped_variant: The variant the bundle ships, ``identify``'s default: the quantize
+            stage's choice (recorded as ``default_variant``).
     """
+    import platform
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for variant, data in models.items():
@@ -95,9 +112,8 @@ def write_bundle(
     ]
     write_json_atomic(out_dir / LABELS, labels)
     write_text_atomic(out_dir / SPECIES, catalog.to_csv())
-    default_variant = default_variant or registry.fallback_variant(models)
-    if default_variant not in models:
-        raise BundleError(f"default variant {default_variant!r} is not among the bundle's {sorted(models)}")
+    if shipped_variant not in models:
+        raise BundleError(f"shipped variant {shipped_variant!r} is not among the bundle's {sorted(models)}")
     meta = {
         "schema_version": METADATA_SCHEMA_VERSION,
         "model_name": model_config["model_name"],
@@ -106,7 +122,7 @@ def write_bundle(
         "input": "float32 RGB pixels in 0-255, resized with padding (mushroom.preprocess.load_image)",
         "num_classes": len(catalog),
         "variants": {v: model_filename(v) for v in models},
-        "default_variant": default_variant,
+        "default_variant": shipped_variant,
         "config_hash": config_hash(model_config),
         "model_config": model_config,
         "versions": {
@@ -119,7 +135,7 @@ def write_bundle(
     }
     write_json_atomic(out_dir / METADATA, meta)
     # Until the evaluation fits one: temperature 1 and never the verdict "edible".
-    write_json_atomic(out_dir / CALIBRATION, DEFAULT_CALIBRATION)
+    write_calibration(out_dir, Calibration())
     return out_dir
 
 
@@ -202,7 +218,10 @@ def build_provenance(dataset_dir: str | Path, splits_dir: str | Path, run_config
 
 
 def shipped_variant(metadata: dict[str, Any]) -> str:
-    """The variant a bundle ships, from its ``metadata.json``: the run's choice, else the registry's fallback.
+    """The variant a bundle ships, from its ``metadata.json``: the quantize stage's recorded choice.
+
+    A bundle written before the choice was recorded ships the first of int8 and float32 it
+    holds: resolved here, once, when the bundle is read.
 
     Args:
         metadata: The bundle's ``metadata.json``.
@@ -210,17 +229,222 @@ def shipped_variant(metadata: dict[str, Any]) -> str:
     Returns:
         A variant name (``int8``, ...).
     """
-    return metadata.get("default_variant") or registry.fallback_variant(metadata["variants"])
+    if metadata.get("default_variant"):
+        return metadata["default_variant"]
+    held = list(metadata["variants"])
+    if not held:
+        raise ValueError("the bundle holds no variants")
+    return next((name for name in _UNRECORDED_SHIPPED if name in held), held[0])
+
+
+# --------------------------------------------------------------------------- calibration.json
+
+
+def _array_to_json(array: np.ndarray) -> dict[str, Any]:
+    data = np.ascontiguousarray(array, dtype="<f4")
+    return {"dtype": "float32", "shape": list(data.shape), "base64": base64.b64encode(data.tobytes()).decode("ascii")}
+
+
+def _array_from_json(entry: dict[str, Any]) -> np.ndarray:
+    if not isinstance(entry, dict) or entry.get("dtype") != "float32":
+        raise ValueError("feature statistics: an array is not a float32 {dtype, shape, base64} entry")
+    flat = np.frombuffer(base64.b64decode(entry["base64"]), dtype="<f4")
+    return flat.reshape([int(n) for n in entry["shape"]]).astype(np.float64)
+
+
+def _stats_to_json(stats: FeatureStats) -> dict[str, Any]:
+    return {"train_photos": int(stats.train_photos), "shrinkage": float(stats.shrinkage),
+            "residual_variance": float(stats.residual_variance), "means": _array_to_json(stats.means),
+            "components": _array_to_json(stats.components), "variances": _array_to_json(stats.variances)}
+
+
+def _stats_from_json(entry: dict[str, Any]) -> FeatureStats:
+    try:
+        return FeatureStats(_array_from_json(entry["means"]), _array_from_json(entry["components"]),
+                            _array_from_json(entry["variances"]), float(entry["residual_variance"]),
+                            int(entry.get("train_photos", 0)), float(entry.get("shrinkage", 0.0)))
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"feature statistics lack {err}") from None
+
+
+def _legacy_stats(root: Path, variant: str) -> FeatureStats:
+    """Version 2's statistics of ``variant``, from :data:`FEATURES_FILE` (arrays named ``<variant>.<name>``)."""
+    path = root / FEATURES_FILE
+    if not path.is_file():
+        raise ValueError(f"the open-set score needs {FEATURES_FILE}, which the bundle lacks")
+    prefix = f"{variant}."
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k.removeprefix(prefix): data[k] for k in data.files if k.startswith(prefix)}
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{FEATURES_FILE} is unreadable: {err}") from None
+    if not arrays:
+        raise ValueError(f"{FEATURES_FILE} has no statistics for variant {variant!r}")
+    try:
+        return FeatureStats(np.asarray(arrays["means"], np.float64), np.asarray(arrays["components"], np.float64),
+                            np.asarray(arrays["variances"], np.float64),
+                            float(np.asarray(arrays["residual_variance"]).reshape(-1)[0]),
+                            int(np.asarray(arrays["train_photos"]).reshape(-1)[0]),
+                            float(np.asarray(arrays["shrinkage"]).reshape(-1)[0]))
+    except KeyError as err:
+        raise ValueError(f"{FEATURES_FILE}: the statistics of {variant!r} lack {err}") from None
+
+
+def _policy_to_json(fitted: PolicyFit) -> dict[str, Any]:
+    return {**fitted.policy.to_dict(), "target": fitted.target, "confidence": fitted.confidence,
+            "val_dangerous_as_edible_rate": fitted.val_dangerous_as_edible_rate, "val_coverage": fitted.val_coverage}
+
+
+def _policy_from_json(entry: dict[str, Any], fit: dict[str, Any] | None = None) -> PolicyFit:
+    """A policy from its entry; its fit from ``fit`` (default: the entry itself)."""
+    fit = entry if fit is None else fit
+    threshold = entry.get("edible_threshold")
+    policy = Policy(float(entry.get("temperature", 1.0)), None if threshold is None else float(threshold),
+                    float(entry.get("not_edible_below", 0.5)))
+    return PolicyFit(policy, fit.get("target"), fit.get("confidence"), fit.get("val_dangerous_as_edible_rate"),
+                     fit.get("val_coverage"))
+
+
+_OPEN_SET_FIT = ("score_choice", "score_constraint", "unknown_check", "fitted_on", "val_refused", "val_quantile")
+
+
+def _variant_to_json(calibration: VariantCalibration) -> dict[str, Any]:
+    entry: dict[str, Any] = calibration.policy.to_dict()
+    fitted = _policy_to_json(calibration.calibrated)
+    baseline = calibration.uncalibrated
+    entry["fit"] = {**{k: fitted[k] for k in fitted if k not in entry},
+                    "uncalibrated": None if baseline is None else _policy_to_json(baseline),
+                    "temperature": calibration.temperature_fit, "val_nll": calibration.val_nll,
+                    "validation": calibration.validation}
+    rule, fit = calibration.open_set, calibration.open_set_fit
+    if rule is not None:
+        open_set: dict[str, Any] = {"score": rule.score, "threshold": rule.threshold, "known_kept": rule.known_kept,
+                                    "fallback": rule.fallback}
+        if rule.prototypes is not None:
+            open_set["prototypes"] = np.round(np.asarray(rule.prototypes, dtype=np.float64), 6).tolist()
+        if rule.features is not None:
+            open_set["features"] = _stats_to_json(rule.features)
+        if fit is not None:
+            open_set.update({k: getattr(fit, k) for k in _OPEN_SET_FIT}, notes=list(fit.notes))
+        entry["open_set"] = open_set
+    return entry
+
+
+def _variant_from_json(entry: dict[str, Any], variant: str, root: Path, version: int,
+                       num_classes: int | None) -> VariantCalibration:
+    fit = entry.get("fit") or {}
+    open_set = entry.get("open_set")
+    rule = rule_fit = None
+    if open_set:
+        score = open_set.get("score", "msp")
+        stats = None
+        if score in FEATURE_SCORES:
+            if version >= 3:
+                if not open_set.get("features"):
+                    raise ValueError(f"open-set score {score!r} without feature statistics")
+                stats = _stats_from_json(open_set["features"])
+            else:
+                stats = _legacy_stats(root, variant)
+        prototypes = open_set.get("prototypes")
+        threshold = open_set.get("threshold")
+        rule = OpenSetRule(score, None if threshold is None else float(threshold),
+                           None if prototypes is None else np.asarray(prototypes, dtype=np.float64),
+                           float(open_set.get("known_kept", DEFAULT_KNOWN_KEPT)), open_set.get("fallback"), stats)
+        rule.check(num_classes)
+        if any(k in open_set for k in _OPEN_SET_FIT):  # how it was fitted (version 2: in part)
+            rule_fit = OpenSetFit(**{k: open_set.get(k) for k in _OPEN_SET_FIT},
+                                  notes=tuple(open_set.get("notes", ())))
+    uncalibrated = fit.get("uncalibrated")
+    return VariantCalibration(
+        calibrated=_policy_from_json(entry, fit), open_set=rule, open_set_fit=rule_fit,
+        uncalibrated=None if uncalibrated is None else _policy_from_json(uncalibrated),
+        temperature_fit=fit.get("temperature"), val_nll=fit.get("val_nll"), validation=fit.get("validation"))
+
+
+def calibration_to_json(calibration: Calibration) -> dict[str, Any]:
+    """``calibration.json``: the calibration of the bundle's TFLite variants (the Keras model's is left out)."""
+    variants = {}
+    for key, entry in calibration.variants.items():
+        name = registry.variant_of_key(key)
+        if name is not None:
+            variants[name] = _variant_to_json(entry)
+    return {"schema_version": CALIBRATION_SCHEMA_VERSION, "variants": variants,
+            "target_dangerous_as_edible": calibration.target_dangerous_as_edible,
+            "fitted_on": calibration.fitted_on, "warnings": list(calibration.warnings)}
+
+
+def calibration_from_json(data: dict[str, Any], root: Path, num_classes: int | None = None) -> Calibration:
+    """The calibration in a ``calibration.json`` dict of any version this code reads.
+
+    Args:
+        data: The file's contents.
+        root: The bundle folder (version 2 keeps feature statistics in :data:`FEATURES_FILE` there).
+        num_classes: The classes prototypes and feature statistics must match (None: not checked
+            here; ``identify`` checks the variant it uses, after its model and labels).
+
+    Raises:
+        ValueError: An entry that cannot be used (an unknown score, statistics missing or not fitting).
+    """
+    version = int(data.get("schema_version", 1))
+    variants = {}
+    for name, entry in (data.get("variants") or {}).items():
+        try:
+            variants[registry.evaluation_key(name)] = _variant_from_json(entry or {}, name, root, version,
+                                                                         num_classes)
+        except ValueError as err:
+            raise ValueError(f"variant {name}: {err}") from None
+    # Version 1 kept a copy of the default variant here; metadata.json is the one record of it.
+    return Calibration(variants, data.get("target_dangerous_as_edible"), data.get("fitted_on"),
+                       tuple(data.get("warnings") or ()))
+
+
+def write_calibration(bundle_dir: str | Path, calibration: Calibration) -> Path:
+    """Write ``calibration`` into a bundle folder (``calibration.json``; an older bundle's
+    :data:`FEATURES_FILE` is removed: the statistics are inside). Returns the file's path."""
+    root = Path(bundle_dir)
+    path = root / CALIBRATION
+    write_json_atomic(path, calibration_to_json(calibration))
+    (root / FEATURES_FILE).unlink(missing_ok=True)
+    return path
+
+
+def read_calibration(bundle_dir: str | Path, num_classes: int | None = None) -> Calibration:
+    """The calibration of a bundle folder (any version this code reads; see :func:`calibration_from_json`).
+
+    Raises:
+        BundleError: The file is missing, of a newer version, or holds an entry that cannot be used.
+    """
+    root = Path(bundle_dir)
+    try:
+        data = read_json(root / CALIBRATION)
+        check_schema_version(data, CALIBRATION_SCHEMA_VERSION, f"bundle {root}: {CALIBRATION}", oldest=1)
+        return calibration_from_json(data, root, num_classes)
+    except SchemaVersionError as err:
+        raise BundleError(str(err)) from None
+    except (ValueError, OSError) as err:
+        raise BundleError(f"bundle {root}: {CALIBRATION}: {err}") from None
+
+
+# --------------------------------------------------------------------------- the bundle
 
 
 @dataclass(frozen=True)
 class Bundle:
-    """A bundle read from disk."""
+    """A bundle read from disk.
+
+    Attributes:
+        root: The folder.
+        catalog: The classes, in model output order.
+        calibration: The fitted calibration of its variants (safe defaults before the evaluate stage).
+        metadata: ``metadata.json``.
+        shipped_variant: The variant it ships, ``identify``'s default (:func:`shipped_variant`).
+    """
 
     root: Path
     catalog: Catalog
-    calibration: dict[str, Any]
+    calibration: Calibration
     metadata: dict[str, Any]
+    shipped_variant: str
 
     def model_path(self, variant: str) -> Path:
         path = self.root / model_filename(variant)
@@ -239,64 +463,18 @@ class Bundle:
         return list(self.metadata["variants"])
 
     @property
-    def default_variant(self) -> str:
-        """The variant ``identify`` uses by default (:func:`shipped_variant` of its metadata)."""
-        return shipped_variant(self.metadata)
-
-    def policy(self, variant: str | None = None) -> Policy:
-        """The calibrated safety policy of ``variant`` (default: :attr:`default_variant`)."""
-        return policy_for(self.calibration, variant or self.default_variant)
-
-    def open_set_rule(self, variant: str | None = None) -> OpenSetRule | None:
-        """The open-set rule of ``variant`` (None: the bundle has none, e.g. before the evaluate stage).
-
-        Raises:
-            BundleError: The entry names an unknown score, its prototypes do not fit the classes,
-                or its feature statistics are missing or do not fit.
-        """
-        variant = variant or self.default_variant
-        entry = self.calibration.get("variants", {}).get(variant, {}).get("open_set")
-        try:
-            stats = self.feature_stats(variant) if entry and entry.get("score") in FEATURE_SCORES else None
-            rule = rule_from_dict(entry, stats)
-            if stats is not None and stats.means.shape[0] != len(self.catalog):
-                raise ValueError(f"open-set feature statistics of {stats.means.shape[0]} classes do not match "
-                                 f"{len(self.catalog)} species")
-            if rule is not None and rule.prototypes is not None and rule.prototypes.shape != (len(self.catalog),) * 2:
-                raise ValueError(f"open-set prototypes of shape {rule.prototypes.shape} do not match "
-                                 f"{len(self.catalog)} species")
-        except ValueError as err:
-            raise BundleError(f"bundle {self.root}: {CALIBRATION}: {err}") from None
-        return rule
-
-    def feature_stats(self, variant: str) -> FeatureStats:
-        """The open-set feature statistics of ``variant`` (from :data:`mushroom.openset.FEATURES_FILE`).
-
-        Raises:
-            ValueError: The file is missing, unreadable, or has none for ``variant``.
-        """
-        import numpy as np
-
-        path = self.root / FEATURES_FILE
-        if not path.is_file():
-            raise ValueError(f"the open-set score needs {FEATURES_FILE}, which the bundle lacks")
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                arrays = {k: data[k] for k in data.files if k.startswith(f"{variant}.")}
-        except (OSError, ValueError) as err:
-            raise ValueError(f"{FEATURES_FILE} is unreadable: {err}") from None
-        if not arrays:
-            raise ValueError(f"{FEATURES_FILE} has no statistics for variant {variant!r}")
-        return FeatureStats.from_arrays(arrays, f"{variant}.")
-
-    @property
     def provenance(self) -> dict[str, Any]:
         """``metadata.json``'s ``provenance`` ({} for bundles written before it was recorded)."""
         return dict(self.metadata.get("provenance") or {})
 
 
+def read_metadata(root: str | Path) -> dict[str, Any]:
+    """A bundle folder's ``metadata.json`` alone (to tell bundles apart without reading them)."""
+    return read_json(Path(root) / METADATA)
+
+
 def read_bundle(root: str | Path) -> Bundle:
-    """Read and check a bundle folder: all files present, labels consistent with species."""
+    """Read and check a bundle folder: all files present, labels consistent with species, a usable calibration."""
     root = Path(root)
     if not root.is_dir():
         raise BundleError(f"bundle {root} is not a folder")
@@ -306,16 +484,13 @@ def read_bundle(root: str | Path) -> Bundle:
     try:
         labels = read_json(root / LABELS)
         catalog = parse_catalog((root / SPECIES).read_text(encoding="utf-8"), str(root / SPECIES))
-        calibration = read_json(root / CALIBRATION)
         meta = read_json(root / METADATA)
         check_schema_version(meta, METADATA_SCHEMA_VERSION, f"bundle {root}: {METADATA}")
-        check_schema_version(calibration, CALIBRATION_SCHEMA_VERSION, f"bundle {root}: {CALIBRATION}")
+        shipped = shipped_variant(meta)
     except SchemaVersionError as err:
         raise BundleError(str(err)) from None
-    except (ValueError, OSError) as err:
+    except (ValueError, OSError, KeyError) as err:
         raise BundleError(f"bundle {root} has an unreadable file: {err}") from None
-    # Version 1 kept a copy of the default variant here; metadata.json is the one record of it.
-    calibration = {**DEFAULT_CALIBRATION, **{k: v for k, v in calibration.items() if k != "default_variant"}}
     if [row["taxon_id"] for row in labels] != catalog.taxon_ids:
         raise BundleError(f"bundle {root}: {LABELS} and {SPECIES} list different classes or orders")
-    return Bundle(root, catalog, calibration, meta)
+    return Bundle(root, catalog, read_calibration(root), meta, shipped)

@@ -157,14 +157,12 @@ CLOSING_HEADER = ["configuration", "variant", "size MB", "latency ms", "val top-
                   "dangerous as edible", "coverage", "chosen"]
 
 
-def closing_rows(evaluations: list[Evaluation], shipped: dict[str, str], best: str | None,
-                 chosen_variant: str | None) -> list[list[str]]:
+def closing_rows(evaluations: list[Evaluation], best: str | None, shipped_variant: str | None) -> list[list[str]]:
     """One row per configuration and TFLite variant; ``chosen`` says CHOSEN or shipped.
 
     Args:
-        evaluations: One per configuration.
-        shipped: Model name -> the variant its bundle ships.
-        best, chosen_variant: The configuration and variant the compare stage chose.
+        evaluations: One per configuration, each recording the variant its bundle ships.
+        best, shipped_variant: The configuration the compare stage chose, and the variant it ships.
     """
     from mushroom.formatting import fmt, pct
     from mushroom.report.tables import risk
@@ -173,8 +171,8 @@ def closing_rows(evaluations: list[Evaluation], shipped: dict[str, str], best: s
     for e in evaluations:
         for name, v in e.tflite_variants().items():
             policy = v.calibrated.policy
-            role = ("CHOSEN" if (e.model_name, name) == (best, chosen_variant) else
-                    "shipped" if shipped.get(e.model_name) == name else "")
+            role = ("CHOSEN" if (e.model_name, name) == (best, shipped_variant) else
+                    "shipped" if e.shipped_variant == name else "")
             rows.append([e.model_name, name, fmt(v.size_mb, 2),
                          fmt(v.latency.threads_1.median_ms, 2) if v.latency else fmt(None),
                          fmt(v.validation.top1 if v.validation else None), fmt(v.top1), fmt(v.top5),
@@ -182,10 +180,9 @@ def closing_rows(evaluations: list[Evaluation], shipped: dict[str, str], best: s
     return rows
 
 
-def closing_table(evaluations: list[Evaluation], shipped: dict[str, str], best: str | None,
-                  chosen_variant: str | None) -> str:
+def closing_table(evaluations: list[Evaluation], best: str | None, shipped_variant: str | None) -> str:
     """The plain-text table a run ends with (see :func:`closing_rows`) and what its columns mean."""
-    rows = closing_rows(evaluations, shipped, best, chosen_variant)
+    rows = closing_rows(evaluations, best, shipped_variant)
     widths = [max(len(str(r[i])) for r in [CLOSING_HEADER, *rows]) for i in range(len(CLOSING_HEADER))]
 
     def line(cells: list[Any]) -> str:
@@ -278,7 +275,7 @@ def identify_command(photo: str | Path, bundle: str, cwd: str | Path | None = No
 
 
 def closing_locations(evaluations: list[tuple[str, str]], bundles: list[tuple[str, str, str]], published: str,
-                      best: str | None, chosen_variant: str | None, cwd: str | Path | None = None) -> list[str]:
+                      best: str | None, shipped_variant: str | None, cwd: str | Path | None = None) -> list[str]:
     """The lines a run ends with: where each configuration's evaluation and bundle are, what was
     published, the report, and the identify command for the published bundle and one test photo.
 
@@ -286,14 +283,15 @@ def closing_locations(evaluations: list[tuple[str, str]], bundles: list[tuple[st
         evaluations: ``(model name, evaluation.json path)`` per configuration.
         bundles: ``(model name, calibrated bundle folder, the variant it ships)`` per configuration.
         published: The published run folder (a local path or a ``gs://`` URI).
-        best, chosen_variant: The configuration and variant the compare stage chose (None: no choice).
+        best, shipped_variant: The configuration the compare stage chose and the variant it ships (None: no
+            choice).
         cwd: Where the person types the command (default: the working folder).
     """
     lines = [f"  {name}: evaluation {path}" for name, path in evaluations]
     lines += [f"  {name}: bundle {path} (ships {variant})" for name, path, variant in bundles]
     lines.append(f"Published bundle and evaluation: {published}")
     if best:
-        lines.append(f"  the {best} bundle, variant {chosen_variant}: the compare stage's choice")
+        lines.append(f"  the {best} bundle, variant {shipped_variant}: the compare stage's choice")
     if "://" not in published:
         evaluation = Path(published) / "evaluation"
         lines += [f"Report: {evaluation / 'report.html'}", f"Comparison: {evaluation / 'comparison.html'}"]

@@ -1,7 +1,7 @@
 """The typed evaluation: what :mod:`mushroom.evaluate` builds and everything else reads.
 
 ``evaluation.json`` is :meth:`Evaluation.to_json` of these models; :func:`read_evaluation`
-reads it back, the current and the previous schema version, and refuses newer ones. Readers
+reads it back, the current and earlier schema versions, and refuses newer ones. Readers
 (the report, ``compare``, tracking, the KFP components) use attributes, never string keys.
 
 Fields are added as optional ones (absent when not measured) with a schema version bump, so
@@ -20,7 +20,9 @@ from mushroom import variants as registry
 from mushroom.fileio import read_json, write_json_atomic
 from mushroom.versioning import check_schema_version
 
-SCHEMA_VERSION = 2  # 1: no schema_version field, a default_variant copy of the bundle's choice
+# 1: no schema_version field, a default_variant copy of the bundle's choice; 2: the open-set rule
+# repeated in open_set.rule, no shipped_variant
+SCHEMA_VERSION = 3
 EVALUATION = "evaluation.json"
 
 
@@ -289,7 +291,9 @@ class OpenSetMetrics(_Model):
     groups: dict[str, OpenSetGroup]
     histogram: dict[str, list[float]]  # edges and counts per kind, for the report
     notes: list[str]
-    rule: dict[str, Any]  # the calibration.json entry identify applies
+    # The mahalanobis score's feature statistics: dim, components, train photos, shrinkage (the
+    # arrays are in the bundle's calibration)
+    features: dict[str, Any] | None = None
 
 
 class VariantEvaluation(TopK):
@@ -342,6 +346,9 @@ class Evaluation(_Model):
     target_dangerous_as_edible: float
     ece_bins: int
     variants: dict[str, VariantEvaluation]
+    # The TFLite variant the bundle ships (identify's default): the quantize stage's choice, recorded
+    # in the bundle and here (None: an evaluation written before it was recorded)
+    shipped_variant: str | None = None
     warnings: list[str] | None = None  # what the validation split is too small to support
     data_source: dict[str, Any] | None = None  # what the model was trained on (bundle provenance)
     backbone_weights: dict[str, Any] | None = None  # where the backbone's starting weights came from
@@ -366,14 +373,11 @@ class Evaluation(_Model):
         """Every evaluated model by evaluation key, in report order."""
         return {k: self.variants[k] for k in registry.report_order(self.variants)}
 
-    def shown_variant(self, shipped: str | None) -> str:
-        """The evaluation key to show in single-variant views (KFP confusion matrix, ROC).
-
-        The variant the bundle ships (``shipped``), else the registry's fallback, else the first.
-        """
-        tflite = self.tflite_variants()
-        name = shipped if shipped in tflite else registry.fallback_variant(tflite) if tflite else None
-        return registry.evaluation_key(name) if name else next(iter(self.ordered()))
+    @property
+    def shipped_key(self) -> str | None:
+        """The evaluation key of :attr:`shipped_variant` (None: not recorded, or not evaluated)."""
+        key = None if self.shipped_variant is None else registry.evaluation_key(self.shipped_variant)
+        return key if key in self.variants else None
 
     def to_json(self) -> dict[str, Any]:
         """The JSON form (``evaluation.json``); fields never measured are left out."""
@@ -381,17 +385,34 @@ class Evaluation(_Model):
 
 
 def migrate(data: dict[str, Any]) -> dict[str, Any]:
-    """An ``evaluation.json`` dict of this or the previous schema version in the current form."""
+    """An ``evaluation.json`` dict of this or an earlier schema version in the current form.
+
+    Version 1 kept a copy of the bundle's default variant (dropped: the bundle's ``metadata.json``
+    records it); version 2 repeated each open-set rule in ``open_set.rule`` (dropped, its feature
+    statistics' description kept as ``open_set.features``). Neither records the shipped variant.
+    """
     data = dict(data)
-    if data.get("schema_version", 1) == 1:
-        data.pop("default_variant", None)  # the bundle's metadata.json is the one record of it
+    version = data.get("schema_version", 1)
+    if version == 1:
+        data.pop("default_variant", None)
+    if version <= 2 and isinstance(data.get("variants"), dict):
+        variants = {}
+        for key, variant in data["variants"].items():
+            if isinstance(variant, dict) and isinstance(variant.get("open_set"), dict):
+                open_set = dict(variant["open_set"])
+                rule = open_set.pop("rule", None) or {}
+                if rule.get("features"):
+                    open_set["features"] = {k: v for k, v in rule["features"].items() if k != "file"}
+                variant = {**variant, "open_set": open_set}
+            variants[key] = variant
+        data["variants"] = variants
     data["schema_version"] = SCHEMA_VERSION
     return data
 
 
 def parse_evaluation(data: dict[str, Any], source: str = "evaluation") -> Evaluation:
-    """Validate an ``evaluation.json`` dict (current or previous schema version)."""
-    check_schema_version(data, SCHEMA_VERSION, source)
+    """Validate an ``evaluation.json`` dict (current or an earlier schema version)."""
+    check_schema_version(data, SCHEMA_VERSION, source, oldest=1)
     try:
         return Evaluation.model_validate(migrate(data))
     except ValidationError as err:

@@ -321,8 +321,8 @@ class Identifier:
 
     Args:
         bundle: Bundle location (see :func:`resolve_bundle`) or a :class:`~mushroom.bundle.Bundle`.
-        variant: Model variant (``int8``, ``float32``, ...); default: the calibration's
-            ``default_variant`` (the variant the run chose).
+        variant: Model variant (``int8``, ``float32``, ...); default: the bundle's shipped
+            variant (the quantize stage's choice).
         num_threads: CPU threads for the interpreter (None: the runtime's default).
         cache_dir: Cache folder for ``gs://`` bundles.
         refresh: Download a ``gs://`` bundle again.
@@ -340,8 +340,9 @@ class Identifier:
         if not isinstance(bundle, Bundle):
             bundle = read_bundle(resolve_bundle(bundle, cache_dir, refresh))
         self.bundle = bundle
-        self.variant = variant or bundle.default_variant
-        self.policy: Policy = bundle.policy(self.variant)
+        self.variant = variant or bundle.shipped_variant
+        calibration = bundle.calibration.variant(self.variant)
+        self.policy: Policy = calibration.policy
         self.quality_gate = quality_gate
         self._open_set_off = not open_set
         if not (math.isfinite(self.policy.temperature) and self.policy.temperature > 0):
@@ -361,7 +362,12 @@ class Identifier:
                 f"species but {path.name} outputs {self.classifier.num_classes} classes"
             )
         # After the label check: a bundle whose labels do not fit its model is reported as such.
-        self.open_set: OpenSetRule | None = bundle.open_set_rule(self.variant) if open_set else None
+        self.open_set: OpenSetRule | None = calibration.open_set if open_set else None
+        if self.open_set is not None:
+            try:
+                self.open_set.check(n_labels)
+            except ValueError as err:
+                raise BundleError(f"bundle {bundle.root}: calibration.json: variant {self.variant}: {err}") from None
         declared = bundle.metadata.get("image_size")
         if declared is not None and int(declared) != self.classifier.image_size:
             raise BundleError(f"bundle {bundle.root}: metadata.json says image_size {declared} but "

@@ -234,9 +234,9 @@ def quantize_model(model, representative: np.ndarray, val_images: np.ndarray, va
                 report.setdefault("failed", {})["error_profile"] = str(err).splitlines()[0][:300]
     float_top1 = candidates[registry.REFERENCE].top1
     report["variants"] = {n: c.summary(float_top1) for n, c in candidates.items()}
-    chosen, reason = choose_variant(candidates, tolerance_points, min_agreement)
-    report["chosen"], report["reason"] = chosen, reason
-    log.info("chosen variant: %s", reason)
+    shipped_variant, reason = choose_variant(candidates, tolerance_points, min_agreement)
+    report["chosen"], report["reason"] = shipped_variant, reason  # the bundle records it (metadata.json)
+    log.info("shipped variant: %s", reason)
     return {n: c.model for n, c in candidates.items()}, report
 
 

@@ -1,16 +1,17 @@
 """What ships: the choice of the configuration (and the variant its bundle ships) to publish.
 
-Reads the validation split only: among configurations whose shipped variant keeps the
-validation dangerous-as-edible rate within the target, the highest validation top-1, then the
-smaller file, then the lower single-thread latency. The report only shows the choice.
+Each configuration's shipped variant is a recorded fact: the quantize stage chose it, the bundle
+and the evaluation record it (:attr:`mushroom.evaluation.Evaluation.shipped_variant`). Choosing
+among configurations reads the validation split only: among configurations whose shipped
+variant keeps the validation dangerous-as-edible rate within the target, the highest validation
+top-1, then the smaller file, then the lower single-thread latency. The report only shows the
+choice.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
-
-from mushroom import variants as registry
 
 if TYPE_CHECKING:
     from mushroom.evaluation import Evaluation, VariantEvaluation
@@ -21,13 +22,21 @@ class Choice:
     """The chosen configuration, the variant it ships, and why."""
 
     model_name: str
-    variant: str
+    shipped_variant: str
     reason: str
 
 
-def shipped_evaluation(evaluation: Evaluation, shipped: dict[str, str]) -> tuple[str, VariantEvaluation]:
-    """The variant a configuration's bundle ships, and its evaluation."""
-    name = shipped.get(evaluation.model_name) or registry.fallback_variant(evaluation.tflite_variants())
+def shipped_evaluation(evaluation: Evaluation) -> tuple[str, VariantEvaluation]:
+    """The variant a configuration's bundle ships (as its evaluation records it), and its figures.
+
+    Raises:
+        ValueError: The evaluation records no shipped variant, does not hold it, or has no
+            validation figures (written by an older version).
+    """
+    name = evaluation.shipped_variant
+    if name is None:
+        raise ValueError(f"compare: {evaluation.model_name}'s evaluation records no shipped variant (written by an "
+                         "older version); rerun its evaluate stage to compare it")
     variant = evaluation.variant(name)
     if variant is None:
         raise ValueError(f"compare: {evaluation.model_name} ships {name!r}, which its evaluation does not hold")
@@ -42,24 +51,23 @@ def _is_safe(evaluation: Evaluation, variant: VariantEvaluation) -> bool:
     return rate is None or rate <= evaluation.target_dangerous_as_edible + 1e-12
 
 
-def choose_best(evaluations: list[Evaluation], shipped: dict[str, str]) -> Choice:
-    """Choose on the validation split, by each bundle's shipped variant, under the safety target.
+def choose_best(evaluations: list[Evaluation]) -> Choice:
+    """Choose on the validation split, by each configuration's shipped variant, under the safety target.
 
     Rank: the validation dangerous-as-edible rate within the target first, then the highest
     validation top-1, then the smaller file, then the lower single-thread latency.
 
     Args:
         evaluations: One per configuration.
-        shipped: Model name -> the variant its bundle ships (``metadata.json``'s ``default_variant``).
     """
     def rank(e: Evaluation) -> tuple:
-        _, v = shipped_evaluation(e, shipped)
+        _, v = shipped_evaluation(e)
         one_thread = v.latency.threads_1.median_ms if v.latency else float("inf")
         return _is_safe(e, v), v.validation.top1, -(v.size_mb or 0.0), -one_thread
 
     best = max(evaluations, key=rank)
-    name, v = shipped_evaluation(best, shipped)
-    safe = sum(_is_safe(e, shipped_evaluation(e, shipped)[1]) for e in evaluations)
+    name, v = shipped_evaluation(best)
+    safe = sum(_is_safe(e, shipped_evaluation(e)[1]) for e in evaluations)
     reason = (f"highest validation top-1 ({v.validation.top1:.3f}) of the shipped variants among the {safe} of "
               f"{len(evaluations)} configuration(s) within the dangerous-as-edible target on validation"
               if _is_safe(best, v) else

@@ -3,6 +3,10 @@
 Each KFP component is a thin wrapper around one of these; tests call them directly. Every
 stage validates its configuration first, logs what it read and wrote and how long it took,
 and writes its outputs into the folder it is given.
+
+One idea, a function per stage, in one module of more than 500 lines: what a stage computes
+lives in the modules it calls (fitting in :mod:`mushroom.calibrate`, measuring in
+:mod:`mushroom.evaluate`, ...); here each stage only reads its inputs once and writes its outputs.
 """
 
 from __future__ import annotations
@@ -12,7 +16,6 @@ import os
 import shutil
 import time
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +27,8 @@ from mushroom.fileio import read_json, write_json_atomic, write_text_atomic
 from mushroom.manifest import SPLIT_NAMES, read_dataset_catalog, read_manifest, write_splits
 
 if TYPE_CHECKING:
-    from mushroom.evaluation import Evaluation, RocCurve
+    from mushroom.evaluation import Evaluation
+    from mushroom.flat_metrics import EvaluationOutputs
 
 log = logging.getLogger("mushroom")
 
@@ -331,7 +335,7 @@ def quantize(dataset_dir, splits_dir, model_dir, model_config: dict[str, Any], s
             {"backbone_weights": backbones.weights_provenance(config.architecture, config.weights),
              **({"image": image} if image else {})})
         write_bundle(out_dir, models, train_split.catalog, config.model_dump(), extra,
-                     default_variant=report["chosen"])
+                     shipped_variant=report["chosen"])
         write_json_atomic(out_dir / "quantization_report.json", report)
         write_text_atomic(out_dir / "quantization_report.md", format_report(report))
         log.info("quantize: wrote bundle %s", out_dir)
@@ -341,20 +345,20 @@ def quantize(dataset_dir, splits_dir, model_dir, model_config: dict[str, Any], s
 def evaluate(dataset_dir, splits_dir, model_dir, bundle_dir, out_dir: str | Path,
              calibrated_bundle_dir: str | Path, *, latency_runs: int | None = None,
              target_dangerous_as_edible: float | None = None, shards_dir: str | Path | None = None) -> Evaluation:
-    """Evaluate Keras and every TFLite variant; fit the calibration and safety policy.
+    """Fit the calibration of Keras and every TFLite variant on validation, then measure them on test.
 
-    Predicts the validation and test splits with every variant, fits a temperature and the
-    edible threshold per variant on the validation split, measures everything on the test
-    split (see :mod:`mushroom.evaluate`) and times each TFLite variant on the CPU. For the
-    open-set answer, each variant with a feature output also gets feature statistics fitted
-    on (up to :data:`mushroom.evaluate.OPEN_SET_TRAIN_PHOTOS`) train photos: the ``mahalanobis`` score competes
-    with the probability scores (:func:`mushroom.openset.evaluate_open_set`).
+    Reads the bundle once; every model predicts the validation, test and negative photos (and
+    each variant with a feature output a balanced sample of up to
+    :data:`mushroom.calibrate.OPEN_SET_TRAIN_PHOTOS` train photos) once. The calibration (per
+    variant: the temperature, the edible threshold, the open-set rule and its feature
+    statistics) is fitted on the validation split and the fitting negatives
+    (:func:`mushroom.calibrate.calibrate`); the test split is measured with it
+    (:mod:`mushroom.evaluate`) and each TFLite variant timed on the CPU.
 
     Writes to ``out_dir``: ``evaluation.json``, ``predictions.npz`` (test: ``labels`` and one
     array per variant; validation: ``val_labels`` and ``val_<variant>``), ``report.html``,
     ``summary.md`` and ``plots/``. Writes to ``calibrated_bundle_dir`` a copy of the bundle
-    whose ``calibration.json`` holds the fitted temperatures and thresholds (and, where a
-    variant's open-set score is ``mahalanobis``, ``open_set_features.npz``).
+    with the calibration (:func:`mushroom.bundle.write_calibration`).
 
     Args:
         latency_runs: Timed runs per latency measurement (default 30, or
@@ -365,23 +369,16 @@ def evaluate(dataset_dir, splits_dir, model_dir, bundle_dir, out_dir: str | Path
             (pixels and stored sizes) come from; None: shards made here. The unknown-species
             photos (never split) are decoded from their files.
     """
-    from mushroom.bundle import CALIBRATION, read_bundle
+    from mushroom.bundle import read_bundle, write_calibration
+    from mushroom.calibrate import OPEN_SET_TRAIN_PHOTOS, OpenSetFitting, calibrate
     from mushroom.calibration import DEFAULT_TARGET
     from mushroom.datasets import balanced_sample, load_unknown
-    from mushroom.evaluate import (
-        OPEN_SET_TRAIN_PHOTOS,
-        OpenSetInputs,
-        calibration_file,
-        evaluate_predictions,
-        fit_variant_feature_stats,
-        flatten_metrics,
-        measure_variants_latency,
-        predict_variants_with_features,
-        write_feature_stats,
-    )
+    from mushroom.evaluate import OpenSetInputs, evaluate_predictions, predict_variants
     from mushroom.evaluation import write_evaluation
+    from mushroom.flat_metrics import flatten_metrics
+    from mushroom.latency import measure_variants_latency
     from mushroom.models import load_model
-    from mushroom.openset import FeatureInputs, gather_negatives
+    from mushroom.negatives import gather_negatives
     from mushroom.preprocess import read_photo
     from mushroom.report import write_report
     from mushroom.shards import shard_arrays
@@ -399,13 +396,8 @@ def evaluate(dataset_dir, splits_dir, model_dir, bundle_dir, out_dir: str | Path
         if test.catalog.taxon_ids != bundle.catalog.taxon_ids:
             raise ValueError(f"evaluate: the dataset's species differ from the bundle's ({bundle_dir})")
         images = _pixels([val_shards, test_shards], bundle.image_size)
-        log.info("evaluate: %d val and %d test photos at %d px", len(val), len(test), bundle.image_size)
-        model = load_model(Path(model_dir) / KERAS_MODEL)
-        probs, features = predict_variants_with_features(model, bundle_dir, images)
         n_val = len(val)
-        val_probs = {k: p[:n_val] for k, p in probs.items()}
-        test_probs = {k: p[n_val:] for k, p in probs.items()}
-        latency = measure_variants_latency(bundle, images[n_val], latency_runs)
+        log.info("evaluate: %d val and %d test photos at %d px", n_val, len(test), bundle.image_size)
         unknown_paths, unknown_taxa = load_unknown(dataset_dir)
         # Read as identify reads a photo, so the whole quality gate (pixel noise too) applies.
         unknown_photos = [read_photo(path, bundle.image_size) for path in unknown_paths]
@@ -417,35 +409,36 @@ def evaluate(dataset_dir, splits_dir, model_dir, bundle_dir, out_dir: str | Path
         stacked = np.concatenate(list(negatives.images.values()))
         log.info("evaluate: %d open-set negatives (%s), %d of them unknown-species photos", len(stacked),
                  ", ".join(f"{k} {len(v)}" for k, v in negatives.images.items()), len(unknown_paths))
-        negative_probs, negative_features = predict_variants_with_features(model, bundle_dir, stacked)
+        picked = balanced_sample(train_split.labels, OPEN_SET_TRAIN_PHOTOS, 0)
+        train_images, _ = shard_arrays(train_shards, indices=picked)
+        predicted = predict_variants(load_model(Path(model_dir) / KERAS_MODEL), bundle,
+                                     {"known": images, "negatives": stacked}, {"train": train_images})
         bounds = np.cumsum([0] + [len(v) for v in negatives.images.values()])
 
         def by_kind(rows: np.ndarray) -> dict[str, np.ndarray]:
             return {kind: rows[a:b] for kind, a, b in zip(negatives.images, bounds[:-1], bounds[1:], strict=True)}
 
-        feature_inputs = {}
-        if features:
-            picked = balanced_sample(train_split.labels, OPEN_SET_TRAIN_PHOTOS, 0)
-            train_images, _ = shard_arrays(train_shards, indices=picked)
-            _, train_features = predict_variants_with_features(None, bundle_dir, train_images)
-            stats = fit_variant_feature_stats(train_features, train_split.labels[picked], len(bundle.catalog))
-            log.info("evaluate: open-set feature statistics of %d variant(s) from %d train photos", len(stats),
-                     len(picked))
-            feature_inputs = {key: FeatureInputs(stats[key], f[:n_val], f[n_val:], by_kind(negative_features[key]))
-                              for key, f in features.items() if key in stats}
-        open_set = OpenSetInputs(
-            negatives, {key: by_kind(p) for key, p in negative_probs.items()},
-            _gate(images[n_val:], test_shards.photo_sizes), features=feature_inputs)
+        val_probs = {k: p["known"][:n_val] for k, p in predicted.probs.items()}
+        test_probs = {k: p["known"][n_val:] for k, p in predicted.probs.items()}
+        negative_probs = {k: by_kind(p["negatives"]) for k, p in predicted.probs.items()}
+        negative_features = {k: by_kind(f["negatives"]) for k, f in predicted.features.items()}
+        calibration = calibrate(val.labels, val_probs, bundle.catalog, target, OpenSetFitting(
+            negatives, negative_probs, val_features={k: f["known"][:n_val] for k, f in predicted.features.items()},
+            negative_features=negative_features, train_features={k: f["train"] for k, f in predicted.features.items()},
+            train_labels=train_split.labels[picked]))
+        latency = measure_variants_latency(bundle, images[n_val], latency_runs)
+        open_set = OpenSetInputs(negatives, negative_probs, _gate(images[n_val:], test_shards.photo_sizes),
+                                 test_features={k: f["known"][n_val:] for k, f in predicted.features.items()},
+                                 negative_features=negative_features)
         data_source = bundle.provenance.get("data") or _dataset_source(dataset_dir)
-        result = evaluate_predictions(test.labels, test_probs, bundle, val.labels, val_probs, latency, target,
-                                      open_set, data_source, bundle.provenance.get("backbone_weights"))
+        result = evaluate_predictions(test.labels, test_probs, bundle, calibration, latency, open_set, data_source,
+                                      bundle.provenance.get("backbone_weights"))
         path = write_evaluation(result, out_dir)
         np.savez_compressed(out_dir / "predictions.npz", labels=test.labels, **test_probs,
                             val_labels=val.labels, **{f"val_{k}": p for k, p in val_probs.items()})
-        report = write_report(result, out_dir, bundle.default_variant)
+        report = write_report(result, out_dir)
         shutil.copytree(bundle_dir, calibrated_bundle_dir, dirs_exist_ok=True)
-        write_json_atomic(Path(calibrated_bundle_dir) / CALIBRATION, calibration_file(result))
-        write_feature_stats(calibrated_bundle_dir, result, open_set)
+        write_calibration(calibrated_bundle_dir, calibration)
         log.info("evaluate %s: wrote %s, report %s and calibrated bundle %s", result.model_name, path,
                  report["html"], calibrated_bundle_dir)
         detail = logging.getLogger("mushroom.evaluate")  # full log only: the closing table shows these
@@ -479,66 +472,29 @@ def _dataset_source(dataset_dir: str | Path) -> dict[str, Any]:
     return {"source": info.get("source"), "synthetic": sources.is_synthetic(info)}
 
 
-@dataclass(frozen=True)
-class EvaluationOutputs:
-    """What the evaluate component shows in KFP: headline metrics and the shipped variant's plots.
+def evaluation_outputs(evaluation: Evaluation, bundle_dir: str | Path | None = None) -> EvaluationOutputs:
+    """The KFP view of ``evaluation`` (:func:`mushroom.flat_metrics.evaluation_outputs`).
 
-    Attributes:
-        metrics: The headline figures, flat name -> number (:func:`evaluation_headlines`).
-        variant: The evaluation key shown: the variant the bundle ships.
-        species: Class names, in class order.
-        confusion_matrix: The shown variant's test confusion matrix.
-        roc: The shown variant's ROC of calibrated P(edible) (None: one class only).
+    ``bundle_dir`` is not read: the evaluation records the shipped variant. The compiled evaluate
+    component still passes it.
     """
+    from mushroom.flat_metrics import evaluation_outputs as outputs
 
-    metrics: dict[str, float]
-    variant: str
-    species: list[str]
-    confusion_matrix: list[list[int]]
-    roc: RocCurve | None
-
-
-def evaluation_outputs(evaluation: Evaluation, bundle_dir: str | Path) -> EvaluationOutputs:
-    """The KFP view of ``evaluation`` for the bundle in ``bundle_dir`` (its default variant)."""
-    from mushroom.bundle import read_bundle
-    from mushroom.evaluate import flatten_metrics
-
-    key = evaluation.shown_variant(read_bundle(bundle_dir).default_variant)
-    shown = evaluation.variants[key]
-    headlines = evaluation_headlines(flatten_metrics(evaluation), evaluation, key)
-    return EvaluationOutputs(headlines, key, evaluation.species, shown.species.confusion_matrix,
-                             shown.calibrated.edibility.roc_curve)
-
-
-# The shown (shipped) variant's figures in KFP Metrics, besides every variant's top-1 and size.
-_SHOWN_HEADLINES = ("top5", "validation_top1", "latency_threads_1_median_ms", "calibrated_calibration_ece",
-                    "calibrated_policy_risk", "calibrated_policy_coverage")
-_INT8_HEADLINES = ("top1_change", "size_ratio", "latency_ratio_threads_1")
-
-
-def evaluation_headlines(flat: dict[str, float], evaluation: Evaluation, shown: str) -> dict[str, float]:
-    """The short list of figures a KFP ``Metrics`` artifact holds (every figure stays in ``evaluation.json``).
-
-    Every variant's top-1 and size, the shown variant's top-5, validation top-1, latency, ECE,
-    dangerous-as-edible rate and coverage, and full int8 against float32; named as in
-    :func:`mushroom.evaluate.flatten_metrics` (``flat``).
-    """
-    keys = [f"{k}_{m}" for k in evaluation.ordered() for m in ("top1", "size_mb")]
-    keys += [f"{shown}_{m}" for m in _SHOWN_HEADLINES] + [f"int8_vs_float32_{m}" for m in _INT8_HEADLINES]
-    return {k: flat[k] for k in keys if k in flat}
+    return outputs(evaluation)
 
 
 def compare(evaluation_dirs: list, bundle_dirs: list, best_bundle_dir: str | Path,
             best_evaluation_dir: str | Path) -> str:
     """Tabulate every configuration and variant and copy the best bundle and its evaluation.
 
-    The choice (on the validation split, by each bundle's shipped variant, under the safety
-    target) and the tables are :func:`mushroom.report.compare_evaluations`'s.
+    The choice (on the validation split, by each configuration's shipped variant as its
+    evaluation records it, under the safety target) and the tables are
+    :func:`mushroom.report.compare_evaluations`'s; the bundles are only copied.
     ``best_evaluation_dir`` gets the best evaluation folder (``evaluation.json``, its report and
     plots) plus ``comparison.md``, ``comparison.json`` and ``comparison.html`` covering every
     configuration and variant. Returns the Markdown text.
     """
-    from mushroom.bundle import read_bundle
+    from mushroom.bundle import read_metadata
     from mushroom.evaluation import read_evaluation
     from mushroom.report import COMPARISON_REPORT, compare_evaluations
 
@@ -546,14 +502,15 @@ def compare(evaluation_dirs: list, bundle_dirs: list, best_bundle_dir: str | Pat
         raise ValueError("compare: no evaluations")
     evaluations = [read_evaluation(d) for d in evaluation_dirs]
     folders = {e.model_name: Path(d) for e, d in zip(evaluations, evaluation_dirs, strict=True)}
-    bundles = {b.metadata["model_name"]: b for b in map(read_bundle, bundle_dirs)}
-    comparison = compare_evaluations(evaluations, {name: b.default_variant for name, b in bundles.items()})
-    shutil.copytree(bundles[comparison.best].root, best_bundle_dir, dirs_exist_ok=True)
+    bundles = {read_metadata(d)["model_name"]: Path(d) for d in bundle_dirs}  # which folder is whose bundle
+    comparison = compare_evaluations(evaluations)
+    shutil.copytree(bundles[comparison.best], best_bundle_dir, dirs_exist_ok=True)
     out_dir = Path(best_evaluation_dir)
     shutil.copytree(folders[comparison.best], out_dir, dirs_exist_ok=True)  # evaluation.json included
     comparison.write(out_dir)
     log.info("compare: %d configurations; chose %s, variant %s (%s); wrote %s", len(evaluations),
-             comparison.best, comparison.choice.variant, comparison.choice.reason, out_dir / COMPARISON_REPORT)
+             comparison.best, comparison.choice.shipped_variant, comparison.choice.reason,
+             out_dir / COMPARISON_REPORT)
     return comparison.markdown
 
 

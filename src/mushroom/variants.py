@@ -30,10 +30,6 @@ from mushroom.registry import Registry
 REFERENCE = "float32"  # every other variant is compared with this one
 FULL_INTEGER = "int8"  # the integer-only variant every run must build
 REQUIRED = (REFERENCE, FULL_INTEGER)
-# The variant a bundle is used with when it records no choice (bundles from before the choice
-# existed): the first of these that the bundle has.
-FALLBACK_ORDER = (FULL_INTEGER, REFERENCE)
-
 KERAS_KEY = "keras"  # the evaluation's key for the Keras model itself
 _KEY_PREFIX = "tflite_"
 
@@ -135,17 +131,6 @@ def default_names() -> list[str]:
 def integer_names() -> list[str]:
     """The variants the quantize stage may choose."""
     return [v.name for v in _REGISTRY if v.integer]
-
-
-def fallback_variant(available: Iterable[str]) -> str:
-    """The variant to use when none was chosen: the first of :data:`FALLBACK_ORDER` available."""
-    available = list(available)
-    for name in FALLBACK_ORDER:
-        if name in available:
-            return name
-    if not available:
-        raise ValueError("no variants to choose from")
-    return available[0]
 
 
 # --- evaluation keys: the Keras model and each variant ------------------------------------

@@ -1,8 +1,9 @@
 """Schema versions of the files the project writes and reads back.
 
 ``metadata.json``, ``calibration.json`` and ``evaluation.json`` carry ``schema_version``. A
-reader accepts its current version and the previous one (files written before the field
-existed count as version 1) and refuses newer ones with one clear line.
+reader accepts its current version and the previous one, or every one back to the oldest it
+migrates (files written before the field existed count as version 1), and refuses newer ones
+with one clear line.
 """
 
 from __future__ import annotations
@@ -19,8 +20,11 @@ def schema_version(data: dict[str, Any]) -> int:
     return data.get("schema_version", 1)
 
 
-def check_schema_version(data: Any, current: int, source: str) -> int:
-    """Return the schema version of ``data`` if this code reads it (``current`` or ``current - 1``).
+def check_schema_version(data: Any, current: int, source: str, oldest: int | None = None) -> int:
+    """Return the schema version of ``data`` if this code reads it (``oldest`` to ``current``).
+
+    Args:
+        oldest: The oldest version the reader migrates (default: ``current - 1``).
 
     Raises:
         SchemaVersionError: The version is newer than ``current``, older than the previous
@@ -34,7 +38,9 @@ def check_schema_version(data: Any, current: int, source: str) -> int:
     if version > current:
         raise SchemaVersionError(f"{source} has schema version {version}, newer than this quantized-mushroom "
                                  f"reads ({current}); upgrade quantized-mushroom to read it")
-    if version < current - 1:
+    oldest = current - 1 if oldest is None else oldest
+    if version < oldest:
+        readable = f"{oldest} or {current}" if oldest == current - 1 else f"{oldest} to {current}"
         raise SchemaVersionError(f"{source} has schema version {version}, older than this quantized-mushroom "
-                                 f"reads ({current - 1} or {current}); rebuild it with a newer pipeline")
+                                 f"reads ({readable}); rebuild it with a newer pipeline")
     return version

@@ -41,22 +41,22 @@ REPORT = "report.html"
 SUMMARY = "summary.md"
 
 
-def write_report(evaluation: Evaluation, out_dir: str | Path, shipped_variant: str | None = None) -> dict[str, Any]:
+def write_report(evaluation: Evaluation, out_dir: str | Path) -> dict[str, Any]:
     """Write ``report.html``, ``summary.md`` and ``plots/*.png`` into ``out_dir``.
+
+    The variant the bundle ships (the evaluation records it) is shown as the default, and in detail.
 
     Args:
         evaluation: The evaluation.
         out_dir: The folder to write into.
-        shipped_variant: The variant the bundle ships (``metadata.json``'s ``default_variant``);
-            shown as the default, and in detail. None: the registry's fallback.
 
     Returns:
         ``{"html": path, "markdown": path, "plots": {stem: path}}``.
     """
     out_dir = Path(out_dir)
-    plots = build_plots(evaluation, shipped_variant)
+    plots = build_plots(evaluation)
     paths = {stem: save_plot(out_dir, stem, plot.png) for stem, plot in plots.items()}
-    write_text_atomic(out_dir / REPORT, render_html(evaluation, plots, shipped_variant))
-    write_text_atomic(out_dir / SUMMARY, render_summary(evaluation, shipped_variant))
+    write_text_atomic(out_dir / REPORT, render_html(evaluation, plots))
+    write_text_atomic(out_dir / SUMMARY, render_summary(evaluation))
     log.info("report: wrote %s, %s and %d plots", out_dir / REPORT, out_dir / SUMMARY, len(plots))
     return {"html": out_dir / REPORT, "markdown": out_dir / SUMMARY, "plots": paths}

@@ -52,7 +52,6 @@ class Comparison:
     markdown: str
     summary: dict[str, Any]
     evaluations: list[Evaluation] = field(repr=False)
-    shipped: dict[str, str] = field(default_factory=dict)
 
     @property
     def best(self) -> str:
@@ -68,7 +67,7 @@ class Comparison:
         out_dir = Path(out_dir)
         write_text_atomic(out_dir / COMPARISON_MARKDOWN, self.markdown)
         write_json_atomic(out_dir / COMPARISON_JSON, self.summary)
-        html = write_comparison_report(self.evaluations, self.choice, out_dir, self.shipped)
+        html = write_comparison_report(self.evaluations, self.choice, out_dir)
         return {"markdown": out_dir / COMPARISON_MARKDOWN, "json": out_dir / COMPARISON_JSON, "html": html}
 
 
@@ -81,19 +80,17 @@ class ComparisonTables(NamedTuple):
     chosen_test: Table  # the chosen bundle's test figures, one figure a row
 
 
-def _role(evaluation: Evaluation, name: str | None, shipped: dict[str, str], choice: Choice | None) -> str:
-    if choice is not None and (evaluation.model_name, name) == (choice.model_name, choice.variant):
+def _role(evaluation: Evaluation, name: str | None, choice: Choice | None) -> str:
+    if choice is not None and (evaluation.model_name, name) == (choice.model_name, choice.shipped_variant):
         return CHOSEN
-    return "shipped" if name is not None and name == shipped.get(evaluation.model_name) else ""
+    return "shipped" if name is not None and name == evaluation.shipped_variant else ""
 
 
-def comparison_table(evaluations: list[Evaluation], shipped: dict[str, str] | None = None,
-                     choice: Choice | None = None) -> Table:
+def comparison_table(evaluations: list[Evaluation], choice: Choice | None = None) -> Table:
     """One row per configuration and variant: size, latency and the validation figures the choice reads.
 
     The shipped variant of each configuration is marked ``shipped``, the chosen one ``CHOSEN``.
     """
-    shipped = shipped or {}
     header = ["configuration", "variant", "size MB", "latency ms (1 thread, median)", "val top-1", "val top-5",
               "val dangerous as edible", "val coverage", "shipped / chosen"]
     rows = []
@@ -103,17 +100,16 @@ def comparison_table(evaluations: list[Evaluation], shipped: dict[str, str] | No
             rows.append([e.model_name, key, fmt(v.size_mb, 2), fmt(median_ms(latency(v)[0]), 2),
                          fmt(val.top1 if val else None), fmt(val.top5 if val else None),
                          risk(policy, validation=True), pct(policy.val_coverage),
-                         _role(e, registry.variant_of_key(key), shipped, choice)])
+                         _role(e, registry.variant_of_key(key), choice)])
     return Table(header, rows)
 
 
-def configurations_table(evaluations: list[Evaluation], shipped: dict[str, str] | None = None) -> Table:
+def configurations_table(evaluations: list[Evaluation]) -> Table:
     """One row per configuration: architecture, input size, the splits it was fitted on and what it ships."""
-    shipped = shipped or {}
     header = ["configuration", "architecture", "input px", "species", "val photos", "dangerous-as-edible target",
               "ships"]
     return Table(header, [[e.model_name, e.architecture, str(e.image_size), str(e.num_classes),
-                           str(e.num_val_photos), pct(e.target_dangerous_as_edible), shipped.get(e.model_name, DASH)]
+                           str(e.num_val_photos), pct(e.target_dangerous_as_edible), e.shipped_variant or DASH]
                           for e in evaluations], "Configurations")
 
 
@@ -137,7 +133,7 @@ def vs_float32_table(evaluations: list[Evaluation]) -> Table:
 def chosen_test_table(evaluations: list[Evaluation], choice: Choice) -> Table:
     """The test split's figures of the chosen configuration's chosen variant, one figure a row."""
     e = next(e for e in evaluations if e.model_name == choice.model_name)
-    v = e.variant(choice.variant)
+    v = e.variant(choice.shipped_variant)
     cal, d = v.calibrated, v.vs_float32
     rows = [["test photos", str(e.num_test_photos)], ["top-1", fmt(v.top1)], ["top-3", fmt(v.top3)],
             ["top-5", fmt(v.top5)], ["macro F1", fmt(v.species.macro_f1)],
@@ -146,13 +142,12 @@ def chosen_test_table(evaluations: list[Evaluation], choice: Choice) -> Table:
             ["coverage", pct(cal.policy.coverage)], ["selective risk", pct(cal.policy.selective_risk)],
             [f"top-1 vs {registry.REFERENCE} (abs / rel)", change(d.top1_change) if d else DASH]]
     return Table(["figure (test split)", "value"], rows,
-                 f"{choice.model_name}, variant {registry.evaluation_key(choice.variant)}")
+                 f"{choice.model_name}, variant {registry.evaluation_key(choice.shipped_variant)}")
 
 
-def comparison_tables(evaluations: list[Evaluation], shipped: dict[str, str] | None,
-                      choice: Choice) -> ComparisonTables:
+def comparison_tables(evaluations: list[Evaluation], choice: Choice) -> ComparisonTables:
     """Every table of the comparison pages."""
-    return ComparisonTables(comparison_table(evaluations, shipped, choice), configurations_table(evaluations, shipped),
+    return ComparisonTables(comparison_table(evaluations, choice), configurations_table(evaluations),
                             vs_float32_table(evaluations), chosen_test_table(evaluations, choice))
 
 
@@ -165,7 +160,7 @@ def comparison_markdown(tables: ComparisonTables, choice: Choice) -> str:
 
     return "\n".join([
         "# Model comparison", "",
-        f"Chosen: **{choice.model_name}**, variant **{choice.variant}**: {choice.reason}. {CHOICE_NOTE}", "",
+        f"Chosen: **{choice.model_name}**, variant **{choice.shipped_variant}**: {choice.reason}. {CHOICE_NOTE}", "",
         "## Validation split: every configuration and variant", "", md(tables.main), "",
         "Size: the TFLite file. Latency: the median per image on the CPU, one thread. CHOSEN: the chosen "
         "configuration's shipped variant; shipped: what each other bundle ships.", "",
@@ -208,30 +203,28 @@ def summarize_evaluation(evaluation: Evaluation) -> dict[str, Any]:
             "variants": {key: summarize_variant(v) for key, v in evaluation.variants.items()}}
 
 
-def compare_evaluations(evaluations: list[Evaluation], shipped: dict[str, str]) -> Comparison:
+def compare_evaluations(evaluations: list[Evaluation]) -> Comparison:
     """Choose the best configuration and tabulate every configuration and variant.
 
     Args:
-        evaluations: One per configuration (test split figures).
-        shipped: Model name -> the variant its bundle ships (``metadata.json``'s
-            ``default_variant``); it stands in where a configuration has no full-integer variant.
+        evaluations: One per configuration (test split figures), each recording the variant its
+            bundle ships.
 
     Returns:
         The choice, ``comparison.md`` and ``comparison.json``; :meth:`Comparison.write` writes them.
     """
     if not evaluations:
         raise ValueError("compare: no evaluations")
-    choice = choose_best(evaluations, shipped)
-    tables = comparison_tables(evaluations, shipped, choice)
-    summary = {"best": choice.model_name, "chosen_variant": choice.variant, "reason": choice.reason,
+    choice = choose_best(evaluations)
+    tables = comparison_tables(evaluations, choice)
+    summary = {"best": choice.model_name, "shipped_variant": choice.shipped_variant, "reason": choice.reason,
                "evaluations": [summarize_evaluation(e) for e in evaluations],
                "table": {"header": tables.main.header, "rows": tables.main.rows}}
     markdown = comparison_markdown(tables, choice)
-    return Comparison(choice, markdown, summary, list(evaluations), shipped)
+    return Comparison(choice, markdown, summary, list(evaluations))
 
 
-def write_comparison_report(evaluations: list[Evaluation], choice: Choice, out_dir: str | Path,
-                            shipped: dict[str, str] | None = None) -> Path:
+def write_comparison_report(evaluations: list[Evaluation], choice: Choice, out_dir: str | Path) -> Path:
     """Write ``comparison.html`` (the choice, the tables, validation top-1 against size and latency) into ``out_dir``.
 
     The plot is also written to ``plots/comparison_accuracy_vs_cost.png``. Returns the HTML path.
@@ -241,9 +234,9 @@ def write_comparison_report(evaluations: list[Evaluation], choice: Choice, out_d
     plot = Plot("Validation top-1 against file size and CPU latency (1 thread, median), every configuration and "
                 "TFLite variant; ringed: the chosen bundle",
                 plot_accuracy_vs_cost(points, "Every configuration and TFLite variant (validation split)",
-                                      split="validation", chosen=(choice.model_name, choice.variant)))
+                                      split="validation", chosen=(choice.model_name, choice.shipped_variant)))
     save_plot(out_dir, _PLOT_STEM, plot.png)
-    html = render_comparison_html(comparison_tables(evaluations, shipped, choice), plot, choice,
+    html = render_comparison_html(comparison_tables(evaluations, choice), plot, choice,
                                   note=CHOICE_NOTE, test_note=TEST_NOTE)
     write_text_atomic(out_dir / COMPARISON_REPORT, html)
     return out_dir / COMPARISON_REPORT

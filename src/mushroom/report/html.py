@@ -50,21 +50,20 @@ def _image(plot: Plot) -> _Image:
     return _Image(plot.caption, base64.b64encode(plot.png).decode("ascii"))
 
 
-def render_html(evaluation: Evaluation, plots: dict[str, Plot], shipped_variant: str | None = None) -> str:
+def render_html(evaluation: Evaluation, plots: dict[str, Plot]) -> str:
     """The evaluation report: every section of :data:`SECTIONS`, its tables and ``plots``.
 
     Args:
         evaluation: The evaluation.
         plots: By file stem (:func:`mushroom.report.plots.build_plots`); shown by stem prefix.
-        shipped_variant: The variant the bundle ships (``metadata.json``'s ``default_variant``).
     """
     return _render("report.html.j2", title=f"Evaluation {evaluation.model_name}", evaluation=evaluation,
-                   settings=settings_line(evaluation, shipped_variant), sections=SECTIONS,
+                   settings=settings_line(evaluation), sections=SECTIONS,
                    data_source=data_source_line(evaluation),
                    synthetic_source=sources.is_synthetic(evaluation.data_source),
-                   openset_check=openset_check_line(evaluation, shipped_variant),
+                   openset_check=openset_check_line(evaluation),
                    tables={**section_tables(evaluation), **openset_tables(evaluation)},
-                   species_tables=species_tables(evaluation, shipped_variant),
+                   species_tables=species_tables(evaluation),
                    images={stem: _image(plot) for stem, plot in plots.items()})
 
 

@@ -22,21 +22,16 @@ if TYPE_CHECKING:
 _SUMMARY_SECTIONS = ("policy", "open_set", "edibility", "calibration", "speed", "quantization")
 
 
-def render_summary(evaluation: Evaluation, shipped_variant: str | None = None) -> str:
-    """A short Markdown summary: overview, safety, calibration, speed and the float32 -> int8 change.
-
-    Args:
-        evaluation: The evaluation.
-        shipped_variant: The variant the bundle ships (``metadata.json``'s ``default_variant``).
-    """
+def render_summary(evaluation: Evaluation) -> str:
+    """A short Markdown summary: overview, safety, calibration, speed and the float32 -> int8 change."""
     tables = {**section_tables(evaluation), **openset_tables(evaluation)}
     source = data_source_line(evaluation)
     if sources.is_synthetic(evaluation.data_source):
         source = f"> **{source}**"
-    lines = [f"# Evaluation: {evaluation.model_name}", "", source, "", settings_line(evaluation, shipped_variant), "",
+    lines = [f"# Evaluation: {evaluation.model_name}", "", source, "", settings_line(evaluation), "",
              *(f"> **Warning:** {w}\n" for w in evaluation.warnings or []),
              md_table(tables["overview"].header, tables["overview"].rows)]
-    check = openset_check_line(evaluation, shipped_variant)
+    check = openset_check_line(evaluation)
     for section in _SUMMARY_SECTIONS:
         if tables[section].rows:
             lines += ["", f"## {SECTIONS[section]}", ""]

@@ -427,7 +427,7 @@ def tflite_points(evaluation: Evaluation, split: str = "test") -> list[Point]:
     return points
 
 
-def build_plots(evaluation: Evaluation, shipped_variant: str | None = None) -> dict[str, Plot]:
+def build_plots(evaluation: Evaluation) -> dict[str, Plot]:
     """Every plot of one evaluation, by file stem.
 
     Confusion matrices of the focus variants (:func:`focus_variants`), a reliability diagram per
@@ -435,7 +435,7 @@ def build_plots(evaluation: Evaluation, shipped_variant: str | None = None) -> d
     """
     variants = evaluation.ordered()
     plots: dict[str, Plot] = {}
-    for key in focus_variants(evaluation, shipped_variant):
+    for key in focus_variants(evaluation):
         caption = f"Species confusion matrix, {key} (test split, rows normalised, counts in cells)"
         plots[f"confusion_{key}"] = Plot(caption, plot_confusion(variants[key].species.confusion_matrix,
                                                                   evaluation.species, f"{key}: confusion"))
@@ -450,7 +450,7 @@ def build_plots(evaluation: Evaluation, shipped_variant: str | None = None) -> d
                            evaluation.target_dangerous_as_edible))
     plots["edible_roc"] = Plot("ROC of P(edible), calibrated, test split",
                                plot_edible_roc({k: v.calibrated.edibility for k, v in variants.items()}))
-    for key in focus_variants(evaluation, shipped_variant):
+    for key in focus_variants(evaluation):
         o = variants[key].open_set
         if o is not None:
             plots[f"openset_{key}"] = Plot(

@@ -77,34 +77,25 @@ def median_ms(stats: LatencyStats | None) -> float | None:
     return None if stats is None else stats.median_ms
 
 
-def focus_variants(evaluation: Evaluation, shipped_variant: str | None = None) -> list[str]:
+def focus_variants(evaluation: Evaluation) -> list[str]:
     """The evaluation keys shown in detail (per-species tables, confusion matrices).
 
-    Keras, the float32 reference, full int8 and the variant the bundle ships, where evaluated,
-    in report order. Every variant is in ``evaluation.json``.
-
-    Args:
-        evaluation: The evaluation.
-        shipped_variant: The bundle's default variant (``metadata.json``); None: the fallback.
+    Keras, the float32 reference, full int8 and the variant the bundle ships
+    (:attr:`~mushroom.evaluation.Evaluation.shipped_variant`), where evaluated, in report order.
+    Every variant is in ``evaluation.json``.
     """
-    wanted = {registry.KERAS_KEY, registry.REFERENCE_KEY, registry.FULL_INTEGER_KEY,
-              evaluation.shown_variant(shipped_variant)}
+    wanted = {registry.KERAS_KEY, registry.REFERENCE_KEY, registry.FULL_INTEGER_KEY, evaluation.shipped_key}
     return [key for key in evaluation.ordered() if key in wanted]
 
 
-def shipped_name(evaluation: Evaluation, shipped_variant: str | None) -> str:
-    """The variant ``identify`` uses: the one shipped; when not known, the registry's fallback."""
-    return shipped_variant or registry.variant_of_key(evaluation.shown_variant(None)) or DASH
-
-
-def settings_line(evaluation: Evaluation, shipped_variant: str | None = None) -> str:
+def settings_line(evaluation: Evaluation) -> str:
     """One paragraph: the configuration, the splits, the safety target and the latency setup."""
     e = evaluation
     line = (f"{e.model_name} ({e.architecture}, {e.image_size} px, {e.num_classes} species); "
             f"test split {e.num_test_photos} photos; temperature and safety threshold fitted on the "
             f"validation split ({e.num_val_photos} photos) with a dangerous-as-edible target of "
             f"{e.target_dangerous_as_edible:.1%}. Default variant (used by identify): "
-            f"{shipped_name(e, shipped_variant)}.")
+            f"{e.shipped_variant or DASH}.")
     if e.latency_settings:
         s = e.latency_settings
         line += (f" Latency: batch 1, {s.warmup} warm-up and {s.runs} timed runs, 1 thread and "
@@ -135,7 +126,7 @@ def _trained_on(evaluation: Evaluation) -> str:
 
 def openset_table(evaluation: Evaluation) -> Table:
     """Per variant and kind of negative: AUROC, FPR at 95% TPR and refusals with the gate off and on."""
-    from mushroom.openset import GROUP_TITLES
+    from mushroom.negatives import GROUP_TITLES
 
     header = ["variant", "score (threshold)", "kind", "fitted on", "photos", "AUROC (gate off / on)",
               "FPR at 95% TPR", "refused: score only", "refused: gate + score", "named as known",
@@ -156,13 +147,15 @@ def openset_table(evaluation: Evaluation) -> Table:
     return Table(header, rows)
 
 
-def openset_check_line(evaluation: Evaluation, shipped_variant: str | None = None) -> str | None:
+def openset_check_line(evaluation: Evaluation) -> str | None:
     """Whether the variant identify uses ships an open-set rule, and why, in one sentence.
 
-    None when that variant has no open-set figures or was evaluated before the unknown-species
-    check existed.
+    None when that variant is not recorded, has no open-set figures or was evaluated before the
+    unknown-species check existed.
     """
-    key = evaluation.shown_variant(shipped_variant)
+    key = evaluation.shipped_key
+    if key is None:
+        return None
     o = evaluation.variants[key].open_set
     if o is None or o.unknown_check is None:
         return None
@@ -171,7 +164,7 @@ def openset_check_line(evaluation: Evaluation, shipped_variant: str | None = Non
 
 def openset_groups_table(evaluation: Evaluation) -> Table:
     """The held-out kinds of each group together, per variant (the headline open-set figures)."""
-    from mushroom.openset import GROUP_TITLES
+    from mushroom.negatives import GROUP_TITLES
 
     header = ["variant", "score", "negatives (held out)", "photos", "AUROC", "AUROC, gate on", "FPR at 95% TPR",
               "refused: score only", "refused: gate + score", "known test refused"]
@@ -213,7 +206,7 @@ def overview_table(evaluation: Evaluation) -> Table:
     return Table(header, rows)
 
 
-def species_tables(evaluation: Evaluation, shipped_variant: str | None = None) -> list[Table]:
+def species_tables(evaluation: Evaluation) -> list[Table]:
     """Accuracy per variant, then per species and the most confused pairs of the focus variants."""
     variants = evaluation.ordered()
     accuracy = Table(["variant", "top-1", "top-3", "top-5", "macro precision", "macro recall", "macro F1"],
@@ -221,7 +214,7 @@ def species_tables(evaluation: Evaluation, shipped_variant: str | None = None) -
                        fmt(v.species.macro_precision), fmt(v.species.macro_recall), fmt(v.species.macro_f1)]
                       for key, v in variants.items()],
                      "Accuracy per variant")
-    names = focus_variants(evaluation, shipped_variant)
+    names = focus_variants(evaluation)
     per = {n: {r.species: r for r in variants[n].species.per_species} for n in names}
     header = ["species", "edibility", "test photos", *(f"{n} P / R / F1" for n in names)]
     rows = [[row.species, row.edibility, str(row.support), *(_prf(per[n][row.species]) for n in names)]

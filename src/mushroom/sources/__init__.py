@@ -36,7 +36,7 @@ def collect_photos(config: DatasetConfig, catalog: Catalog, out_dir: Path, seed:
 
     ``ignore``: taxa a folder source skips without complaint (the unknown species' folders).
     """
-    return registry.get(config.source).collector()(config.settings(), catalog, out_dir, seed, ignore)
+    return registry.get(config.source).collect(config.settings(), catalog, out_dir, seed, ignore)
 
 
 def build_dataset(config: DatasetConfig, out_dir: str | Path, seed: int = 42) -> list[PhotoRecord]:

@@ -6,26 +6,17 @@ report and ``identify`` describe a dataset with its sentence. A source is added 
 that :func:`register`-s a :class:`Source` (and is imported by :mod:`mushroom.sources.builtin`
 or by the code that uses it); nothing else has to change.
 
-Nothing heavy is imported here: collectors and settings models are named as
-``"module:attribute"`` strings where importing them early would cost (or cycle).
+Nothing heavy is imported here: the built-in sources' collectors and settings models are
+imported when first used (configuration validation imports this module).
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from mushroom.registry import Registry
-
-
-def _resolve(target: Any) -> Any:
-    """``"package.module:attribute"`` imported, or ``target`` itself."""
-    if isinstance(target, str):
-        module, _, attribute = target.partition(":")
-        return getattr(importlib.import_module(module), attribute)
-    return target
 
 
 @dataclass(frozen=True)
@@ -34,10 +25,11 @@ class Source:
 
     Attributes:
         name: The configuration's ``dataset.source`` value; its settings are ``dataset.<name>:``.
-        settings: The pydantic model of those settings (or ``"module:Class"``).
+        settings: ``settings()`` -> the pydantic model class of those settings (a function, so
+            that the model's module is imported when first needed).
         collect: ``collect(settings, catalog, out_dir, seed, ignore)`` -> the photo records
             (files relative to ``out_dir``); ``ignore`` is a catalog of taxa to skip without
-            complaint (or ``"module:function"``).
+            complaint.
         describe: ``describe(data)`` -> one sentence on what a dataset of this source is, from
             the recorded ``provenance.data`` (source, acquisition time, the settings as dumped);
             the report prints it after "Data source:", ``identify`` after "trained on:".
@@ -48,8 +40,8 @@ class Source:
     """
 
     name: str
-    settings: Any
-    collect: Any
+    settings: Callable[[], Any]
+    collect: Callable[..., list]
     describe: Callable[[dict[str, Any]], str]
     recorded: Callable[[dict[str, Any]], dict[str, Any]] = field(default=lambda settings: {})
     settings_required: bool = False
@@ -57,11 +49,7 @@ class Source:
 
     def settings_model(self):
         """The settings' pydantic model class."""
-        return _resolve(self.settings)
-
-    def collector(self) -> Callable[..., list]:
-        """The collect function."""
-        return _resolve(self.collect)
+        return self.settings()
 
 
 _REGISTRY: Registry[Source] = Registry("dataset.source")
@@ -90,6 +78,31 @@ def is_synthetic(data: dict[str, Any] | None) -> bool:
 # --- the built-in sources -------------------------------------------------------------------
 
 
+def _config_model(name: str):
+    """A settings model of :mod:`mushroom.config` (which imports this module: imported late)."""
+    from mushroom import config
+
+    return getattr(config, name)
+
+
+def _collect_synthetic(*args):
+    from mushroom.sources.synthetic import collect_synthetic
+
+    return collect_synthetic(*args)
+
+
+def _collect_folder(*args):
+    from mushroom.sources.folder import collect_folder
+
+    return collect_folder(*args)
+
+
+def _collect_inaturalist(*args):
+    from mushroom.sources.inaturalist import collect_inaturalist
+
+    return collect_inaturalist(*args)
+
+
 def _settings(data: dict[str, Any], name: str) -> dict[str, Any]:
     return ((data.get("config") or {}).get(name)) or {}
 
@@ -105,13 +118,12 @@ def _describe_folder(data: dict[str, Any]) -> str:
 
 
 for _source in (
-    Source("synthetic", "mushroom.config:SyntheticSourceConfig",
-           "mushroom.sources.synthetic:collect_synthetic",
+    Source("synthetic", lambda: _config_model("SyntheticSourceConfig"), _collect_synthetic,
            lambda data: "synthetic drawings of mushrooms (the demo generator), not photos", synthetic=True),
-    Source("folder", "mushroom.config:FolderSourceConfig", "mushroom.sources.folder:collect_folder",
+    Source("folder", lambda: _config_model("FolderSourceConfig"), _collect_folder,
            _describe_folder, recorded=lambda settings: {"root": settings.get("root")}, settings_required=True),
-    Source("inaturalist", "mushroom.config:INaturalistSourceConfig",
-           "mushroom.sources.inaturalist:collect_inaturalist", _describe_inaturalist,
+    Source("inaturalist", lambda: _config_model("INaturalistSourceConfig"), _collect_inaturalist,
+           _describe_inaturalist,
            recorded=lambda settings: {k: settings.get(k) for k in ("place_id", "quality_grade", "licenses")}),
 ):
     register(_source)

@@ -20,6 +20,7 @@ from mushroom.formatting import DASH, fmt, md_table, pct, signed
 from mushroom.report.html import render_comparison_html
 from mushroom.report.plots import Plot, plot_accuracy_vs_cost, save_plot, tflite_points
 from mushroom.report.tables import Table, change, latency, median_ms, risk
+from mushroom.report.verdict import noise_note
 from mushroom.shipping import Choice, choose_best
 
 if TYPE_CHECKING:
@@ -232,11 +233,13 @@ def write_comparison_report(evaluations: list[Evaluation], choice: Choice, out_d
     out_dir = Path(out_dir)
     points = [p for e in evaluations for p in tflite_points(e, split="validation")]
     plot = Plot("Validation top-1 against file size and CPU latency (1 thread, median), every configuration and "
-                "TFLite variant; ringed: the chosen bundle",
+                "TFLite variant; ringed: the chosen bundle; bars: 95% Wilson intervals on the validation photos",
                 plot_accuracy_vs_cost(points, "Every configuration and TFLite variant (validation split)",
                                       split="validation", chosen=(choice.model_name, choice.shipped_variant)))
     save_plot(out_dir, _PLOT_STEM, plot.png)
+    chosen = next(e for e in evaluations if e.model_name == choice.model_name)
     html = render_comparison_html(comparison_tables(evaluations, choice), plot, choice,
-                                  note=CHOICE_NOTE, test_note=TEST_NOTE)
+                                  note=CHOICE_NOTE, test_note=TEST_NOTE, evaluation=chosen,
+                                  noise=noise_note(evaluations, choice.model_name, choice.shipped_variant))
     write_text_atomic(out_dir / COMPARISON_REPORT, html)
     return out_dir / COMPARISON_REPORT

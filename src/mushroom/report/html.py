@@ -12,14 +12,17 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from mushroom import variants as registry
 from mushroom.report.tables import (
+    SAME_NOTE,
     SECTIONS,
     data_source_line,
     openset_check_line,
     openset_tables,
+    same_rows,
     section_tables,
     settings_line,
     species_tables,
 )
+from mushroom.report.verdict import GLOSSARY, verdict
 from mushroom.sources import registry as sources
 
 if TYPE_CHECKING:
@@ -64,18 +67,29 @@ def render_html(evaluation: Evaluation, plots: dict[str, Plot]) -> str:
                    openset_check=openset_check_line(evaluation),
                    tables={**section_tables(evaluation), **openset_tables(evaluation)},
                    species_tables=species_tables(evaluation),
-                   images={stem: _image(plot) for stem, plot in plots.items()})
+                   images={stem: _image(plot) for stem, plot in plots.items()},
+                   verdict=verdict(evaluation), glossary=GLOSSARY,
+                   same_rows=same_rows(evaluation), same_note=SAME_NOTE)
 
 
-def render_comparison_html(tables: ComparisonTables, plot: Plot, choice: Choice, note: str, test_note: str) -> str:
-    """The comparison page: the choice, every configuration and variant on validation, the chosen
-    bundle's test figures and validation accuracy against cost.
+def render_comparison_html(tables: ComparisonTables, plot: Plot, choice: Choice, note: str, test_note: str,
+                           evaluation: Evaluation | None = None, noise: str = "") -> str:
+    """The comparison page: the chosen bundle's verdict card and data source, the choice, every
+    configuration and variant on validation, the chosen bundle's test figures and validation
+    accuracy against cost.
 
     Args:
         tables: Every table of the page.
         plot: Validation top-1 against size and latency.
         choice: The chosen configuration and variant.
         note: How the choice was made; test_note: where the other test figures are.
+        evaluation: The chosen configuration's evaluation (the verdict card and the data-source
+            banner); None: neither is shown.
+        noise: Whether the plot's accuracy differences are more than noise, in a sentence or two.
     """
+    card = None if evaluation is None else verdict(evaluation)
     return _render("comparison.html.j2", title="Model comparison", choice=choice, note=note, test_note=test_note,
-                   tables=tables, image=_image(plot))
+                   tables=tables, image=_image(plot), verdict=card, noise=noise, glossary=GLOSSARY,
+                   data_source=data_source_line(evaluation) if evaluation is not None else "",
+                   synthetic_source=evaluation is not None and sources.is_synthetic(evaluation.data_source),
+                   warnings=(evaluation.warnings or []) if evaluation is not None else [])

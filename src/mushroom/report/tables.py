@@ -23,13 +23,13 @@ if TYPE_CHECKING:
         VariantEvaluation,
     )
 
-SECTIONS = {
+SECTIONS = {  # in order of importance, the report's order
     "overview": "Overview",
-    "species": "Species",
-    "edibility": "Edibility",
-    "calibration": "Calibration",
     "policy": "Safety policy",
     "open_set": "Open set: unknown species and unusable photos",
+    "edibility": "Edibility",
+    "species": "Species",
+    "calibration": "Calibration",
     "speed": "Speed and size",
     "quantization": f"{registry.REFERENCE.capitalize()} to {registry.FULL_INTEGER}",
 }
@@ -62,9 +62,22 @@ def _median_p90(stats: LatencyStats | None) -> str:
 # --- what the tables show --------------------------------------------------------------------
 
 
+SAME = "same (T = 1)"  # the calibration cell of a row printed once: scaling was not kept
+SAME_NOTE = ("Rows marked 'same (T = 1)': temperature scaling was not kept for that variant, so its calibrated and "
+             "uncalibrated figures are identical and printed once.")
+
+
 def assessments(variant: VariantEvaluation) -> dict[str, Assessment]:
-    """A variant's figures before and after temperature scaling, in that order."""
+    """A variant's figures before and after temperature scaling, in that order; once (as :data:`SAME`)
+    where they are identical because the temperature was not kept."""
+    if variant.uncalibrated == variant.calibrated:
+        return {SAME: variant.calibrated}
     return {"uncalibrated": variant.uncalibrated, "calibrated": variant.calibrated}
+
+
+def same_rows(evaluation: Evaluation) -> bool:
+    """Whether some variant's calibrated and uncalibrated rows are printed once."""
+    return any(SAME in assessments(v) for v in evaluation.variants.values())
 
 
 def latency(variant: VariantEvaluation) -> tuple[LatencyStats | None, LatencyStats | None]:

@@ -3,13 +3,16 @@
 For each bundle (the demo bundle, and an EfficientNetV2-S-sized int8 model at 224 px with
 ``--efficientnetv2-s``) it measures, side by side in one run:
 
+- import: ``import mushroom.identify`` in a fresh process (``python -X importtime``, the median
+  of ``--cold-runs`` runs) beside ``import numpy, PIL.Image`` alone, the floor no identify can
+  go below,
 - cold start: a fresh ``mushroom identify PHOTO --bundle B --json`` process, from its start
   to its answer (the median of ``--cold-runs`` runs, and the first run),
 - per photo: ``Identifier.identify`` on phone-sized JPEGs in one warm process (decode,
   EXIF, resize, int8 inference, calibration, answer), median and p90, with one interpreter
   thread and with every core this process may use, and the model invocation alone.
 
-Targets (2 cores): cold start under 1.5 s, under 50 ms a photo.
+Targets (2 cores): the import under 0.2 s, cold start under 1.5 s, under 50 ms a photo.
 
     python benchmarks/identify.py [--bundle outputs/demo/published] [--efficientnetv2-s]
 
@@ -38,6 +41,7 @@ from mushroom.identify import Identifier
 REPO = Path(__file__).resolve().parents[1]
 DEMO_BUNDLE = REPO / "outputs" / "demo" / "published"
 CACHE = REPO / "outputs" / "benchmarks"
+IMPORT_TARGET_S = 0.2
 COLD_START_TARGET_S = 1.5
 PER_PHOTO_TARGET_MS = 50.0
 
@@ -97,6 +101,28 @@ def build_efficientnetv2_s(cache_dir: Path, image_size: int = 224, num_classes: 
               "image_size": image_size, "weights": "none (random: latency only)"}
     write_bundle(bundle, {variants.FULL_INTEGER: flatbuffer}, catalog, config)
     return bundle
+
+
+def import_seconds(statement: str, modules: tuple[str, ...]) -> float:
+    """Seconds ``modules`` take to import in a fresh process running ``statement`` (``-X importtime``,
+    cumulative, summed)."""
+    err = subprocess.run([sys.executable, "-X", "importtime", "-c", statement], capture_output=True, text=True,
+                         check=True).stderr
+    cumulative = {row.split("|")[2].strip(): int(row.split("|")[1]) for row in err.splitlines()
+                  if row.startswith("import time:") and "[us]" not in row}
+    return sum(cumulative[m] for m in modules) / 1e6
+
+
+def print_imports(runs: int) -> None:
+    """``import mushroom.identify`` beside numpy and Pillow alone, measured in turns."""
+    identify, floor = [], []
+    for _ in range(runs):
+        identify.append(import_seconds("import mushroom.identify", ("mushroom.identify",)))
+        floor.append(import_seconds("import numpy, PIL.Image", ("numpy", "PIL.Image")))
+    i, f = statistics.median(identify), statistics.median(floor)
+    print(f"\nimport mushroom.identify: {i * 1e3:.0f} ms (median of {runs} fresh processes; numpy + PIL.Image "
+          f"alone {f * 1e3:.0f} ms, x{i / f:.2f}); target < {IMPORT_TARGET_S * 1e3:.0f} ms: "
+          f"{'met' if i < IMPORT_TARGET_S else 'MISSED'}")
 
 
 def cold_start(bundle: Path, photo: Path, runs: int) -> list[float]:
@@ -186,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         photos = make_photos(Path(tmp), args.photos, (width, height))
         rows = [bench(name, bundle, photos, args.cold_runs, cores) for name, bundle in bundles]
     print_table(rows, cores, args.photo_size)
+    print_imports(args.cold_runs)
     return 0
 
 

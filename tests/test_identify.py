@@ -30,10 +30,10 @@ from mushroom.identify import (
     UNKNOWN_SPECIES,
     UNUSABLE_PHOTO,
     Identifier,
-    format_answer,
     identify,
     resolve_bundle,
 )
+from mushroom.identify_text import format_answer
 from mushroom.policy import EDIBLE, UNCERTAIN, VERDICTS, apply_temperature, edible_probability
 from mushroom.preprocess import load_image
 

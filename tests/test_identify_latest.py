@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from google.cloud import storage
 
-from mushroom import identify as identify_module
+from mushroom import locate
 from mushroom.bundle import BundleError
-from mushroom.identify import resolve_bundle
+from mushroom.locate import resolve_bundle
 from mushroom.publish import publish_run
 from tests.helpers import make_run_folders, relative_files, run
 
@@ -78,7 +78,7 @@ def test_an_unreachable_server_falls_back_to_the_cache_quickly(tmp_path, gcs_cli
     bundle = resolve_bundle(root, cache)
 
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://127.0.0.1:9")  # nothing listens there
-    monkeypatch.setattr(identify_module, "LATEST_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(locate, "LATEST_TIMEOUT_S", 1.0)
     with caplog.at_level(logging.WARNING, logger="mushroom.identify"):
         assert resolve_bundle(root, cache) == bundle
     assert "notice: " in caplog.text and "cannot be read" in caplog.text

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from mushroom.identify import NOTICE, UNKNOWN_SPECIES, Answer, SpeciesMatch, format_answer, unknown_species_reason
+from mushroom.identify import NOTICE, UNKNOWN_SPECIES, Answer, SpeciesMatch, unknown_species_reason
+from mushroom.identify_text import format_answer
 from mushroom.tflite import runtime_info_dropped
 
 REPO = Path(__file__).resolve().parents[1]

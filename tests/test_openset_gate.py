@@ -230,7 +230,8 @@ def test_without_unknown_species_the_rule_ships_unchecked_and_says_so():
 
 
 def test_identify_and_the_report_say_the_open_set_check_is_unavailable_and_why(tmp_path, monkeypatch):
-    from mushroom.identify import UNKNOWN_SPECIES, format_header, report
+    from mushroom.identify import UNKNOWN_SPECIES
+    from mushroom.identify_text import format_header, report
     from mushroom.report.html import render_html
     from mushroom.report.markdown import render_summary
     from mushroom.report.tables import openset_check_line
@@ -263,7 +264,8 @@ def test_identify_and_the_report_say_the_open_set_check_is_unavailable_and_why(t
 
 
 def test_identify_applies_a_shipped_rule_and_says_nothing_is_missing(tmp_path, monkeypatch):
-    from mushroom.identify import UNKNOWN_SPECIES, format_header
+    from mushroom.identify import UNKNOWN_SPECIES
+    from mushroom.identify_text import format_header
     from mushroom.report.tables import openset_check_line
 
     data, evaluation, identifier = _bundle_and_evaluation(tmp_path, monkeypatch, held_out_at_means=False)

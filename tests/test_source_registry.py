@@ -52,7 +52,7 @@ def field_guide():
 def test_a_registered_source_runs_through_acquire_provenance_report_and_identify(field_guide, tmp_path):
     from mushroom.bundle import build_provenance
     from mushroom.evaluation import Evaluation
-    from mushroom.identify import describe_source
+    from mushroom.identify_text import describe_source
     from mushroom.report.tables import data_source_line
 
     config = {"source": "field_guide", "species": SPECIES, "field_guide": {"photos_per_species": 4, "guide": "Gminder"}}

@@ -81,14 +81,8 @@ def _cmd_pretrained(args: argparse.Namespace) -> int:
 
 
 def _cmd_identify(args: argparse.Namespace) -> int:
-    from mushroom.identify import (
-        Identifier,
-        format_answer,
-        format_footer,
-        format_header,
-        format_species,
-        report,
-    )
+    from mushroom.identify import Identifier
+    from mushroom.identify_text import format_answer, format_footer, format_header, format_species, report
     from mushroom.preprocess import expand_photos
 
     identifier = Identifier(args.bundle, variant=args.variant, num_threads=args.threads,

@@ -16,10 +16,11 @@ top 5, the top answer included, means the verdict is never "edible". Every answe
 never gives permission to eat.
 
 Only numpy, Pillow and ai-edge-litert are needed: this module (and the ``mushroom identify``
-command) never imports TensorFlow, Keras, kfp, pydantic or PyYAML. ``gs://`` bundles need
-google-cloud-storage to fill the local cache: a ``gs://`` publish destination's ``latest`` is
-followed on every call (one small object; only a new run's bundle is downloaded), and offline
-the bundle cached last answers, with a notice.
+command) never imports TensorFlow, Keras, kfp, pydantic or PyYAML, and a one-photo call imports
+little else (``benchmarks/identify.py`` times it). Where the bundle is (a folder, a publish
+destination's ``latest`` run, a ``gs://`` prefix cached locally, which needs google-cloud-storage)
+is :mod:`mushroom.locate`'s; how answers read on the console and in ``--json`` is
+:mod:`mushroom.identify_text`'s.
 
     from mushroom.identify import identify
     for answer in identify(["cep.jpg"], "outputs/demo/published"):
@@ -37,9 +38,8 @@ from typing import Any
 
 import numpy as np
 
-from mushroom.backbones import describe_weights
-from mushroom.bundle import LABELS, METADATA, Bundle, BundleError, read_bundle
-from mushroom.fileio import write_text_atomic
+from mushroom.bundle import LABELS, Bundle, BundleError, read_bundle
+from mushroom.locate import resolve_bundle
 from mushroom.openset import OpenSetRule
 from mushroom.policy import (
     EDIBLE,
@@ -51,17 +51,14 @@ from mushroom.policy import (
     top_classes,
 )
 from mushroom.preprocess import ImageError, expand_photos, load_image, read_photo
-from mushroom.publish import BUNDLE_FOLDER, LATEST_NAME, locate_published_bundle, read_latest
 from mushroom.quality import check_photo
 from mushroom.species import DANGEROUS, Species
-from mushroom.storage import cache_path, download_atomically, is_gcs_uri, join_uri, open_store, user_cache_dir
 from mushroom.tflite import TFLiteClassifier
 
 log = logging.getLogger(__name__)
 
 TOP_K = 5
 LOOKALIKE_MIN_PROBABILITY = 0.01  # dangerous species in the top 5 above this are named
-LATEST_TIMEOUT_S = 10.0  # following a gs:// latest gives up (for the cache) after this long
 
 NOTICE = (
     "This tool only informs. It NEVER gives permission to eat a wild mushroom: "
@@ -203,114 +200,6 @@ class Answer:
             out["open_set_threshold"] = round(self.open_set_threshold, 6)
         out["notice"] = self.notice
         return out
-
-
-# --------------------------------------------------------------------------- bundle location
-
-
-def default_cache_dir() -> Path:
-    """Where ``gs://`` bundles are cached: ``$XDG_CACHE_HOME/quantized-mushroom/bundles``."""
-    return user_cache_dir("bundles")
-
-
-def _bundle_folder(location: Path) -> Path:
-    """A bundle folder itself, a published run's bundle, or the bundle of a destination's ``latest`` run."""
-    try:
-        return Path(locate_published_bundle(str(location)))
-    except (OSError, ValueError) as err:
-        raise BundleError(f"{location}: {err}") from None
-
-
-def _cached_bundle(target: Path) -> Path | None:
-    """The cached bundle of a ``gs://`` location (its cache folder ``target``), if there is one."""
-    if (target / LATEST_NAME).is_file():  # a publish destination: the run it last pointed at
-        try:
-            folder = Path(locate_published_bundle(str(target)))
-        except (OSError, ValueError):
-            return None
-        return folder if folder.is_dir() else None
-    for folder in (target / BUNDLE_FOLDER, target):  # a published run, or a bundle
-        if (folder / METADATA).is_file():
-            return folder
-    return None
-
-
-def _fetch_gcs(uri: str, cache: Path, target: Path, refresh: bool) -> Path:
-    """Resolve ``uri`` online and download only the bundle it names, unless that is cached already.
-
-    A publish destination's ``latest`` is read on every call (one small object); its run's
-    bundle is downloaded once (runs never change) and the pointer is kept beside it in the
-    cache, for offline calls. Every downloaded file is checked against its object's CRC32C.
-    """
-    store = open_store(uri)
-    try:
-        latest = read_latest(uri, client=store.client, timeout_s=LATEST_TIMEOUT_S)
-    except FileNotFoundError:
-        latest = None
-    if latest is not None:
-        bundle_uri = join_uri(uri, f"{latest.run}/{BUNDLE_FOLDER}")
-    elif store.is_folder(BUNDLE_FOLDER):
-        bundle_uri = join_uri(uri, BUNDLE_FOLDER)
-    else:
-        bundle_uri = uri
-    folder = cache_path(bundle_uri, cache)
-    if refresh or not folder.is_dir():
-        download_atomically(bundle_uri, folder, client=store.client)
-    if latest is not None:
-        write_text_atomic(target / LATEST_NAME, latest.to_text() + "\n")
-    return folder
-
-
-def _unavailable(err: Exception) -> str:
-    """Why a ``gs://`` location could not be read, in words."""
-    if isinstance(err, ImportError):
-        return (f"reading a gs:// bundle needs google-cloud-storage ({err}); "
-                "pip install '.[storage]' in a quantized-mushroom checkout, or copy the bundle locally")
-    if isinstance(err, FileNotFoundError):
-        return f"no bundle there ({err})"
-    return f"cannot be read ({type(err).__name__}: {err})"
-
-
-def resolve_bundle(location: str | Path, cache_dir: str | Path | None = None, refresh: bool = False) -> Path:
-    """The local bundle folder for ``location``.
-
-    Args:
-        location: A bundle folder, a publish destination (its ``latest`` run's bundle is
-            used), a published run folder, or a ``gs://`` prefix of any of them. A ``gs://``
-            publish destination's ``latest`` is read on every call and only that run's bundle
-            is downloaded (once) into ``cache_dir``; a ``gs://`` run or bundle is downloaded
-            once and read from the cache (offline) after that. When ``latest`` cannot be
-            followed (offline, no google-cloud-storage, ...), the bundle cached last is used
-            and a warning says so.
-        cache_dir: Cache for ``gs://`` bundles (default :func:`default_cache_dir`).
-        refresh: Download a ``gs://`` bundle again even if it is cached.
-
-    Returns:
-        The folder to pass to :func:`mushroom.bundle.read_bundle`.
-
-    Raises:
-        BundleError: A ``gs://`` bundle cannot be downloaded and is not cached, or a
-            destination's ``latest`` does not hold a run pointer.
-    """
-    text = str(location)
-    if not is_gcs_uri(text):
-        return _bundle_folder(Path(text).expanduser())
-    cache = Path(cache_dir) if cache_dir else default_cache_dir()
-    try:
-        target = cache_path(text, cache)
-    except ValueError:
-        raise BundleError(f"{text}: not a usable gs://BUCKET/PREFIX bundle location") from None
-    cached = _cached_bundle(target)
-    if cached is not None and not refresh and not (target / LATEST_NAME).is_file():
-        return cached  # a published run never changes
-    try:
-        return _fetch_gcs(text, cache, target, refresh)
-    except Exception as err:  # offline, credentials, no such bucket, checksum: no new bundle
-        problem = _unavailable(err)
-    if cached is None:
-        raise BundleError(f"{text}: {problem}; no cached copy in {target}")
-    log.warning("notice: %s: %s; using the bundle cached at %s, which may be out of date", text, problem, cached)
-    return cached
 
 
 # --------------------------------------------------------------------------- identifier
@@ -594,120 +483,3 @@ def format_probability(p: float) -> str:
     if p > 0.999:
         return ">99.9%"
     return f"{100 * p:.1f}%"
-
-
-SPECIES_NAMED_IN_HEADER = 12  # more species than this: the header gives the count and points to --species
-
-
-def describe_source(source: dict[str, Any]) -> str:
-    """One line on what a bundle was trained on, from its recorded data source."""
-    from mushroom.sources import registry as sources
-
-    return f"trained on: {sources.describe(source)}"
-
-
-def format_species(identifier: Identifier) -> str:
-    """The table ``--species`` prints: every species the bundle knows, with its edibility."""
-    lines = [f"This model knows {len(identifier.species)} species (it names no other):",
-             f"  {'#':>3}  {'species':<30} {'common name':<28} {'edibility':<10} caution"]
-    for i, s in enumerate(identifier.species):
-        lines.append(f"  {i:>3}  {s.scientific_name:<30} {s.common_name:<28} {s.edibility:<10} {s.caution}".rstrip())
-    return "\n".join(lines)
-
-
-def format_header(identifier: Identifier, verbose: bool = False) -> str:
-    """The lines printed once per call: notice, banner, bundle, the species it knows."""
-    d = identifier.describe()
-    species = identifier.species
-    names = ", ".join(s.scientific_name for s in species)
-    known = (f"knows {len(species)} species: {names}" if len(species) <= SPECIES_NAMED_IN_HEADER
-             else f"knows {len(species)} species (`mushroom identify --species --bundle ...` lists them)")
-    lines = [NOTICE, ""]
-    if identifier.synthetic:
-        lines += [f"*** {SYNTHETIC_BANNER} ***", ""]
-    lines += [
-        f"bundle: {d['path']}",
-        f"model:  {d['model_name']} ({d['architecture']}, {d['variant']}, {d['image_size']} px); {known}",
-        describe_source(d["data_source"]),
-    ]
-    weights = (identifier.bundle.metadata.get("provenance") or {}).get("backbone_weights")
-    if weights:
-        lines.append(describe_weights(weights))
-    rule = identifier.open_set
-    unavailable = identifier.open_set_unavailable
-    if unavailable is not None:
-        lines.append(f"note: the open-set check is unavailable for this bundle, so a photo of any other species is "
-                     f"answered as one of these: {unavailable}")
-    if verbose:
-        policy = identifier.policy
-        threshold = ("never says 'edible' (no fitted threshold)" if policy.edible_threshold is None
-                     else f"'edible' only at P(edible) >= {policy.edible_threshold:.3g}")
-        open_set = ("no open-set threshold" if rule is None or rule.threshold is None
-                    else f"open-set score {rule.score} >= {rule.threshold:.4g} (keeps {rule.known_kept:.0%} of "
-                         f"known validation photos)")
-        lines.append(f"policy: temperature {policy.temperature:.3g}, {threshold}; {open_set}; "
-                     f"quality gate {'on' if identifier.quality_gate else 'off'}")
-    return "\n".join(lines)
-
-
-def _candidate_rows(answer: Answer) -> list[str]:
-    rows = [f"  {'#':>1}  {'species':<28} {'common name':<24} {'certainty':>9}  {'edibility':<9}  caution"]
-    for i, c in enumerate(answer.candidates, start=1):
-        rows.append(f"  {i:>1}  {c.scientific_name:<28} {c.common_name:<24} "
-                    f"{format_probability(c.probability):>9}  {c.edibility:<9}  {c.caution}".rstrip())
-    return rows
-
-
-def format_answer(answer: Answer, verbose: bool = False) -> str:
-    """A readable block for one answered photo."""
-    if not answer.ok:
-        return f"{answer.photo}\n  ERROR: {answer.error}"
-    lines = [answer.photo]
-    if answer.refused:
-        lines.append(f"  verdict:   {answer.verdict_text}")
-        lines += [f"  why:       {r}" for r in answer.reasons]
-        if verbose and answer.open_set_score is not None and answer.open_set_threshold is not None:
-            lines.append(f"  open-set score: {answer.open_set_score:.4g}, below this bundle's threshold "
-                         f"{answer.open_set_threshold:.4g}")
-        if verbose and answer.candidates:
-            lines.append("  closest known species (NOT an identification):")
-            lines += ["  " + row for row in _candidate_rows(answer)]
-        lines.append(f"  {answer.notice}")
-        return "\n".join(lines)
-    lines += _candidate_rows(answer)
-    if answer.top_warning:
-        lines.append(f"  WARNING:   {answer.top_warning}")
-    for w in answer.lookalikes:
-        lines.append(f"  WARNING:   {w.message}")
-    lines.append(f"  P(edible): {format_probability(answer.p_edible)}")
-    lines.append(f"  verdict:   {answer.verdict_text}")
-    lines += [f"  why:       {r}" for r in answer.reasons]
-    if verbose and answer.open_set_score is not None:
-        lines.append(f"  open-set score: {answer.open_set_score:.4g}")
-    lines.append(f"  {answer.notice}")
-    return "\n".join(lines)
-
-
-def format_footer(answers: list[Answer], synthetic: bool = False) -> str:
-    failed = sum(not a.ok for a in answers)
-    counts = f"{len(answers) - failed} of {len(answers)} photo(s) answered"
-    refused = {v: sum(a.verdict == v for a in answers) for v in (UNUSABLE_PHOTO, UNKNOWN_SPECIES)}
-    if any(refused.values()):
-        counts += (f" ({refused[UNUSABLE_PHOTO]} not usable, {refused[UNKNOWN_SPECIES]} not one of the known "
-                   "species)")
-    if failed:
-        counts += f"; {failed} failed (errors above)"
-    banner = f"\n{SYNTHETIC_BANNER}" if synthetic else ""
-    return f"{counts}.{banner}\n{NOTICE}"
-
-
-def report(identifier: Identifier, answers: list[Answer]) -> dict[str, Any]:
-    """The ``--json`` document: notice, bundle, one entry per photo, failure count."""
-    return {
-        "notice": NOTICE,
-        "bundle": identifier.describe(),
-        "results": [a.to_dict() for a in answers],
-        "answered": sum(a.ok for a in answers),
-        "refused": {v: sum(a.verdict == v for a in answers) for v in (UNUSABLE_PHOTO, UNKNOWN_SPECIES)},
-        "failed": sum(not a.ok for a in answers),
-    }

@@ -23,14 +23,11 @@ run that is not promoted stays published under its own folder. Readers accept th
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import random
 import re
 import tempfile
 import time
-import unicodedata
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -72,6 +69,8 @@ class PromotionCheck(Protocol):
 
 
 def _slug(text: str) -> str:
+    import unicodedata  # lazy, as what only publishing needs: identify reads latest and starts fast
+
     plain = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii").lower()
     return re.sub(r"[^a-z0-9]+", "-", plain).strip("-")[:SLUG_LENGTH].rstrip("-")
 
@@ -116,6 +115,8 @@ def run_folder_name(display_name: str, job_id: str, created: datetime | None = N
     Raises:
         ValueError: ``display_name`` is blank, or neither a job id nor a creation time is given.
     """
+    import hashlib  # lazy: only publishing names runs
+
     if not display_name.strip():
         raise ValueError("the run's display name is empty")
     slug = _slug(display_name) or "run"
@@ -306,6 +307,8 @@ def _promote(store: Store, run: Latest, gate: PromotionCheck | None) -> tuple[bo
             return True, f"{LATEST_NAME} moved to {run.describe()}; it pointed at {was}"
         log.info("publish: %s changed while %s was being promoted; reading it again (attempt %d)",
                  store.uri(LATEST_NAME), run.run, attempt)
+        import random
+
         time.sleep(random.uniform(0, 0.002 * attempt))  # let the winner's write settle
     raise PublishError(f"{store.uri(LATEST_NAME)} changed {MAX_PROMOTION_ATTEMPTS} times while run {run.run} "
                        "was being promoted; publish it again to retry")

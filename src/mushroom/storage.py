@@ -14,19 +14,18 @@ For ``gs://`` locations google-cloud-storage is used; it honours ``STORAGE_EMULA
 (tests and kind/minikube clusters run fake-gcs-server). The Google packages are imported
 only when a checksum is computed or a ``gs://`` location is opened, so reading local folders
 (``mushroom identify``) works on the base install.
+
+One idea, object storage, in one module of more than 500 lines: the two backends share one
+interface and one set of guarantees, and are read best side by side.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import logging
-import mimetypes
 import os
 import re
 import shutil
 import time
-import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -92,6 +91,9 @@ def compute_checksums(path: Path) -> Checksums:
         The checksums; ``crc32c`` and ``md5`` are base64-encoded digests as in GCS object
         metadata, ``sha256`` is hex.
     """
+    import base64  # lazy, as every import only uploads and downloads need: identify starts fast
+    import hashlib
+
     import google_crc32c  # lazy: the base install (identify) has no Google packages
 
     crc = google_crc32c.Checksum()
@@ -442,6 +444,8 @@ class LocalStore(Store):
         return True
 
     def check_writable(self) -> None:
+        import uuid
+
         test = self.root / f".write-test-{uuid.uuid4().hex[:12]}"
         try:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -504,6 +508,8 @@ class GcsStore(Store):
         return found
 
     def write_new(self, path: Path, key: str, sums: Checksums) -> bool:
+        import mimetypes
+
         from google.api_core.exceptions import PreconditionFailed
 
         blob = self.bucket.blob(self._name(key))
@@ -551,6 +557,8 @@ class GcsStore(Store):
 
     def replace_pointer(self, key: str, text: str, expected: int) -> bool:
         """Compare-and-swap on GCS: the upload carries ``ifGenerationMatch`` (0: only if absent)."""
+        import base64
+
         import google_crc32c
         from google.api_core.exceptions import PreconditionFailed
 
@@ -569,6 +577,8 @@ class GcsStore(Store):
         return True
 
     def check_writable(self) -> None:
+        import uuid
+
         from google.api_core.exceptions import Forbidden, GoogleAPICallError, NotFound
 
         where = self.uri("")

@@ -11,6 +11,9 @@ Everything is drawn with Pillow and numpy. Every random draw comes from a numpy
 ``Generator`` seeded from ``(seed, taxon id, index)``, so a photo does not depend on the
 order in which photos or species are generated, and the same seed gives byte-identical
 JPEGs (for a given Pillow/libjpeg and numpy version).
+
+One idea, the synthetic source, in one module of more than 500 lines: the drawing of every part
+of a mushroom serves only it.
 """
 
 from __future__ import annotations

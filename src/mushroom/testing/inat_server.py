@@ -6,6 +6,9 @@ It serves the subset of ``GET /v1/observations`` that :mod:`mushroom.sources.ina
 API's 10,000) and the photos its results link to: JPEGs drawn with Pillow at
 ``/photos/<photo_id>/<size>.jpg``, the same bytes for every size.
 
+One idea, the fake API server, in one module of more than 500 lines (its request handling, its
+photo drawing and its fault injection serve only it).
+
 Typical use::
 
     with FakeINaturalist.with_taxa([48715, 47392], observations_per_taxon=12, max_per_page=5) as inat:

@@ -14,6 +14,7 @@ import io
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -26,7 +27,9 @@ from mushroom.tflite_ranges import (
     recipe_ranges,
     with_ranges,
 )
-from mushroom.variants import BuildInputs
+
+if TYPE_CHECKING:  # the registry names these builders; they never import it at run time
+    from mushroom.variants import BuildInputs
 
 
 def _samples(representative: np.ndarray):

@@ -9,10 +9,12 @@ import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mushroom.variants import RangeRule
+if TYPE_CHECKING:  # the registry imports this module's users lazily; no import back at run time
+    from mushroom.variants import RangeRule
 
 RANGE_METHODS = ("minmax", "percentile", "mse")
 

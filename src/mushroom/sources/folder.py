@@ -15,8 +15,8 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from mushroom.config import FolderSourceConfig
 from mushroom.manifest import PhotoRecord
+from mushroom.sources.settings import FolderSourceConfig
 from mushroom.species import Catalog, load_catalog
 
 log = logging.getLogger(__name__)

@@ -30,7 +30,6 @@ from requests_ratelimiter import BucketFullException
 from urllib3.exceptions import MaxRetryError
 from urllib3.util import Retry
 
-from mushroom.config import INaturalistSourceConfig
 from mushroom.sources.inat_http import (
     NetworkDown,
     connection_failure,
@@ -40,6 +39,7 @@ from mushroom.sources.inat_http import (
 )
 from mushroom.sources.inat_journal import AcquisitionInterrupted
 from mushroom.sources.inat_photos import PhotoCandidate
+from mushroom.sources.settings import INaturalistSourceConfig
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ from requests.adapters import HTTPAdapter
 from urllib3.exceptions import MaxRetryError, NewConnectionError
 from urllib3.util import Retry
 
-from mushroom.config import INaturalistSourceConfig
 from mushroom.sources.inat_journal import AcquisitionInterrupted
+from mushroom.sources.settings import INaturalistSourceConfig
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,6 @@ import requests
 from PIL import Image, UnidentifiedImageError
 from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, ReadTimeoutError
 
-from mushroom.config import INaturalistSourceConfig
 from mushroom.preprocess import to_rgb
 from mushroom.sources.inat_http import (
     RETRY_STATUSES,
@@ -34,6 +33,7 @@ from mushroom.sources.inat_http import (
     mount_counting_adapter,
     send_with_retries,
 )
+from mushroom.sources.settings import INaturalistSourceConfig
 
 #: Failure reasons a later run tries again (with ``http_429`` and ``http_5xx``); others are final.
 TRANSIENT_REASONS = frozenset({"timeout", "connection_error"})

@@ -39,7 +39,6 @@ from typing import Any
 
 from tqdm import tqdm
 
-from mushroom.config import INaturalistSourceConfig
 from mushroom.fileio import read_json, write_bytes_atomic, write_json_atomic
 from mushroom.manifest import DATASET_INFO_NAME, MANIFEST_NAME, PhotoRecord
 from mushroom.sources.inat_api import ObservationPage, ObservationsClient, page_candidates, photo_url
@@ -64,6 +63,7 @@ from mushroom.sources.inat_report import (
     write_card,
     write_failures,
 )
+from mushroom.sources.settings import INaturalistSourceConfig
 from mushroom.species import Catalog, Species
 
 log = logging.getLogger(__name__)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mushroom.registry import Registry
+from mushroom.sources import settings
 
 
 @dataclass(frozen=True)
@@ -78,13 +79,6 @@ def is_synthetic(data: dict[str, Any] | None) -> bool:
 # --- the built-in sources -------------------------------------------------------------------
 
 
-def _config_model(name: str):
-    """A settings model of :mod:`mushroom.config` (which imports this module: imported late)."""
-    from mushroom import config
-
-    return getattr(config, name)
-
-
 def _collect_synthetic(*args):
     from mushroom.sources.synthetic import collect_synthetic
 
@@ -118,11 +112,11 @@ def _describe_folder(data: dict[str, Any]) -> str:
 
 
 for _source in (
-    Source("synthetic", lambda: _config_model("SyntheticSourceConfig"), _collect_synthetic,
+    Source("synthetic", lambda: settings.SyntheticSourceConfig, _collect_synthetic,
            lambda data: "synthetic drawings of mushrooms (the demo generator), not photos", synthetic=True),
-    Source("folder", lambda: _config_model("FolderSourceConfig"), _collect_folder,
+    Source("folder", lambda: settings.FolderSourceConfig, _collect_folder,
            _describe_folder, recorded=lambda settings: {"root": settings.get("root")}, settings_required=True),
-    Source("inaturalist", lambda: _config_model("INaturalistSourceConfig"), _collect_inaturalist,
+    Source("inaturalist", lambda: settings.INaturalistSourceConfig, _collect_inaturalist,
            _describe_inaturalist,
            recorded=lambda settings: {k: settings.get(k) for k in ("place_id", "quality_grade", "licenses")}),
 ):

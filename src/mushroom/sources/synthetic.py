@@ -29,9 +29,9 @@ import numpy as np
 from PIL import Image, ImageChops, ImageDraw, ImageFilter
 from tqdm import tqdm
 
-from mushroom.config import SyntheticSourceConfig
 from mushroom.fileio import write_bytes_atomic
 from mushroom.manifest import PhotoRecord
+from mushroom.sources.settings import SyntheticSourceConfig
 from mushroom.species import Catalog
 
 log = logging.getLogger(__name__)

@@ -28,54 +28,40 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("WANDB_MODE", "disabled")
 
-SUBJECTS = {
-    "chelsea.png": {"tabby", "tiger cat", "Egyptian cat"},
-    "coffee.png": {"espresso", "cup", "coffee mug"},
-    "rocket.jpg": {"missile", "projectile", "space shuttle"},
-    "motorcycle_left.png": {"moped", "motor scooter"},
-    "camera.png": {"tripod", "reflex camera"},
-}
-
-
 def _package_photos(size: int):
     import numpy as np
-    import skimage.data
 
+    from mushroom import imagenet as imagenet_data
     from mushroom.preprocess import load_image
 
-    folder = Path(skimage.data.__file__).parent
-    subjects = np.stack([load_image(folder / n, size) for n in SUBJECTS]).astype(np.float32)
-    others = np.stack([load_image(p, size) for p in sorted(folder.glob("*.png")) if p.name not in SUBJECTS])
+    folder = imagenet_data.package_photo("chelsea.png").parent
+    subjects = np.stack([load_image(folder / n, size) for n in imagenet_data.SUBJECTS]).astype(np.float32)
+    others = np.stack([load_image(p, size) for p in sorted(folder.glob("*.png"))
+                       if p.name not in imagenet_data.SUBJECTS])
     return subjects, others.astype(np.float32)
-
-
-def _class_names() -> list[str]:
-    from importlib.resources import files
-
-    text = files("mushroom").joinpath("data/imagenet_classes.txt").read_text()
-    return [line for line in text.splitlines() if line and not line.startswith("#")]
 
 
 def imagenet(architecture: str, size: int, workdir: Path) -> None:
     import numpy as np
 
     from mushroom import efficientnet_lite, variants
+    from mushroom import imagenet as imagenet_data
     from mushroom.quantize import convert, export_saved_model
     from mushroom.tflite import TFLiteClassifier, measure_latency
 
     model, record = efficientnet_lite.build_pretrained(architecture, size, include_top=True)
     print(f"weights: {record['package']} {record['version']} ({record['license']}), sha256 {record['sha256'][:16]}")
-    names = _class_names()
+    names = imagenet_data.class_names()
     subjects, others = _package_photos(size)
     probabilities = model.predict(subjects, verbose=0)
     print("\n## ImageNet top-5 on scikit-image's photos (Keras float32)")
     hits = 0
-    for (photo, expected), row in zip(SUBJECTS.items(), probabilities, strict=True):
+    for (photo, expected), row in zip(imagenet_data.SUBJECTS.items(), probabilities, strict=True):
         top5 = [names[i] for i in np.argsort(row)[::-1][:5]]
         hit = bool(expected & set(top5))
         hits += hit
         print(f"  {photo:<22} {'ok  ' if hit else 'MISS'} {', '.join(top5)}")
-    print(f"  subject in the top 5: {hits}/{len(SUBJECTS)}")
+    print(f"  subject in the top 5: {hits}/{len(imagenet_data.SUBJECTS)}")
 
     photos = np.concatenate([subjects, others, subjects[:, :, ::-1], others[:, :, ::-1]])
     saved = export_saved_model(model, workdir / "saved", features=False)
@@ -89,10 +75,10 @@ def imagenet(architecture: str, size: int, workdir: Path) -> None:
         top1 = probabilities.argmax(axis=1)
         reference = top1 if reference is None else reference
         found = sum(bool(expected & {names[i] for i in np.argsort(row)[::-1][:5]})
-                    for expected, row in zip(SUBJECTS.values(), probabilities, strict=False))
+                    for expected, row in zip(imagenet_data.SUBJECTS.values(), probabilities, strict=False))
         latency = measure_latency(path, subjects[0], num_threads=1, runs=30)["median_ms"]
         print(f"  {variant:<14} {path.stat().st_size / 1e6:>8.1f} {float((top1 == reference).mean()):>16.1%} "
-              f"{f'{found}/{len(SUBJECTS)}':>18} {latency:>12.2f}")
+              f"{f'{found}/{len(imagenet_data.SUBJECTS)}':>18} {latency:>12.2f}")
 
 
 _EXTRACT = """

@@ -14,42 +14,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mushroom import backbones, efficientnet_lite
+from mushroom import backbones, efficientnet_lite, imagenet
 from mushroom.config import ConfigError, parse_model_config
 from mushroom.torch_weights import LEGACY_MAGIC, WeightsFileError, read_state_dict
 
 pytestmark = pytest.mark.slow
 
-# scikit-image's photos whose subject is an ImageNet class, and the classes that name it.
-SUBJECTS = {
-    "chelsea.png": {"tabby", "tiger cat", "Egyptian cat"},
-    "coffee.png": {"espresso", "cup", "coffee mug"},
-    "rocket.jpg": {"missile", "projectile", "space shuttle"},
-    "motorcycle_left.png": {"moped", "motor scooter"},
-    "camera.png": {"tripod", "reflex camera"},
-}
+SUBJECTS = imagenet.SUBJECTS
 SIZE = 224
 
 
-def _class_names() -> list[str]:
-    from importlib.resources import files
-
-    text = files("mushroom").joinpath("data/imagenet_classes.txt").read_text()
-    return [line for line in text.splitlines() if line and not line.startswith("#")]
-
-
 def _photos() -> np.ndarray:
-    import skimage.data
-
     from mushroom.preprocess import load_image
 
-    folder = Path(skimage.data.__file__).parent
-    return np.stack([load_image(folder / name, SIZE) for name in SUBJECTS]).astype(np.float32)
+    return np.stack([load_image(imagenet.package_photo(name), SIZE) for name in SUBJECTS]).astype(np.float32)
 
 
 def _misses(probabilities: np.ndarray) -> dict[str, list[str]]:
     """Photos whose subject is not in the top 5, with what the top 5 was."""
-    names = _class_names()
+    names = imagenet.class_names()
     misses = {}
     for (photo, expected), row in zip(SUBJECTS.items(), probabilities, strict=True):
         top5 = [names[i] for i in np.argsort(row)[::-1][:5]]
@@ -70,7 +53,7 @@ def photos():
 
 
 def test_class_names_are_imagenet_in_index_order():
-    names = _class_names()
+    names = imagenet.class_names()
     assert len(names) == 1000
     assert names[0] == "tench" and names[281] == "tabby" and names[967] == "espresso" and names[999] == "toilet tissue"
 

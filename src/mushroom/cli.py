@@ -54,11 +54,9 @@ def _cmd_dataset(args: argparse.Namespace) -> int:
 def _cmd_pretrained(args: argparse.Namespace) -> int:
     """Load a Lite backbone's ImageNet weights with their 1000-class head; print the provenance
     and the top-5 ImageNet classes of each photo (default: scikit-image's cat and coffee)."""
-    from importlib.resources import files
-
     import numpy as np
 
-    from mushroom import efficientnet_lite
+    from mushroom import efficientnet_lite, imagenet
     from mushroom.preprocess import load_image
 
     size = efficientnet_lite.SIZES[args.architecture]
@@ -66,13 +64,8 @@ def _cmd_pretrained(args: argparse.Namespace) -> int:
     record = efficientnet_lite.load_weights(model, args.architecture, args.weights_file)
     print(f"{args.architecture}: {record['dataset']} weights from {record['package']} {record['version']} "
           f"({record['license']}), {record['file']} SHA-256 {record['sha256']}")
-    photos = [Path(p) for p in args.photos]
-    if not photos:
-        import skimage.data
-
-        photos = [Path(skimage.data.__file__).parent / name for name in ("chelsea.png", "coffee.png")]
-    names = [line for line in files("mushroom").joinpath("data/imagenet_classes.txt").read_text().splitlines()
-             if line and not line.startswith("#")]
+    photos = [Path(p) for p in args.photos] or [imagenet.package_photo(n) for n in ("chelsea.png", "coffee.png")]
+    names = imagenet.class_names()
     pixels = np.stack([load_image(p, size.default_size) for p in photos]).astype(np.float32)
     for photo, row in zip(photos, model.predict(pixels, verbose=0), strict=True):
         top = np.argsort(row)[::-1][:5]

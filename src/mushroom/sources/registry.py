@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mushroom.registry import Registry
-from mushroom.sources import settings
 
 
 @dataclass(frozen=True)
@@ -97,6 +96,17 @@ def _collect_inaturalist(*args):
     return collect_inaturalist(*args)
 
 
+def _settings_model(class_name: str) -> Callable[[], Any]:
+    """``settings`` for a built-in source: its model, imported (with pydantic) when first asked."""
+
+    def model():
+        from mushroom.sources import settings
+
+        return getattr(settings, class_name)
+
+    return model
+
+
 def _settings(data: dict[str, Any], name: str) -> dict[str, Any]:
     return ((data.get("config") or {}).get(name)) or {}
 
@@ -112,11 +122,11 @@ def _describe_folder(data: dict[str, Any]) -> str:
 
 
 for _source in (
-    Source("synthetic", lambda: settings.SyntheticSourceConfig, _collect_synthetic,
+    Source("synthetic", _settings_model("SyntheticSourceConfig"), _collect_synthetic,
            lambda data: "synthetic drawings of mushrooms (the demo generator), not photos", synthetic=True),
-    Source("folder", lambda: settings.FolderSourceConfig, _collect_folder,
+    Source("folder", _settings_model("FolderSourceConfig"), _collect_folder,
            _describe_folder, recorded=lambda settings: {"root": settings.get("root")}, settings_required=True),
-    Source("inaturalist", lambda: settings.INaturalistSourceConfig, _collect_inaturalist,
+    Source("inaturalist", _settings_model("INaturalistSourceConfig"), _collect_inaturalist,
            _describe_inaturalist,
            recorded=lambda settings: {k: settings.get(k) for k in ("place_id", "quality_grade", "licenses")}),
 ):

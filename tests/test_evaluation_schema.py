@@ -1,5 +1,6 @@
 """evaluation.json keeps its shape and its numbers: a golden file written by the code before the
-typed evaluation existed (plus ``schema_version``, and ``shipped_variant`` since schema version 3),
+typed evaluation existed (plus ``schema_version``, ``shipped_variant`` since schema version 3 and
+each variant's ``levels`` since 4),
 compared value for value."""
 
 from __future__ import annotations

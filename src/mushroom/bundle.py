@@ -6,7 +6,8 @@
     labels.json        class order: index -> taxon id and scientific name
     species.csv        the catalog rows of the classes (names, edibility, caution)
     calibration.json   the calibration (:class:`mushroom.policy.Calibration`): per variant the
-                       temperature and thresholds, the open-set rule (with, for the ``mahalanobis``
+                       temperature and thresholds, the answer levels' species and genus
+                       thresholds (:mod:`mushroom.levels`), the open-set rule (with, for the ``mahalanobis``
                        score, its feature statistics as base64 float32 arrays) and how they were
                        fitted (:func:`write_calibration`, :func:`read_calibration`)
     metadata.json      architecture, input size, the shipped variant (``default_variant``: the
@@ -17,7 +18,8 @@
 
 ``metadata.json`` and ``calibration.json`` carry a ``schema_version``; a bundle written by a
 newer schema than this code reads is refused with a clear message. Older bundles are read as
-they are: a ``calibration.json`` of version 1 or 2, whose ``mahalanobis`` statistics lie in
+they are: a ``calibration.json`` of version 3 or older has no answer levels (every answer
+names its species, none a genus), one of version 1 or 2 whose ``mahalanobis`` statistics lie in
 ``open_set_features.npz`` beside it, and a ``metadata.json`` without a recorded shipped variant
 (resolved once, here, by :func:`shipped_variant`). Reading a bundle needs numpy and the standard
 library (no TensorFlow).
@@ -36,6 +38,7 @@ import numpy as np
 
 from mushroom import variants as registry
 from mushroom.fileio import read_json, write_bytes_atomic, write_json_atomic, write_text_atomic
+from mushroom.levels import LevelRule
 from mushroom.openset import DEFAULT_KNOWN_KEPT, FEATURE_SCORES, FeatureStats, OpenSetRule
 from mushroom.policy import Calibration, OpenSetFit, Policy, PolicyFit, VariantCalibration
 from mushroom.species import Catalog, parse_catalog
@@ -48,8 +51,9 @@ METADATA = "metadata.json"
 REQUIRED = (LABELS, SPECIES, CALIBRATION, METADATA)
 METADATA_SCHEMA_VERSION = 2  # 1: no schema_version field
 # 1: no schema_version field, a copy of the default variant; 2: the mahalanobis statistics in
-# FEATURES_FILE, no record of how the policies were fitted
-CALIBRATION_SCHEMA_VERSION = 3
+# FEATURES_FILE, no record of how the policies were fitted; 3: no answer levels (every answer
+# names its species, no genus answers)
+CALIBRATION_SCHEMA_VERSION = 4
 FEATURES_FILE = "open_set_features.npz"  # version 2's feature statistics, per variant (read only)
 # Bundles written before the shipped variant was recorded ship the first of these they hold.
 _UNRECORDED_SHIPPED = (registry.FULL_INTEGER, registry.REFERENCE)
@@ -327,6 +331,8 @@ def _variant_to_json(calibration: VariantCalibration) -> dict[str, Any]:
         if fit is not None:
             open_set.update({k: getattr(fit, k) for k in _OPEN_SET_FIT}, notes=list(fit.notes))
         entry["open_set"] = open_set
+    if calibration.levels is not None and calibration.levels.fitted:
+        entry["levels"] = calibration.levels.to_dict()
     return entry
 
 
@@ -355,10 +361,12 @@ def _variant_from_json(entry: dict[str, Any], variant: str, root: Path, version:
             rule_fit = OpenSetFit(**{k: open_set.get(k) for k in _OPEN_SET_FIT},
                                   notes=tuple(open_set.get("notes", ())))
     uncalibrated = fit.get("uncalibrated")
+    levels = entry.get("levels")  # version 4 on; before it: no levels (species answers only)
     return VariantCalibration(
         calibrated=_policy_from_json(entry, fit), open_set=rule, open_set_fit=rule_fit,
         uncalibrated=None if uncalibrated is None else _policy_from_json(uncalibrated),
-        temperature_fit=fit.get("temperature"), val_nll=fit.get("val_nll"), validation=fit.get("validation"))
+        temperature_fit=fit.get("temperature"), val_nll=fit.get("val_nll"), validation=fit.get("validation"),
+        levels=LevelRule.from_dict(levels) if levels else None)
 
 
 def calibration_to_json(calibration: Calibration) -> dict[str, Any]:

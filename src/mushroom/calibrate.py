@@ -10,6 +10,9 @@ The evaluate stage fits, per variant and on the validation split only:
   of the validation photos and the fitting negatives, with, for a variant whose model outputs
   pooled features, feature statistics fitted on (up to :data:`OPEN_SET_TRAIN_PHOTOS`) train
   photos (:func:`fit_variant_feature_stats`);
+- the answer levels' species and genus thresholds at that temperature
+  (:func:`mushroom.levels.fit_levels`: the lowest threshold whose answers are right 90% of the
+  time on validation);
 
 and returns them as one :class:`~mushroom.policy.Calibration`, which :mod:`mushroom.evaluate`
 measures on the test split and :mod:`mushroom.bundle` writes into the calibrated bundle.
@@ -33,6 +36,7 @@ from mushroom.calibration import (
     photos_to_certify,
     verdicts,
 )
+from mushroom.levels import fit_levels
 from mushroom.metrics import edibility_masks, summarize
 from mushroom.negatives import Negatives
 from mushroom.openset import DEFAULT_KNOWN_KEPT, FeatureStats
@@ -141,7 +145,8 @@ def calibrate_variant(val_labels: np.ndarray, val_probs: np.ndarray, catalog: Ca
         temperature_fit=fit,
         val_nll={"uncalibrated": negative_log_likelihood(val_probs, val_labels),
                  "calibrated": negative_log_likelihood(val_probs, val_labels, temperature)},
-        validation=summarize(val_labels, val_probs) if len(val_labels) else None)
+        validation=summarize(val_labels, val_probs) if len(val_labels) else None,
+        levels=fit_levels(val_labels, apply_temperature(val_probs, temperature), catalog) if len(val_labels) else None)
 
 
 def calibrate(val_labels: np.ndarray, val_probs: dict[str, np.ndarray], catalog: Catalog,

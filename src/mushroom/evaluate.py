@@ -12,6 +12,9 @@ test split (figures of :mod:`mushroom.metrics`):
 - the safety policy: coverage, risk and the risk-coverage curve at the fitted threshold;
 - the open-set rule: the known test photos and every kind of negative it refuses
   (:mod:`mushroom.openset_eval`);
+- the answer levels (species, genus, neither) on validation and test, and FungiCLEF 2023's
+  costs of the answers on the test split and held-out unknown species
+  (:mod:`mushroom.level_eval`);
 
 each before (``uncalibrated``: temperature 1) and after (``calibrated``) temperature scaling.
 Nothing is fitted here: the temperature, both policies and the open-set rule come fitted on
@@ -35,6 +38,7 @@ from mushroom.bundle import Bundle
 from mushroom.calibration import calibration_metrics
 from mushroom.evaluation import Evaluation, VariantEvaluation, VsReference
 from mushroom.latency import LATENCY_RUNS, LATENCY_WARMUP
+from mushroom.level_eval import answer_figures
 from mushroom.metrics import (
     TOP_K,
     edibility_masks,
@@ -173,6 +177,8 @@ def evaluate_variant(test_labels: np.ndarray, test_probs: np.ndarray, calibratio
             open_set.test_gate, {k: apply_temperature(p, temperature) for k, p in open_set.probs[key].items()},
             open_set.negatives, edibility_masks(catalog)["edible"], open_set.test_features.get(key),
             open_set.negative_features.get(key))
+    extra.update(answer_figures(calibration.levels, calibration.open_set, temperature, catalog, test_labels,
+                                test_probs, open_set, key))
     return VariantEvaluation.model_validate({
         **extra,
         **summarize(test_labels, test_probs),

@@ -21,8 +21,8 @@ from mushroom.fileio import read_json, write_json_atomic
 from mushroom.versioning import check_schema_version
 
 # 1: no schema_version field, a default_variant copy of the bundle's choice; 2: the open-set rule
-# repeated in open_set.rule, no shipped_variant
-SCHEMA_VERSION = 3
+# repeated in open_set.rule, no shipped_variant; 3: no answer levels or FungiCLEF costs
+SCHEMA_VERSION = 4
 EVALUATION = "evaluation.json"
 
 
@@ -296,6 +296,60 @@ class OpenSetMetrics(_Model):
     features: dict[str, Any] | None = None
 
 
+# --- answer levels and the public benchmark's costs (mushroom.level_eval) ----------------------
+
+
+class LevelShare(_Model):
+    """One answer level on one split: how often it is given and how often it is right."""
+
+    photos: int
+    share: float
+    accuracy: float | None  # the named species (genus) is the photo's; None: abstentions, or none given
+
+
+class LevelRisk(_Model):
+    """One row of the risk-coverage table over the levels."""
+
+    answered: str  # "species", "species or genus", "species for every photo"
+    coverage: float
+    risk: float | None  # share of those answers that are wrong
+
+
+class LevelFigures(_Model):
+    photos: int
+    species: LevelShare
+    genus: LevelShare
+    abstain: LevelShare
+    risk_coverage: list[LevelRisk]
+
+
+class AnswerLevels(_Model):
+    """The answer levels (:mod:`mushroom.levels`): thresholds fitted on validation, figures on both splits."""
+
+    species_threshold: float | None
+    genus_threshold: float | None
+    target: float | None
+    min_photos: int | None
+    notes: list[str]
+    validation: LevelFigures
+    test: LevelFigures
+
+
+class FungiClefFigures(_Model):
+    """FungiCLEF 2023's costs (:mod:`mushroom.fungiclef`) on the test split and held-out unknown species."""
+
+    track1: float
+    track2: float
+    track3: float
+    track4: float
+    macro_f1: float
+    photos: int
+    known_photos: int
+    unknown_photos: int
+    unknown_edibility_unknown: int  # unknown-species photos whose edibility is not known (in N only)
+    levels: dict[str, int]  # answers by level (refusals are abstentions)
+
+
 class VariantEvaluation(TopK):
     """One model variant (Keras or a TFLite variant) on the test split."""
 
@@ -310,6 +364,8 @@ class VariantEvaluation(TopK):
     vs_float32: VsReference | None = None
     validation: TopK | None = None  # the validation split, where the figures were fitted
     open_set: OpenSetMetrics | None = None  # absent: evaluated before the open-set answer existed
+    levels: AnswerLevels | None = None  # absent: evaluated before answer levels
+    fungiclef: FungiClefFigures | None = None  # absent: before, or measured without the open-set inputs
 
 
 class Int8VsFloat32(_Model):

@@ -8,7 +8,11 @@ For each photo, in this order:
    score is below the threshold the evaluate stage fitted (it travels in ``calibration.json``);
 3. otherwise the top-5 species with calibrated probabilities, P(edible), the verdict of the
    bundle's safety policy (``mushroom.policy``), the top answer's own danger ("top answer is
-   POISONOUS") and warnings about poisonous or deadly lookalikes among the other answers.
+   POISONOUS") and warnings about poisonous or deadly lookalikes among the other answers;
+   and the answer's level (:mod:`mushroom.levels`): the species, or when only its genus is
+   certain enough the genus (its species in the catalog and their worst edibility, which is
+   then the verdict's worst case: "not edible" for a genus that holds an inedible, poisonous
+   or deadly species), or neither.
 
 Every abstention says why (not certain enough, a dangerous species above 1% among the top 5,
 unknown species, unusable photo). The veto stays: a poisonous or deadly species above 1% in the
@@ -39,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from mushroom.bundle import LABELS, Bundle, BundleError, read_bundle
+from mushroom.levels import ABSTAIN, GENUS, Genera, LevelRule, answer_levels
 from mushroom.locate import resolve_bundle
 from mushroom.openset import OpenSetRule
 from mushroom.policy import (
@@ -130,11 +135,38 @@ class Lookalike:
 
 
 @dataclass(frozen=True)
+class GenusMatch:
+    """A genus answer: the species is not certain enough, the genus is."""
+
+    genus: str
+    probability: float  # the summed calibrated probability of its species
+    species: tuple[str, ...]  # its species in the catalog (scientific names)
+    worst_edibility: str  # the most dangerous edibility among them
+    threshold: float | None = None  # the genus threshold it cleared
+
+    @property
+    def message(self) -> str:
+        worst = self.worst_edibility
+        holds = {"deadly": "this genus holds DEADLY species", "poisonous": "this genus holds POISONOUS species",
+                 "inedible": "this genus holds inedible species"}.get(worst, "every species of it this model knows "
+                                                                            "is edible")
+        return f"{holds}; its species this model knows: {', '.join(self.species)}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"genus": self.genus, "probability": round(self.probability, 6), "species": list(self.species),
+                "worst_edibility": self.worst_edibility,
+                "threshold": None if self.threshold is None else round(self.threshold, 6), "message": self.message}
+
+
+@dataclass(frozen=True)
 class Answer:
     """The answer for one photo; ``error`` is set (and nothing else) when it failed.
 
     ``verdict`` is one of :data:`mushroom.policy.VERDICTS` for a species answer, or
-    :data:`UNKNOWN_SPECIES` / :data:`UNUSABLE_PHOTO` for a refusal. ``reasons`` says why the
+    :data:`UNKNOWN_SPECIES` / :data:`UNUSABLE_PHOTO` for a refusal. ``level`` is what the
+    answer names (:data:`mushroom.levels.LEVELS`): ``species`` (the top candidate), ``genus``
+    (``genus`` says which, its species and their worst edibility) or ``abstain`` (neither, and
+    every refusal). ``reasons`` says why the
     answer abstains (empty for "edible" and "not edible"). ``lookalikes`` are the dangerous
     species among the other answers; ``top_danger`` is the top answer's own edibility when it
     is poisonous or deadly. For an unknown species, ``candidates`` are the closest known
@@ -152,6 +184,8 @@ class Answer:
     reasons: tuple[str, ...] = ()
     open_set_score: float | None = None
     open_set_threshold: float | None = None  # set when the open-set score refused the photo
+    level: str = ABSTAIN
+    genus: GenusMatch | None = None
 
     @property
     def ok(self) -> bool:
@@ -184,6 +218,8 @@ class Answer:
             "verdict": self.verdict,
             "verdict_text": self.verdict_text,
             "reasons": list(self.reasons),
+            "level": self.level,
+            "genus": None if self.genus is None else self.genus.to_dict(),
         }
         if self.verdict == UNKNOWN_SPECIES:
             out["closest_known"] = [c.to_dict() for c in self.candidates]
@@ -232,6 +268,7 @@ class Identifier:
         self.variant = variant or bundle.shipped_variant
         calibration = bundle.calibration.variant(self.variant)
         self.policy: Policy = calibration.policy
+        self.levels: LevelRule | None = calibration.levels
         self.quality_gate = quality_gate
         self._open_set_off = not open_set
         if not (math.isfinite(self.policy.temperature) and self.policy.temperature > 0):
@@ -270,6 +307,7 @@ class Identifier:
                                   f"features but the open-set statistics have {self.open_set.features.dim}")
         self._species: list[Species] = list(bundle.catalog)
         self._edible = np.array([s.is_edible for s in self._species], dtype=bool)
+        self._genera = Genera.of(bundle.catalog)
 
     @property
     def image_size(self) -> int:
@@ -366,11 +404,27 @@ class Identifier:
                            for c in dangerous if c is not candidates[0])
         p_edible = float(edible_probability(probs, self._edible))
         verdict = self.policy.verdict(p_edible, dangerous_lookalike=bool(dangerous) or top_danger is not None)
+        reasons = self._reasons(verdict, p_edible, dangerous)
+        level, genus = self._level(probs)
+        if genus is not None and genus.worst_edibility != "edible" and verdict != NOT_EDIBLE:
+            verdict = NOT_EDIBLE  # a genus answer's verdict is the genus's worst case
+            reasons = ()
         return Answer(photo, candidates, p_edible, verdict, lookalikes, top_danger=top_danger,
-                      reasons=self._reasons(verdict, p_edible, dangerous), open_set_score=score)
+                      reasons=reasons, open_set_score=score, level=level, genus=genus)
+
+    def _level(self, probs: np.ndarray) -> tuple[str, GenusMatch | None]:
+        """The answer's level (:mod:`mushroom.levels`) and, for a genus answer, the genus."""
+        found = answer_levels(probs[None], self._genera, self.levels)
+        level = str(found.level[0])
+        if level != GENUS:
+            return level, None
+        members = self._genera.members[int(found.top_genus[0])]
+        return level, GenusMatch(self._genera.names[int(found.top_genus[0])], float(found.genus_probability[0]),
+                                 tuple(self._species[i].scientific_name for i in members),
+                                 self.bundle.catalog.worst_edibility(members), self.levels.genus_threshold)
 
     def _reasons(self, verdict: str, p_edible: float, dangerous: list[SpeciesMatch]) -> tuple[str, ...]:
-        """Why a species answer abstains ("uncertain - ask an expert"); empty otherwise."""
+        """Why a species answer's verdict abstains ("uncertain - ask an expert"); empty otherwise."""
         if verdict != UNCERTAIN:
             return ()
         reasons = []

@@ -17,6 +17,7 @@ from mushroom.identify import (
     Identifier,
     format_probability,
 )
+from mushroom.levels import GENUS, LEVELS, SPECIES
 
 SPECIES_NAMED_IN_HEADER = 12  # more species than this: the header gives the count and points to --species
 
@@ -64,6 +65,7 @@ def format_header(identifier: Identifier, verbose: bool = False) -> str:
                      f"answered as one of these: {unavailable}")
     if verbose:
         policy = identifier.policy
+        levels = identifier.levels
         threshold = ("never says 'edible' (no fitted threshold)" if policy.edible_threshold is None
                      else f"'edible' only at P(edible) >= {policy.edible_threshold:.3g}")
         open_set = ("no open-set threshold" if rule is None or rule.threshold is None
@@ -71,7 +73,19 @@ def format_header(identifier: Identifier, verbose: bool = False) -> str:
                          f"known validation photos)")
         lines.append(f"policy: temperature {policy.temperature:.3g}, {threshold}; {open_set}; "
                      f"quality gate {'on' if identifier.quality_gate else 'off'}")
+        lines.append(_describe_levels(levels))
     return "\n".join(lines)
+
+
+def _describe_levels(levels) -> str:
+    """The answer levels' thresholds in one line (``--verbose``)."""
+    if levels is None or not levels.fitted:
+        return "levels: none fitted (a bundle from before answer levels): every answer names its species"
+    species = ("never names a species" if levels.species_threshold is None
+               else f"species at P >= {levels.species_threshold:.3g}")
+    genus = ("no genus answers" if levels.genus_threshold is None
+             else f"else genus at summed P >= {levels.genus_threshold:.3g}")
+    return f"levels: {species}, {genus}, else neither"
 
 
 def _candidate_rows(answer: Answer) -> list[str]:
@@ -103,6 +117,7 @@ def format_answer(answer: Answer, verbose: bool = False) -> str:
         lines.append(f"  WARNING:   {answer.top_warning}")
     for w in answer.lookalikes:
         lines.append(f"  WARNING:   {w.message}")
+    lines += _level_lines(answer)
     lines.append(f"  P(edible): {format_probability(answer.p_edible)}")
     lines.append(f"  verdict:   {answer.verdict_text}")
     lines += [f"  why:       {r}" for r in answer.reasons]
@@ -110,6 +125,20 @@ def format_answer(answer: Answer, verbose: bool = False) -> str:
         lines.append(f"  open-set score: {answer.open_set_score:.4g}")
     lines.append(f"  {answer.notice}")
     return "\n".join(lines)
+
+
+def _level_lines(answer: Answer) -> list[str]:
+    """What the answer names, in words: the species, the genus (with its species and worst case), or neither."""
+    if answer.level == SPECIES and answer.candidates:
+        top = answer.candidates[0]
+        certainty = format_probability(top.probability)
+        return [f"  answer:    species {top.scientific_name} ({top.common_name}), {certainty}"]
+    if answer.level == GENUS and answer.genus is not None:
+        genus = answer.genus
+        return [f"  answer:    genus {genus.genus}, species uncertain ({format_probability(genus.probability)} for "
+                f"the genus, its species together)",
+                f"  genus:     {genus.message}"]
+    return ["  answer:    neither the species nor the genus is certain enough - ask an expert"]
 
 
 def format_footer(answers: list[Answer], synthetic: bool = False) -> str:
@@ -133,5 +162,6 @@ def report(identifier: Identifier, answers: list[Answer]) -> dict[str, Any]:
         "results": [a.to_dict() for a in answers],
         "answered": sum(a.ok for a in answers),
         "refused": {v: sum(a.verdict == v for a in answers) for v in (UNUSABLE_PHOTO, UNKNOWN_SPECIES)},
+        "levels": {level: sum(a.ok and a.level == level for a in answers) for level in LEVELS},
         "failed": sum(not a.ok for a in answers),
     }

@@ -209,6 +209,7 @@ class Negatives:
         fit: The kinds the score is chosen on; the others are held out (reported only).
         notes: Fallbacks taken while gathering them (too few unknown photos, ...).
         unchecked: Why there are no unknown-species photos to check the score on (None: there are).
+        taxa: Kind name -> each photo's taxon id (the unknown-species kinds only).
     """
 
     images: dict[str, np.ndarray] = field(default_factory=dict)
@@ -217,6 +218,7 @@ class Negatives:
     fit: set[str] = field(default_factory=set)
     notes: list[str] = field(default_factory=list)
     unchecked: str | None = None
+    taxa: dict[str, np.ndarray] = field(default_factory=dict)
 
     def add(self, kind: str, images: np.ndarray, gate: np.ndarray, group: str, fit: bool) -> None:
         self.images[kind], self.gate[kind], self.group[kind] = images, np.asarray(gate, dtype=bool), group
@@ -256,9 +258,11 @@ def gather_negatives(size: int, per_family: int = 60, unknown_images: np.ndarray
         fit_taxa = set(order[::2]) if len(order) > 1 else set(order)
         fit_rows = np.isin(taxa, list(fit_taxa))
         negatives.add("unknown_fit", unknown_images[fit_rows], gate[fit_rows], UNKNOWN_SPECIES, True)
+        negatives.taxa["unknown_fit"] = taxa[fit_rows]
         if (~fit_rows).any():
             negatives.add("unknown_held_out", unknown_images[~fit_rows], gate[~fit_rows],
                           UNKNOWN_SPECIES, False)
+            negatives.taxa["unknown_held_out"] = taxa[~fit_rows]
     elif n_unknown:
         negatives.unchecked = f"{n_unknown} unknown-species photos are fewer than {MIN_UNKNOWN_PHOTOS}"
         negatives.notes.append(f"{negatives.unchecked}: not used; the score is chosen on non-mushroom images only")

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
+    from mushroom.levels import LevelRule
     from mushroom.openset import OpenSetRule
 
 EDIBLE = "edible"
@@ -117,6 +118,8 @@ class VariantCalibration:
             :class:`mushroom.evaluation.TemperatureFit`).
         val_nll: The validation split's NLL, ``uncalibrated`` and ``calibrated``.
         validation: The validation split's top-1/3/5.
+        levels: When a species, a genus or neither is named (:mod:`mushroom.levels`; None: a
+            calibration from before levels, every answer names its species).
     """
 
     calibrated: PolicyFit = field(default_factory=PolicyFit)
@@ -126,6 +129,7 @@ class VariantCalibration:
     temperature_fit: dict[str, Any] | None = None
     val_nll: dict[str, float] | None = None
     validation: dict[str, float] | None = None
+    levels: LevelRule | None = None
 
     @property
     def policy(self) -> Policy:

@@ -24,6 +24,7 @@ from components import (
 from components.image import project_images
 from mushroom.cluster import DEFAULT_GPU_TOLERATIONS, ClusterConfig, ImagesConfig, vertex_problems
 from mushroom.config import ConfigError, RunConfig
+from mushroom.runtime import ACCELERATOR_ENV, ACCELERATORS_ENV
 
 PIPELINE_NAME = "quantized-mushroom"
 
@@ -38,9 +39,14 @@ TARGETS = ("kfp", "vertex")  # Kubeflow Pipelines on Kubernetes; Vertex AI Pipel
 
 
 def _schedule_common(task: dsl.PipelineTask, stage: str, cluster: ClusterConfig, images: ImagesConfig) -> None:
-    """What both targets read: display name, image, retries, caching."""
+    """What both targets read: display name, image, retries, caching; on a stage that requests
+    accelerators, the count and ``accelerator`` as environment, which the stage checks against
+    the GPUs TensorFlow sees before any work (:func:`mushroom.runtime.check_accelerators`)."""
     schedule = cluster.stages.of(stage)
     task.set_display_name(stage).set_container_image(images.for_stage(schedule))
+    if schedule.accelerator_count:
+        task.set_env_variable(ACCELERATORS_ENV, str(schedule.accelerator_count))
+        task.set_env_variable(ACCELERATOR_ENV, schedule.accelerator)
     if schedule.retries:
         backoff = cluster.retry_backoff
         task.set_retry(num_retries=schedule.retries, backoff_duration=f"{backoff.duration_s}s",

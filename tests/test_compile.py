@@ -174,6 +174,21 @@ def test_committed_yaml_runs_each_stage_in_the_image_of_its_role(name):
         assert executor["container"]["image"] == (GPU_IMAGE if has_gpu else CPU_IMAGE)
 
 
+@pytest.mark.parametrize("name", ["paper", "demo", "paper.vertex", "demo.vertex"])
+def test_committed_yaml_tells_gpu_stages_how_many_gpus_they_asked_for(name):
+    """The stage checks MUSHROOM_ACCELERATORS against the GPUs TensorFlow sees before any work
+    (mushroom.runtime.check_accelerators); CPU stages carry neither variable."""
+    for executor in _committed(name)[0]["deploymentSpec"]["executors"].values():
+        container = executor["container"]
+        env = {e["name"]: e["value"] for e in container.get("env", [])}
+        accelerator = container.get("resources", {}).get("accelerator")
+        if accelerator:
+            assert env == {"MUSHROOM_ACCELERATORS": accelerator["resourceCount"],
+                           "MUSHROOM_ACCELERATOR": "required"}
+        else:
+            assert env == {}
+
+
 def _quantity(text: str) -> float:
     units = {"m": 1e-3, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "K": 1e3, "M": 1e6, "G": 1e9}
     for unit, factor in sorted(units.items(), key=lambda u: -len(u[0])):

@@ -194,6 +194,9 @@ class StageSchedule(Strict):
                           "ephemeral-storage request or limit, so the scheduler does not count it")
     accelerator_count: int = Field(0, ge=0, le=8, description="accelerators of cluster.accelerator_type; "
                                                                "more than 0 runs the GPU image")
+    accelerator: Literal["required", "optional"] = Field(
+        "required", description="required: a stage with accelerator_count above 0 whose TensorFlow sees no GPU "
+                                "stops at once (mushroom.runtime.check_accelerators); optional: it runs on CPU")
     timeout_s: int | None = Field(None, ge=60, description="the pod's activeDeadlineSeconds (KFP on Kubernetes)")
     retries: int = Field(0, ge=0, le=3, description="re-runs after a failure, with cluster.retry_backoff; a retry "
                                                     "cannot tell a preempted node from a bug, so keep it for stages "
@@ -206,6 +209,8 @@ class StageSchedule(Strict):
             request, limit = getattr(self, f"{resource}_request"), getattr(self, f"{resource}_limit")
             if limit is not None and parse(request) > parse(limit):
                 raise ValueError(f"{resource}_request {request} is above {resource}_limit {limit}")
+        if self.accelerator == "optional" and not self.accelerator_count:
+            raise ValueError("accelerator: optional needs accelerator_count above 0 (a stage without one runs on CPU)")
         return self
 
 

@@ -17,13 +17,20 @@ no XLA, one replica.
   rule; with ``warmup_epochs`` for stability).
 - ``deterministic: true`` seeds Python, NumPy and TensorFlow and turns on TensorFlow's op
   determinism, so two runs on the same machine train to the same weights (slower on GPUs).
+
+On a cluster, a stage that asks for GPUs (``cluster.stages.<stage>.accelerator_count``) learns it
+from ``MUSHROOM_ACCELERATORS``, which the compiled pipeline sets on its task, and
+:func:`resolve_runtime` checks it first (:func:`check_accelerators`): when TensorFlow sees no GPU
+the stage stops at once with one line instead of training on CPU for hours, unless the stage says
+``accelerator: optional`` (``MUSHROOM_ACCELERATOR=optional``), which trains on CPU with a warning.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+import os
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,8 +40,24 @@ TENSOR_CORE_CAPABILITY = (7, 0)  # mixed_float16 pays off (and is numerically su
 _MIXED = ("mixed_float16", "mixed_bfloat16")
 
 
+# Set by the compiled pipeline on the task of every stage that requests accelerators
+# (pipelines/pipeline.py); unset (local runs, stages without accelerators): no check.
+ACCELERATORS_ENV = "MUSHROOM_ACCELERATORS"  # the number of GPUs the stage's pod asked for
+ACCELERATOR_ENV = "MUSHROOM_ACCELERATOR"  # "required" (default) or "optional": CPU allowed
+ACCELERATOR_POLICIES = ("required", "optional")
+
+
 class TrainingSettingError(ValueError):
     """A training setting this machine cannot honour (named, before training starts)."""
+
+
+class NoAcceleratorError(SystemExit):
+    """The stage asked for GPUs and TensorFlow sees none (:func:`check_accelerators`).
+
+    A :class:`SystemExit`: nothing between the check and the process's end catches it, and
+    Python prints its message alone (no traceback) and exits with status 1, so the task's log
+    ends with one line that says what to check.
+    """
 
 
 @dataclass(frozen=True)
@@ -104,7 +127,45 @@ class TrainingRuntime:
             keras.mixed_precision.set_global_policy(previous)
 
 
-def resolve_runtime(train: Any, seed: int, gpus: list[Gpu] | None = None) -> TrainingRuntime:
+def _plural(count: int) -> str:
+    return f"{count} GPU{'' if count == 1 else 's'}"
+
+
+def check_accelerators(gpus: list[Gpu], environ: Mapping[str, str] | None = None) -> None:
+    """Stop a stage that asked for GPUs where TensorFlow sees none.
+
+    Args:
+        gpus: The GPUs TensorFlow sees (:func:`visible_gpus`).
+        environ: Where ``MUSHROOM_ACCELERATORS`` and ``MUSHROOM_ACCELERATOR`` are read; default:
+            the process's environment.
+
+    Raises:
+        NoAcceleratorError: GPUs asked for, none seen, and ``MUSHROOM_ACCELERATOR`` is not
+            ``optional``; or either variable holds a value it cannot (named).
+    """
+    environ = os.environ if environ is None else environ
+    asked_text = environ.get(ACCELERATORS_ENV, "").strip()
+    if not asked_text:
+        return
+    if not asked_text.isdigit():
+        raise NoAcceleratorError(f"{ACCELERATORS_ENV}={asked_text!r} is not a number of GPUs")
+    policy = environ.get(ACCELERATOR_ENV, "").strip() or "required"
+    if policy not in ACCELERATOR_POLICIES:
+        raise NoAcceleratorError(f"{ACCELERATOR_ENV}={policy!r}: allowed values are {', '.join(ACCELERATOR_POLICIES)}")
+    asked = int(asked_text)
+    if asked == 0:
+        return
+    if not gpus:
+        if policy == "optional":
+            log.warning("asked for %s, TensorFlow sees none: running on CPU (accelerator: optional)", _plural(asked))
+            return
+        raise NoAcceleratorError(f"asked for {_plural(asked)}, TensorFlow sees none: check the node pool and driver")
+    if len(gpus) < asked:
+        log.warning("asked for %s, TensorFlow sees %d: running on %d", _plural(asked), len(gpus), len(gpus))
+
+
+def resolve_runtime(train: Any, seed: int, gpus: list[Gpu] | None = None,
+                    environ: Mapping[str, str] | None = None) -> TrainingRuntime:
     """The runtime for a model configuration's ``train`` settings on this machine.
 
     Args:
@@ -112,12 +173,16 @@ def resolve_runtime(train: Any, seed: int, gpus: list[Gpu] | None = None) -> Tra
             ``deterministic``).
         seed: The run's seed (used when ``deterministic``).
         gpus: The visible GPUs; default: :func:`visible_gpus`.
+        environ: Read by :func:`check_accelerators`; default: the process's environment.
 
     Raises:
+        NoAcceleratorError: the stage's pod asked for GPUs and TensorFlow sees none
+            (:func:`check_accelerators`).
         TrainingSettingError: ``mixed_float16`` without a GPU of compute capability 7.0 or newer, or XLA
             asked for where it cannot compile.
     """
     gpus = visible_gpus() if gpus is None else gpus
+    check_accelerators(gpus, environ)
     capable = [g for g in gpus if g.compute_capability and tuple(g.compute_capability) >= TENSOR_CORE_CAPABILITY]
     precision = train.precision
     if precision == "auto":

@@ -7,6 +7,7 @@
     python -m pipelines.submit pipelines/configs/demo.yaml --host http://localhost:8080 \\
         --publish-destination gs://mushroom-artifacts/published --wait 3600    (kind, minikube)
     ... --dry-run    prints what would be submitted and submits nothing
+    ... --wait 3600  waits for the run to finish, at most an hour (exit 1 unless it succeeded)
 
 Before submitting, every gs:// location the run writes to (pipeline root, publish destination)
 gets a test write; a missing bucket or a refused write stops here with one line and exit code 2.
@@ -20,6 +21,7 @@ import re
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -154,6 +156,46 @@ def vertex_job(submission: Submission, package: Path, credentials=None):
                         enable_caching=submission.enable_caching, labels=submission.labels, credentials=credentials)
 
 
+# Final states: KFP's run states (V2beta1RuntimeState) and Vertex AI's PipelineState names.
+KFP_FINAL_STATES = ("SUCCEEDED", "FAILED", "SKIPPED", "CANCELED", "ERROR")
+VERTEX_FINAL_STATES = ("PIPELINE_STATE_SUCCEEDED", "PIPELINE_STATE_FAILED", "PIPELINE_STATE_CANCELLED")
+SUCCEEDED = ("SUCCEEDED", "PIPELINE_STATE_SUCCEEDED")
+POLL_S = {"kfp": 5, "vertex": 15}  # seconds between state requests while waiting
+
+
+class WaitTimeout(Exception):
+    """``--wait`` ran out before the run finished; the run goes on (its last state is ``state``)."""
+
+    def __init__(self, state: str):
+        super().__init__(state)
+        self.state = state
+
+
+def wait_for(state: Callable[[], str], final: tuple[str, ...], wait_s: float, poll_s: float,
+             clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> str:
+    """Ask ``state()`` every ``poll_s`` seconds until it is one of ``final``, for at most ``wait_s``.
+
+    The client-side timeout of ``--wait``: neither ``kfp.Client`` (it raises a bare
+    ``TimeoutError('Run timeout')``) nor aiplatform's ``PipelineJob.wait()`` (no timeout at all)
+    gives one that says what happened.
+
+    Returns:
+        The final state.
+
+    Raises:
+        WaitTimeout: ``wait_s`` passed first (with the last state seen).
+    """
+    deadline = clock() + wait_s
+    while True:
+        current = state()
+        if current in final:
+            return current
+        left = deadline - clock()
+        if left <= 0:
+            raise WaitTimeout(current)
+        sleep(min(poll_s, left))
+
+
 def submit(submission: Submission, package: Path, wait_s: int | None = None) -> str | None:
     """Submit a compiled package and print where the run is.
 
@@ -164,6 +206,9 @@ def submit(submission: Submission, package: Path, wait_s: int | None = None) -> 
 
     Returns:
         The run's final state when waited for, else None.
+
+    Raises:
+        WaitTimeout: ``wait_s`` passed before the run finished.
     """
     if submission.backend == "vertex":
         job = vertex_job(submission, package)
@@ -172,8 +217,7 @@ def submit(submission: Submission, package: Path, wait_s: int | None = None) -> 
         _submitted(submission, job.resource_name)
         if wait_s is None:
             return None
-        job.wait()  # no client-side timeout for Vertex; the job's own limits apply
-        return job.state.name
+        return wait_for(lambda: job.state.name, VERTEX_FINAL_STATES, wait_s, POLL_S["vertex"])
     import kfp
 
     client = kfp.Client(host=submission.target)
@@ -185,7 +229,8 @@ def submit(submission: Submission, package: Path, wait_s: int | None = None) -> 
     _submitted(submission, f"{submission.target.rstrip('/')}/#/runs/details/{result.run_id}")
     if wait_s is None:
         return None
-    return str(client.wait_for_run_completion(result.run_id, timeout=wait_s).state)
+    return wait_for(lambda: str(client.get_run(result.run_id).state).upper(), KFP_FINAL_STATES, wait_s,
+                    POLL_S["kfp"])
 
 
 def _submitted(submission: Submission, where: str) -> None:
@@ -212,17 +257,30 @@ def build_parser() -> argparse.ArgumentParser:
                              f"(default: {KUBERNETES_SERVICE_ACCOUNT}); Vertex: a Google service-account email "
                              f"(default: {GOOGLE_SERVICE_ACCOUNT.format(project='PROJECT')})")
     parser.add_argument("--no-cache", action="store_true", help="disable caching for every task of this run")
-    parser.add_argument("--wait", type=int, metavar="SECONDS", help="wait for the run to finish (exit 1 unless it "
-                                                                   "succeeds)")
+    parser.add_argument("--wait", type=_positive_seconds, metavar="SECONDS",
+                        help="wait at most SECONDS for the run to finish (exit 1 unless it succeeds; when SECONDS "
+                             "pass first, one line says so and the run goes on)")
     parser.add_argument("--dry-run", action="store_true",
                         help="print what would be submitted (Vertex: the CreatePipelineJob request, its pipeline "
                              "spec summarized); submit nothing, touch no bucket")
     return parser
 
 
+def _positive_seconds(text: str) -> int:
+    seconds = int(text)
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"{text}: give the seconds to wait, more than 0")
+    return seconds
+
+
 def _dry_run(submission: Submission, config: str) -> None:
-    """KFP: print the submission. Vertex: print the CreatePipelineJob request aiplatform would send
-    (parameters, pipeline root, service account, labels, network) and the experiment it joins."""
+    """Say on stderr that this is a dry run; print on stdout what would be sent. KFP: the
+    submission. Vertex: the CreatePipelineJob request aiplatform would send (parameters, pipeline
+    root, service account, labels, network) and the experiment it joins; aiplatform's own log
+    lines, which speak of a job created, are not printed (:func:`pipelines.vertex.create_request`)."""
+    what = "the CreatePipelineJob request" if submission.backend == "vertex" else "the submission"
+    print(f"dry run: nothing is submitted and no bucket is touched; {what} to {submission.target} follows",
+          file=sys.stderr)
     if submission.backend != "vertex":
         print(json.dumps(asdict(submission), indent=2, sort_keys=True))
         return
@@ -260,11 +318,17 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         package = compile_pipeline(args.config, Path(tmp) / "pipeline.yaml", target=submission.backend)
-        state = submit(submission, package, args.wait)
+        try:
+            state = submit(submission, package, args.wait)
+        except WaitTimeout as late:
+            print(f"error: run {submission.run_name} did not finish within --wait {args.wait} s (last state: "
+                  f"{late.state}); it goes on running on {submission.target}: stopped waiting, nothing was cancelled",
+                  file=sys.stderr)
+            return 1
     if state is None:
         return 0
     print(f"run {submission.run_name} finished: {state}")
-    return 0 if state in ("SUCCEEDED", "PIPELINE_STATE_SUCCEEDED") else 1
+    return 0 if state in SUCCEEDED else 1
 
 
 if __name__ == "__main__":

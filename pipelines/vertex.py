@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 
 from mushroom import __version__
 
+AIPLATFORM_LOGGER = "google.cloud.aiplatform"  # every aiplatform module logs under it
 # Vertex AI label keys and values: lowercase letters, digits, '_' and '-', at most 63 characters.
 _LABEL_BAD = re.compile(r"[^a-z0-9_-]+")
 
@@ -81,17 +83,36 @@ def _skipped(module, function: str):
         setattr(module, function, original)
 
 
+@contextmanager
+def _quiet_aiplatform():
+    """aiplatform's INFO lines are not printed inside the block (its loggers, each with its own
+    stdout handler, are raised to WARNING, then restored)."""
+    loggers = [logging.getLogger(AIPLATFORM_LOGGER)]  # the ones made later inherit its level
+    loggers += [logging.getLogger(name) for name in sorted(logging.Logger.manager.loggerDict)
+                if name.startswith(AIPLATFORM_LOGGER + ".")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
 def create_request(job, *, service_account: str | None, network: str | None = None) -> dict[str, Any]:
     """The ``CreatePipelineJob`` request ``job.submit(service_account, network)`` would send, as JSON.
 
     ``submit()`` also creates the pipeline root's bucket when it is missing; a dry run does not:
-    that call is replaced, and the request is recorded instead of sent.
+    that call is replaced, and the request is recorded instead of sent. aiplatform's own lines
+    ("Creating PipelineJob", "PipelineJob created. Resource name: ...", "View Pipeline Job: ...")
+    would claim a job that does not exist, so they are not printed.
     """
     from google.cloud.aiplatform.utils import gcs_utils
 
     recorder = _RecordingClient()
     job.api_client = recorder
-    with _skipped(gcs_utils, "create_gcs_bucket_for_pipeline_artifacts_if_it_does_not_exist"):
+    with _skipped(gcs_utils, "create_gcs_bucket_for_pipeline_artifacts_if_it_does_not_exist"), _quiet_aiplatform():
         job.submit(service_account=service_account, network=network)
     assert recorder.request is not None, "PipelineJob.submit() sent no create request"
     message = recorder.request["pipeline_job"]

@@ -174,6 +174,10 @@ def test_unknown_accelerator_names_the_field_and_the_allowed():
      "stages.tune.scratch_size 4Gi is more than node.ephemeral_storage 2Gi"),
     (lambda c: c.update(parallelism=3),
      "with fit: run, the run's peak cpu (3000m: parallelism 3"),
+    (lambda c: c.update(parallelism=2),  # the requests fit, but with no memory headroom
+     "with fit: run, the run's peak memory (5120Mi: parallelism 2 x the largest loop stage, or the largest other "
+     "stage) is more than 4608Mi, what node.memory_headroom 0.1 leaves of node.memory 7680Mi - "
+     "node.reserved_memory 2560Mi = 5120Mi"),
 ])
 def test_a_config_that_cannot_fit_its_node_is_refused(mutate, expected):
     message = _error_for(lambda d: mutate(d["cluster"]))

@@ -54,7 +54,8 @@ VERTEX_MAX_MEMORY = "624G"
 
 _HOUR = 3600
 # Sized for the demo on one 4-CPU / 8 GB node next to Kubeflow Pipelines (docs/clusters.md, "Why the
-# demo fits"): at parallelism 2 the loop requests at most 2 x (1 CPU, 2560Mi). Memory requests cover
+# demo fits"): at parallelism 1 the loop requests at most 1 CPU, 2560Mi (half the node's free memory;
+# parallelism 2 would request all of it, no headroom). Memory requests cover
 # the peak resident memory measured per stage in `make demo` (tune 2.0 GiB, train 1.7 GiB,
 # evaluate 0.9 GiB, the rest under 0.1 GiB) except quantize's (2.9 GiB: 2.5Gi asked, 4Gi allowed).
 DEFAULT_STAGES: dict[str, dict[str, Any]] = {
@@ -266,6 +267,11 @@ class NodeConfig(Strict):
     accelerators: int = Field(0, ge=0)
     reserved_cpu: CpuQuantity = Field("1800m", description="CPU requested by the other pods on the node")
     reserved_memory: MemoryQuantity = Field("2560Mi", description="memory requested by the other pods on the node")
+    memory_headroom: float = Field(
+        0.1, ge=0, lt=1, description="with fit: run, the share of the node's free memory (memory - reserved_memory) "
+                                     "the run's peak requests leave unrequested: stages use more than they request "
+                                     "(quantize's measured peak is above its request) and reserved_memory is an "
+                                     "estimate")
 
 
 class VertexConfig(Strict):
@@ -291,7 +297,7 @@ class VertexConfig(Strict):
 class ClusterConfig(Strict):
     """Scheduling on a cluster (images, requests, limits, accelerators, timeouts, retries, caching)."""
 
-    parallelism: int = Field(2, ge=1, description="model configurations in flight at once")
+    parallelism: int = Field(1, ge=1, description="model configurations in flight at once")
     accelerator_type: str = Field("nvidia.com/gpu", description="the Kubernetes resource GPU stages request "
                                                                 "(KFP); Vertex AI: vertex.accelerator_type")
     vertex: VertexConfig = VertexConfig()
@@ -399,9 +405,13 @@ def fit_problems(cluster: ClusterConfig) -> list[str]:
                      for key in free if asked[key] > free[key]]
     if cluster.fit == "run" and not problems:
         peak = peak_requests(cluster)
+        usable = {**free, "memory": int(free["memory"] * (1 - node.memory_headroom))}
+        if node.memory_headroom:
+            free_text["memory"] = (f"{_shown('memory', usable['memory'])}, what node.memory_headroom "
+                                   f"{node.memory_headroom:g} leaves of {free_text['memory']}")
         problems += [f"with fit: run, the run's peak {key} ({_shown(key, peak[key])}: parallelism "
                      f"{cluster.parallelism} x the largest loop stage, or the largest other stage) is more than "
-                     f"{free_text[key]}" for key in free if peak[key] > free[key]]
+                     f"{free_text[key]}" for key in free if peak[key] > usable[key]]
     return problems
 
 

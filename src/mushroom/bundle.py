@@ -15,6 +15,9 @@
                        ``provenance`` (:func:`build_provenance`): data source, species and photo
                        counts per split, licences of the training photos, run configuration,
                        project version and commit, build time
+    month_prior.json   optional: P(month | species) fitted by the train stage and whether the
+                       evaluation kept it for the shipped answer (:func:`write_month_prior`,
+                       :func:`read_month_prior`; absent: no prior, the date is not used)
 
 ``metadata.json`` and ``calibration.json`` carry a ``schema_version``; a bundle written by a
 newer schema than this code reads is refused with a clear message. Older bundles are read as
@@ -502,3 +505,36 @@ def read_bundle(root: str | Path) -> Bundle:
     if [row["taxon_id"] for row in labels] != catalog.taxon_ids:
         raise BundleError(f"bundle {root}: {LABELS} and {SPECIES} list different classes or orders")
     return Bundle(root, catalog, read_calibration(root), meta, shipped)
+
+
+# --------------------------------------------------------------------------- month_prior.json
+
+MONTH_PRIOR = "month_prior.json"  # optional: P(month | species) (mushroom.month_prior); absent: no prior
+
+
+def write_month_prior(bundle_dir: str | Path, prior) -> Path:
+    """Write a :class:`mushroom.month_prior.MonthPrior` (with the evaluation's decision, if judged)
+    into a bundle or model folder; returns the file's path."""
+    path = Path(bundle_dir) / MONTH_PRIOR
+    write_json_atomic(path, prior.to_json())
+    return path
+
+
+def read_month_prior(bundle_dir: str | Path, catalog: Catalog | None = None):
+    """The month prior of a bundle folder (or a train stage's model folder); None when it has none.
+
+    Raises:
+        BundleError: The file is unreadable, of a newer version, or its classes are not ``catalog``'s.
+    """
+    from mushroom.month_prior import MonthPrior
+
+    path = Path(bundle_dir) / MONTH_PRIOR
+    if not path.is_file():
+        return None
+    try:
+        prior = MonthPrior.from_json(read_json(path))
+        if catalog is not None:
+            prior.check(catalog.taxon_ids)
+    except (ValueError, OSError) as err:
+        raise BundleError(f"bundle {bundle_dir}: {MONTH_PRIOR}: {err}") from None
+    return prior

@@ -2,7 +2,8 @@
 
     mushroom species                      list the catalog (class order, edibility)
     mushroom dataset CONFIG OUT_DIR       build a config's dataset folder without the pipeline
-    mushroom identify PHOTO... --bundle PATH [--json] [--verbose]   identify mushrooms offline
+    mushroom identify PHOTO... --bundle PATH [--json] [--verbose] [--date YYYY-MM-DD | --no-date]
+                                                                     identify mushrooms offline
     mushroom identify --species --bundle PATH                        the species a bundle knows
     mushroom pipeline run|compile|submit ARGS...         python -m pipelines.ACTION in the checkout
     mushroom pretrained ARCH [PHOTO...] [--weights-file F]  check a backbone's ImageNet weights offline
@@ -76,10 +77,13 @@ def _cmd_pretrained(args: argparse.Namespace) -> int:
 def _cmd_identify(args: argparse.Namespace) -> int:
     from mushroom.identify import Identifier
     from mushroom.identify_text import format_answer, format_footer, format_header, format_species, report
+    from mushroom.month_prior import parse_date
     from mushroom.preprocess import expand_photos
 
+    when = None if args.date is None else parse_date(args.date, what="--date")  # ValueError: exit 2
     identifier = Identifier(args.bundle, variant=args.variant, num_threads=args.threads,
-                            cache_dir=args.cache_dir, refresh=args.refresh)  # BundleError: exit 2
+                            cache_dir=args.cache_dir, refresh=args.refresh,  # BundleError: exit 2
+                            date=when, photo_dates=not args.no_date)
     if args.species:
         if args.json:
             print(json.dumps({"species": [{"index": i, "taxon_id": s.taxon_id, "scientific_name": s.scientific_name,
@@ -199,6 +203,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model variant, e.g. int8 or float32 (default: the bundle's calibrated default)")
     p.add_argument("--threads", type=_positive_int, default=None, help="interpreter CPU threads (default: 1)")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
+    dates = p.add_mutually_exclusive_group()
+    dates.add_argument("--date", default=None, metavar="YYYY-MM-DD",
+                       help="the date of the find, for every photo: the bundle's month prior (how often each "
+                            "species is found in that month) is weighed in where its evaluation kept it "
+                            "(default: each photo's EXIF date, where it has one)")
+    dates.add_argument("--no-date", action="store_true", help="ignore the photos' EXIF dates")
     p.add_argument("--cache-dir", default=None,
                    help="cache for gs:// bundles (default: $XDG_CACHE_HOME/quantized-mushroom/bundles)")
     p.add_argument("--refresh", action="store_true", help="download a gs:// bundle again even if cached")

@@ -387,6 +387,21 @@ class LatencySettings(_Model):
     threads_all: int
 
 
+class MonthPriorEffect(_Model):
+    """The month prior (:mod:`mushroom.month_prior`) on the dated photos, for the shipped variant:
+    top-1 and the safety figures without and with it (the forms of
+    :func:`mushroom.month_prior.measure_prior`), and whether the shipped answer uses it (judged on
+    validation, recorded in the bundle's ``month_prior.json``)."""
+
+    variant: str
+    fitted_species: int  # species with enough dated train observations (the others: flat)
+    num_species: int
+    used: bool
+    reason: str
+    validation: dict[str, Any]
+    test: dict[str, Any]
+
+
 class Evaluation(_Model):
     """One configuration's evaluation: every variant, on the test split."""
 
@@ -410,6 +425,7 @@ class Evaluation(_Model):
     backbone_weights: dict[str, Any] | None = None  # where the backbone's starting weights came from
     latency_settings: LatencySettings | None = None
     int8_vs_float32: Int8VsFloat32 | None = None
+    month_prior: MonthPriorEffect | None = None  # the date as evidence (absent: the bundle has no prior)
 
     def variant(self, name: str) -> VariantEvaluation | None:
         """The evaluation of TFLite variant ``name`` (``int8``, ...); None if not evaluated."""

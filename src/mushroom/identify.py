@@ -36,15 +36,17 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from datetime import date
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mushroom.bundle import LABELS, Bundle, BundleError, read_bundle
+from mushroom.bundle import LABELS, Bundle, BundleError, read_bundle, read_month_prior
 from mushroom.levels import ABSTAIN, GENUS, Genera, LevelRule, answer_levels
 from mushroom.locate import resolve_bundle
+from mushroom.month_prior import DateEvidence, PhotoDate, date_evidence, exif_date
 from mushroom.openset import OpenSetRule
 from mushroom.policy import (
     EDIBLE,
@@ -184,6 +186,7 @@ class Answer:
     reasons: tuple[str, ...] = ()
     open_set_score: float | None = None
     open_set_threshold: float | None = None  # set when the open-set score refused the photo
+    date: DateEvidence | None = None  # the date as evidence: used or why not (None: no date, nothing to say)
     level: str = ABSTAIN
     genus: GenusMatch | None = None
 
@@ -234,6 +237,8 @@ class Answer:
             out["open_set_score"] = round(self.open_set_score, 6)
         if self.open_set_threshold is not None:
             out["open_set_threshold"] = round(self.open_set_threshold, 6)
+        if self.date is not None:
+            out["date"] = self.date.to_dict()
         out["notice"] = self.notice
         return out
 
@@ -253,6 +258,9 @@ class Identifier:
         refresh: Download a ``gs://`` bundle again.
         quality_gate: Refuse unusable photos before the model (:mod:`mushroom.quality`).
         open_set: Refuse photos whose open-set score is below the bundle's threshold.
+        date: The date of the find, for every photo (the date as evidence: the bundle's month prior,
+            :mod:`mushroom.month_prior`, where the evaluation kept it).
+        photo_dates: Without ``date``, use each photo's EXIF date (where the bundle's prior is in use).
 
     Raises:
         BundleError: The bundle is missing a file, is inconsistent (labels that do not match
@@ -261,7 +269,8 @@ class Identifier:
 
     def __init__(self, bundle: str | Path | Bundle, variant: str | None = None,
                  num_threads: int | None = None, cache_dir: str | Path | None = None, refresh: bool = False,
-                 quality_gate: bool = True, open_set: bool = True):
+                 quality_gate: bool = True, open_set: bool = True, date: date | None = None,
+                 photo_dates: bool = True):
         if not isinstance(bundle, Bundle):
             bundle = read_bundle(resolve_bundle(bundle, cache_dir, refresh))
         self.bundle = bundle
@@ -307,6 +316,8 @@ class Identifier:
                                   f"features but the open-set statistics have {self.open_set.features.dim}")
         self._species: list[Species] = list(bundle.catalog)
         self._edible = np.array([s.is_edible for s in self._species], dtype=bool)
+        self.month_prior = read_month_prior(bundle.root, bundle.catalog)  # None: the bundle has none
+        self.date, self.photo_dates = date, photo_dates
         self._genera = Genera.of(bundle.catalog)
 
     @property
@@ -359,6 +370,9 @@ class Identifier:
             "open_set": None if rule is None else {k: v for k, v in rule.to_dict().items() if k != "prototypes"},
             "open_set_check": {"available": self.open_set_unavailable is None, "reason": self.open_set_unavailable},
             "quality_gate": self.quality_gate,
+            "month_prior": None if self.month_prior is None else {
+                "in_use": self.month_prior.in_use, "species_with_season": sum(self.month_prior.fitted),
+                "reason": None if self.month_prior.decision is None else self.month_prior.decision.reason},
         }
 
     def calibrated(self, pixels: np.ndarray) -> np.ndarray:
@@ -376,7 +390,29 @@ class Identifier:
         """The answer for a photo the quality gate refused."""
         return Answer(photo, verdict=UNUSABLE_PHOTO, reasons=(f"not a usable photo: {reason}",))
 
-    def answer(self, photo: str, probs: np.ndarray, features: np.ndarray | None = None) -> Answer:
+    def date_evidence(self, photo: str | Path) -> DateEvidence | None:
+        """What this photo's date does: ``date`` if given, else its EXIF date (read only where the
+        bundle's prior is in use, unless ``photo_dates`` is off); None: no date and nothing to say."""
+        if self.date is not None:
+            return date_evidence(PhotoDate(self.date, "--date"), self.month_prior)
+        if not self.photo_dates or self.month_prior is None or not self.month_prior.in_use:
+            return None
+        return date_evidence(exif_date(photo), self.month_prior)
+
+    def answer_dated(self, photo: str, probs: np.ndarray, features: np.ndarray | None = None) -> Answer:
+        """:meth:`answer` with the date as evidence: where it is used, the month prior is multiplied into
+        the probabilities before calibration (the open-set score stays the photo's own); the answer
+        says whether the date was used and why not."""
+        evidence = self.date_evidence(photo)
+        if evidence is None or not evidence.used:
+            answer = self.answer(photo, probs, features)
+        else:
+            dated = self.month_prior.apply(probs, evidence.month, self.policy.temperature)
+            answer = self.answer(photo, dated, features, open_set_probs=probs)
+        return answer if evidence is None or not answer.ok else replace(answer, date=evidence)
+
+    def answer(self, photo: str, probs: np.ndarray, features: np.ndarray | None = None,
+               open_set_probs: np.ndarray | None = None) -> Answer:
         """Build the answer for one photo from its calibrated probabilities ``(num_classes,)``.
 
         ``features`` are its pooled features ``(dim,)``, needed when the bundle's open-set score
@@ -393,7 +429,8 @@ class Identifier:
         )
         score = None
         if self.open_set is not None:
-            score = float(self.open_set.scores(probs[None], None if features is None else features[None])[0])
+            own = probs if open_set_probs is None else open_set_probs  # the date never moves the open-set score
+            score = float(self.open_set.scores(own[None], None if features is None else features[None])[0])
             if self.open_set.threshold is not None and score < self.open_set.threshold:
                 return Answer(photo, candidates, verdict=UNKNOWN_SPECIES,
                               reasons=(unknown_species_reason(len(self._species)),), open_set_score=score,
@@ -461,7 +498,7 @@ class Identifier:
         if unusable:
             return self.unusable(str(photo), unusable)
         probs, features = self._predict(pixels[None])
-        return self.answer(str(photo), probs[0], None if features is None else features[0])
+        return self.answer_dated(str(photo), probs[0], None if features is None else features[0])
 
     def identify_many(self, photos: Iterable[str | Path], batch_size: int = 16) -> Iterator[Answer]:
         """Answer photos in order; a photo that cannot be read gets an answer with ``error`` set."""
@@ -495,7 +532,7 @@ class Identifier:
             return
         probs, features = self._predict(np.stack([pixels for _, pixels in batch]))
         for i, (photo, _) in enumerate(batch):
-            yield self.answer(photo, probs[i], None if features is None else features[i])
+            yield self.answer_dated(photo, probs[i], None if features is None else features[i])
 
 
 def bundle_data_source(metadata: dict[str, Any]) -> dict[str, Any]:

@@ -110,6 +110,7 @@ def format_answer(answer: Answer, verbose: bool = False) -> str:
         if verbose and answer.candidates:
             lines.append("  closest known species (NOT an identification):")
             lines += ["  " + row for row in _candidate_rows(answer)]
+        lines += _date_lines(answer)
         lines.append(f"  {answer.notice}")
         return "\n".join(lines)
     lines += _candidate_rows(answer)
@@ -123,6 +124,7 @@ def format_answer(answer: Answer, verbose: bool = False) -> str:
     lines += [f"  why:       {r}" for r in answer.reasons]
     if verbose and answer.open_set_score is not None:
         lines.append(f"  open-set score: {answer.open_set_score:.4g}")
+    lines += _date_lines(answer)
     lines.append(f"  {answer.notice}")
     return "\n".join(lines)
 
@@ -139,6 +141,16 @@ def _level_lines(answer: Answer) -> list[str]:
                 f"the genus, its species together)",
                 f"  genus:     {genus.message}"]
     return ["  answer:    neither the species nor the genus is certain enough - ask an expert"]
+
+
+def _date_lines(answer: Answer) -> list[str]:
+    """The date as evidence: used, or why not (nothing when the photo has no date and none was given)."""
+    evidence = answer.date
+    if evidence is None:
+        return []
+    source = "given with --date" if evidence.source == "--date" else "the photo's EXIF date"
+    label = "date:  " if evidence.used else "notice:"
+    return [f"  {label}    {evidence.date or 'none'} ({source}): {evidence.note}"]
 
 
 def format_footer(answers: list[Answer], synthetic: bool = False) -> str:

@@ -2,7 +2,9 @@
 
 A dataset folder holds::
 
-    manifest.csv     one row per photo (see ``MANIFEST_FIELDS``)
+    manifest.csv     one row per photo (see ``MANIFEST_FIELDS``; ``observed_on`` is the
+                     observation's date, YYYY-MM-DD, or empty where unknown: manifests
+                     written before it was kept have no such column and still read)
     dataset.json     source, species (catalog order = class order), counts
     images/...       the photos, at the paths the manifest names (relative)
 
@@ -36,10 +38,12 @@ class PhotoRecord:
     file: str
     license: str
     attribution: str
+    observed_on: str = ""  # the observation's date, YYYY-MM-DD ("": unknown)
     split: str = ""
 
 
 MANIFEST_FIELDS = tuple(f.name for f in fields(PhotoRecord) if f.name != "split")
+OPTIONAL_FIELDS = ("observed_on",)  # absent from manifests written before it was kept
 
 
 def records_to_csv(records: list[PhotoRecord], with_split: bool = False) -> str:
@@ -54,7 +58,7 @@ def records_to_csv(records: list[PhotoRecord], with_split: bool = False) -> str:
 
 def parse_records(text: str, source: str) -> list[PhotoRecord]:
     reader = csv.DictReader(io.StringIO(text))
-    missing = set(MANIFEST_FIELDS) - set(reader.fieldnames or ())
+    missing = set(MANIFEST_FIELDS) - set(OPTIONAL_FIELDS) - set(reader.fieldnames or ())
     if missing:
         raise ValueError(f"{source}: missing columns {sorted(missing)}")
     records = []
@@ -67,6 +71,7 @@ def parse_records(text: str, source: str) -> list[PhotoRecord]:
                 file=row["file"],
                 license=row["license"],
                 attribution=row["attribution"],
+                observed_on=row.get("observed_on", "") or "",
                 split=row.get("split", "") or "",
             )
         )

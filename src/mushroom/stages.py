@@ -288,10 +288,28 @@ def train(dataset_dir, splits_dir, hyperparameters_dir, model_config: dict[str, 
         write_json_atomic(out_dir / "history.json", history)
         log_training_history(history, {**config.model_dump(mode="json"), **hp.to_dict()}, config.model_name)
         write_json_atomic(out_dir / HYPERPARAMETERS, hp.to_dict())
+        prior = _fit_month_prior(dataset_dir, splits_dir, out_dir)
     return {
         "val_accuracy": max(history["val_accuracy"]),
         "epochs": len(history["loss"]),
+        "month_prior_species": float(sum(prior.fitted)),
     }
+
+
+def _fit_month_prior(dataset_dir, splits_dir, out_dir: Path):
+    """Fit the per-species month prior on the train split's dated observations
+    (:func:`mushroom.month_prior.fit_month_prior`) and write it beside the model; the quantize
+    stage puts it into the bundle."""
+    from mushroom.bundle import write_month_prior
+    from mushroom.manifest import read_splits
+    from mushroom.month_prior import fit_month_prior
+
+    catalog = read_dataset_catalog(dataset_dir)
+    prior = fit_month_prior(catalog.taxon_ids, [r for r in read_splits(splits_dir) if r.split == "train"])
+    write_month_prior(out_dir, prior)
+    log.info("train: month prior fitted for %d of %d species (%d dated train observations; fewer than %d: flat)",
+             sum(prior.fitted), len(catalog), sum(prior.dated_observations), prior.min_observations)
+    return prior
 
 
 def quantize(dataset_dir, splits_dir, model_dir, model_config: dict[str, Any], seed: int,
@@ -336,10 +354,22 @@ def quantize(dataset_dir, splits_dir, model_dir, model_config: dict[str, Any], s
              **({"image": image} if image else {})})
         write_bundle(out_dir, models, train_split.catalog, config.model_dump(), extra,
                      shipped_variant=report["chosen"])
+        _copy_month_prior(model_dir, out_dir, train_split.catalog)
         write_json_atomic(out_dir / "quantization_report.json", report)
         write_text_atomic(out_dir / "quantization_report.md", format_report(report))
         log.info("quantize: wrote bundle %s", out_dir)
     return headline_metrics(report)
+
+
+def _copy_month_prior(model_dir, bundle_dir, catalog) -> None:
+    """The train stage's month prior into the bundle (a model trained before it was fitted: none)."""
+    from mushroom.bundle import read_month_prior, write_month_prior
+
+    prior = read_month_prior(model_dir, catalog)
+    if prior is None:
+        log.info("quantize: no month prior beside the model: the bundle answers without dates")
+        return
+    write_month_prior(bundle_dir, prior)
 
 
 def evaluate(dataset_dir, splits_dir, model_dir, bundle_dir, out_dir: str | Path,
@@ -369,7 +399,7 @@ def evaluate(dataset_dir, splits_dir, model_dir, bundle_dir, out_dir: str | Path
             (pixels and stored sizes) come from; None: shards made here. The unknown-species
             photos (never split) are decoded from their files.
     """
-    from mushroom.bundle import read_bundle, write_calibration
+    from mushroom.bundle import read_bundle, write_calibration, write_month_prior
     from mushroom.calibrate import OPEN_SET_TRAIN_PHOTOS, OpenSetFitting, calibrate
     from mushroom.calibration import DEFAULT_TARGET
     from mushroom.datasets import balanced_sample, load_unknown
@@ -433,12 +463,16 @@ def evaluate(dataset_dir, splits_dir, model_dir, bundle_dir, out_dir: str | Path
         data_source = bundle.provenance.get("data") or _dataset_source(dataset_dir)
         result = evaluate_predictions(test.labels, test_probs, bundle, calibration, latency, open_set, data_source,
                                       bundle.provenance.get("backbone_weights"))
+        judged_prior = _judge_month_prior(bundle, splits_dir, calibration, (val.labels, val_probs),
+                                          (test.labels, test_probs), result)
         path = write_evaluation(result, out_dir)
         np.savez_compressed(out_dir / "predictions.npz", labels=test.labels, **test_probs,
                             val_labels=val.labels, **{f"val_{k}": p for k, p in val_probs.items()})
         report = write_report(result, out_dir)
         shutil.copytree(bundle_dir, calibrated_bundle_dir, dirs_exist_ok=True)
         write_calibration(calibrated_bundle_dir, calibration)
+        if judged_prior is not None:
+            write_month_prior(calibrated_bundle_dir, judged_prior)
         log.info("evaluate %s: wrote %s, report %s and calibrated bundle %s", result.model_name, path,
                  report["html"], calibrated_bundle_dir)
         detail = logging.getLogger("mushroom.evaluate")  # full log only: the closing table shows these
@@ -450,6 +484,31 @@ def evaluate(dataset_dir, splits_dir, model_dir, bundle_dir, out_dir: str | Path
         log_evaluation(result, flatten_metrics(result), report, calibrated_bundle_dir,
                        bundle.metadata.get("model_config"))
     return result
+
+
+def _judge_month_prior(bundle, splits_dir, calibration, val: tuple, test: tuple, result: Evaluation):
+    """Measure the bundle's month prior on the dated validation and test photos of the shipped
+    variant, record the figures in ``result.month_prior`` and return the prior with its decision
+    (kept for the shipped answer only where it helps on validation); None: the bundle has no prior."""
+    from mushroom import variants as registry
+    from mushroom.bundle import read_month_prior
+    from mushroom.manifest import read_splits
+    from mushroom.month_prior import evaluate_prior, month_of
+
+    prior = read_month_prior(bundle.root, bundle.catalog)
+    if prior is None:
+        return None
+    rows = read_splits(splits_dir)
+    months = {name: np.array([month_of(r.observed_on) for r in rows if r.split == name], np.int64)
+              for name in ("val", "test")}
+    key, variant = registry.evaluation_key(bundle.shipped_variant), bundle.shipped_variant
+    judged, effect = evaluate_prior(prior, bundle.catalog, variant, calibration.variant(variant).policy,
+                                    (val[0], val[1][key], months["val"]), (test[0], test[1][key], months["test"]))
+    result.month_prior = effect
+    log.info("evaluate: month prior %s (%s); test top-1 on %d dated photos changes by %s points",
+             "kept" if judged.in_use else "left out", judged.decision.reason, effect["test"]["dated"],
+             effect["test"]["top1_change"])
+    return judged
 
 
 def _gate(images: np.ndarray, photo_sizes, details=None) -> np.ndarray:

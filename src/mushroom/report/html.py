@@ -11,6 +11,7 @@ from functools import cache
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from mushroom import variants as registry
+from mushroom.report.dates import dates_part
 from mushroom.report.tables import (
     SAME_NOTE,
     SECTIONS,
@@ -69,7 +70,8 @@ def render_html(evaluation: Evaluation, plots: dict[str, Plot]) -> str:
                    species_tables=species_tables(evaluation),
                    images={stem: _image(plot) for stem, plot in plots.items()},
                    verdict=verdict(evaluation), glossary=GLOSSARY,
-                   same_rows=same_rows(evaluation), same_note=SAME_NOTE)
+                   same_rows=same_rows(evaluation), same_note=SAME_NOTE,
+                   dates=dates_part(evaluation, sources.is_synthetic(evaluation.data_source)))
 
 
 def render_comparison_html(tables: ComparisonTables, plot: Plot, choice: Choice, note: str, test_note: str,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from mushroom.formatting import md_table
+from mushroom.report.dates import dates_part
 from mushroom.report.tables import (
     SECTIONS,
     data_source_line,
@@ -38,4 +39,8 @@ def render_summary(evaluation: Evaluation) -> str:
             if section == "open_set" and check:
                 lines += [check, ""]
             lines.append(md_table(tables[section].header, tables[section].rows))
+    dates = dates_part(evaluation, sources.is_synthetic(evaluation.data_source))
+    if dates is not None:
+        lines += ["", f"## {dates.table.title}", "", f"{dates.headline} {dates.decision}", "",
+                  *([f"> {dates.caveat}", ""] if dates.caveat else []), md_table(dates.table.header, dates.table.rows)]
     return "\n".join(lines) + "\n"

@@ -2,7 +2,9 @@
 
 A species folder is named by scientific name (``Amanita muscaria`` or ``amanita_muscaria``)
 or taxon id (``48715``). Photos in a sub-folder ``<root>/<species>/<observation>/`` share
-that observation id; a photo directly in the species folder is its own observation.
+that observation id; a photo directly in the species folder is its own observation. A photo's
+EXIF ``DateTimeOriginal``, where it has one, is its ``observed_on`` date (a broken EXIF block or
+an impossible date is logged and the photo kept without a date).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from mushroom.manifest import PhotoRecord
+from mushroom.month_prior import exif_date
 from mushroom.sources.settings import FolderSourceConfig
 from mushroom.species import Catalog, load_catalog
 
@@ -102,6 +105,9 @@ def import_folder(config: FolderSourceConfig, catalog: Catalog, out_dir: Path,
             photo_id = "-".join(rel.with_suffix("").parts)
             dst_rel = Path("images") / str(taxon_id) / f"{photo_id}{src.suffix.lower()}"
             _place(src, out_dir / dst_rel, config.link)
+            taken = exif_date(src)
+            if taken.notice:
+                log.warning("%s: %s; kept without a date", src, taken.notice)
             records.append(
                 PhotoRecord(
                     observation_id=f"{taxon_id}/{observation}",
@@ -110,6 +116,7 @@ def import_folder(config: FolderSourceConfig, catalog: Catalog, out_dir: Path,
                     file=dst_rel.as_posix(),
                     license="unknown",
                     attribution=f"local folder {root.name}",
+                    observed_on="" if taken.value is None else taken.value.isoformat(),
                 )
             )
     if bad:

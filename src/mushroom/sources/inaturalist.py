@@ -41,6 +41,7 @@ from tqdm import tqdm
 
 from mushroom.fileio import read_json, write_bytes_atomic, write_json_atomic
 from mushroom.manifest import DATASET_INFO_NAME, MANIFEST_NAME, PhotoRecord
+from mushroom.month_prior import month_of
 from mushroom.sources.inat_api import ObservationPage, ObservationsClient, page_candidates, photo_url
 from mushroom.sources.inat_journal import (
     JOURNAL_NAME,
@@ -375,6 +376,7 @@ class _Acquisition:
                 file=file,
                 license=candidate.license or "",
                 attribution=candidate.attribution,
+                observed_on=observed_date(candidate.observed_on),
             )
         )
         result.observed_on.append(candidate.observed_on or "")
@@ -403,6 +405,12 @@ class _Acquisition:
                 len(result.records),
                 result.target,
             )
+
+
+def observed_date(observed_on: str | None) -> str:
+    """iNaturalist's ``observed_on`` as the manifest keeps it: ``YYYY-MM-DD``, "" when absent or not a date."""
+    text = (observed_on or "").strip()[:10]
+    return text if month_of(text) else ""
 
 
 def _failure(candidate: PhotoCandidate, reason: str, detail: str) -> Failure:

@@ -7,6 +7,11 @@ subset is generated. Each photo varies the background, view, scale, position, ro
 colour and noise. Photos are grouped into observations: the photos of one observation
 show the same individual mushroom on the same ground from slightly different views.
 
+Each observation gets a date (``observed_on``), INVENTED: a day in 2018-2024 of a month drawn from
+the species' usual fruiting season (:func:`mushroom.month_prior.fruiting_months`; a species
+without one: any month). The dates exist so that the month prior can be exercised end to end;
+they say nothing about when these species really fruit beyond the table they were drawn from.
+
 Everything is drawn with Pillow and numpy. Every random draw comes from a numpy
 ``Generator`` seeded from ``(seed, taxon id, index)``, so a photo does not depend on the
 order in which photos or species are generated, and the same seed gives byte-identical
@@ -18,11 +23,12 @@ of a mushroom serves only it.
 
 from __future__ import annotations
 
+import calendar
 import colorsys
 import io
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +37,7 @@ from tqdm import tqdm
 
 from mushroom.fileio import write_bytes_atomic
 from mushroom.manifest import PhotoRecord
+from mushroom.month_prior import fruiting_months
 from mushroom.sources.settings import SyntheticSourceConfig
 from mushroom.species import Catalog
 
@@ -47,6 +54,8 @@ _SUPERSAMPLE = 2
 _STYLE_STREAM = 0x5_7E1E
 _OBSERVATION_STREAM = 0x0B5
 _PHOTO_STREAM = 0xF0_70
+_DATE_STREAM = 0xDA7E
+_YEARS = (2018, 2024)  # the invented dates' years, inclusive
 
 # Cap height (relative to cap width) and stem height ranges per shape.
 _CAP_HEIGHT = {
@@ -187,11 +196,15 @@ def generate_synthetic(
     start = time.monotonic()
     total = len(catalog) * config.photos_per_species
     records = []
+    seasons = fruiting_months()
     with tqdm(total=total, desc="synthetic photos", unit="photo", disable=None) as progress:
         for species in catalog:
             style = species_style(species.taxon_id)
+            months = seasons.get(species.taxon_id, tuple(range(1, 13)))
             for index in range(config.photos_per_species):
-                records.append(_generate_photo(style, species.taxon_id, index, config, out_dir, seed))
+                record = _generate_photo(style, species.taxon_id, index, config, out_dir, seed)
+                obs_index = index // config.photos_per_observation
+                records.append(replace(record, observed_on=invented_date(species.taxon_id, obs_index, seed, months)))
                 progress.update()
     log.info(
         "synthetic: wrote %d photos of %d species (%d px) under %s in %.1fs",
@@ -224,6 +237,16 @@ def _generate_photo(
         license=LICENSE,
         attribution=f"synthetic (quantized-mushroom generator, seed {seed})",
     )
+
+
+def invented_date(taxon_id: int, obs_index: int, seed: int, months: tuple[int, ...]) -> str:
+    """The invented date (``YYYY-MM-DD``) of a synthetic observation: a month of ``months``, a day
+    and a year of :data:`_YEARS`, drawn from their own stream (the photos do not change with it)."""
+    rng = _rng(_DATE_STREAM, seed, taxon_id, obs_index)
+    month = int(months[int(rng.integers(len(months)))])
+    year = int(rng.integers(_YEARS[0], _YEARS[1] + 1))
+    day = int(rng.integers(1, calendar.monthrange(year, month)[1] + 1))
+    return f"{year:04d}-{month:02d}-{day:02d}"
 
 
 def encode_jpeg(image: Image.Image) -> bytes:

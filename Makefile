@@ -47,7 +47,7 @@ identify-demo: install ## After `make demo`: identify a test photo with the bund
 run: install ## Run CONFIG=path/to/config.yaml locally
 	$(PY) -m pipelines.run $(CONFIG)
 
-.PHONY: container-demo base-image
+.PHONY: container-demo base-image gpu-image
 LOCAL_BASE_IMAGE ?= mushroom-base:3.11-bookworm
 
 $(VENV)/.installed-container: $(VENV)/.installed
@@ -56,6 +56,10 @@ $(VENV)/.installed-container: $(VENV)/.installed
 
 container-demo: $(VENV)/.installed-container ## Build IMAGE:TAG (CPU) and run the demo with every stage in it (DockerRunner; needs Docker, see docs/containers.md)
 	IMAGE=$(IMAGE) TAG=$(TAG) PY=$(PY) LOCAL_BASE_IMAGE=$(LOCAL_BASE_IMAGE) images/container-demo.sh
+
+gpu-image: install ## Build IMAGE:TAG-gpu from a wheelhouse and start it here: imports, and a GPU stage without a GPU stops in one line (docs/containers.md)
+	$(check-tag)
+	IMAGE=$(IMAGE) TAG=$(TAG) PY=$(PY) LOCAL_BASE_IMAGE=$(LOCAL_BASE_IMAGE) images/gpu-image.sh
 
 base-image: ## Build LOCAL_BASE_IMAGE, a Python 3.11 base from Debian packages (root, debootstrap, Docker)
 	images/build-base-image.sh $(LOCAL_BASE_IMAGE)

@@ -21,7 +21,7 @@ from mushroom.fileio import read_json, write_json_atomic
 from mushroom.versioning import check_schema_version
 
 # 1: no schema_version field, a default_variant copy of the bundle's choice; 2: the open-set rule
-# repeated in open_set.rule, no shipped_variant; 3: no answer levels or FungiCLEF costs
+# repeated in open_set.rule, no shipped_variant; 3: no answer levels or FungiCLEF costs, no month prior
 SCHEMA_VERSION = 4
 EVALUATION = "evaluation.json"
 

@@ -157,8 +157,14 @@ def date_evidence(found: PhotoDate, prior: MonthPrior | None) -> DateEvidence | 
                                                       f"({prior.decision.reason}): answered without the date")
     return DateEvidence(day, found.source, True,
                         f"the date was used: how often each species is found in {MONTH_NAMES[found.value.month - 1]} "
-                        f"is weighed in ({sum(prior.fitted)} of {prior.num_classes} species have a season; "
-                        f"the others count every month alike)")
+                        f"is weighed in ({_seasons(prior)})")
+
+
+def _seasons(prior: MonthPrior) -> str:
+    fitted = sum(prior.fitted)
+    if fitted == prior.num_classes:
+        return f"all {fitted} species have a season"
+    return f"{fitted} of {prior.num_classes} species have a season; the others count every month alike"
 
 
 def exif_date(path: str | Path, today: date | None = None) -> PhotoDate:

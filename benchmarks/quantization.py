@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from mushroom import backbones, variants
+from mushroom.latency import LatencySetup
 from mushroom.tflite import TFLiteClassifier, measure_latency
 
 
@@ -92,7 +93,7 @@ def bench_architecture(arch: str, size: int, classes: int, images: np.ndarray, v
     keras_pred = model.predict(images.astype(np.float32), verbose=0).argmax(1)
     half = len(images) // 2
     models, report = quantize_model(model, images[:half], images[half:], keras_pred[half:], variants,
-                                    latency_runs=runs)
+                                    latency=LatencySetup(runs=runs))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, data in models.items():

@@ -1,7 +1,7 @@
 """Benchmark the training input pipeline and training steps, side by side in one run.
 
 Input pipeline (images/s of the tf.data pipeline alone, no model): today's JPEG path
-(:func:`mushroom.datasets.make_dataset`, Pillow decode inside ``tf.numpy_function``, cached in
+(``benchmarks/jpeg_input.py``, Pillow decode inside ``tf.numpy_function``, cached in
 memory) against shards (:mod:`mushroom.shards`: decoded once by the prepare stage, read with
 native ops), the first uncached epoch and a later epoch reported separately. The photos are
 synthetic JPEGs drawn at ``--source-size`` px (real iNaturalist ``small`` photos are about
@@ -86,8 +86,9 @@ def images_per_s(ds, count_batches: bool = True) -> tuple[float, int]:
 
 
 def bench_input(dataset: Path, splits: Path, sizes: list[int], batch_size: int, work: Path) -> list[dict]:
+    from jpeg_input import jpeg_dataset
+
     from mushroom.datasets import load_split
-    from mushroom.datasets import make_dataset as jpeg_dataset
     from mushroom.shards import open_split, prepare_shards, shard_dataset
 
     examples = load_split(dataset, splits, "train")
@@ -114,13 +115,15 @@ def bench_input(dataset: Path, splits: Path, sizes: list[int], batch_size: int, 
 
 _MEMORY_PROBE = """
 import resource, sys
-from mushroom.datasets import augmentation, load_split, make_dataset
+sys.path.insert(0, sys.argv[6])
+from jpeg_input import jpeg_dataset
+from mushroom.datasets import augmentation, load_split
 from mushroom.shards import open_split, shard_dataset
 shards, dataset, splits, size, path = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
 if path == "shards":
     ds = shard_dataset(open_split(shards, "train", size), 32, training=True, augment=augmentation(1))
 else:
-    ds = make_dataset(load_split(dataset, splits, "train"), size, 32, training=True)
+    ds = jpeg_dataset(load_split(dataset, splits, "train"), size, 32, training=True)
 for _ in range(2):
     for _ in ds:
         pass
@@ -181,7 +184,8 @@ def bench_memory(photo_counts: list[int], species: int, source_size: int, size: 
         row = {"photos": photos, "size": size}
         for path in ("jpeg", "shards"):
             out = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, str(root / "shards"), str(dataset),
-                                  str(splits), str(size), path], capture_output=True, text=True, check=True)
+                                  str(splits), str(size), path, str(Path(__file__).parent)],
+                                 capture_output=True, text=True, check=True)
             row[f"{path}_peak_rss_mib"] = int(out.stdout.split()[-1]) / 1024
         rows.append(row)
     return rows

@@ -43,8 +43,8 @@ CERTIFIED_MODEL = {
     "tune": {"max_trials": 1, "epochs": 1, "learning_rate": [0.002, 0.002], "dropout": [0.0, 0.0],
              "label_smoothing": [0.0, 0.0]},
     "train": {"head_epochs": 12, "fine_tune_epochs": 0, "patience": 4},  # val top-1 ~0.98
-    "quantize": {"variants": ["float32", "int8"], "representative_samples": 64, "debug_samples": 8,
-                 "latency_runs": 2},
+    "quantize": {"variants": ["float32", "int8"], "representative_samples": 64, "debug_samples": 8},
+    "evaluate": {"latency_runs": 2, "latency_rounds": 1},
 }
 
 # --------------------------------------------------------------------------- evaluations without TensorFlow

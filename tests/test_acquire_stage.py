@@ -36,7 +36,7 @@ def test_inaturalist_source_through_the_stage(tmp_path):
                   "inaturalist": {"api_url": server.api_url, "photos_per_species": 6, "requests_per_minute": 600,
                                   "backoff_factor": 0.01, "timeout_s": 5}}
         metrics = stages.acquire(config, 0, tmp_path / "ds")
-    assert metrics["photos"] == 12 and metrics["species"] == 2
+    assert metrics["photos"] == 12 and metrics["species"] == 2 and metrics["species_short"] == 0
     assert metrics["photos_amanita_muscaria"] == 6 and metrics["photos_macrolepiota_procera"] == 6
     records = read_manifest(tmp_path / "ds")
     assert all(r.license in {"cc0", "cc-by", "cc-by-nc", "cc-by-sa", "cc-by-nc-sa"} for r in records)

@@ -241,7 +241,7 @@ def test_quantize_records_the_image_it_ran_in(trained_run, tmp_path, monkeypatch
     for key, var in stages.IMAGE_ENV.items():
         monkeypatch.setenv(var, {"reference": "reg/img:1", "id": "sha256:" + "b" * 64}.get(key, ""))
     config = {**TINY_MODEL, "quantize": {"variants": [variants.REFERENCE, variants.FULL_INTEGER],
-                                         "representative_samples": 16, "latency_runs": 2}}
+                                         "representative_samples": 16}}
     stages.quantize(trained_run["dataset"], trained_run["splits"], trained_run["model"], config, 3, tmp_path / "b")
     assert read_bundle(tmp_path / "b").metadata["provenance"]["image"] == {
         "reference": "reg/img:1", "id": "sha256:" + "b" * 64}

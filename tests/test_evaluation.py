@@ -606,3 +606,32 @@ def test_topk_accuracy_breaks_ties_like_identify():
     assert topk_accuracy(np.array([1, 2, 1]), probs, 1) == 0.0
     assert topk_accuracy(np.array([1, 2, 1]), probs, 2) == 1.0
     assert topk_accuracy(np.array([2, 0, 0]), probs, 5) == 1.0  # k capped at the number of classes
+
+
+def test_the_identify_command_says_edible_for_a_test_photo_of_the_edible_species(certified_run, capsys):
+    """The one path that says "edible", end to end: a run whose evaluate stage certified an edible
+    threshold, its calibrated bundle, and ``mushroom identify`` on test photos of the edible species
+    (photos no stage fitted anything on). It says "edible" for most, never without the notice that
+    it gives no permission to eat, and never for a photo of the deadly species."""
+    from mushroom import cli
+    from mushroom.manifest import read_dataset_catalog, read_splits
+
+    catalog = read_dataset_catalog(certified_run["dataset"])
+    records = [r for r in read_splits(certified_run["splits"]) if r.split == "test"]
+    by_species = {name: [str(certified_run["dataset"] / r.file) for r in records
+                         if r.taxon_id == catalog.resolve(name).taxon_id][:8]
+                  for name in ("Pleurotus ostreatus", "Amanita phalloides")}
+    verdicts = {}
+    for name, photos in by_species.items():
+        assert len(photos) == 8
+        code = cli.main(["identify", *photos, "--bundle", str(certified_run["calibrated_bundle"]), "--json"])
+        doc = json.loads(capsys.readouterr().out)
+        assert code == 0 and doc["answered"] == 8
+        assert "NEVER gives permission to eat" in doc["notice"]
+        verdicts[name] = [r["verdict"] for r in doc["results"]]
+    assert verdicts["Pleurotus ostreatus"].count(EDIBLE) >= 6, verdicts  # "edible" really is said
+    assert EDIBLE not in verdicts["Amanita phalloides"], verdicts  # the death cap never is
+    code = cli.main(["identify", by_species["Pleurotus ostreatus"][0], "--bundle",
+                     str(certified_run["calibrated_bundle"])])
+    text = capsys.readouterr().out
+    assert code == 0 and "verdict:" in text and "not permission to eat" in text.lower()

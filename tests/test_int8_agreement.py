@@ -14,9 +14,12 @@ import numpy as np
 import pytest
 
 from mushroom import backbones, export, tflite_build, tflite_ranges, variants
+from mushroom.latency import LatencySetup
 
 CAFFE_NET = "caffe-convnet"
 SIZE = 48
+
+QUICK = LatencySetup(runs=2, rounds=1)  # latency is not what these tests check
 
 
 def _caffe_convnet(image_size: int, weights: str | None):
@@ -144,7 +147,7 @@ def test_fold_lifts_full_int8_agreement_and_stays_integer_only(caffe_net):
     wanted = [variants.REFERENCE, variants.FULL_INTEGER]
     reports, models = {}, {}
     for fold in (False, True):
-        models[fold], reports[fold] = quantize_model(model, representative, val, labels, wanted, latency_runs=2,
+        models[fold], reports[fold] = quantize_model(model, representative, val, labels, wanted, latency=QUICK,
                                                      fold_preprocessing=fold, profile_points=3)
     plain = reports[False]["variants"][variants.FULL_INTEGER]["agreement_with_float32"]
     folded = reports[True]["variants"][variants.FULL_INTEGER]["agreement_with_float32"]
@@ -198,7 +201,7 @@ def test_head_ranges_from_held_out_like_photos_keep_floats_answers_integer_only(
 
     model, representative, val, labels = caffe_net
     wanted = [variants.REFERENCE, variants.FULL_INTEGER, "int8_head_range"]
-    models, report = quantize_model(model, representative, val, labels, wanted, latency_runs=2, profile_points=0)
+    models, report = quantize_model(model, representative, val, labels, wanted, latency=QUICK, profile_points=0)
     probs = {}
     for name in wanted:
         (tmp_path / f"{name}.tflite").write_bytes(models[name])
@@ -289,7 +292,7 @@ def test_int8_variants_share_one_calibration_and_match_the_converters_own_path(c
     real = tflite_build.calibrate
     monkeypatch.setattr(tflite_build, "calibrate", lambda i: calls.append(1) or real(i))
     wanted = [variants.REFERENCE, "int8", "int8_io", "int8_head_range", "int8_selective"]
-    models, report = quantize_model(model, representative[:32], val, labels, wanted, latency_runs=1,
+    models, report = quantize_model(model, representative[:32], val, labels, wanted, latency=QUICK,
                                     escalation_steps=(1,), profile_points=2)
     assert len(calls) == 1 and set(models) == set(wanted) and "error_profile" in report and report["layer_errors"]
 
@@ -304,7 +307,7 @@ def test_a_recipe_reproduces_int8_head_range_and_lands_in_the_report(caffe_net, 
 
     model, representative, val, labels = caffe_net
     wanted = [variants.REFERENCE, variants.FULL_INTEGER, "int8_head_range", "int8_recipe"]
-    models, report = quantize_model(model, representative, val, labels, wanted, latency_runs=1, profile_points=0,
+    models, report = quantize_model(model, representative, val, labels, wanted, latency=QUICK, profile_points=0,
                                     recipe=HEAD_RECIPE)
     probs = {}
     for name in ("int8_head_range", "int8_recipe"):

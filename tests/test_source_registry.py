@@ -4,6 +4,7 @@ configuration, the acquire stage, the bundle's provenance, the report and identi
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -44,7 +45,8 @@ def field_guide():
     source = registry.register(registry.Source(
         "field_guide", lambda: FieldGuideSettings, collect_field_guide,
         lambda data: f"plates from the field guide {(data.get('guide') or '?')}",
-        recorded=lambda settings: {"guide": settings.get("guide")}))
+        recorded=lambda settings: {"guide": settings.get("guide")},
+        metrics=lambda dataset_dir: {"plates": float(len(list(Path(dataset_dir).glob("images/*/guide-*.jpg"))))}))
     yield source
     registry.unregister("field_guide")
 
@@ -57,7 +59,7 @@ def test_a_registered_source_runs_through_acquire_provenance_report_and_identify
 
     config = {"source": "field_guide", "species": SPECIES, "field_guide": {"photos_per_species": 4, "guide": "Gminder"}}
     metrics = stages.acquire(config, 3, tmp_path / "dataset")
-    assert metrics["photos"] == 8 and metrics["species"] == 2
+    assert metrics["photos"] == 8 and metrics["species"] == 2 and metrics["plates"] == 8  # its own metrics too
     info = json.loads((tmp_path / "dataset" / "dataset.json").read_text())
     assert info["source"] == "field_guide" and info["config"]["field_guide"]["guide"] == "Gminder"
 

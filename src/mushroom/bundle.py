@@ -51,6 +51,7 @@ LABELS = "labels.json"
 SPECIES = "species.csv"
 CALIBRATION = "calibration.json"
 METADATA = "metadata.json"
+QUANTIZATION_REPORT = "quantization_report.json"  # the quantize stage's measurements (optional)
 REQUIRED = (LABELS, SPECIES, CALIBRATION, METADATA)
 METADATA_SCHEMA_VERSION = 2  # 1: no schema_version field
 # 1: no schema_version field, a copy of the default variant; 2: the mahalanobis statistics in
@@ -477,6 +478,16 @@ class Bundle:
     def provenance(self) -> dict[str, Any]:
         """``metadata.json``'s ``provenance`` ({} for bundles written before it was recorded)."""
         return dict(self.metadata.get("provenance") or {})
+
+    def recorded_latency(self) -> tuple[dict[str, dict], dict[str, Any]] | None:
+        """The latency the quantize stage measured (:mod:`mushroom.latency`), keyed by evaluation key,
+        and how; None for a bundle without those figures (older, or not written by that stage)."""
+        path = self.root / QUANTIZATION_REPORT
+        report = read_json(path) if path.is_file() else {}
+        latency, settings = report.get("latency"), report.get("latency_settings")
+        if not latency or not settings or any(v not in latency for v in self.variants):
+            return None
+        return {registry.evaluation_key(v): latency[v] for v in self.variants}, settings
 
 
 def read_metadata(root: str | Path) -> dict[str, Any]:

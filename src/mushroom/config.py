@@ -22,8 +22,11 @@ from pydantic import (
 )
 
 from mushroom import backbones, variants
+from mushroom.calibration import DEFAULT_TARGET
 from mushroom.cluster import ClusterConfig
 from mushroom.config_base import ConfigError, Strict, format_errors
+from mushroom.latency import LATENCY_ROUNDS, LATENCY_RUNS
+from mushroom.openset import DEFAULT_KNOWN_KEPT
 from mushroom.sources import registry as source_registry
 from mushroom.sources.settings import FolderSourceConfig, INaturalistSourceConfig, SyntheticSourceConfig
 from mushroom.species import load_catalog
@@ -72,8 +75,7 @@ class DatasetConfig(Strict):
     @field_validator("source")
     @classmethod
     def _registered_source(cls, v: str) -> str:
-        if v not in source_registry.names():
-            raise ValueError(f"unknown source {v!r}; allowed: {source_registry.names()}")
+        source_registry.get(v)  # an unknown name: the registry's error, listing the allowed ones
         return v
 
     @model_validator(mode="before")
@@ -278,7 +280,6 @@ class QuantizeConfig(Strict):
     tolerance_points: float = Field(1.0, ge=0, description="allowed top-1 loss vs float32 on val, in points")
     min_agreement: float = Field(0.97, ge=0, le=1, description="required top-1 agreement with float32 on val")
     debug_samples: int = Field(64, ge=1, description="photos for the per-layer error report")
-    latency_runs: int = Field(20, ge=1)
 
     @field_validator("variants")
     @classmethod
@@ -308,6 +309,25 @@ class QuantizeConfig(Strict):
         return data
 
 
+class EvaluateConfig(Strict):
+    """What the evaluation aims for and how it measures (the run's ``evaluate:`` section).
+
+    The quantize stage times the variants (it chooses on latency) and the evaluate stage reports
+    those figures; the evaluate stage fits the safety threshold and the open-set rule with these
+    targets on the validation split.
+    """
+
+    target_dangerous_as_edible: float = Field(
+        DEFAULT_TARGET, ge=0, lt=1, description="the largest share of dangerous validation photos the edible "
+                                                "threshold may call edible (certified at 95% confidence)")
+    open_set_known_kept: float = Field(
+        DEFAULT_KNOWN_KEPT, gt=0.5, le=1, description="the share of known validation photos the open-set "
+                                                      "threshold keeps (the rest are refused as unknown)")
+    latency_runs: int = Field(LATENCY_RUNS, ge=1, description="timed runs per variant and thread count")
+    latency_rounds: int = Field(LATENCY_ROUNDS, ge=1, description=(
+        "interleaved rounds the runs are split into (every variant timed in every round)"))
+
+
 class ModelConfig(Strict):
     model_name: str
     architecture: str = Field(description="a backbone of mushroom.backbones")
@@ -317,12 +337,13 @@ class ModelConfig(Strict):
     tune: TuneConfig = TuneConfig()
     train: TrainConfig = TrainConfig()
     quantize: QuantizeConfig = Field(default_factory=QuantizeConfig)  # reads the registry when used
+    evaluate: EvaluateConfig = Field(EvaluateConfig(), description=(
+        "filled from the run's evaluate: section unless the configuration sets its own"))
 
     @field_validator("architecture")
     @classmethod
     def _architecture(cls, v: str) -> str:
-        if v not in backbones.names():
-            raise ValueError(f"unknown architecture {v!r}; allowed: {backbones.names()}")
+        backbones.get(v)  # an unknown name: the registry's error, listing the allowed ones
         return v
 
     @model_validator(mode="before")
@@ -380,6 +401,22 @@ class RunConfig(Strict):
     models: list[ModelConfig]
     publish: PublishConfig = PublishConfig()
     cluster: ClusterConfig = ClusterConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _evaluate_settings(cls, data: Any) -> Any:
+        """Each model configuration takes the run's ``evaluate:`` settings unless it sets its own (the
+        stages read them from the model configuration they are given)."""
+        if not isinstance(data, dict) or not isinstance(data.get("models"), list) or data.get("evaluate") is None:
+            return data
+        try:
+            EvaluateConfig.model_validate(data["evaluate"])
+        except ValidationError:
+            return data  # reported once, as evaluate.<field>
+        models = [{**m, "evaluate": data["evaluate"]} if isinstance(m, dict) and "evaluate" not in m else m
+                  for m in data["models"]]
+        return {**data, "models": models}
 
     @field_validator("models")
     @classmethod

@@ -73,44 +73,6 @@ def augmentation(seed: int, strength: str = "basic"):
     return keras.Sequential(layers, name="augmentation")
 
 
-def make_dataset(
-    examples: SplitExamples,
-    image_size: int,
-    batch_size: int,
-    training: bool,
-    seed: int = 42,
-    one_hot: bool = True,
-):
-    """Build a batched, cached, prefetched ``tf.data.Dataset`` of ``(pixels, label)``.
-
-    Decoding goes through :func:`mushroom.preprocess.load_image`, the same function
-    ``identify`` uses, so training and inference see identical pixels. Decoded images are
-    cached; augmentation (train only) runs after the cache so each epoch differs.
-    """
-    import tensorflow as tf
-
-    num_classes = len(examples.catalog)
-
-    def decode(path):
-        image = tf.numpy_function(lambda p: load_image(p.decode(), image_size), [path], tf.uint8)
-        image.set_shape((image_size, image_size, 3))
-        return image
-
-    ds = tf.data.Dataset.from_tensor_slices((examples.paths, examples.labels))
-    ds = ds.map(lambda p, y: (decode(p), y), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.cache()
-    if training:
-        ds = ds.shuffle(min(len(examples), 10_000), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size)
-    ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
-    if training:
-        aug = augmentation(seed)
-        ds = ds.map(lambda x, y: (aug(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
-    if one_hot:
-        ds = ds.map(lambda x, y: (x, tf.one_hot(y, num_classes)))
-    return ds.prefetch(tf.data.AUTOTUNE)
-
-
 def load_images(paths: list[str], image_size: int) -> np.ndarray:
     """Preprocess photos into one ``uint8`` array ``(n, size, size, 3)``."""
     out = np.empty((len(paths), image_size, image_size, 3), dtype=np.uint8)

@@ -36,7 +36,7 @@ import numpy as np
 from mushroom import variants as registry
 from mushroom.bundle import Bundle
 from mushroom.calibration import calibration_metrics
-from mushroom.evaluation import Evaluation, VariantEvaluation, VsReference
+from mushroom.evaluation import Evaluation, LatencySettings, VariantEvaluation, VsReference
 from mushroom.latency import LATENCY_RUNS, LATENCY_WARMUP
 from mushroom.level_eval import answer_figures
 from mushroom.metrics import (
@@ -230,7 +230,8 @@ def compare_to_reference(variants: dict[str, VariantEvaluation],
 def evaluate_predictions(test_labels: np.ndarray, test_probs: dict[str, np.ndarray], bundle: Bundle,
                          calibration: Calibration, latency: dict[str, dict] | None = None,
                          open_set: OpenSetInputs | None = None, data_source: dict[str, Any] | None = None,
-                         backbone_weights: dict[str, Any] | None = None) -> Evaluation:
+                         backbone_weights: dict[str, Any] | None = None,
+                         latency_settings: dict[str, Any] | None = None) -> Evaluation:
     """The evaluation of every variant on the test split; see the module docstring for what it holds.
 
     Args:
@@ -239,10 +240,13 @@ def evaluate_predictions(test_labels: np.ndarray, test_probs: dict[str, np.ndarr
         bundle: The bundle the TFLite variants came from (file sizes, the shipped variant).
         calibration: Fitted on the validation split (:func:`mushroom.calibrate.calibrate`), for
             every key of ``test_probs``.
-        latency: Per TFLite variant, from :func:`mushroom.latency.measure_variants_latency` (optional).
+        latency: Per TFLite variant (evaluation key), as :func:`mushroom.latency.measure_interleaved`
+            returns it (optional).
         open_set: Negatives and their probabilities: measures the open-set rule.
         data_source: What the model was trained on (the bundle's ``provenance.data``).
         backbone_weights: Where its backbone's weights came from (``provenance.backbone_weights``).
+        latency_settings: How ``latency`` was measured (the settings
+            :func:`mushroom.latency.measure_interleaved` returns); default: read off the figures.
     """
     catalog = bundle.catalog
     evaluated = {}
@@ -266,7 +270,9 @@ def evaluate_predictions(test_labels: np.ndarray, test_probs: dict[str, np.ndarr
     if backbone_weights is not None:
         evaluation.backbone_weights = backbone_weights
     evaluation.warnings = list(calibration.warnings)
-    if latency:
+    if latency and latency_settings:
+        evaluation.latency_settings = {k: v for k, v in latency_settings.items() if k in LatencySettings.model_fields}
+    elif latency:
         measured = next(iter(latency.values()))["threads_all"]
         evaluation.latency_settings = {"batch": 1, "runs": measured.get("runs", LATENCY_RUNS),
                                        "warmup": measured.get("warmup", LATENCY_WARMUP),

@@ -185,6 +185,10 @@ class LatencyStats(_Model):
     num_threads: int | None = None
     runs: int | None = None
     warmup: int | None = None
+    # 95% interval of the median, and the interleaved rounds (mushroom.latency; absent before)
+    median_low_ms: float | None = None
+    median_high_ms: float | None = None
+    rounds: int | None = None
 
 
 class Latency(_Model):
@@ -385,6 +389,12 @@ class LatencySettings(_Model):
     runs: int
     warmup: int
     threads_all: int
+    # mushroom.latency.measure_interleaved's (absent for figures timed variant by variant)
+    rounds: int | None = None
+    interleaved: bool = False
+    load_before: float | None = None
+    load_after: float | None = None
+    busy: bool = False
 
 
 class MonthPriorEffect(_Model):

@@ -20,7 +20,8 @@ import numpy as np
 
 from mushroom import export, quant_diagnostics, tflite_build, tflite_ranges
 from mushroom import variants as registry
-from mushroom.tflite import TFLiteClassifier, measure_latency
+from mushroom.latency import LatencySetup, measure_interleaved
+from mushroom.tflite import TFLiteClassifier
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +56,9 @@ class MeasuredVariant:
     model: bytes
     top1: float
     agreement: float  # share of photos with the same top-1 as float32
-    latency_ms: float
     predictions: np.ndarray  # top-1 class per validation photo
     extra: dict = field(default_factory=dict)
+    latency_ms: float = float("nan")  # 1 thread, median; measured for every candidate at the end
 
     @property
     def size_mb(self) -> float:
@@ -70,15 +71,29 @@ class MeasuredVariant:
 
 
 def _measure(name: str, model: bytes, images: np.ndarray, labels: np.ndarray, float_pred: np.ndarray | None,
-             threads: int, runs: int, extra: dict | None = None) -> MeasuredVariant:
+             threads: int, extra: dict | None = None) -> MeasuredVariant:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"{name}.tflite"
         path.write_bytes(model)
         probs = TFLiteClassifier(path, num_threads=threads).predict(images)
-        latency = measure_latency(path, images[0], num_threads=threads, runs=runs)["median_ms"]
     pred = probs.argmax(1)
     agreement = 1.0 if float_pred is None else float(np.mean(pred == float_pred))
-    return MeasuredVariant(name, model, float(np.mean(pred == labels)), agreement, latency, pred, extra or {})
+    return MeasuredVariant(name, model, float(np.mean(pred == labels)), agreement, pred, extra or {})
+
+
+def _time_candidates(candidates: dict[str, MeasuredVariant], image: np.ndarray,
+                     setup: LatencySetup) -> tuple[dict, dict]:
+    """Every candidate timed in the same interleaved rounds (:func:`mushroom.latency.measure_interleaved`);
+    sets each one's ``latency_ms`` (1 thread, median)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = {}
+        for name, c in candidates.items():
+            paths[name] = Path(tmp) / f"{name}.tflite"
+            paths[name].write_bytes(c.model)
+        latency, settings = measure_interleaved(paths, image, setup)
+    for name, c in candidates.items():
+        c.latency_ms = latency[name]["threads_1"]["median_ms"]
+    return latency, settings
 
 
 def _acceptable(c: MeasuredVariant, reference: MeasuredVariant, tolerance_points: float, min_agreement: float) -> bool:
@@ -170,7 +185,7 @@ def choose_variant(candidates: dict[str, MeasuredVariant], tolerance_points: flo
 def quantize_model(model, representative: np.ndarray, val_images: np.ndarray, val_labels: np.ndarray,
                    variants: list[str], tolerance_points: float = 1.0, min_agreement: float = 0.97,
                    escalation_steps=(1, 2, 4, 8, 16, 32, 64), debug_samples: int = 64,
-                   latency_runs: int = 20, fold_preprocessing: bool = True,
+                   latency: LatencySetup | None = None, fold_preprocessing: bool = True,
                    profile_points: int = 6, recipe=()) -> tuple[dict[str, bytes], dict]:
     """Build ``variants`` (see :mod:`mushroom.variants`), measure each on validation and choose one.
 
@@ -193,7 +208,7 @@ def quantize_model(model, representative: np.ndarray, val_images: np.ndarray, va
     candidates: dict[str, MeasuredVariant] = {}
     report: dict = {"tolerance_points": tolerance_points, "min_agreement": min_agreement,
                     "representative_samples": int(len(representative)),
-                    "validation_photos": int(len(val_images)), "latency_threads": threads}
+                    "validation_photos": int(len(val_images)), "latency_threads": 1}
     if fold_preprocessing:
         model, fold = export.fold_preprocessing(model)
         if fold is not None:
@@ -212,7 +227,7 @@ def quantize_model(model, representative: np.ndarray, val_images: np.ndarray, va
             try:
                 candidates[name] = _build_and_measure(
                     registry.get(name), inputs, val_images, val_labels, float_pred, candidates.get(registry.REFERENCE),
-                    (tolerance_points, min_agreement), threads, latency_runs)
+                    (tolerance_points, min_agreement), threads)
             except Exception as err:  # noqa: BLE001 - one optional variant must not sink the stage
                 if name in registry.REQUIRED or isinstance(err, tflite_ranges.RecipeError):
                     raise
@@ -222,8 +237,8 @@ def quantize_model(model, representative: np.ndarray, val_images: np.ndarray, va
             c = candidates[name]
             if name == registry.REFERENCE:
                 float_pred = c.predictions
-            log.info("%-15s %6.2f MB  val top-1 %.3f  agree %.3f  %.2f ms  (%.0fs)", name, c.size_mb, c.top1,
-                     c.agreement, c.latency_ms, time.monotonic() - start)
+            log.info("%-15s %6.2f MB  val top-1 %.3f  agree %.3f  (%.0fs)", name, c.size_mb, c.top1,
+                     c.agreement, time.monotonic() - start)
         if profile_points > 0 and float_pred is not None:
             start = time.monotonic()
             try:
@@ -232,6 +247,12 @@ def quantize_model(model, representative: np.ndarray, val_images: np.ndarray, va
             except Exception as err:  # noqa: BLE001 - a diagnosis must not sink the stage
                 log.warning("error profile failed: %s", str(err).splitlines()[0])
                 report.setdefault("failed", {})["error_profile"] = str(err).splitlines()[0][:300]
+    start = time.monotonic()
+    report["latency"], report["latency_settings"] = _time_candidates(candidates, val_images[0],
+                                                                     latency or LatencySetup())
+    log.info("latency (1 thread, median of %d runs in %d interleaved rounds): %s (%.0fs)",
+             report["latency_settings"]["runs"], report["latency_settings"]["rounds"],
+             ", ".join(f"{n} {c.latency_ms:.2f} ms" for n, c in candidates.items()), time.monotonic() - start)
     float_top1 = candidates[registry.REFERENCE].top1
     report["variants"] = {n: c.summary(float_top1) for n, c in candidates.items()}
     shipped_variant, reason = choose_variant(candidates, tolerance_points, min_agreement)
@@ -241,11 +262,11 @@ def quantize_model(model, representative: np.ndarray, val_images: np.ndarray, va
 
 
 def _build_and_measure(variant: registry.Variant, inputs: registry.BuildInputs, val_images, val_labels,
-                       float_pred, reference: MeasuredVariant | None, acceptance, threads, runs) -> MeasuredVariant:
+                       float_pred, reference: MeasuredVariant | None, acceptance, threads) -> MeasuredVariant:
     """Measure each attempt of ``variant``'s build until one is acceptable (else keep the last)."""
     measured = None
     for attempt, (data, facts) in enumerate(variant.build(inputs)):
-        measured = _measure(variant.name, data, val_images, val_labels, float_pred, threads, runs, facts)
+        measured = _measure(variant.name, data, val_images, val_labels, float_pred, threads, facts)
         if attempt or facts:
             log.info("%s attempt %d %s: val top-1 %.3f, agreement %.3f", variant.name, attempt + 1,
                      {k: len(v) if isinstance(v, list) else v for k, v in facts.items()}, measured.top1,
@@ -364,6 +385,19 @@ def headline_metrics(report: dict) -> dict[str, float]:
             **{f"val_top1_{name}": v["top1"] for name, v in measured.items()}}
 
 
+def latency_note(report: dict) -> str:
+    """How the report's latency was measured, in one sentence (and whether the machine was busy)."""
+    s = report.get("latency_settings")
+    if not s:
+        return f"latency with {report.get('latency_threads', '?')} thread(s), each variant timed alone."
+    note = (f"latency: 1 thread, median of {s['runs']} runs per variant in {s['rounds']} interleaved rounds "
+            f"(every variant timed in every round), after {s['warmup']} warm-up runs.")
+    if s.get("busy"):
+        note += (f" The machine was busy while timing (load average {s.get('load_before')} -> "
+                 f"{s.get('load_after')}): these figures are not comparable with a quiet run.")
+    return note
+
+
 def format_report(report: dict) -> str:
     """The quantization report as Markdown."""
     from mushroom.formatting import md_table
@@ -374,7 +408,7 @@ def format_report(report: dict) -> str:
           f"{v['agreement_with_float32']:.3f}", f"{v['latency_ms']:.2f}"] for name, v in report["variants"].items()])
     lines = ["# Quantization report", "",
              f"Validation photos: {report['validation_photos']}; representative photos: "
-             f"{report['representative_samples']}; latency with {report['latency_threads']} thread(s).", "",
+             f"{report['representative_samples']}; {latency_note(report)}", "",
              measured, "", f"**Chosen:** {report['reason']}", ""]
     if report.get("preprocessing_fold"):
         lines += [f"**Preprocessing:** {report['preprocessing_fold']} (float-equivalent; in TFLite int8 "

@@ -40,11 +40,12 @@ class Registry(Generic[T]):
         self._entries.pop(name, None)
 
     def get(self, name: str) -> T:
-        """The entry ``name``; ``ValueError`` naming the known ones otherwise."""
+        """The entry ``name``; ``ValueError`` naming the allowed ones otherwise (configuration
+        validation reports that message as it is)."""
         try:
             return self._entries[name]
         except KeyError:
-            raise ValueError(f"unknown {self.kind} {name!r}; known: {self.names()}") from None
+            raise ValueError(f"unknown {self.kind} {name!r}; allowed: {self.names()}") from None
 
     def names(self) -> list[str]:
         """Every registered name, in registration order."""

@@ -81,6 +81,7 @@ def acquire(dataset_config: dict[str, Any], seed: int, out_dir: str | Path) -> d
     downloaded instead of acquired again, and a newly built one is uploaded there.
     """
     from mushroom.sources import build_dataset
+    from mushroom.sources import registry as source_registry
     from mushroom.storage import upload_folders
 
     config = DatasetConfig.model_validate(dataset_config)
@@ -97,14 +98,7 @@ def acquire(dataset_config: dict[str, Any], seed: int, out_dir: str | Path) -> d
     metrics: dict[str, float] = {"photos": len(records), "species": len(catalog)}
     for s in catalog:
         metrics[f"photos_{s.slug}"] = sum(r.taxon_id == s.taxon_id for r in records)
-    if config.source == "inaturalist":
-        from mushroom.sources.inaturalist import acquisition_report
-
-        card = acquisition_report(out_dir)
-        for reason, count in card.get("failures_by_reason", {}).items():
-            metrics[f"failures_{reason}"] = count
-        metrics["species_short"] = len(card.get("species_short", []))
-    return metrics
+    return {**metrics, **source_registry.get(config.source).metrics(out_dir)}
 
 
 def split(dataset_dir: str | Path, split_config: dict[str, Any], seed: int, out_dir: str | Path) -> dict:
@@ -211,7 +205,8 @@ def _head_data(shards_dir: Path, splits_dir, config, seed: int, runtime, train, 
 
 
 def _training_data(shards_dir: Path, splits_dir, config, seed: int, runtime):
-    """Train and val datasets from shards, batched for the global batch, augmented as configured.
+    """The train and val shards, their datasets (batched for the global batch, train augmented as
+    configured) and the steps per epoch.
 
     With ``runtime.augment_in_model`` the train dataset is not augmented: the training model
     does it (:func:`mushroom.training.with_augmentation`).
@@ -224,7 +219,7 @@ def _training_data(shards_dir: Path, splits_dir, config, seed: int, runtime):
     augment = None if runtime.augment_in_model else augmentation(seed, config.train.augmentation)
     train_ds = shard_dataset(train, batch, training=True, seed=seed, augment=augment)
     val_ds = shard_dataset(val, batch, training=False, seed=seed)
-    return train, train_ds, val_ds, -(-len(train) // batch)
+    return train, val, train_ds, val_ds, -(-len(train) // batch)
 
 
 def tune(dataset_dir, splits_dir, model_config: dict[str, Any], seed: int, out_dir: str | Path,
@@ -245,9 +240,8 @@ def tune(dataset_dir, splits_dir, model_config: dict[str, Any], seed: int, out_d
         _seed_everything(seed)
         with _shards(dataset_dir, splits_dir, config.image_size, shards_dir) as shards, \
                 tempfile.TemporaryDirectory(prefix="mushroom-tuner-") as work:
-            train, train_ds, val_ds, _ = _training_data(shards, splits_dir, config, seed, runtime)
-            head_data = _head_data(shards, splits_dir, config, seed, runtime, train,
-                                   _open_shards(shards, splits_dir, ("val",), config.image_size)[0])
+            train, val, train_ds, val_ds, _ = _training_data(shards, splits_dir, config, seed, runtime)
+            head_data = _head_data(shards, splits_dir, config, seed, runtime, train, val)
             if head_data is not None:
                 train_ds, val_ds = head_data
             hp, trials = tune_hyperparameters(config, train.num_classes, train_ds, val_ds, work, seed, runtime,
@@ -276,10 +270,10 @@ def train(dataset_dir, splits_dir, hyperparameters_dir, model_config: dict[str, 
         runtime = resolve_runtime(config.train, seed)  # an impossible setting stops here, before any work
         _seed_everything(seed)
         with _shards(dataset_dir, splits_dir, config.image_size, shards_dir) as shards:
-            train_split, train_ds, val_ds, steps = _training_data(shards, splits_dir, config, seed, runtime)
+            train_split, val_split, train_ds, val_ds, steps = _training_data(shards, splits_dir, config, seed,
+                                                                             runtime)
             log.info("train: %d train photos, %d classes, %s", len(train_split), train_split.num_classes, hp)
-            head_data = _head_data(shards, splits_dir, config, seed, runtime, train_split,
-                                   _open_shards(shards, splits_dir, ("val",), config.image_size)[0])
+            head_data = _head_data(shards, splits_dir, config, seed, runtime, train_split, val_split)
             model, history = train_model(config, train_split.num_classes, hp, train_ds, val_ds, runtime,
                                          train_split.labels, steps, seed, head_data)
         tmp = out_dir / f".tmp-{KERAS_MODEL}"
@@ -321,7 +315,8 @@ def quantize(dataset_dir, splits_dir, model_dir, model_config: dict[str, Any], s
     default variant was chosen. Photos (the representative train sample and the validation
     split) come from ``shards_dir`` (the prepare stage), else from shards made here.
     """
-    from mushroom.bundle import build_provenance, write_bundle
+    from mushroom.bundle import QUANTIZATION_REPORT, build_provenance, write_bundle
+    from mushroom.latency import LatencySetup
     from mushroom.models import load_model
     from mushroom.quantize import format_report, headline_metrics, quantize_model, representative_indices
     from mushroom.shards import shard_arrays
@@ -342,7 +337,8 @@ def quantize(dataset_dir, splits_dir, model_dir, model_config: dict[str, Any], s
         model = load_model(Path(model_dir) / KERAS_MODEL)
         models, report = quantize_model(
             model, representative, val_images, val.labels, q.variants,
-            q.tolerance_points, q.min_agreement, debug_samples=q.debug_samples, latency_runs=q.latency_runs,
+            q.tolerance_points, q.min_agreement, debug_samples=q.debug_samples,
+            latency=LatencySetup(runs=config.evaluate.latency_runs, rounds=config.evaluate.latency_rounds),
             recipe=[rule.model_dump() for rule in q.recipe])
         extra = {"representative_samples": int(len(picked)), "choice_reason": report["reason"]}
         image = {key: os.environ[var] for key, var in IMAGE_ENV.items() if os.environ.get(var)}
@@ -355,7 +351,7 @@ def quantize(dataset_dir, splits_dir, model_dir, model_config: dict[str, Any], s
         write_bundle(out_dir, models, train_split.catalog, config.model_dump(), extra,
                      shipped_variant=report["chosen"])
         _copy_month_prior(model_dir, out_dir, train_split.catalog)
-        write_json_atomic(out_dir / "quantization_report.json", report)
+        write_json_atomic(out_dir / QUANTIZATION_REPORT, report)
         write_text_atomic(out_dir / "quantization_report.md", format_report(report))
         log.info("quantize: wrote bundle %s", out_dir)
     return headline_metrics(report)
@@ -390,23 +386,27 @@ def evaluate(dataset_dir, splits_dir, model_dir, bundle_dir, out_dir: str | Path
     ``summary.md`` and ``plots/``. Writes to ``calibrated_bundle_dir`` a copy of the bundle
     with the calibration (:func:`mushroom.bundle.write_calibration`).
 
+    The targets come from the configuration the bundle records (its ``evaluate:`` settings,
+    :class:`mushroom.config.EvaluateConfig`); the latency is the quantize stage's measurement,
+    recorded in the bundle (:meth:`mushroom.bundle.Bundle.recorded_latency`), so the report shows
+    the figures the choice was made on; a bundle without them is timed here the same way.
+
     Args:
-        latency_runs: Timed runs per latency measurement (default 30, or
-            ``MUSHROOM_LATENCY_RUNS``).
-        target_dangerous_as_edible: The dangerous-as-edible rate allowed on the validation
-            split when choosing the edible threshold (default 0.005).
+        latency_runs: Timed runs per variant, for a bundle whose latency is not recorded (default:
+            the configuration's ``evaluate.latency_runs``, or ``MUSHROOM_LATENCY_RUNS``).
+        target_dangerous_as_edible: Overrides the configuration's dangerous-as-edible rate allowed
+            on the validation split when choosing the edible threshold (default 0.005).
         shards_dir: The prepare stage's shards, where the validation, test and train photos
             (pixels and stored sizes) come from; None: shards made here. The unknown-species
             photos (never split) are decoded from their files.
     """
     from mushroom.bundle import read_bundle, write_calibration, write_month_prior
     from mushroom.calibrate import OPEN_SET_TRAIN_PHOTOS, OpenSetFitting, calibrate
-    from mushroom.calibration import DEFAULT_TARGET
     from mushroom.datasets import balanced_sample, load_unknown
     from mushroom.evaluate import OpenSetInputs, evaluate_predictions, predict_variants
     from mushroom.evaluation import write_evaluation
     from mushroom.flat_metrics import flatten_metrics
-    from mushroom.latency import measure_variants_latency
+    from mushroom.latency import LatencySetup, measure_variants_latency
     from mushroom.models import load_model
     from mushroom.negatives import gather_negatives
     from mushroom.preprocess import read_photo
@@ -414,12 +414,14 @@ def evaluate(dataset_dir, splits_dir, model_dir, bundle_dir, out_dir: str | Path
     from mushroom.shards import shard_arrays
     from mushroom.tracking import log_evaluation
 
-    target = DEFAULT_TARGET if target_dangerous_as_edible is None else float(target_dangerous_as_edible)
-    if not 0.0 <= target < 1.0:
-        raise ValueError(f"target_dangerous_as_edible must be in [0, 1), got {target}")
     out_dir = Path(out_dir)
     with _timed("evaluate"), ExitStack() as stack:
         bundle = read_bundle(bundle_dir)
+        settings = _evaluate_settings(bundle.metadata.get("model_config"))
+        target = settings.target_dangerous_as_edible if target_dangerous_as_edible is None \
+            else float(target_dangerous_as_edible)
+        if not 0.0 <= target < 1.0:
+            raise ValueError(f"target_dangerous_as_edible must be in [0, 1), got {target}")
         shards = stack.enter_context(_shards(dataset_dir, splits_dir, bundle.image_size, shards_dir))
         (train_split, train_shards), (val, val_shards), (test, test_shards) = _splits_with_shards(
             dataset_dir, splits_dir, shards, ("train", "val", "test"), bundle.image_size)
@@ -453,16 +455,19 @@ def evaluate(dataset_dir, splits_dir, model_dir, bundle_dir, out_dir: str | Path
         negative_probs = {k: by_kind(p["negatives"]) for k, p in predicted.probs.items()}
         negative_features = {k: by_kind(f["negatives"]) for k, f in predicted.features.items()}
         calibration = calibrate(val.labels, val_probs, bundle.catalog, target, OpenSetFitting(
-            negatives, negative_probs, val_features={k: f["known"][:n_val] for k, f in predicted.features.items()},
+            negatives, negative_probs, settings.open_set_known_kept,
+            val_features={k: f["known"][:n_val] for k, f in predicted.features.items()},
             negative_features=negative_features, train_features={k: f["train"] for k, f in predicted.features.items()},
             train_labels=train_split.labels[picked]))
-        latency = measure_variants_latency(bundle, images[n_val], latency_runs)
+        latency, latency_settings = bundle.recorded_latency() or measure_variants_latency(
+            bundle, images[n_val], LatencySetup(runs=latency_runs or settings.latency_runs,
+                                                rounds=settings.latency_rounds))
         open_set = OpenSetInputs(negatives, negative_probs, _gate(images[n_val:], test_shards.photo_sizes),
                                  test_features={k: f["known"][n_val:] for k, f in predicted.features.items()},
                                  negative_features=negative_features)
         data_source = bundle.provenance.get("data") or _dataset_source(dataset_dir)
         result = evaluate_predictions(test.labels, test_probs, bundle, calibration, latency, open_set, data_source,
-                                      bundle.provenance.get("backbone_weights"))
+                                      bundle.provenance.get("backbone_weights"), latency_settings)
         judged_prior = _judge_month_prior(bundle, splits_dir, calibration, (val.labels, val_probs),
                                           (test.labels, test_probs), result)
         path = write_evaluation(result, out_dir)
@@ -484,6 +489,14 @@ def evaluate(dataset_dir, splits_dir, model_dir, bundle_dir, out_dir: str | Path
         log_evaluation(result, flatten_metrics(result), report, calibrated_bundle_dir,
                        bundle.metadata.get("model_config"))
     return result
+
+
+def _evaluate_settings(model_config: dict | None):
+    """The ``evaluate:`` settings a bundle's recorded configuration holds (defaults where it holds
+    none: bundles written before the section existed, or by hand)."""
+    from mushroom.config import EvaluateConfig
+
+    return EvaluateConfig.model_validate((model_config or {}).get("evaluate") or {})
 
 
 def _judge_month_prior(bundle, splits_dir, calibration, val: tuple, test: tuple, result: Evaluation):

@@ -56,7 +56,12 @@ def _prf(scores: DecisionScores | SpeciesRow) -> str:
 
 
 def _median_p90(stats: LatencyStats | None) -> str:
-    return DASH + " / " + DASH if stats is None else f"{fmt(stats.median_ms, 2)} / {fmt(stats.p90_ms, 2)}"
+    """``median (95% interval of the median) / p90``; the interval where it was measured."""
+    if stats is None:
+        return DASH + " / " + DASH
+    interval = (f" ({fmt(stats.median_low_ms, 2)}-{fmt(stats.median_high_ms, 2)})"
+                if stats.median_low_ms is not None and stats.median_high_ms is not None else "")
+    return f"{fmt(stats.median_ms, 2)}{interval} / {fmt(stats.p90_ms, 2)}"
 
 
 # --- what the tables show --------------------------------------------------------------------
@@ -112,7 +117,12 @@ def settings_line(evaluation: Evaluation) -> str:
     if e.latency_settings:
         s = e.latency_settings
         line += (f" Latency: batch 1, {s.warmup} warm-up and {s.runs} timed runs, 1 thread and "
-                 f"{s.threads_all} threads.")
+                 f"{s.threads_all} threads")
+        line += (f", every variant timed in each of {s.rounds} interleaved rounds by the quantize stage (the "
+                 "figures its choice was made on)." if s.interleaved else ".")
+        if s.busy:
+            line += (f" The machine was busy while timing (load average {fmt(s.load_before, 1)} -> "
+                     f"{fmt(s.load_after, 1)}): these latencies are not comparable with a quiet run.")
     return line
 
 
@@ -299,8 +309,8 @@ def policy_table(evaluation: Evaluation) -> Table:
 
 def speed_table(evaluation: Evaluation) -> Table:
     """File size and CPU latency of every TFLite variant, and their ratios to float32."""
-    header = ["variant", "size MB", "size vs float32", "1 thread median / p90 ms",
-              "all cores median / p90 ms", "latency vs float32 (1 thread / all)"]
+    header = ["variant", "size MB", "size vs float32", "1 thread median (95% interval) / p90 ms",
+              "all cores median (95% interval) / p90 ms", "latency vs float32 (1 thread / all)"]
     rows = []
     for key, v in evaluation.ordered().items():
         if v.size_mb is None:

@@ -37,6 +37,8 @@ class Source:
             the settings (e.g. iNaturalist's place and licences).
         settings_required: The settings have no defaults: ``dataset.<name>:`` must be given.
         synthetic: Not photos of mushrooms (a banner in the report and in ``identify``).
+        metrics: ``metrics(dataset_dir)`` -> extra acquire-stage metrics of a built dataset (e.g.
+            iNaturalist's failures by reason), beside the photo counts every source reports.
     """
 
     name: str
@@ -46,13 +48,14 @@ class Source:
     recorded: Callable[[dict[str, Any]], dict[str, Any]] = field(default=lambda settings: {})
     settings_required: bool = False
     synthetic: bool = False
+    metrics: Callable[[Any], dict[str, float]] = field(default=lambda dataset_dir: {})
 
     def settings_model(self):
         """The settings' pydantic model class."""
         return self.settings()
 
 
-_REGISTRY: Registry[Source] = Registry("dataset.source")
+_REGISTRY: Registry[Source] = Registry("source")
 register = _REGISTRY.register
 unregister = _REGISTRY.unregister
 get = _REGISTRY.get
@@ -107,6 +110,14 @@ def _settings_model(class_name: str) -> Callable[[], Any]:
     return model
 
 
+def _inaturalist_metrics(dataset_dir) -> dict[str, float]:
+    from mushroom.sources.inaturalist import acquisition_report
+
+    card = acquisition_report(dataset_dir)
+    return {**{f"failures_{reason}": count for reason, count in card.get("failures_by_reason", {}).items()},
+            "species_short": len(card.get("species_short", []))}
+
+
 def _settings(data: dict[str, Any], name: str) -> dict[str, Any]:
     return ((data.get("config") or {}).get(name)) or {}
 
@@ -128,7 +139,8 @@ for _source in (
            _describe_folder, recorded=lambda settings: {"root": settings.get("root")}, settings_required=True),
     Source("inaturalist", _settings_model("INaturalistSourceConfig"), _collect_inaturalist,
            _describe_inaturalist,
-           recorded=lambda settings: {k: settings.get(k) for k in ("place_id", "quality_grade", "licenses")}),
+           recorded=lambda settings: {k: settings.get(k) for k in ("place_id", "quality_grade", "licenses")},
+           metrics=_inaturalist_metrics),
 ):
     register(_source)
 del _source

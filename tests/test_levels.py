@@ -69,7 +69,7 @@ def test_levels_name_the_species_the_genus_of_two_species_or_neither():
     assert answer_levels(probs, Genera.of(CATALOG), never).level.tolist() == [ABSTAIN] * 4
 
 
-def test_genus_threshold_is_fitted_on_photos_the_species_threshold_leaves():
+def test_thresholds_are_the_lowest_right_90_percent_of_the_time_and_never_below_90_percent():
     # 10 confident, right species answers; 10 photos split between the two Amanitas (the top one
     # wrong half the time, the genus always right); 4 unsure photos of the Boletus whose top genus
     # is Amanita at 0.5.
@@ -81,8 +81,8 @@ def test_genus_threshold_is_fitted_on_photos_the_species_threshold_leaves():
     rule = fit_levels(labels, probs, CATALOG, target=0.9, min_photos=5)
     # Species: at 0.96 all 10 right; at 0.5 the Amanita photos bring it to 15 of 20 (75%).
     assert rule.species_threshold == pytest.approx(0.96)
-    # Genus, on the 14 photos left: Amanita at 0.92 is right for all 10; at 0.5 the Boletus photos
-    # (their top genus is Amanita at 0.5) bring it to 10 of 14 (71%).
+    # Genus, on the 19 photos with Amanita on top: at 0.92 right for all 15; at 0.5 the Boletus
+    # photos (their top genus is Amanita at 0.5) bring it to 15 of 19 (79%).
     assert rule.genus_threshold == pytest.approx(0.92)
     assert rule.fitted and rule.target == 0.9 and rule.notes == ()
     val = rule.validation
@@ -94,6 +94,11 @@ def test_genus_threshold_is_fitted_on_photos_the_species_threshold_leaves():
         # Every photo named at species level: half the split Amanitas are wrong (the unsure
         # Boletus photos have Boletus on top, right) -> 5 wrong of 24.
         {"answered": "species for every photo", "coverage": 1.0, "risk": pytest.approx(5 / 24)}]
+    # Every validation photo named right, all of them unsure: the validation average alone would name
+    # them all; the calibrated probability must still reach the target.
+    easy = fit_levels(np.array([MUSCARIA] * 6), rows(*[[0.6, 0.1, 0.1, 0.2]] * 6), CATALOG)
+    assert easy.species_threshold == 0.9 and easy.genus_threshold == 0.9
+    assert easy.validation["abstain"]["photos"] == 6
     # A catalog without a genus of two species: no genus answers, and the reason recorded.
     single = Catalog([s for s in CATALOG if s.scientific_name != "Amanita phalloides"])
     lone = fit_levels(np.array([0, 1, 2] * 4), np.tile(np.eye(3) * 0.9 + 0.1 / 3, (4, 1)), single, min_photos=1)

@@ -11,12 +11,23 @@ probabilities (after the quality gate and the open-set rule, which refuse first)
 - ``abstain``: neither is certain enough.
 
 The thresholds are fitted per variant on the validation split, at the variant's fitted
-temperature (:func:`fit_levels`), with one rule for both: the **lowest** threshold at which the
-answers given are right at least :data:`DEFAULT_LEVEL_TARGET` (90%) of the time on the
-validation photos, over at least :data:`MIN_LEVEL_PHOTOS` answered photos; the genus threshold
-on the photos the species threshold leaves unanswered. Where no threshold reaches the target,
-that level is never answered (threshold None). The precision is the observed one on a few
-hundred photos or fewer: a rough guide, not a certified bound like the edible threshold's.
+temperature (:func:`fit_levels`), with one rule for both levels and a target of
+:data:`DEFAULT_LEVEL_TARGET` (90%):
+
+- the calibrated probability itself must reach the target: a species (genus) is named only
+  when the model, calibrated on validation, gives it at least a 90% chance. This is what keeps
+  a photo torn between two Amanitas from being named as either: a threshold chosen on the
+  average alone would let the many easy photos carry the hard ones (on the demo, 97% of
+  validation photos are named right with no threshold at all);
+- and the threshold must be at least the **lowest** one at which that level's answers were right
+  90% of the time on validation, over at least :data:`MIN_LEVEL_PHOTOS` answers: the guard
+  against a calibration that flatters. For the species, the validation photos' top species;
+  for the genus, every validation photo whose most probable genus holds two or more catalog
+  species (the genus answers themselves are too few to fit on).
+
+Where no threshold reaches the target on validation, that level is never answered (threshold
+None). The precision is the observed one on a few hundred photos or fewer: a rough guide, not a
+certified bound like the edible threshold's.
 
 A calibration written before levels existed has no :class:`LevelRule` (``fitted`` False):
 every answer names its species, as before, and there are no genus answers.
@@ -179,19 +190,20 @@ def fit_levels(labels: np.ndarray, probs: np.ndarray, catalog: Catalog, target: 
     if species_t is None:
         notes.append(f"no species threshold names a species rightly {target:.0%} of the time on at least "
                      f"{min_photos} validation photos: no species answers")
-    left = np.ones(len(labels), bool) if species_t is None else found.species_probability < species_t
-    eligible = left & genera.several[found.top_genus]
     genus_t = None
+    eligible = genera.several[found.top_genus]
     if not genera.several.any():
         notes.append("no genus holds two or more of the catalog's species: no genus answers")
     else:
         genus_t = lowest_threshold(found.genus_probability[eligible],
                                    (found.top_genus == genera.of_class[labels])[eligible], target, min_photos)
         if genus_t is None:
-            notes.append(f"{int(eligible.sum())} validation photos left by the species threshold have a genus of two "
-                         f"or more species on top; no genus threshold names it rightly {target:.0%} of the time on "
-                         f"at least {min_photos} of them: no genus answers")
-    rule = LevelRule(species_t, genus_t, True, target, min_photos, tuple(notes))
+            notes.append(f"{int(eligible.sum())} validation photos have a genus of two or more species on top; no "
+                         f"genus threshold names it rightly {target:.0%} of the time on at least {min_photos} of "
+                         "them: no genus answers")
+    floor = float(target)  # the calibrated probability itself must reach the target
+    rule = LevelRule(None if species_t is None else max(species_t, floor),
+                     None if genus_t is None else max(genus_t, floor), True, target, min_photos, tuple(notes))
     return replace(rule, validation=level_figures(labels, probs, catalog, rule))
 
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from mushroom import variants as registry
 from mushroom.report.dates import dates_part
+from mushroom.report.levels import levels_part
 from mushroom.report.tables import (
     SAME_NOTE,
     SECTIONS,
@@ -69,7 +70,7 @@ def render_html(evaluation: Evaluation, plots: dict[str, Plot]) -> str:
                    tables={**section_tables(evaluation), **openset_tables(evaluation)},
                    species_tables=species_tables(evaluation),
                    images={stem: _image(plot) for stem, plot in plots.items()},
-                   verdict=verdict(evaluation), glossary=GLOSSARY,
+                   verdict=verdict(evaluation), glossary=GLOSSARY, levels=levels_part(evaluation),
                    same_rows=same_rows(evaluation), same_note=SAME_NOTE,
                    dates=dates_part(evaluation, sources.is_synthetic(evaluation.data_source)))
 
@@ -94,4 +95,5 @@ def render_comparison_html(tables: ComparisonTables, plot: Plot, choice: Choice,
                    tables=tables, image=_image(plot), verdict=card, noise=noise, glossary=GLOSSARY,
                    data_source=data_source_line(evaluation) if evaluation is not None else "",
                    synthetic_source=evaluation is not None and sources.is_synthetic(evaluation.data_source),
-                   warnings=(evaluation.warnings or []) if evaluation is not None else [])
+                   warnings=(evaluation.warnings or []) if evaluation is not None else [],
+                   levels=None if evaluation is None else levels_part(evaluation))

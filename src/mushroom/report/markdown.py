@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from mushroom.formatting import md_table
 from mushroom.report.dates import dates_part
+from mushroom.report.levels import levels_markdown, levels_part
 from mushroom.report.tables import (
     SECTIONS,
     data_source_line,
@@ -39,6 +40,8 @@ def render_summary(evaluation: Evaluation) -> str:
             if section == "open_set" and check:
                 lines += [check, ""]
             lines.append(md_table(tables[section].header, tables[section].rows))
+        if section == "policy":
+            lines += levels_markdown(levels_part(evaluation))
     dates = dates_part(evaluation, sources.is_synthetic(evaluation.data_source))
     if dates is not None:
         lines += ["", f"## {dates.table.title}", "", f"{dates.headline} {dates.decision}", "",

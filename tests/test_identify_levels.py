@@ -197,6 +197,8 @@ def test_a_photo_uncertain_between_the_amanitas_gets_a_genus_answer(trained_run,
     assert result["genus"]["genus"] == "Amanita" and result["genus"]["worst_edibility"] == "deadly"
     assert result["genus"]["species"] == ["Amanita muscaria", "Amanita phalloides"]
     assert doc["levels"] == {"species": 0, "genus": 1, "abstain": 0}
+    assert doc["bundle"]["levels"]["genus_threshold"] == rule.genus_threshold  # the thresholds applied
+    assert doc["bundle"]["levels"]["species_threshold"] == rule.species_threshold
 
 
 def test_evaluation_reports_levels_and_fungiclef_costs_from_the_real_outputs(trained_run, bundle_dir):

@@ -367,6 +367,8 @@ class Identifier:
             "data_source": bundle_data_source(meta),
             "synthetic_banner": SYNTHETIC_BANNER if self.synthetic else None,
             "policy": self.policy.to_dict(),
+            "levels": None if self.levels is None else {k: v for k, v in self.levels.to_dict().items()
+                                                        if k != "validation"},
             "open_set": None if rule is None else {k: v for k, v in rule.to_dict().items() if k != "prototypes"},
             "open_set_check": {"available": self.open_set_unavailable is None, "reason": self.open_set_unavailable},
             "quality_gate": self.quality_gate,

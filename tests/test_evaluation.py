@@ -476,7 +476,10 @@ def test_report_files_are_written(trained_run):
 def test_compare_tabulates_variants_and_picks_on_validation(trained_run, tmp_path):
     from mushroom import stages
 
-    # A second configuration: the same run under another name, with a better int8 top-1.
+    # A second configuration: the same run under another name, with a better int8 top-1 (shares stay
+    # within [0, 1]: the first run's is lowered where the model is too accurate to raise it).
+    first_eval = tmp_path / "eval-a"
+    shutil.copytree(trained_run["evaluation"], first_eval)
     other_eval, other_bundle = tmp_path / "eval-b", tmp_path / "bundle-b"
     shutil.copytree(trained_run["evaluation"], other_eval)
     shutil.copytree(trained_run["calibrated_bundle"], other_bundle)
@@ -484,14 +487,19 @@ def test_compare_tabulates_variants_and_picks_on_validation(trained_run, tmp_pat
     e["model_name"] = "tiny-b"
     shipped_variant = e["shipped_variant"]
     figures = e["variants"][f"tflite_{shipped_variant}"]  # the JSON file: better on validation, worse on test
-    figures["validation"]["top1"] = figures["validation"]["top1"] + 0.1
+    val_top1 = figures["validation"]["top1"]
+    figures["validation"]["top1"] = min(1.0, val_top1 + 0.1)
     figures["top1"] = 0.0
     (other_eval / "evaluation.json").write_text(json.dumps(e))
+    first = read_json(first_eval / "evaluation.json")
+    lowered = min(val_top1, figures["validation"]["top1"] - 0.1)
+    first["variants"][f"tflite_{shipped_variant}"]["validation"]["top1"] = lowered
+    (first_eval / "evaluation.json").write_text(json.dumps(first))
     meta = read_json(other_bundle / "metadata.json")
     meta["model_name"] = "tiny-b"
     (other_bundle / "metadata.json").write_text(json.dumps(meta))
 
-    text = stages.compare([trained_run["evaluation"], other_eval],
+    text = stages.compare([first_eval, other_eval],
                           [trained_run["calibrated_bundle"], other_bundle],
                           tmp_path / "best_bundle", tmp_path / "best_eval")
     assert f"Chosen: **tiny-b**, variant **{shipped_variant}**" in text

@@ -518,9 +518,10 @@ def _judge_month_prior(bundle, splits_dir, calibration, val: tuple, test: tuple,
     judged, effect = evaluate_prior(prior, bundle.catalog, variant, calibration.variant(variant).policy,
                                     (val[0], val[1][key], months["val"]), (test[0], test[1][key], months["test"]))
     result.month_prior = effect
-    log.info("evaluate: month prior %s (%s); test top-1 on %d dated photos changes by %s points",
+    change = effect["test"]["top1_change"]
+    log.info("evaluate: month prior %s (%s); with it, test top-1 on %d dated photos would change by %s points",
              "kept" if judged.in_use else "left out", judged.decision.reason, effect["test"]["dated"],
-             effect["test"]["top1_change"])
+             "?" if change is None else f"{change:+.1f}")
     return judged
 
 

@@ -56,9 +56,9 @@ class MeasuredVariant:
     model: bytes
     top1: float
     agreement: float  # share of photos with the same top-1 as float32
+    latency_ms: float  # 1 thread, median: every candidate is timed at the end (nan until then)
     predictions: np.ndarray  # top-1 class per validation photo
     extra: dict = field(default_factory=dict)
-    latency_ms: float = float("nan")  # 1 thread, median; measured for every candidate at the end
 
     @property
     def size_mb(self) -> float:
@@ -78,7 +78,7 @@ def _measure(name: str, model: bytes, images: np.ndarray, labels: np.ndarray, fl
         probs = TFLiteClassifier(path, num_threads=threads).predict(images)
     pred = probs.argmax(1)
     agreement = 1.0 if float_pred is None else float(np.mean(pred == float_pred))
-    return MeasuredVariant(name, model, float(np.mean(pred == labels)), agreement, pred, extra or {})
+    return MeasuredVariant(name, model, float(np.mean(pred == labels)), agreement, float("nan"), pred, extra or {})
 
 
 def _time_candidates(candidates: dict[str, MeasuredVariant], image: np.ndarray,

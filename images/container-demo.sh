@@ -24,51 +24,22 @@ py="${PY:-.venv/bin/python}"
 config="${CONFIG:-pipelines/configs/demo.yaml}"
 out="${OUT:-outputs/container-demo}"
 local_base="${LOCAL_BASE_IMAGE:-mushroom-base:3.11-bookworm}"
-default_base="$(sed -n 's/^ARG BASE_IMAGE=//p' images/Dockerfile)"
-pip_version="$(sed -n 's/^ARG PIP_VERSION=//p' images/Dockerfile)"
 started=$SECONDS
-
-step() { printf '\n==> [%4ds] %s\n' "$((SECONDS - started))" "$*"; }
+# shellcheck source=images/image-steps.sh
+source images/image-steps.sh
 
 step "Docker daemon"
-if ! docker info >/dev/null 2>&1; then
-  if [[ $(id -u) -ne 0 ]] || ! command -v dockerd >/dev/null; then
-    echo "error: no Docker daemon answers; start one (as root: dockerd &) and rerun" >&2
-    exit 2
-  fi
-  echo "no daemon answers: starting dockerd in the background (log /var/log/mushroom-dockerd.log)"
-  setsid dockerd >/var/log/mushroom-dockerd.log 2>&1 < /dev/null &
-  for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
-  docker info >/dev/null 2>&1 || { echo "error: dockerd did not come up; see /var/log/mushroom-dockerd.log" >&2; exit 2; }
-fi
+ensure_docker_daemon
 docker version --format 'client {{.Client.Version}}, daemon {{.Server.Version}}'
 "$py" -c 'import docker' 2>/dev/null || {
   echo "error: the docker Python package is missing: $py -m pip install -e '.[container]'" >&2; exit 2; }
 
 step "Base image"
-if docker image inspect "$default_base" >/dev/null 2>&1 || timeout 120 docker pull "$default_base"; then
-  base="$default_base"
-else
-  echo "cannot pull $default_base: using the local base image $local_base"
-  if ! docker image inspect "$local_base" >/dev/null 2>&1; then
-    images/build-base-image.sh "$local_base"
-  fi
-  base="$local_base"
-fi
+base_image images/Dockerfile "$local_base"
 echo "base image: $base"
 
 step "Wheelhouse (images/wheelhouse/): the pipeline extra for $("$py" -c 'import platform, sys; print(sys.implementation.name, platform.python_version(), platform.machine())')"
-mkdir -p "$out"
-build_requires="$("$py" -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"]))')"
-mapfile -t build_requires <<< "$build_requires"
-if ! "$py" -m pip wheel --quiet --prefer-binary --wheel-dir images/wheelhouse \
-    ".[pipeline]" "pip==$pip_version" "${build_requires[@]}" > "$out/wheelhouse.log" 2>&1; then
-  grep -v 'is ignored: it is neither' "$out/wheelhouse.log" | tail -30 >&2
-  echo "error: pip wheel failed (full log: $out/wheelhouse.log)" >&2
-  exit 1
-fi
-rm -f images/wheelhouse/quantized_mushroom-*.whl  # the image builds the project from src/
-echo "$(find images/wheelhouse -name '*.whl' | wc -l) wheels, $(du -sh images/wheelhouse | cut -f1)"
+wheelhouse images/Dockerfile pipeline
 
 step "Build $image from images/Dockerfile (BASE_IMAGE=$base, PIP_NO_INDEX=1)"
 # The classic builder: Debian's docker.io has no BuildKit frontend that works offline.

@@ -24,46 +24,19 @@ image="${IMAGE:-ghcr.io/quantized-mushroom/mushroom}:${tag}-gpu"
 py="${PY:-.venv/bin/python}"
 out="${OUT:-outputs/gpu-image}"
 local_base="${LOCAL_BASE_IMAGE:-mushroom-base:3.11-bookworm}"
-default_base="$(sed -n 's/^ARG BASE_IMAGE=//p' images/Dockerfile.gpu)"
-pip_version="$(sed -n 's/^ARG PIP_VERSION=//p' images/Dockerfile.gpu)"
 read -r -a run_args <<< "${GPU_RUN_ARGS:-}"
 started=$SECONDS
-
-step() { printf '\n==> [%4ds] %s\n' "$((SECONDS - started))" "$*"; }
+# shellcheck source=images/image-steps.sh
+source images/image-steps.sh
 
 step "Docker daemon"
-if ! docker info >/dev/null 2>&1; then
-  if [[ $(id -u) -ne 0 ]] || ! command -v dockerd >/dev/null; then
-    echo "error: no Docker daemon answers; start one (as root: dockerd &) and rerun" >&2
-    exit 2
-  fi
-  echo "no daemon answers: starting dockerd in the background (log /var/log/mushroom-dockerd.log)"
-  setsid dockerd >/var/log/mushroom-dockerd.log 2>&1 < /dev/null &
-  for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
-  docker info >/dev/null 2>&1 || { echo "error: dockerd did not come up; see /var/log/mushroom-dockerd.log" >&2; exit 2; }
-fi
+ensure_docker_daemon
 
 step "Base image"
-if docker image inspect "$default_base" >/dev/null 2>&1 || timeout 120 docker pull "$default_base"; then
-  base="$default_base"
-else
-  echo "cannot pull $default_base: using the local base image $local_base"
-  docker image inspect "$local_base" >/dev/null 2>&1 || images/build-base-image.sh "$local_base"
-  base="$local_base"
-fi
+base_image images/Dockerfile.gpu "$local_base"
 
 step "Wheelhouse (images/wheelhouse/): the gpu extra"
-mkdir -p "$out"
-build_requires="$("$py" -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"]))')"
-mapfile -t build_requires <<< "$build_requires"
-if ! "$py" -m pip wheel --quiet --prefer-binary --wheel-dir images/wheelhouse \
-    ".[gpu]" "pip==$pip_version" "${build_requires[@]}" > "$out/wheelhouse.log" 2>&1; then
-  grep -v 'is ignored: it is neither' "$out/wheelhouse.log" | tail -30 >&2
-  echo "error: pip wheel failed (full log: $out/wheelhouse.log)" >&2
-  exit 1
-fi
-rm -f images/wheelhouse/quantized_mushroom-*.whl  # the image builds the project from src/
-echo "$(find images/wheelhouse -name '*.whl' | wc -l) wheels, $(du -sh images/wheelhouse | cut -f1)"
+wheelhouse images/Dockerfile.gpu gpu
 
 step "Build $image from images/Dockerfile.gpu (BASE_IMAGE=$base, PIP_NO_INDEX=1; log $out/build.log)"
 DOCKER_BUILDKIT="${DOCKER_BUILDKIT:-0}" docker build -f images/Dockerfile.gpu \

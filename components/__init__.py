@@ -13,16 +13,18 @@ from components.publish import publish_bundle
 from components.quantize import quantize_to_bundle
 from components.split import split_dataset
 from components.train import train_classifier
-from components.tune import tune_model
+from components.tune import plan_trials, select_trials, train_trial
 
 __all__ = [
     "acquire_dataset",
     "compare_models",
     "evaluate_model",
+    "plan_trials",
     "prepare_shards",
     "publish_bundle",
     "quantize_to_bundle",
+    "select_trials",
     "split_dataset",
     "train_classifier",
-    "tune_model",
+    "train_trial",
 ]

@@ -1,6 +1,7 @@
 """The quantized-mushroom pipeline.
 
-acquire -> split -> prepare -> ParallelFor(model configurations: tune -> train -> quantize -> evaluate)
+acquire -> split -> prepare -> ParallelFor(model configurations:
+    tune [plan -> rounds of ParallelFor(trials: train one trial) -> select] -> train -> quantize -> evaluate)
 -> Collected -> compare -> publish
 """
 
@@ -14,12 +15,14 @@ from components import (
     acquire_dataset,
     compare_models,
     evaluate_model,
+    plan_trials,
     prepare_shards,
     publish_bundle,
     quantize_to_bundle,
+    select_trials,
     split_dataset,
     train_classifier,
-    tune_model,
+    train_trial,
 )
 from components.image import project_images
 from mushroom.cluster import DEFAULT_GPU_TOLERATIONS, ClusterConfig, ImagesConfig, vertex_problems
@@ -38,11 +41,18 @@ SCRATCH_PATH = "/tmp"  # the stages' temporary files (keras-tuner trials, SavedM
 TARGETS = ("kfp", "vertex")  # Kubeflow Pipelines on Kubernetes; Vertex AI Pipelines
 
 
+# The tune stage's bookkeeping tasks (sampling, selecting) need no accelerator and little memory:
+# they run with the compare stage's schedule; its trial tasks with the tune stage's.
+TUNE_TASKS = {"tune-plan": "compare", "tune-trial": "tune", "tune-select": "compare"}
+
+
 def _schedule_common(task: dsl.PipelineTask, stage: str, cluster: ClusterConfig, images: ImagesConfig) -> None:
     """What both targets read: display name, image, retries, caching; on a stage that requests
     accelerators, the count and ``accelerator`` as environment, which the stage checks against
-    the GPUs TensorFlow sees before any work (:func:`mushroom.runtime.check_accelerators`)."""
-    schedule = cluster.stages.of(stage)
+    the GPUs TensorFlow sees before any work (:func:`mushroom.runtime.check_accelerators`).
+
+    ``stage`` is a stage of :data:`mushroom.stage_names.STAGES` or a task of :data:`TUNE_TASKS`."""
+    schedule = cluster.stages.of(TUNE_TASKS.get(stage, stage))
     task.set_display_name(stage).set_container_image(images.for_stage(schedule))
     if schedule.accelerator_count:
         task.set_env_variable(ACCELERATORS_ENV, str(schedule.accelerator_count))
@@ -60,7 +70,7 @@ def _schedule_kfp(task: dsl.PipelineTask, stage: str, cluster: ClusterConfig, im
     selector and tolerations, scratch, timeout; then run it as non-root with the cluster's settings
     as environment."""
     _schedule_common(task, stage, cluster, images)
-    schedule = cluster.stages.of(stage)
+    schedule = cluster.stages.of(TUNE_TASKS.get(stage, stage))
     task.set_cpu_request(schedule.cpu_request).set_memory_request(schedule.memory_request)
     if schedule.cpu_limit is not None:
         task.set_cpu_limit(schedule.cpu_limit)
@@ -84,7 +94,7 @@ def _schedule_vertex(task: dsl.PipelineTask, stage: str, cluster: ClusterConfig,
     from its limits: the limit, or the request where no limit is set; accelerators by Vertex's
     enum (``cluster.vertex.accelerator_type``). No Kubernetes platform config."""
     _schedule_common(task, stage, cluster, images)
-    schedule = cluster.stages.of(stage)
+    schedule = cluster.stages.of(TUNE_TASKS.get(stage, stage))
     task.set_cpu_request(schedule.cpu_request).set_memory_request(schedule.memory_request)
     task.set_cpu_limit(schedule.cpu_limit or schedule.cpu_request)
     task.set_memory_limit(schedule.memory_limit or schedule.memory_request)
@@ -92,8 +102,26 @@ def _schedule_vertex(task: dsl.PipelineTask, stage: str, cluster: ClusterConfig,
         task.set_accelerator_type(cluster.vertex.accelerator_type).set_accelerator_limit(schedule.accelerator_count)
 
 
+def _tune(schedule, dataset, splits, shards, config, seed, rounds: int, trial_parallelism: int):
+    """The tune stage as tasks: plan, then per round a nested loop of trial tasks and a selection
+    that reads the round's results (``rounds`` is compiled in; every configuration has it). Returns
+    the last selection, whose ``hyperparameters`` train reads."""
+    plan = plan_trials(model_config=config, seed=seed)
+    schedule(plan, "tune-plan")
+    trials, previous = plan.outputs["Output"], plan.outputs["plan"]
+    for round_number in range(1, rounds + 1):
+        with dsl.ParallelFor(trials, parallelism=trial_parallelism, name=f"round-{round_number}-trials") as trial:
+            task = train_trial(dataset=dataset, splits=splits, shards=shards, model_config=config, trial=trial,
+                               seed=seed)
+            schedule(task, "tune-trial")
+        select = select_trials(results=dsl.Collected(task.outputs["result"]), previous=previous, model_config=config)
+        schedule(select, "tune-select")
+        trials, previous = select.outputs["Output"], select.outputs["hyperparameters"]
+    return select
+
+
 def _compose(schedule, dataset_config, model_configs, split_config, seed, publish_destination, publish_gate,
-             parallelism: int) -> str:
+             parallelism: int, rounds: int = 1, trial_parallelism: int = 1) -> str:
     """The run's DAG, the same for every target; ``schedule(task, stage)`` applies the target's settings."""
     acquire = acquire_dataset(dataset_config=dataset_config, seed=seed)
     schedule(acquire, "acquire")
@@ -106,10 +134,10 @@ def _compose(schedule, dataset_config, model_configs, split_config, seed, publis
     schedule(prepare, "prepare")
     shards = prepare.outputs["shards"]
 
-    # The loop body is mushroom.stage_names.LOOP_STAGES (the node-fit arithmetic counts on it).
+    # The loop body is mushroom.stage_names.LOOP_STAGES (the node-fit arithmetic counts on it); tune
+    # is itself a nested loop of up to `trial_parallelism` trial tasks at once.
     with dsl.ParallelFor(model_configs, parallelism=parallelism, name="per-model") as config:
-        tune = tune_model(dataset=dataset, splits=splits, shards=shards, model_config=config, seed=seed)
-        schedule(tune, "tune")
+        tune = _tune(schedule, dataset, splits, shards, config, seed, rounds, trial_parallelism)
         train = train_classifier(dataset=dataset, splits=splits, shards=shards,
                                  hyperparameters=tune.outputs["hyperparameters"], model_config=config, seed=seed)
         schedule(train, "train")
@@ -135,7 +163,8 @@ _DESCRIPTION = "Train, int8-quantize and evaluate a mushroom classifier."
 _SPLIT_DEFAULT = {"train": 0.7, "val": 0.15, "test": 0.15}
 
 
-def build_pipeline(cluster: ClusterConfig | None = None, images: ImagesConfig | None = None, target: str = "kfp"):
+def build_pipeline(cluster: ClusterConfig | None = None, images: ImagesConfig | None = None, target: str = "kfp",
+                   tune_rounds: int = 1):
     """Return the pipeline function for ``target``.
 
     Args:
@@ -145,6 +174,7 @@ def build_pipeline(cluster: ClusterConfig | None = None, images: ImagesConfig | 
         target: ``"kfp"`` (Kubernetes: node selectors, tolerations, scratch volumes, timeouts,
             security context, settings from a ConfigMap; GPU scheduling as pipeline parameters)
             or ``"vertex"`` (one YAML document: Vertex accelerator enums, limits from the schema).
+        tune_rounds: Rounds of trial tasks (successive halving; the configurations' ``tune.rounds``).
 
     Raises:
         ConfigError: ``MUSHROOM_IMAGE`` or ``MUSHROOM_GPU_IMAGE`` is not pinned, or a stage asks
@@ -170,7 +200,8 @@ def build_pipeline(cluster: ClusterConfig | None = None, images: ImagesConfig | 
             publish_gate: dict = {},  # noqa: B006 - KFP default value
         ) -> str:
             return _compose(lambda task, stage: _schedule_vertex(task, stage, cluster, images), dataset_config,
-                            model_configs, split_config, seed, publish_destination, publish_gate, cluster.parallelism)
+                            model_configs, split_config, seed, publish_destination, publish_gate, cluster.parallelism,
+                            tune_rounds, cluster.trial_parallelism)
 
         return mushroom_pipeline_vertex
 
@@ -189,7 +220,7 @@ def build_pipeline(cluster: ClusterConfig | None = None, images: ImagesConfig | 
             _schedule_kfp(task, stage, cluster, images, gpu_node_selector, gpu_tolerations)
 
         return _compose(schedule, dataset_config, model_configs, split_config, seed, publish_destination,
-                        publish_gate, cluster.parallelism)
+                        publish_gate, cluster.parallelism, tune_rounds, cluster.trial_parallelism)
 
     return mushroom_pipeline
 
@@ -197,7 +228,7 @@ def build_pipeline(cluster: ClusterConfig | None = None, images: ImagesConfig | 
 def pipeline_for(config: RunConfig, target: str = "kfp"):
     """The pipeline function for ``target`` with the cluster settings of ``config`` and the images
     of the environment."""
-    return build_pipeline(config.cluster, target=target)
+    return build_pipeline(config.cluster, target=target, tune_rounds=config.tune_rounds)
 
 
 def pipeline_arguments(config: RunConfig, target: str = "kfp") -> dict[str, Any]:

@@ -49,7 +49,31 @@ def test_parallel_for_over_model_configs_with_parallelism(spec):
     assert iterator["items"]["inputParameter"].endswith("model_configs")
     assert loop["iteratorPolicy"]["parallelismLimit"] == 2  # cluster.parallelism in paper.yaml
     body = spec["components"][loop["componentRef"]["name"]]["dag"]["tasks"]
-    assert set(body) == {"tune-model", "train-classifier", "quantize-to-bundle", "evaluate-model"}
+    assert set(body) == {"plan-trials", "for-loop-2", "select-trials", "for-loop-3", "select-trials-2",
+                         "train-classifier", "quantize-to-bundle", "evaluate-model"}
+
+
+def test_tune_is_rounds_of_trial_tasks_in_nested_loops(spec):
+    """paper.yaml: tune.rounds 2 and cluster.trial_parallelism 4: plan -> loop of trial tasks ->
+    select -> loop of the survivors -> select, whose hyperparameters train reads."""
+    _, loop = _loop(spec)
+    body = spec["components"][loop["componentRef"]["name"]]["dag"]["tasks"]
+    for nested, plan_or_select, trial in (("for-loop-2", "plan-trials", "train-trial"),
+                                          ("for-loop-3", "select-trials", "train-trial-2")):
+        assert body[nested]["iteratorPolicy"]["parallelismLimit"] == 4
+        assert body[nested]["taskInfo"]["name"].endswith("-trials")
+        items = body[nested]["parameterIterator"]["items"]["inputParameter"]
+        assert items == f"pipelinechannel--{plan_or_select}-Output"  # the trials the task before returned
+        assert body[nested]["dependentTasks"] == [plan_or_select]
+        inner = spec["components"][body[nested]["componentRef"]["name"]]["dag"]["tasks"]
+        assert set(inner) == {trial} and inner[trial]["taskInfo"]["name"] == "tune-trial"
+    collected = body["select-trials-2"]["inputs"]["artifacts"]
+    assert collected["results"]["taskOutputArtifact"] == {"outputArtifactKey": "pipelinechannel--train-trial-2-result",
+                                                           "producerTask": "for-loop-3"}
+    assert collected["previous"]["taskOutputArtifact"] == {"outputArtifactKey": "hyperparameters",
+                                                            "producerTask": "select-trials"}
+    assert body["train-classifier"]["inputs"]["artifacts"]["hyperparameters"]["taskOutputArtifact"] == {
+        "outputArtifactKey": "hyperparameters", "producerTask": "select-trials-2"}
 
 
 def test_stage_order_and_typed_artifacts(spec):
@@ -62,7 +86,10 @@ def test_stage_order_and_typed_artifacts(spec):
     assert root["prepare-shards"]["inputs"]["parameters"]["model_configs"] == {
         "componentInputParameter": "model_configs"}
     loop_tasks = spec["components"][root[loop_name]["componentRef"]["name"]]["dag"]["tasks"]
-    for task in ("tune-model", "train-classifier", "quantize-to-bundle", "evaluate-model"):
+    trial_tasks = spec["components"][loop_tasks["for-loop-2"]["componentRef"]["name"]]["dag"]["tasks"]
+    assert trial_tasks["train-trial"]["inputs"]["artifacts"]["shards"] == {
+        "componentInputArtifact": "pipelinechannel--prepare-shards-shards"}
+    for task in ("train-classifier", "quantize-to-bundle", "evaluate-model"):
         shards = loop_tasks[task]["inputs"]["artifacts"]["shards"]
         assert shards == {"componentInputArtifact": "pipelinechannel--prepare-shards-shards"}, shards
     acquire = comps["comp-acquire-dataset"]["outputDefinitions"]["artifacts"]
@@ -93,29 +120,30 @@ def test_stage_order_and_typed_artifacts(spec):
 
 def test_gpu_requests_on_tune_and_train_only(spec):
     executors = spec["deploymentSpec"]["executors"]
-    for name in ("exec-tune-model", "exec-train-classifier"):
+    for name in ("exec-train-trial", "exec-train-trial-2", "exec-train-classifier"):
         resources = executors[name]["container"]["resources"]
         assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
         assert resources["accelerator"]["resourceCount"] == "1"
-    for name in ("exec-quantize-to-bundle", "exec-evaluate-model", "exec-acquire-dataset"):
+    for name in ("exec-quantize-to-bundle", "exec-evaluate-model", "exec-acquire-dataset", "exec-plan-trials",
+                 "exec-select-trials", "exec-select-trials-2"):
         assert "accelerator" not in executors[name]["container"].get("resources", {})
 
 
 def test_gpu_tolerations_and_node_selector_come_from_pipeline_parameters(spec, platform):
-    for name in ("exec-tune-model", "exec-train-classifier"):
+    for name in ("exec-train-trial", "exec-train-trial-2", "exec-train-classifier"):
         (toleration,) = platform[name]["tolerations"]
         assert toleration["tolerationJson"]["componentInputParameter"].endswith("gpu_tolerations")
         selector = platform[name]["nodeSelector"]["nodeSelectorJson"]["componentInputParameter"]
         assert selector.endswith("gpu_node_selector")
-    for name in ("exec-quantize-to-bundle", "exec-evaluate-model"):
+    for name in ("exec-quantize-to-bundle", "exec-evaluate-model", "exec-plan-trials", "exec-select-trials"):
         assert "tolerations" not in platform[name]
     params = spec["root"]["inputDefinitions"]["parameters"]
     assert params["gpu_tolerations"]["defaultValue"] == [
         {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
 
 
-def test_every_task_runs_as_non_root_with_cluster_settings(platform):
-    assert len(platform) == len(STAGES)
+def test_every_task_runs_as_non_root_with_cluster_settings(spec, platform):
+    assert set(platform) == set(spec["deploymentSpec"]["executors"]) and len(platform) > len(STAGES)
     for executor in platform.values():
         assert executor["securityContext"]["runAsNonRoot"] is True
         assert executor["securityContext"]["runAsUser"] == "10001"
@@ -143,7 +171,7 @@ def test_timeouts_and_scratch_are_kubernetes_platform_config(platform):
     for executor in platform.values():
         (scratch,) = executor["emptyDirMounts"]
         assert scratch["mountPath"] == "/tmp" and scratch["sizeLimit"]
-    assert platform["exec-tune-model"]["emptyDirMounts"][0]["sizeLimit"] == "20Gi"  # paper.yaml
+    assert platform["exec-train-trial"]["emptyDirMounts"][0]["sizeLimit"] == "20Gi"  # paper.yaml: stages.tune
 
 
 # --------------------------------------------------------------------------- the committed YAML
@@ -152,11 +180,13 @@ def test_timeouts_and_scratch_are_kubernetes_platform_config(platform):
 # the CPU image (`make compile` with the Makefile's IMAGE and TAG).
 CPU_IMAGE = "ghcr.io/quantized-mushroom/mushroom:0.1.0"
 GPU_IMAGE = "ghcr.io/quantized-mushroom/mushroom:0.1.0-gpu"
-EXECUTORS = ["exec-acquire-dataset", "exec-split-dataset", "exec-prepare-shards", "exec-tune-model",
-             "exec-train-classifier",
+EXECUTORS = ["exec-acquire-dataset", "exec-split-dataset", "exec-prepare-shards", "exec-plan-trials",
+             "exec-train-trial", "exec-select-trials", "exec-train-classifier",
              "exec-quantize-to-bundle", "exec-evaluate-model", "exec-compare-models", "exec-publish-bundle"]
+SECOND_ROUND = ["exec-train-trial-2", "exec-select-trials-2"]  # paper.yaml: tune.rounds 2
+PAPER_GPU = ("exec-train-trial", "exec-train-trial-2", "exec-train-classifier")
 EXPECTED_IMAGES = {
-    "paper": {e: GPU_IMAGE if e in ("exec-tune-model", "exec-train-classifier") else CPU_IMAGE for e in EXECUTORS},
+    "paper": {e: GPU_IMAGE if e in PAPER_GPU else CPU_IMAGE for e in EXECUTORS + SECOND_ROUND},
     "demo": dict.fromkeys(EXECUTORS, CPU_IMAGE),  # accelerator_count 0 everywhere: CPU TensorFlow
 }
 
@@ -213,11 +243,20 @@ def test_committed_demo_yaml_fits_one_4_cpu_8_gb_node_with_kubeflow_pipelines():
     _, loop = _loop(spec)
     width = loop["iteratorPolicy"]["parallelismLimit"]
     body = spec["components"][loop["componentRef"]["name"]]["dag"]["tasks"]
-    loop_executors = [spec["components"][t["componentRef"]["name"]]["executorLabel"] for t in body.values()]
+    loop_executors = {}  # executor -> how many of it one configuration runs at once (trial tasks: a nested loop)
+    for task in body.values():
+        component = spec["components"][task["componentRef"]["name"]]
+        if "dag" in component:
+            for inner in component["dag"]["tasks"].values():
+                executor = spec["components"][inner["componentRef"]["name"]]["executorLabel"]
+                loop_executors[executor] = task["iteratorPolicy"]["parallelismLimit"]
+        else:
+            loop_executors[component["executorLabel"]] = 1
+    assert loop_executors["exec-train-trial"] == 2  # demo.yaml: cluster.trial_parallelism
     peak = {}
     for resource in ("cpu", "memory"):
         # Each model configuration runs its loop stages one after the other, `width` at a time.
-        in_loop = width * max(requests[e][resource] for e in loop_executors)
+        in_loop = width * max(n * requests[e][resource] for e, n in loop_executors.items())
         alone = max(r[resource] for e, r in requests.items() if e not in loop_executors)
         peak[resource] = max(in_loop, alone)
         assert peak[resource] + OTHER_PODS[resource] <= DEMO_NODE[resource], resource
@@ -228,7 +267,7 @@ def test_committed_demo_yaml_fits_one_4_cpu_8_gb_node_with_kubeflow_pipelines():
 
 def test_committed_paper_yaml_stays_gpu_sized():
     executors = _committed("paper")[0]["deploymentSpec"]["executors"]
-    for name in ("exec-tune-model", "exec-train-classifier"):
+    for name in PAPER_GPU:
         resources = executors[name]["container"]["resources"]
         assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
         assert resources["resourceMemoryRequest"] == "16Gi" and resources["resourceCpuRequest"] == "4"
@@ -236,10 +275,17 @@ def test_committed_paper_yaml_stays_gpu_sized():
 
 def test_loop_body_is_the_config_loop_stages(spec):
     from mushroom.stage_names import LOOP_STAGES
+    from pipelines.pipeline import TUNE_TASKS
 
     _, loop = _loop(spec)
     body = spec["components"][loop["componentRef"]["name"]]["dag"]["tasks"]
-    assert sorted(t["taskInfo"]["name"] for t in body.values()) == sorted(LOOP_STAGES)
+    names = [t["taskInfo"]["name"] for t in body.values()]
+    for task in body.values():  # the rounds of trial tasks
+        component = spec["components"][task["componentRef"]["name"]]
+        names += [t["taskInfo"]["name"] for t in component.get("dag", {}).get("tasks", {}).values()]
+    tasks = {name for name in names if not name.startswith("round-")}
+    assert tasks == set(LOOP_STAGES) - {"tune"} | set(TUNE_TASKS)
+    assert {name.split("-")[0] for name in tasks} == set(LOOP_STAGES)
 
 
 def test_no_runtime_pip_install(spec):

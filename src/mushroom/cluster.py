@@ -265,6 +265,8 @@ class NodeConfig(Strict):
     memory: MemoryQuantity = "7680Mi"
     ephemeral_storage: MemoryQuantity | None = Field(None, description="checked against scratch_size when given")
     accelerators: int = Field(0, ge=0)
+    count: int = Field(1, ge=1, description="nodes like this one (a node pool's size): with fit: stage, the tune "
+                                            "trials in flight at once must fit on them")
     reserved_cpu: CpuQuantity = Field("1800m", description="CPU requested by the other pods on the node")
     reserved_memory: MemoryQuantity = Field("2560Mi", description="memory requested by the other pods on the node")
     memory_headroom: float = Field(
@@ -298,6 +300,8 @@ class ClusterConfig(Strict):
     """Scheduling on a cluster (images, requests, limits, accelerators, timeouts, retries, caching)."""
 
     parallelism: int = Field(1, ge=1, description="model configurations in flight at once")
+    trial_parallelism: int = Field(1, ge=1, description="tune trial tasks in flight at once in each configuration "
+                                                        "(1: one after the other)")
     accelerator_type: str = Field("nvidia.com/gpu", description="the Kubernetes resource GPU stages request "
                                                                 "(KFP); Vertex AI: vertex.accelerator_type")
     vertex: VertexConfig = VertexConfig()
@@ -368,14 +372,28 @@ def peak_requests(cluster: ClusterConfig) -> dict[str, int]:
 
     The stages before and after the loop run one at a time; inside it up to ``parallelism``
     configurations run, each at any of the loop's stages, so each resource counts ``parallelism``
-    times its largest loop stage.
+    times its largest loop stage, where tune counts ``trial_parallelism`` times (its trial tasks).
     """
-    def largest(stages: tuple[str, ...], times: int) -> dict[str, int]:
-        asked = [stage_requests(cluster.stages.of(stage)) for stage in stages]
-        return {key: times * max(a[key] for a in asked) for key in asked[0]}
+    def asked(stage: str) -> dict[str, int]:
+        times = cluster.trial_parallelism if stage == "tune" else 1
+        return {key: times * value for key, value in stage_requests(cluster.stages.of(stage)).items()}
 
-    phases = [largest((s,), 1) for s in STAGES if s not in LOOP_STAGES] + [largest(LOOP_STAGES, cluster.parallelism)]
+    loop = [asked(stage) for stage in LOOP_STAGES]
+    phases = [stage_requests(cluster.stages.of(s)) for s in STAGES if s not in LOOP_STAGES]
+    phases.append({key: cluster.parallelism * max(a[key] for a in loop) for key in loop[0]})
     return {key: max(p[key] for p in phases) for key in phases[0]}
+
+
+def tasks_per_node(cluster: ClusterConfig, stage: str) -> int:
+    """How many tasks of ``stage`` one node holds by their requests (CPU, memory, accelerators,
+    scratch where ``node.ephemeral_storage`` is given)."""
+    node, need = cluster.node, stage_requests(cluster.stages.of(stage))
+    free = {"cpu": cpu_millis(node.cpu) - cpu_millis(node.reserved_cpu),
+            "memory": memory_bytes(node.memory) - memory_bytes(node.reserved_memory),
+            "accelerators": node.accelerators}
+    if node.ephemeral_storage is not None:
+        free["scratch"] = memory_bytes(node.ephemeral_storage)
+    return min((free[key] // need[key] for key in free if need[key] > 0), default=0)
 
 
 def _shown(key: str, value: int) -> str:
@@ -409,9 +427,20 @@ def fit_problems(cluster: ClusterConfig) -> list[str]:
         if node.memory_headroom:
             free_text["memory"] = (f"{_shown('memory', usable['memory'])}, what node.memory_headroom "
                                    f"{node.memory_headroom:g} leaves of {free_text['memory']}")
+        trials = f" (tune: trial_parallelism {cluster.trial_parallelism} x its requests)" \
+            if cluster.trial_parallelism > 1 else ""
         problems += [f"with fit: run, the run's peak {key} ({_shown(key, peak[key])}: parallelism "
-                     f"{cluster.parallelism} x the largest loop stage, or the largest other stage) is more than "
-                     f"{free_text[key]}" for key in free if peak[key] > usable[key]]
+                     f"{cluster.parallelism} x the largest loop stage{trials}, or the largest other stage) is more "
+                     f"than {free_text[key]}" for key in free if peak[key] > usable[key]]
+    if cluster.fit == "stage" and not problems:
+        for stage in LOOP_STAGES:  # up to parallelism configurations at once, tune with its trial tasks
+            trials = cluster.trial_parallelism if stage == "tune" else 1
+            at_once, per_node = cluster.parallelism * trials, tasks_per_node(cluster, stage)
+            if at_once > per_node * node.count:
+                cause = (f"trial_parallelism {trials} x parallelism {cluster.parallelism} = {at_once} tune trials"
+                         if stage == "tune" else f"parallelism {cluster.parallelism}: {at_once} {stage} tasks")
+                problems.append(f"{cause} at once, but node.count {node.count} node(s) hold "
+                                f"{per_node * node.count} ({per_node} a node by stages.{stage}'s requests)")
     return problems
 
 

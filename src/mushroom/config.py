@@ -191,8 +191,15 @@ class SplitConfig(Strict):
 
 
 class TuneConfig(Strict):
-    max_trials: int = Field(8, ge=1)
-    epochs: int = Field(2, ge=1)
+    """The search: ``max_trials`` sampled by keras-tuner, trained ``epochs`` each in round 1; with
+    ``rounds`` above 1, successive halving: the best ``halving_fraction`` of a round's trials
+    continue in the next with ``1 / halving_fraction`` times the epochs (:mod:`mushroom.trials`).
+    On a cluster each trial is its own task (``cluster.trial_parallelism`` at once)."""
+
+    max_trials: int = Field(8, ge=1, description="trials sampled for round 1")
+    epochs: int = Field(2, ge=1, description="epochs of a round-1 trial")
+    rounds: int = Field(1, ge=1, le=5, description="successive-halving rounds (1: every trial once)")
+    halving_fraction: float = Field(0.5, gt=0, lt=1, description="share of a round's trials that continue")
     learning_rate: list[float] = [1e-4, 1e-2]
     dropout: list[float] = [0.0, 0.5]
     label_smoothing: list[float] = [0.0, 0.2]
@@ -207,6 +214,17 @@ class TuneConfig(Strict):
         if v[0] <= 0:
             raise ValueError("learning_rate bounds must be positive")
         return v
+
+    @model_validator(mode="after")
+    def _every_round_narrows(self):
+        from mushroom.trials import round_sizes
+
+        sizes = round_sizes(self.max_trials, self.rounds, self.halving_fraction)
+        if len(set(sizes)) != len(sizes):
+            raise ValueError(f"rounds {self.rounds} with max_trials {self.max_trials} and halving_fraction "
+                             f"{self.halving_fraction:g} gives rounds of {sizes} trials: a round must keep fewer "
+                             f"trials than the one before (raise max_trials or lower rounds)")
+        return self
 
 
 class TrainConfig(Strict):
@@ -427,7 +445,16 @@ class RunConfig(Strict):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"model_name must be unique; repeated: {dupes}")
+        rounds = {m.model_name: m.tune.rounds for m in v}
+        if len(set(rounds.values())) > 1:
+            raise ValueError(f"tune.rounds differs between configurations ({rounds}): the pipeline compiles the "
+                             f"rounds as tasks, one graph for every configuration; give them the same rounds")
         return v
+
+    @property
+    def tune_rounds(self) -> int:
+        """The tuning rounds of every configuration (the compiled graph's rounds of trial tasks)."""
+        return self.models[0].tune.rounds
 
 
 def parse_model_config(data: dict[str, Any]) -> ModelConfig:

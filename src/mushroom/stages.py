@@ -222,34 +222,134 @@ def _training_data(shards_dir: Path, splits_dir, config, seed: int, runtime):
     return train, val, train_ds, val_ds, -(-len(train) // batch)
 
 
-def tune(dataset_dir, splits_dir, model_config: dict[str, Any], seed: int, out_dir: str | Path,
-         shards_dir: str | Path | None = None) -> dict:
-    """Search hyperparameters; write ``hyperparameters.json`` and ``trials.json``.
+TRIAL_RESULT = "result.json"
+TRIALS = "trials.json"
 
-    Photos come from ``shards_dir`` (the prepare stage), else from shards made here.
+
+def tune_plan(model_config: dict[str, Any], seed: int, out_dir: str | Path) -> list[dict]:
+    """Sample round 1's trials with keras-tuner (seeded); write ``plan.json`` and an empty
+    ``trials.json`` (the first round's selection adds to it); return the trials (the pipeline's
+    nested loop runs one task per trial)."""
+    import tempfile
+
+    from mushroom.training import sample_trials
+    from mushroom.trials import first_round, round_sizes
+
+    config = parse_model_config(model_config)
+    t = config.tune
+    with _timed(f"tune {config.model_name}: plan"), tempfile.TemporaryDirectory(prefix="mushroom-plan-") as work:
+        trials = first_round(sample_trials(config, seed, work), t.epochs)
+    sizes = round_sizes(t.max_trials, t.rounds, t.halving_fraction)
+    log.info("tune %s: %d trials, %s", config.model_name, len(trials),
+             "one round" if t.rounds == 1 else f"{t.rounds} rounds of {sizes} trials (successive halving, "
+                                               f"the best {t.halving_fraction:g} continue)")
+    plan = {"seed": seed, "rounds": t.rounds, "round_sizes": sizes, "halving_fraction": t.halving_fraction,
+            "trials": [trial.to_dict() for trial in trials]}
+    out_dir = Path(out_dir)
+    write_json_atomic(out_dir / "plan.json", plan)
+    write_json_atomic(out_dir / TRIALS, [])
+    return plan["trials"]
+
+
+def tune_trial(dataset_dir, splits_dir, model_config: dict[str, Any], trial: dict[str, Any], seed: int,
+               out_dir: str | Path, shards_dir: str | Path | None = None) -> dict:
+    """Train one trial (:func:`mushroom.training.train_trial`), seeded by the run's seed and the
+    trial's number; write ``result.json``; return its metrics.
+
+    Photos (or cached features) come from ``shards_dir`` (the prepare stage), else from shards made here.
     """
     import tempfile
 
     from mushroom.runtime import resolve_runtime
-    from mushroom.training import tune_hyperparameters
+    from mushroom.training import train_trial
+    from mushroom.trials import Trial
 
     config = parse_model_config(model_config)
-    out_dir = Path(out_dir)
-    with _timed(f"tune {config.model_name}"):
+    spec = Trial.from_dict(trial)
+    with _timed(f"tune {config.model_name}: {spec.name}"):
         runtime = resolve_runtime(config.train, seed)  # an impossible setting stops here, before any work
-        _seed_everything(seed)
+        _seed_everything(spec.seed(seed))
         with _shards(dataset_dir, splits_dir, config.image_size, shards_dir) as shards, \
                 tempfile.TemporaryDirectory(prefix="mushroom-tuner-") as work:
+            # The data (order, augmentation, cached features) is the run's; the trial's seed is its model's.
             train, val, train_ds, val_ds, _ = _training_data(shards, splits_dir, config, seed, runtime)
             head_data = _head_data(shards, splits_dir, config, seed, runtime, train, val)
             if head_data is not None:
                 train_ds, val_ds = head_data
-            hp, trials = tune_hyperparameters(config, train.num_classes, train_ds, val_ds, work, seed, runtime,
-                                              train.labels, None if head_data is None else
-                                              int(train_ds.element_spec[0].shape[-1]))
-        write_json_atomic(out_dir / HYPERPARAMETERS, hp.to_dict())
-        write_json_atomic(out_dir / "trials.json", trials)
-    return {**hp.to_dict(), "best_val_accuracy": max(t["score"] or 0.0 for t in trials)}
+            result = train_trial(config, train.num_classes, spec, train_ds, val_ds, work, seed, runtime, train.labels,
+                                 None if head_data is None else int(train_ds.element_spec[0].shape[-1]))
+        write_json_atomic(Path(out_dir) / TRIAL_RESULT, result.to_dict())
+    return {"score": result.score if result.finished else float("nan"), "round": spec.round,
+            "trial": spec.number, "epochs": spec.epochs, "seconds": round(result.seconds, 1)}
+
+
+def tune_select(result_dirs: list, previous_dir: str | Path, model_config: dict[str, Any],
+                out_dir: str | Path) -> tuple[list[dict], dict]:
+    """After one round of trials: the next round's trials (none after the last round) and the
+    best so far, written as ``hyperparameters.json`` (what train reads) with ``trials.json`` (the
+    previous rounds' rows from ``previous_dir``, then this round's).
+
+    Raises:
+        mushroom.trials.TrialsFailed: fewer finished trials than the next round needs.
+    """
+    from mushroom.trials import TrialResult, select
+
+    config = parse_model_config(model_config)
+    t = config.tune
+    results = sorted((TrialResult.from_dict(read_json(Path(d) / TRIAL_RESULT)) for d in result_dirs),
+                     key=lambda r: r.trial.number)
+    next_trials, best = select(results, rounds=t.rounds, fraction=t.halving_fraction, epochs=t.epochs)
+    rows = [*read_json(Path(previous_dir) / TRIALS), *(r.row() for r in results)]
+    out_dir = Path(out_dir)
+    write_json_atomic(out_dir / HYPERPARAMETERS, best.trial.hyperparameters)
+    write_json_atomic(out_dir / TRIALS, rows)
+    round_number = results[0].trial.round
+    scores = ", ".join(f"{r.trial.number}: {'failed' if not r.finished else f'{r.score:.3f}'}" for r in results)
+    if next_trials:
+        log.info("tune %s: round %d (%s): trials %s continue with %d epochs", config.model_name, round_number,
+                 scores, [tr.number for tr in next_trials], next_trials[0].epochs)
+    else:
+        log.info("tune %s: round %d (%s): trial %d chosen, %s", config.model_name, round_number, scores,
+                 best.trial.number, ", ".join(f"{k} {v:.3g}" for k, v in best.trial.hyperparameters.items()))
+    metrics = {**best.trial.hyperparameters, "best_val_accuracy": float(best.score), "best_trial": best.trial.number,
+               "round": round_number, "finished_trials": sum(r.finished for r in results)}
+    return [tr.to_dict() for tr in next_trials], metrics
+
+
+def tune(dataset_dir, splits_dir, model_config: dict[str, Any], seed: int, out_dir: str | Path,
+         shards_dir: str | Path | None = None) -> dict:
+    """Search hyperparameters on this machine: the pipeline's tuning graph run one task after the
+    other (plan, each round's trials, select); write ``hyperparameters.json`` and ``trials.json``.
+
+    The trials are the ones the pipeline's parallel trial tasks train, with the same seeds, so
+    both choose the same hyperparameters. Photos come from ``shards_dir`` (the prepare stage),
+    else from shards made here.
+    """
+    import tempfile
+
+    from mushroom.runtime import resolve_runtime
+
+    config = parse_model_config(model_config)
+    resolve_runtime(config.train, seed)  # an impossible setting stops here, before any work
+    with _timed(f"tune {config.model_name}"), tempfile.TemporaryDirectory(prefix="mushroom-tune-") as work:
+        work = Path(work)
+        previous = work / "plan"
+        trials = tune_plan(model_config, seed, previous)
+        round_number = 1
+        while True:
+            result_dirs = []
+            for trial in trials:
+                result_dirs.append(work / f"round-{round_number}" / f"trial-{trial['number']}")
+                tune_trial(dataset_dir, splits_dir, model_config, trial, seed, result_dirs[-1], shards_dir)
+            selected = work / f"select-{round_number}"
+            trials, metrics = tune_select(result_dirs, previous, model_config, selected)
+            previous, round_number = selected, round_number + 1
+            if not trials:
+                break
+        out_dir = Path(out_dir)
+        for name in (HYPERPARAMETERS, TRIALS):
+            write_json_atomic(out_dir / name, read_json(previous / name))
+    return metrics
 
 
 def train(dataset_dir, splits_dir, hyperparameters_dir, model_config: dict[str, Any], seed: int,

@@ -1,4 +1,4 @@
-"""Hyperparameter search (keras-tuner) and two-phase training.
+"""Hyperparameter trials (keras-tuner) and two-phase training.
 
 Phase one trains the head with the backbone frozen (with pretrained weights; a model
 trained from scratch trains everything); given cached features (:mod:`mushroom.features`), it
@@ -20,6 +20,7 @@ import numpy as np
 from mushroom.config import ModelConfig
 from mushroom.models import build_model, feature_head, set_backbone_trainable
 from mushroom.runtime import TrainingRuntime, as_float32, resolve_runtime
+from mushroom.trials import FAILED, FINISHED, Trial, TrialResult
 
 log = logging.getLogger(__name__)
 
@@ -170,30 +171,61 @@ def _head_only(num_classes: int, feature_dim: int, dropout: float) -> keras.Mode
     return keras.Model(inputs, outputs, name="head")
 
 
-def tune_hyperparameters(
-    config: ModelConfig, num_classes: int, train_ds, val_ds, work_dir: str | Path, seed: int = 42,
-    runtime: TrainingRuntime | None = None, train_labels: np.ndarray | None = None, feature_dim: int | None = None,
-) -> tuple[Hyperparameters, list[dict]]:
-    """Search learning rate, dropout and label smoothing with keras-tuner.
+def _declare_space(hp, tune) -> Hyperparameters:
+    """The search space on keras-tuner's ``hp``: learning rate (log-uniform), dropout, label smoothing."""
+    return Hyperparameters(
+        learning_rate=hp.Float("learning_rate", tune.learning_rate[0], tune.learning_rate[1], sampling="log"),
+        dropout=hp.Float("dropout", tune.dropout[0], tune.dropout[1]),
+        label_smoothing=hp.Float("label_smoothing", tune.label_smoothing[0], tune.label_smoothing[1]),
+    )
 
-    Each trial trains phase one for ``config.tune.epochs`` epochs; the objective is
-    validation accuracy. The budget is ``config.tune.max_trials``. With ``feature_dim``, the
-    datasets hold cached features (:func:`mushroom.features.feature_datasets`) and each trial
-    trains the head alone: the same phase one, without running the frozen backbone.
 
-    Returns:
-        The best hyperparameters and one summary row per trial.
+def sample_trials(config: ModelConfig, seed: int, work_dir: str | Path) -> list[dict[str, float]]:
+    """``config.tune.max_trials`` sets of hyperparameters, sampled by keras-tuner's random search, seeded.
+
+    keras-tuner's own trial loop runs with a trial that records its hyperparameters instead of
+    training, so the sampling is keras-tuner's, and the same for a seed whoever trains the trials.
     """
     import keras_tuner as kt
 
-    t = config.tune
+    space = kt.HyperParameters()
+    _declare_space(space, config.tune)
+    sampled: list[dict[str, float]] = []
+
+    class Sampler(kt.RandomSearch):
+        def run_trial(self, trial, *args, **kwargs):
+            sampled.append({k: float(v) for k, v in trial.hyperparameters.values.items()})
+            return 0.0  # the objective of a trial that is only sampled
+
+    Sampler(None, objective=kt.Objective("score", "max"), max_trials=config.tune.max_trials, seed=seed,
+            hyperparameters=space, directory=str(work_dir), project_name=f"{config.model_name}-plan",
+            overwrite=True).search(verbose=0)
+    return sampled
+
+
+def train_trial(
+    config: ModelConfig, num_classes: int, trial: Trial, train_ds, val_ds, work_dir: str | Path, seed: int = 42,
+    runtime: TrainingRuntime | None = None, train_labels: np.ndarray | None = None, feature_dim: int | None = None,
+) -> TrialResult:
+    """Train one trial (phase one, ``trial.epochs`` epochs) through keras-tuner's trial loop; the
+    objective is the best validation accuracy.
+
+    The hyperparameters are fixed to the trial's; keras-tuner builds, fits and scores the model.
+    With ``feature_dim``, the datasets hold cached features (:func:`mushroom.features.feature_datasets`)
+    and the trial trains the head alone on them.
+
+    Raises:
+        RuntimeError: the trial failed (its error named): a task that trains it can be retried.
+    """
+    import keras_tuner as kt
+
+    runtime = runtime or resolve_runtime(config.train, seed)
+    fixed = kt.HyperParameters()
+    for name, value in trial.hyperparameters.items():
+        fixed.Fixed(name, value)
 
     def build(hp: kt.HyperParameters) -> keras.Model:
-        chosen = Hyperparameters(
-            learning_rate=hp.Float("learning_rate", t.learning_rate[0], t.learning_rate[1], sampling="log"),
-            dropout=hp.Float("dropout", t.dropout[0], t.dropout[1]),
-            label_smoothing=hp.Float("label_smoothing", t.label_smoothing[0], t.label_smoothing[1]),
-        )
+        chosen = _declare_space(hp, config.tune)
         if feature_dim is not None:
             head = _head_only(num_classes, feature_dim, chosen.dropout)
             compile_model(head, runtime.learning_rate(chosen.learning_rate), chosen.label_smoothing,
@@ -201,42 +233,33 @@ def tune_hyperparameters(
             return head
         return _new_model(config, num_classes, chosen, runtime)
 
-    class Search(kt.RandomSearch):
-        """Logs each trial's hyperparameters and one line per epoch (keras-tuner's own display is off)."""
-
-        def run_trial(self, trial, *args, **kwargs):
-            prefix = f"trial {len(self.oracle.trials)}/{t.max_trials}, "
-            values = trial.hyperparameters.values.items()
-            log.info("%shyperparameters: %s", prefix,
-                     ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in values))
-            kwargs["callbacks"] = [*kwargs.get("callbacks", []), EpochLog(t.epochs, prefix)]
-            return super().run_trial(trial, *args, **kwargs)
-
-    tuner = Search(
-        build,
-        objective="val_accuracy",
-        max_trials=t.max_trials,
-        seed=seed,
-        directory=str(work_dir),
-        project_name=config.model_name,
-        overwrite=True,
-    )
+    prefix = f"{trial.name}, "
+    log.info("%shyperparameters: %s, %d epochs, on %s", prefix,
+             ", ".join(f"{k} {v:.3g}" for k, v in trial.hyperparameters.items()), trial.epochs, runtime.describe())
+    tuner = kt.RandomSearch(build, objective="val_accuracy", max_trials=1, seed=trial.seed(seed),
+                            hyperparameters=fixed, tune_new_entries=False, directory=str(work_dir),
+                            project_name=f"{config.model_name}-trial-{trial.number}", overwrite=True,
+                            max_consecutive_failed_trials=1)
     start = time.monotonic()
-    runtime = runtime or resolve_runtime(config.train, seed)
-    log.info("tune %s on %s", config.model_name, runtime.describe())
-    with runtime.activate():
-        tuner.search(train_ds, validation_data=val_ds, epochs=t.epochs, verbose=0,
-                     class_weight=class_weights(config, train_labels, num_classes))
-    trials = [
-        {"trial": tr.trial_id, "score": tr.score, "status": tr.status, **tr.hyperparameters.values}
-        for tr in tuner.oracle.trials.values()
-    ]
-    if not any(tr["score"] is not None for tr in trials):
-        raise RuntimeError(f"tuning {config.model_name}: all {len(trials)} trials failed (see the log above)")
-    best = tuner.get_best_hyperparameters(1)[0]
-    chosen = Hyperparameters(**{k: float(best.get(k)) for k in ("learning_rate", "dropout", "label_smoothing")})
-    log.info("tuned %s in %.0fs over %d trials: %s", config.model_name, time.monotonic() - start, len(trials), chosen)
-    return chosen, trials
+    try:
+        with runtime.activate():
+            tuner.search(train_ds, validation_data=val_ds, epochs=trial.epochs, verbose=0,
+                         class_weight=class_weights(config, train_labels, num_classes),
+                         callbacks=[EpochLog(trial.epochs, prefix)])
+    except Exception as err:  # keras-tuner re-raises a failed trial
+        raise RuntimeError(f"tuning {config.model_name}: {trial.name} failed: {err}") from err
+    [done] = tuner.oracle.trials.values()
+    metrics = done.metrics.metrics
+    history = {name: [float(np.ravel(o.value)[-1]) for o in metrics[name].get_history()]
+               for name in ("loss", "val_loss", "val_accuracy") if name in metrics}
+    score = None if done.score is None else float(done.score)
+    status = FINISHED if score is not None and np.isfinite(score) else FAILED
+    result = TrialResult(trial=trial, status=status, score=score, seconds=time.monotonic() - start,
+                         error=None if status == FINISHED else "no finite validation accuracy (diverged?)",
+                         epochs_run=len(history.get("val_accuracy", [])), history=history)
+    log.info("%s%s: validation accuracy %s in %.0fs", prefix, status,
+             "n/a" if score is None else f"{score:.3f}", result.seconds)
+    return result
 
 
 def train_model(

@@ -130,8 +130,9 @@ def prepare_host_folders(folders: list[str], uid: int, gid: int) -> str:
 def task_owners(pipeline_root: str | Path, since: float) -> dict[str, dict[int, int]]:
     """Who wrote each task's files: task folder -> {uid: number of files written since ``since``}.
 
-    kfp.local gives every task a folder ``<run>/[for-loop-N-iteration-I/]<task>`` under the
-    pipeline root; a task that ran in the image as its user leaves files owned by that uid.
+    kfp.local gives every task a folder ``<run>/[for-loop-N-iteration-I/...]<task>`` under the
+    pipeline root (a tune trial task is two loops deep); a task that ran in the image as its user
+    leaves files owned by that uid.
     """
     tasks: dict[str, dict[int, int]] = {}
     root = Path(pipeline_root)
@@ -140,8 +141,8 @@ def task_owners(pipeline_root: str | Path, since: float) -> dict[str, dict[int, 
         if not path.is_file() or st.st_mtime < since:
             continue
         parts = path.relative_to(root).parts[1:]  # below the run folder
-        depth = 2 if parts and parts[0].startswith("for-loop-") else 1
-        task = "/".join(parts[:depth])
+        loops = next((i for i, part in enumerate(parts) if not part.startswith("for-loop-")), len(parts))
+        task = "/".join(parts[:loops + 1])
         tasks.setdefault(task, {})
         tasks[task][st.st_uid] = tasks[task].get(st.st_uid, 0) + 1
     return dict(sorted(tasks.items()))

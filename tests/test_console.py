@@ -90,14 +90,14 @@ def test_lines_of_parallel_tasks_never_mix(tmp_path):
 def test_progress_is_a_bar_on_a_terminal_and_a_line_per_epoch_otherwise(tmp_path):
     lines = [stage("train tiny-a", f"epoch {i}/4 (phase 1): loss 1.000 (3s)", logger="mushroom.training")
              for i in (1, 2)]
-    lines += [stage("tune tiny-b", "trial 2/2, epoch 1/3: loss 1.000 (3s)", logger="mushroom.training"),
+    lines += [stage("tune tiny-b", "trial 2 (round 1), epoch 1/3: loss 1.000 (3s)", logger="mushroom.training"),
               stage("train tiny-a", "train tiny-a: finished in 9.0s")]
     _, plain, _ = run_console(lines, tmp_path)
     assert len(plain.splitlines()) == 4 and "\r" not in plain and "\x1b" not in plain
 
     _, drawn, _ = run_console(lines, tmp_path, console=Terminal())
     assert "train tiny-a [##########----------] 2/4" in drawn  # 2 of 4 epochs
-    assert "tune tiny-b [#############-------] 4/6" in drawn  # trial 2 of 2, epoch 1 of 3
+    assert "tune tiny-b [#######-------------] 1/3" in drawn  # the trial's epoch 1 of 3
     assert [line for line in drawn.replace("\r\x1b[K", "\n").splitlines() if line.startswith("04:")] == [
         "04:31:36  train tiny-a  finished in 9.0s"]  # epoch lines only as the bar
     assert drawn.endswith("\r\x1b[K")  # the bar is cleared at the end
@@ -120,9 +120,9 @@ def test_a_failed_task_keeps_its_last_lines(tmp_path):
 
 
 def test_stage_lines_read_back():
-    line = parse_line(stage("tune mobilenetv3-demo", "trial 2/3, epoch 4/5: loss 1.000", "mushroom.training"))
+    line = parse_line(stage("tune mobilenetv3-demo", "trial 3 (round 2), epoch 4/5: loss 1.000", "mushroom.training"))
     assert (line.stage, line.configuration, line.logger) == ("tune", "mobilenetv3-demo", "mushroom.training")
-    assert (progress_of(line).done, progress_of(line).total) == (9, 15)
+    assert (progress_of(line).done, progress_of(line).total) == (4, 5)
     assert parse_line(stage("acquire", "acquire: started")).configuration is None
     assert parse_line("[KFP Executor 2026-11-28 04:31:00,656 INFO]: acquire: started") is None
     # pipelines.runlog still times the stages from such a log.

@@ -76,7 +76,9 @@ def test_prepare_host_folders_lets_the_image_user_write(tmp_path):
 def test_task_owners_groups_files_by_task_folder(tmp_path):
     run_dir = tmp_path / "quantized-mushroom-2026-01-01-00-00-00-000000"
     for rel in ("acquire-dataset/dataset/a.jpg", "acquire-dataset/dataset/b.jpg",
-                "for-loop-1-iteration-0/tune-model/hyperparameters/h.json", "publish-bundle/executor_output.json"):
+                "for-loop-1-iteration-0/select-trials/hyperparameters/h.json",
+                "for-loop-1-iteration-0/for-loop-2-iteration-1/train-trial/result/result.json",
+                "publish-bundle/executor_output.json"):
         (run_dir / rel).parent.mkdir(parents=True, exist_ok=True)
         (run_dir / rel).write_text("x")
     old = tmp_path / "older-run" / "acquire-dataset" / "old.jpg"
@@ -85,9 +87,9 @@ def test_task_owners_groups_files_by_task_folder(tmp_path):
     os.utime(old, (1, 1))
     me = os.geteuid()
     tasks = containers.task_owners(tmp_path, since=1000)
-    assert tasks == {"acquire-dataset": {me: 2}, "for-loop-1-iteration-0/tune-model": {me: 1},
-                     "publish-bundle": {me: 1}}
-    assert len(containers.check_task_owners(tasks, me)) == 3
+    assert tasks == {"acquire-dataset": {me: 2}, "for-loop-1-iteration-0/select-trials": {me: 1},
+                     "for-loop-1-iteration-0/for-loop-2-iteration-1/train-trial": {me: 1}, "publish-bundle": {me: 1}}
+    assert len(containers.check_task_owners(tasks, me)) == 4
     with pytest.raises(RuntimeError, match="another user"):
         containers.check_task_owners(tasks, me + 1)
     with pytest.raises(RuntimeError, match="no task"):

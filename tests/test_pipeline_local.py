@@ -166,7 +166,7 @@ def test_one_progress_line_per_epoch_and_trial(local_run):
         assert [e.split(":")[0] for e in epochs] == ["epoch 1/2 (phase 1)", "epoch 2/2 (phase 2)"]
         assert len(epochs) == len(history["loss"])
         trials = [text for stage, n, text in shown if (stage, n) == ("tune", name) and "epoch" in text]
-        assert [t.split(":")[0] for t in trials] == ["trial 1/1, epoch 1/1"]
+        assert [t.split(":")[0] for t in trials] == ["trial 1 (round 1), epoch 1/1"]  # one trial task
 
 
 @pytest.mark.slow

@@ -39,8 +39,9 @@ DETAIL_LOGGERS = ("mushroom.storage", "mushroom.evaluate", "mushroom.report", "m
 
 _LINE = re.compile(r"^(?P<date>\d{4}-\d\d-\d\d) (?P<time>\d\d:\d\d:\d\d)(?:[,.]\d+)? (?P<level>[A-Z]+) "
                    r"(?P<logger>mushroom(?:\.[\w.]+)?): \[(?P<tag>[^\]]+)\] (?P<message>.*)$")
-# "epoch 3/14 ..." (train) or "trial 1/2, epoch 1/3 ..." (tune), as mushroom.training logs them.
-_PROGRESS = re.compile(r"^(?:trial (?P<trial>\d+)/(?P<trials>\d+), )?epoch (?P<epoch>\d+)/(?P<epochs>\d+)\b")
+# "epoch 3/14 ..." (train) or "trial 2 (round 1), epoch 1/3 ..." (a tune trial task), as mushroom.training
+# logs them.
+_PROGRESS = re.compile(r"^(?:trial \d+ \(round \d+\), )?epoch (?P<epoch>\d+)/(?P<epochs>\d+)\b")
 
 
 class _StageTag(logging.Filter):
@@ -131,15 +132,11 @@ class Progress:
 
 
 def progress_of(line: StageLine) -> Progress | None:
-    """How far a tune or train stage is, from its epoch (or trial and epoch) line; else None."""
+    """How far a train stage or a tune trial is, from its epoch line; else None."""
     m = _PROGRESS.match(line.text)
     if m is None:
         return None
-    epoch, epochs = int(m["epoch"]), int(m["epochs"])
-    if m["trial"]:
-        trial, trials = int(m["trial"]), int(m["trials"])
-        return Progress((trial - 1) * epochs + epoch, trials * epochs)
-    return Progress(epoch, epochs)
+    return Progress(int(m["epoch"]), int(m["epochs"]))
 
 
 def shown_on_console(line: StageLine) -> bool:

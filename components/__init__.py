@@ -13,7 +13,7 @@ from components.publish import publish_bundle
 from components.quantize import quantize_to_bundle
 from components.split import split_dataset
 from components.train import train_classifier
-from components.tune import plan_trials, select_trials, train_trial
+from components.tune import plan_trials, select_trials, train_trials
 
 __all__ = [
     "acquire_dataset",
@@ -26,5 +26,5 @@ __all__ = [
     "select_trials",
     "split_dataset",
     "train_classifier",
-    "train_trial",
+    "train_trials",
 ]

@@ -1,7 +1,7 @@
 """The quantized-mushroom pipeline.
 
 acquire -> split -> prepare -> ParallelFor(model configurations:
-    tune [plan -> rounds of ParallelFor(trials: train one trial) -> select] -> train -> quantize -> evaluate)
+    tune [plan -> per round: ParallelFor(trial tasks) -> select] -> train -> quantize -> evaluate)
 -> Collected -> compare -> publish
 """
 
@@ -22,7 +22,7 @@ from components import (
     select_trials,
     split_dataset,
     train_classifier,
-    train_trial,
+    train_trials,
 )
 from components.image import project_images
 from mushroom.cluster import DEFAULT_GPU_TOLERATIONS, ClusterConfig, ImagesConfig, vertex_problems
@@ -43,7 +43,7 @@ TARGETS = ("kfp", "vertex")  # Kubeflow Pipelines on Kubernetes; Vertex AI Pipel
 
 # The tune stage's bookkeeping tasks (sampling, selecting) need no accelerator and little memory:
 # they run with the compare stage's schedule; its trial tasks with the tune stage's.
-TUNE_TASKS = {"tune-plan": "compare", "tune-trial": "tune", "tune-select": "compare"}
+TUNE_TASKS = {"tune-plan": "compare", "tune-trials": "tune", "tune-select": "compare"}
 
 
 def _schedule_common(task: dsl.PipelineTask, stage: str, cluster: ClusterConfig, images: ImagesConfig) -> None:
@@ -103,20 +103,22 @@ def _schedule_vertex(task: dsl.PipelineTask, stage: str, cluster: ClusterConfig,
 
 
 def _tune(schedule, dataset, splits, shards, config, seed, rounds: int, trial_parallelism: int):
-    """The tune stage as tasks: plan, then per round a nested loop of trial tasks and a selection
-    that reads the round's results (``rounds`` is compiled in; every configuration has it). Returns
-    the last selection, whose ``hyperparameters`` train reads."""
-    plan = plan_trials(model_config=config, seed=seed)
+    """The tune stage as tasks: plan, then per round a nested loop of up to ``trial_parallelism``
+    trial tasks (each trains its share of the round's trials) and a selection that reads the
+    round's results (``rounds`` is compiled in; every configuration has it). Returns the last
+    selection, whose ``hyperparameters`` train reads."""
+    plan = plan_trials(model_config=config, seed=seed, tasks=trial_parallelism)
     schedule(plan, "tune-plan")
-    trials, previous = plan.outputs["Output"], plan.outputs["plan"]
+    shares, previous = plan.outputs["Output"], plan.outputs["plan"]
     for round_number in range(1, rounds + 1):
-        with dsl.ParallelFor(trials, parallelism=trial_parallelism, name=f"round-{round_number}-trials") as trial:
-            task = train_trial(dataset=dataset, splits=splits, shards=shards, model_config=config, trial=trial,
-                               seed=seed)
-            schedule(task, "tune-trial")
-        select = select_trials(results=dsl.Collected(task.outputs["result"]), previous=previous, model_config=config)
+        with dsl.ParallelFor(shares, parallelism=trial_parallelism, name=f"round-{round_number}-trials") as share:
+            task = train_trials(dataset=dataset, splits=splits, shards=shards, model_config=config, trials=share,
+                                seed=seed)
+            schedule(task, "tune-trials")
+        select = select_trials(results=dsl.Collected(task.outputs["results"]), previous=previous,
+                               model_config=config, tasks=trial_parallelism)
         schedule(select, "tune-select")
-        trials, previous = select.outputs["Output"], select.outputs["hyperparameters"]
+        shares, previous = select.outputs["Output"], select.outputs["hyperparameters"]
     return select
 
 
@@ -135,7 +137,7 @@ def _compose(schedule, dataset_config, model_configs, split_config, seed, publis
     shards = prepare.outputs["shards"]
 
     # The loop body is mushroom.stage_names.LOOP_STAGES (the node-fit arithmetic counts on it); tune
-    # is itself a nested loop of up to `trial_parallelism` trial tasks at once.
+    # is itself a nested loop of up to `trial_parallelism` trial tasks per round.
     with dsl.ParallelFor(model_configs, parallelism=parallelism, name="per-model") as config:
         tune = _tune(schedule, dataset, splits, shards, config, seed, rounds, trial_parallelism)
         train = train_classifier(dataset=dataset, splits=splits, shards=shards,

@@ -54,22 +54,23 @@ def test_parallel_for_over_model_configs_with_parallelism(spec):
 
 
 def test_tune_is_rounds_of_trial_tasks_in_nested_loops(spec):
-    """paper.yaml: tune.rounds 2 and cluster.trial_parallelism 4: plan -> loop of trial tasks ->
-    select -> loop of the survivors -> select, whose hyperparameters train reads."""
+    """paper.yaml: tune.rounds 2 and cluster.trial_parallelism 4: plan -> loop of up to 4 trial
+    tasks -> select -> loop over the survivors -> select, whose hyperparameters train reads."""
     _, loop = _loop(spec)
     body = spec["components"][loop["componentRef"]["name"]]["dag"]["tasks"]
-    for nested, plan_or_select, trial in (("for-loop-2", "plan-trials", "train-trial"),
-                                          ("for-loop-3", "select-trials", "train-trial-2")):
+    for nested, plan_or_select, trial in (("for-loop-2", "plan-trials", "train-trials"),
+                                          ("for-loop-3", "select-trials", "train-trials-2")):
         assert body[nested]["iteratorPolicy"]["parallelismLimit"] == 4
         assert body[nested]["taskInfo"]["name"].endswith("-trials")
         items = body[nested]["parameterIterator"]["items"]["inputParameter"]
         assert items == f"pipelinechannel--{plan_or_select}-Output"  # the trials the task before returned
         assert body[nested]["dependentTasks"] == [plan_or_select]
         inner = spec["components"][body[nested]["componentRef"]["name"]]["dag"]["tasks"]
-        assert set(inner) == {trial} and inner[trial]["taskInfo"]["name"] == "tune-trial"
+        assert set(inner) == {trial} and inner[trial]["taskInfo"]["name"] == "tune-trials"
+        assert body[plan_or_select]["inputs"]["parameters"]["tasks"]["runtimeValue"]["constant"] == 4
     collected = body["select-trials-2"]["inputs"]["artifacts"]
-    assert collected["results"]["taskOutputArtifact"] == {"outputArtifactKey": "pipelinechannel--train-trial-2-result",
-                                                           "producerTask": "for-loop-3"}
+    assert collected["results"]["taskOutputArtifact"] == {
+        "outputArtifactKey": "pipelinechannel--train-trials-2-results", "producerTask": "for-loop-3"}
     assert collected["previous"]["taskOutputArtifact"] == {"outputArtifactKey": "hyperparameters",
                                                             "producerTask": "select-trials"}
     assert body["train-classifier"]["inputs"]["artifacts"]["hyperparameters"]["taskOutputArtifact"] == {
@@ -87,7 +88,7 @@ def test_stage_order_and_typed_artifacts(spec):
         "componentInputParameter": "model_configs"}
     loop_tasks = spec["components"][root[loop_name]["componentRef"]["name"]]["dag"]["tasks"]
     trial_tasks = spec["components"][loop_tasks["for-loop-2"]["componentRef"]["name"]]["dag"]["tasks"]
-    assert trial_tasks["train-trial"]["inputs"]["artifacts"]["shards"] == {
+    assert trial_tasks["train-trials"]["inputs"]["artifacts"]["shards"] == {
         "componentInputArtifact": "pipelinechannel--prepare-shards-shards"}
     for task in ("train-classifier", "quantize-to-bundle", "evaluate-model"):
         shards = loop_tasks[task]["inputs"]["artifacts"]["shards"]
@@ -120,7 +121,7 @@ def test_stage_order_and_typed_artifacts(spec):
 
 def test_gpu_requests_on_tune_and_train_only(spec):
     executors = spec["deploymentSpec"]["executors"]
-    for name in ("exec-train-trial", "exec-train-trial-2", "exec-train-classifier"):
+    for name in ("exec-train-trials", "exec-train-trials-2", "exec-train-classifier"):
         resources = executors[name]["container"]["resources"]
         assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
         assert resources["accelerator"]["resourceCount"] == "1"
@@ -130,7 +131,7 @@ def test_gpu_requests_on_tune_and_train_only(spec):
 
 
 def test_gpu_tolerations_and_node_selector_come_from_pipeline_parameters(spec, platform):
-    for name in ("exec-train-trial", "exec-train-trial-2", "exec-train-classifier"):
+    for name in ("exec-train-trials", "exec-train-trials-2", "exec-train-classifier"):
         (toleration,) = platform[name]["tolerations"]
         assert toleration["tolerationJson"]["componentInputParameter"].endswith("gpu_tolerations")
         selector = platform[name]["nodeSelector"]["nodeSelectorJson"]["componentInputParameter"]
@@ -171,7 +172,7 @@ def test_timeouts_and_scratch_are_kubernetes_platform_config(platform):
     for executor in platform.values():
         (scratch,) = executor["emptyDirMounts"]
         assert scratch["mountPath"] == "/tmp" and scratch["sizeLimit"]
-    assert platform["exec-train-trial"]["emptyDirMounts"][0]["sizeLimit"] == "20Gi"  # paper.yaml: stages.tune
+    assert platform["exec-train-trials"]["emptyDirMounts"][0]["sizeLimit"] == "20Gi"  # paper.yaml: stages.tune
 
 
 # --------------------------------------------------------------------------- the committed YAML
@@ -181,10 +182,10 @@ def test_timeouts_and_scratch_are_kubernetes_platform_config(platform):
 CPU_IMAGE = "ghcr.io/quantized-mushroom/mushroom:0.1.0"
 GPU_IMAGE = "ghcr.io/quantized-mushroom/mushroom:0.1.0-gpu"
 EXECUTORS = ["exec-acquire-dataset", "exec-split-dataset", "exec-prepare-shards", "exec-plan-trials",
-             "exec-train-trial", "exec-select-trials", "exec-train-classifier",
+             "exec-train-trials", "exec-select-trials", "exec-train-classifier",
              "exec-quantize-to-bundle", "exec-evaluate-model", "exec-compare-models", "exec-publish-bundle"]
-SECOND_ROUND = ["exec-train-trial-2", "exec-select-trials-2"]  # paper.yaml: tune.rounds 2
-PAPER_GPU = ("exec-train-trial", "exec-train-trial-2", "exec-train-classifier")
+SECOND_ROUND = ["exec-train-trials-2", "exec-select-trials-2"]  # paper.yaml: tune.rounds 2
+PAPER_GPU = ("exec-train-trials", "exec-train-trials-2", "exec-train-classifier")
 EXPECTED_IMAGES = {
     "paper": {e: GPU_IMAGE if e in PAPER_GPU else CPU_IMAGE for e in EXECUTORS + SECOND_ROUND},
     "demo": dict.fromkeys(EXECUTORS, CPU_IMAGE),  # accelerator_count 0 everywhere: CPU TensorFlow
@@ -252,7 +253,7 @@ def test_committed_demo_yaml_fits_one_4_cpu_8_gb_node_with_kubeflow_pipelines():
                 loop_executors[executor] = task["iteratorPolicy"]["parallelismLimit"]
         else:
             loop_executors[component["executorLabel"]] = 1
-    assert loop_executors["exec-train-trial"] == 2  # demo.yaml: cluster.trial_parallelism
+    assert loop_executors["exec-train-trials"] == 2  # demo.yaml: cluster.trial_parallelism
     peak = {}
     for resource in ("cpu", "memory"):
         # Each model configuration runs its loop stages one after the other, `width` at a time.

@@ -14,6 +14,7 @@ from mushroom.trials import (
     Trial,
     TrialResult,
     TrialsFailed,
+    deal,
     first_round,
     round_epochs,
     round_sizes,
@@ -44,6 +45,13 @@ def test_rounds_halve_the_trials_and_multiply_the_epochs():
     assert round_sizes(9, 2, 1 / 3) == [9, 3]
     assert [round_epochs(2, r, 0.5) for r in (1, 2, 3)] == [2, 4, 8]
     assert round_epochs(3, 2, 1 / 3) == 9
+
+
+def test_trials_are_dealt_to_at_most_the_parallel_tasks():
+    trials = first_round([{"learning_rate": 0.01, "dropout": 0.1, "label_smoothing": 0.0}] * 5, epochs=1)
+    assert [[t.number for t in share] for share in deal(trials, 2)] == [[1, 3, 5], [2, 4]]
+    assert [[t.number for t in share] for share in deal(trials[::-1], 8)] == [[1], [2], [3], [4], [5]]
+    assert [[t.number for t in share] for share in deal(trials, 1)] == [[1, 2, 3, 4, 5]]  # today's serial tune
 
 
 def test_selection_does_not_depend_on_the_order_trials_finished_in():
@@ -130,7 +138,8 @@ def test_keras_tuner_samples_the_same_trials_for_a_seed(tmp_path):
 
 @pytest.mark.slow
 def test_trial_tasks_in_any_order_choose_what_the_serial_tune_chooses(small_dataset, tmp_path):
-    """The pipeline's graph by hand: plan, round 1's trial tasks in reverse order, select, round 2, select."""
+    """The pipeline's graph by hand with 2 trial tasks a round, run in reverse order, against the
+    serial tune (one task): the same trials, scores and hyperparameters."""
     dataset, splits = small_dataset
     config = {**TINY, "tune": {**TINY["tune"], "max_trials": 2}}  # rounds of 2 and 1 trials
     shards = tmp_path / "shards"
@@ -138,18 +147,21 @@ def test_trial_tasks_in_any_order_choose_what_the_serial_tune_chooses(small_data
     serial = stages.tune(dataset, splits, config, 3, tmp_path / "serial", shards_dir=shards)
 
     previous = tmp_path / "plan"
-    trials = stages.tune_plan(config, 3, previous)
-    assert len(trials) == 2 and read_json(previous / "plan.json")["round_sizes"] == [2, 1]
+    shares = stages.tune_plan(config, 3, previous, tasks=2)
+    assert [[t["number"] for t in share] for share in shares] == [[1], [2]]
+    assert read_json(previous / "plan.json")["round_sizes"] == [2, 1]
     for round_number in (1, 2):
-        dirs = {t["number"]: tmp_path / f"r{round_number}-t{t['number']}" for t in trials}
-        for trial in reversed(trials):  # finished in another order than planned
-            stages.tune_trial(dataset, splits, config, trial, 3, dirs[trial["number"]], shards_dir=shards)
-        previous_next = tmp_path / f"select-{round_number}"
-        trials, metrics = stages.tune_select(list(dirs.values()), previous, config, previous_next)
-        previous = previous_next
-        assert len(trials) == (1 if round_number == 1 else 0)
-        if trials:
-            assert trials[0]["epochs"] == 2 and trials[0]["round"] == 2
+        dirs = [tmp_path / f"r{round_number}-task{i}" for i in range(len(shares))]
+        for share, folder in reversed(list(zip(shares, dirs, strict=True))):  # finished in another order
+            stages.tune_trials(dataset, splits, config, share, 3, folder, shards_dir=shards)
+        selected = tmp_path / f"select-{round_number}"
+        shares, metrics = stages.tune_select(dirs, previous, config, selected, tasks=2)
+        previous = selected
+        if round_number == 1:
+            [[survivor]] = shares
+            assert survivor["epochs"] == 2 and survivor["round"] == 2
+        else:
+            assert shares == []
     assert metrics == serial
     for name in ("hyperparameters.json", "trials.json"):
         parallel, alone = read_json(previous / name), read_json(tmp_path / "serial" / name)

@@ -222,81 +222,97 @@ def _training_data(shards_dir: Path, splits_dir, config, seed: int, runtime):
     return train, val, train_ds, val_ds, -(-len(train) // batch)
 
 
-TRIAL_RESULT = "result.json"
+TRIAL_RESULTS = "results.json"
 TRIALS = "trials.json"
 
 
-def tune_plan(model_config: dict[str, Any], seed: int, out_dir: str | Path) -> list[dict]:
-    """Sample round 1's trials with keras-tuner (seeded); write ``plan.json`` and an empty
-    ``trials.json`` (the first round's selection adds to it); return the trials (the pipeline's
-    nested loop runs one task per trial)."""
+def tune_plan(model_config: dict[str, Any], seed: int, out_dir: str | Path, tasks: int = 1) -> list[list[dict]]:
+    """Sample round 1's trials with keras-tuner (seeded) and deal them to at most ``tasks`` trial
+    tasks (:func:`mushroom.trials.deal`); write ``plan.json`` and an empty ``trials.json`` (each
+    round's selection adds its rows); return each task's trials (the pipeline's nested loop runs
+    one task per item)."""
     import tempfile
 
     from mushroom.training import sample_trials
-    from mushroom.trials import first_round, round_sizes
+    from mushroom.trials import deal, first_round, round_sizes
 
     config = parse_model_config(model_config)
     t = config.tune
     with _timed(f"tune {config.model_name}: plan"), tempfile.TemporaryDirectory(prefix="mushroom-plan-") as work:
         trials = first_round(sample_trials(config, seed, work), t.epochs)
     sizes = round_sizes(t.max_trials, t.rounds, t.halving_fraction)
-    log.info("tune %s: %d trials, %s", config.model_name, len(trials),
+    dealt = deal(trials, tasks)
+    log.info("tune %s: %d trials in %d task(s), %s", config.model_name, len(trials), len(dealt),
              "one round" if t.rounds == 1 else f"{t.rounds} rounds of {sizes} trials (successive halving, "
                                                f"the best {t.halving_fraction:g} continue)")
     plan = {"seed": seed, "rounds": t.rounds, "round_sizes": sizes, "halving_fraction": t.halving_fraction,
-            "trials": [trial.to_dict() for trial in trials]}
+            "tasks": tasks, "trials": [trial.to_dict() for trial in trials]}
     out_dir = Path(out_dir)
     write_json_atomic(out_dir / "plan.json", plan)
     write_json_atomic(out_dir / TRIALS, [])
-    return plan["trials"]
+    return [[trial.to_dict() for trial in share] for share in dealt]
 
 
-def tune_trial(dataset_dir, splits_dir, model_config: dict[str, Any], trial: dict[str, Any], seed: int,
-               out_dir: str | Path, shards_dir: str | Path | None = None) -> dict:
-    """Train one trial (:func:`mushroom.training.train_trial`), seeded by the run's seed and the
-    trial's number; write ``result.json``; return its metrics.
+def _tune_one(dataset_dir, splits_dir, config, spec, seed: int, shards_dir, work: Path):
+    """Train one trial on datasets built for it (the data is the run's; the seed of its model is its own)."""
+    from mushroom.runtime import resolve_runtime
+    from mushroom.training import train_trial
+
+    runtime = resolve_runtime(config.train, seed)
+    _seed_everything(spec.seed(seed))
+    with _shards(dataset_dir, splits_dir, config.image_size, shards_dir) as shards:
+        train, val, train_ds, val_ds, _ = _training_data(shards, splits_dir, config, seed, runtime)
+        head_data = _head_data(shards, splits_dir, config, seed, runtime, train, val)
+        if head_data is not None:
+            train_ds, val_ds = head_data
+        return train_trial(config, train.num_classes, spec, train_ds, val_ds, work, seed, runtime, train.labels,
+                           None if head_data is None else int(train_ds.element_spec[0].shape[-1]))
+
+
+def tune_trials(dataset_dir, splits_dir, model_config: dict[str, Any], trials: list[dict[str, Any]], seed: int,
+                out_dir: str | Path, shards_dir: str | Path | None = None) -> dict:
+    """Train a task's share of a round's trials one after the other (:func:`mushroom.training.train_trial`),
+    each seeded by the run's seed and its number; write ``results.json``; return metrics.
 
     Photos (or cached features) come from ``shards_dir`` (the prepare stage), else from shards made here.
     """
     import tempfile
 
     from mushroom.runtime import resolve_runtime
-    from mushroom.training import train_trial
     from mushroom.trials import Trial
 
     config = parse_model_config(model_config)
-    spec = Trial.from_dict(trial)
-    with _timed(f"tune {config.model_name}: {spec.name}"):
-        runtime = resolve_runtime(config.train, seed)  # an impossible setting stops here, before any work
-        _seed_everything(spec.seed(seed))
-        with _shards(dataset_dir, splits_dir, config.image_size, shards_dir) as shards, \
-                tempfile.TemporaryDirectory(prefix="mushroom-tuner-") as work:
-            # The data (order, augmentation, cached features) is the run's; the trial's seed is its model's.
-            train, val, train_ds, val_ds, _ = _training_data(shards, splits_dir, config, seed, runtime)
-            head_data = _head_data(shards, splits_dir, config, seed, runtime, train, val)
-            if head_data is not None:
-                train_ds, val_ds = head_data
-            result = train_trial(config, train.num_classes, spec, train_ds, val_ds, work, seed, runtime, train.labels,
-                                 None if head_data is None else int(train_ds.element_spec[0].shape[-1]))
-        write_json_atomic(Path(out_dir) / TRIAL_RESULT, result.to_dict())
-    return {"score": result.score if result.finished else float("nan"), "round": spec.round,
-            "trial": spec.number, "epochs": spec.epochs, "seconds": round(result.seconds, 1)}
+    specs = [Trial.from_dict(trial) for trial in trials]
+    if not specs:
+        raise ValueError(f"tune {config.model_name}: a trial task was given no trials")
+    resolve_runtime(config.train, seed)  # an impossible setting stops here, before any work
+    results = []
+    with _timed(f"tune {config.model_name}: round {specs[0].round}, trials {[s.number for s in specs]}"), \
+            tempfile.TemporaryDirectory(prefix="mushroom-tuner-") as work:
+        for spec in specs:
+            results.append(_tune_one(dataset_dir, splits_dir, config, spec, seed, shards_dir, Path(work)))
+    write_json_atomic(Path(out_dir) / TRIAL_RESULTS, [r.to_dict() for r in results])
+    scores = [r.score for r in results if r.finished]
+    return {"round": specs[0].round, "trials": len(results), "finished": len(scores),
+            "best_score": max(scores) if scores else float("nan"),
+            "seconds": round(sum(r.seconds for r in results), 1)}
 
 
-def tune_select(result_dirs: list, previous_dir: str | Path, model_config: dict[str, Any],
-                out_dir: str | Path) -> tuple[list[dict], dict]:
-    """After one round of trials: the next round's trials (none after the last round) and the
-    best so far, written as ``hyperparameters.json`` (what train reads) with ``trials.json`` (the
-    previous rounds' rows from ``previous_dir``, then this round's).
+def tune_select(result_dirs: list, previous_dir: str | Path, model_config: dict[str, Any], out_dir: str | Path,
+                tasks: int = 1) -> tuple[list[list[dict]], dict]:
+    """After one round of trials: the next round's trials dealt to at most ``tasks`` tasks (none
+    after the last round) and metrics of the best so far, written as ``hyperparameters.json``
+    (what train reads) with ``trials.json`` (the previous rounds' rows from ``previous_dir``,
+    then this round's).
 
     Raises:
         mushroom.trials.TrialsFailed: fewer finished trials than the next round needs.
     """
-    from mushroom.trials import TrialResult, select
+    from mushroom.trials import TrialResult, deal, select
 
     config = parse_model_config(model_config)
     t = config.tune
-    results = sorted((TrialResult.from_dict(read_json(Path(d) / TRIAL_RESULT)) for d in result_dirs),
+    results = sorted((TrialResult.from_dict(r) for d in result_dirs for r in read_json(Path(d) / TRIAL_RESULTS)),
                      key=lambda r: r.trial.number)
     next_trials, best = select(results, rounds=t.rounds, fraction=t.halving_fraction, epochs=t.epochs)
     rows = [*read_json(Path(previous_dir) / TRIALS), *(r.row() for r in results)]
@@ -306,24 +322,25 @@ def tune_select(result_dirs: list, previous_dir: str | Path, model_config: dict[
     round_number = results[0].trial.round
     scores = ", ".join(f"{r.trial.number}: {'failed' if not r.finished else f'{r.score:.3f}'}" for r in results)
     if next_trials:
-        log.info("tune %s: round %d (%s): trials %s continue with %d epochs", config.model_name, round_number,
-                 scores, [tr.number for tr in next_trials], next_trials[0].epochs)
+        log.info("tune %s: round %d (trial: score %s): trials %s continue with %d epochs", config.model_name,
+                 round_number, scores, [tr.number for tr in next_trials], next_trials[0].epochs)
     else:
-        log.info("tune %s: round %d (%s): trial %d chosen, %s", config.model_name, round_number, scores,
-                 best.trial.number, ", ".join(f"{k} {v:.3g}" for k, v in best.trial.hyperparameters.items()))
+        log.info("tune %s: round %d (trial: score %s): trial %d chosen, %s", config.model_name, round_number,
+                 scores, best.trial.number,
+                 ", ".join(f"{k} {v:.3g}" for k, v in best.trial.hyperparameters.items()))
     metrics = {**best.trial.hyperparameters, "best_val_accuracy": float(best.score), "best_trial": best.trial.number,
                "round": round_number, "finished_trials": sum(r.finished for r in results)}
-    return [tr.to_dict() for tr in next_trials], metrics
+    return [[trial.to_dict() for trial in share] for share in deal(next_trials, tasks)], metrics
 
 
 def tune(dataset_dir, splits_dir, model_config: dict[str, Any], seed: int, out_dir: str | Path,
          shards_dir: str | Path | None = None) -> dict:
-    """Search hyperparameters on this machine: the pipeline's tuning graph run one task after the
-    other (plan, each round's trials, select); write ``hyperparameters.json`` and ``trials.json``.
+    """Search hyperparameters on this machine: the pipeline's tuning graph with one trial task
+    (plan, each round's trials in turn, select); write ``hyperparameters.json`` and ``trials.json``.
 
-    The trials are the ones the pipeline's parallel trial tasks train, with the same seeds, so
-    both choose the same hyperparameters. Photos come from ``shards_dir`` (the prepare stage),
-    else from shards made here.
+    Every trial is seeded by its number and trains on datasets built for it, so the pipeline's
+    parallel trial tasks, however many, choose the same hyperparameters. Photos come from
+    ``shards_dir`` (the prepare stage), else from shards made here.
     """
     import tempfile
 
@@ -334,18 +351,17 @@ def tune(dataset_dir, splits_dir, model_config: dict[str, Any], seed: int, out_d
     with _timed(f"tune {config.model_name}"), tempfile.TemporaryDirectory(prefix="mushroom-tune-") as work:
         work = Path(work)
         previous = work / "plan"
-        trials = tune_plan(model_config, seed, previous)
+        [trials] = tune_plan(model_config, seed, previous)
         round_number = 1
         while True:
-            result_dirs = []
-            for trial in trials:
-                result_dirs.append(work / f"round-{round_number}" / f"trial-{trial['number']}")
-                tune_trial(dataset_dir, splits_dir, model_config, trial, seed, result_dirs[-1], shards_dir)
+            results = work / f"round-{round_number}"
+            tune_trials(dataset_dir, splits_dir, model_config, trials, seed, results, shards_dir)
             selected = work / f"select-{round_number}"
-            trials, metrics = tune_select(result_dirs, previous, model_config, selected)
+            shares, metrics = tune_select([results], previous, model_config, selected)
             previous, round_number = selected, round_number + 1
-            if not trials:
+            if not shares:
                 break
+            [trials] = shares
         out_dir = Path(out_dir)
         for name in (HYPERPARAMETERS, TRIALS):
             write_json_atomic(out_dir / name, read_json(previous / name))

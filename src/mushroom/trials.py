@@ -1,10 +1,14 @@
 """Tuning as rounds of independent trials: sampled up front, trained anywhere, selected by score.
 
 keras-tuner samples the search space once, seeded (:func:`mushroom.training.sample_trials`):
-``tune.max_trials`` trials for round 1. Each trial then trains on its own (a task of its own
-on a cluster, one after the other in :func:`mushroom.stages.tune`), seeded by the run's seed
-and its own number, so its result does not depend on which trials ran before it, beside it
-or finished first. After a round the best ``tune.halving_fraction`` of its trials continue
+``tune.max_trials`` trials for round 1. Each trial then trains on its own, seeded by the run's
+seed and its own number, on datasets built afresh, so its result does not depend on which
+trials ran before it, beside it or finished first. A round's trials are dealt to at most
+``cluster.trial_parallelism`` tasks (:func:`deal`): that many run at once on a cluster, each
+training its share one after the other, and ``trial_parallelism: 1`` is one task training
+every trial in turn, as :func:`mushroom.stages.tune` does on one machine. A task per trial
+would start a pod (image, TensorFlow, shards) for every trial, which costs more than a trial
+on cached features. After a round the best ``tune.halving_fraction`` of its trials continue
 in the next round with ``1 / halving_fraction`` times the epochs (successive halving); the
 best trial of the last round gives the hyperparameters. Ties go to the lower trial number.
 
@@ -111,6 +115,13 @@ def first_round(sampled: Iterable[dict[str, float]], epochs: int) -> list[Trial]
     """Round 1: every sampled set of hyperparameters, numbered in sampling order."""
     return [Trial(number=i, round=1, epochs=epochs, hyperparameters={k: float(hp[k]) for k in HYPERPARAMETER_NAMES})
             for i, hp in enumerate(sampled, start=1)]
+
+
+def deal(trials: list[Trial], tasks: int) -> list[list[Trial]]:
+    """Deal a round's trials to at most ``tasks`` tasks, round-robin in trial-number order (the
+    best-ranked of a later round spread over the tasks); no task is left empty."""
+    ordered = sorted(trials, key=lambda t: t.number)
+    return [ordered[i::tasks] for i in range(min(tasks, len(ordered)))]
 
 
 def ranked(results: Iterable[TrialResult]) -> list[TrialResult]:

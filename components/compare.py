@@ -12,10 +12,11 @@ def compare_models(evaluations: Input[list[Artifact]], bundles: Input[list[Model
     import shutil
     from pathlib import Path
 
-    from mushroom import console, stages
+    from mushroom import console, image_identity, stages
     from mushroom.report import COMPARISON_REPORT
 
     console.setup_stage_logging("compare")
+    image_identity.record_image(comparison)
     text = stages.compare([e.path for e in evaluations], [b.path for b in bundles],
                           best_bundle.path, best_evaluation.path)
     Path(comparison.path).write_text(text, encoding="utf-8")

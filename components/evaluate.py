@@ -8,22 +8,26 @@ from components.image import IMAGE
 def evaluate_model(dataset: Input[Dataset], splits: Input[Dataset], shards: Input[Dataset], model: Input[Model],
                    bundle: Input[Model], evaluation: Output[Artifact], calibrated_bundle: Output[Model],
                    metrics: Output[Metrics], confusion: Output[ClassificationMetrics],
-                   edibility_roc: Output[ClassificationMetrics], report: Output[HTML], summary: Output[Markdown]):
+                   edibility_roc: Output[ClassificationMetrics], report: Output[HTML], summary: Output[Markdown],
+                   wandb: Output[Artifact]):
     """Evaluate Keras and every TFLite variant: species, edibility safety, calibration, size and CPU latency.
 
     Fits the temperature and edible threshold per variant on the validation split and outputs the
     bundle with that calibration; the confusion matrix and the ROC of P(edible) are those of the
-    bundle's default variant (the one ``identify`` uses).
+    bundle's default variant (the one ``identify`` uses). ``wandb``: the W&B run (metrics, plots,
+    report, the bundle), offline files; synced when ``WANDB_API_KEY`` is set.
     """
     import shutil
     from pathlib import Path
 
-    from mushroom import console, stages
+    from mushroom import console, image_identity, stages, tracking
     from mushroom.report import REPORT, SUMMARY
 
     console.setup_stage_logging("evaluate", console.configuration_of_bundle(bundle.path))
-    result = stages.evaluate(dataset.path, splits.path, model.path, bundle.path, evaluation.path,
-                             calibrated_bundle.path, shards_dir=shards.path)
+    image_identity.record_image(evaluation, wandb)
+    with tracking.runs_in(wandb.path, wandb.metadata):
+        result = stages.evaluate(dataset.path, splits.path, model.path, bundle.path, evaluation.path,
+                                 calibrated_bundle.path, shards_dir=shards.path)
     shown = stages.evaluation_outputs(result, calibrated_bundle.path)
     for key, value in shown.metrics.items():
         metrics.log_metric(key, value)

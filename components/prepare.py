@@ -9,8 +9,9 @@ def prepare_shards(dataset: Input[Dataset], splits: Input[Dataset], model_config
                    shards: Output[Dataset], metrics: Output[Metrics]):
     """Decode every photo once for every model input size of the run into checksummed shards, and
     cache the pooled features of every frozen pretrained backbone beside them."""
-    from mushroom import console, stages
+    from mushroom import console, image_identity, stages
 
     console.setup_stage_logging("prepare")
+    image_identity.record_image(shards)
     for key, value in stages.prepare(dataset.path, splits.path, model_configs, shards.path, seed).items():
         metrics.log_metric(key, value)

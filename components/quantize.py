@@ -8,9 +8,10 @@ from components.image import IMAGE
 def quantize_to_bundle(dataset: Input[Dataset], splits: Input[Dataset], shards: Input[Dataset], model: Input[Model],
                        model_config: dict, seed: int, bundle: Output[Model], metrics: Output[Metrics]):
     """Convert to TFLite float32 and full-integer int8; write the model bundle."""
-    from mushroom import console, stages
+    from mushroom import console, image_identity, stages
 
     console.setup_stage_logging("quantize", model_config.get("model_name"))
+    image_identity.record_image(bundle)
     result = stages.quantize(dataset.path, splits.path, model.path, model_config, seed, bundle.path,
                              shards_dir=shards.path)
     bundle.metadata["framework"] = "tflite"

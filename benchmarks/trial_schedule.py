@@ -2,9 +2,10 @@
 
 For each configuration of a run configuration: the rounds (``tune.rounds``, ``halving_fraction``),
 the trials and epochs of each round, and the wall time of the tune stage as one task running
-every trial in turn (``trial_parallelism: 1``) and as parallel trial tasks, in waves of
-``trial_parallelism``. A trial task costs ``--task-overhead-s`` (pod start, image already on the
-node, TensorFlow import, reading its shards) plus its epochs; an epoch is the configuration's
+every trial in turn (the stage before trial tasks) and as the graph of tasks (plan, per round
+up to ``trial_parallelism`` trial tasks and a select). A task costs ``--task-overhead-s`` (pod
+start, image already on the node, TensorFlow import, reading its shards), a trial task its epochs
+besides; an epoch is the configuration's
 training photos over ``--images-per-s`` (forward-only through a frozen backbone: phase one on
 pixels; or ``--feature-images-per-s`` where the head trains on cached features). The defaults
 are assumptions for one NVIDIA L4 (docs/benchmarks.md sizes GPUs on paper; nothing here was
@@ -41,13 +42,16 @@ def train_photos(config) -> int:
 
 
 def schedule(tune, trial_parallelism: int, epoch_s: float, overhead_s: float) -> dict:
+    """Wall seconds of the tune stage: as one task training every trial (the stage before trial
+    tasks), and as the graph: a plan task, then per round up to ``trial_parallelism`` tasks at once,
+    each training its share of the round's trials (:func:`mushroom.trials.deal`), and a select task."""
     sizes = round_sizes(tune.max_trials, tune.rounds, tune.halving_fraction)
     epochs = [round_epochs(tune.epochs, r, tune.halving_fraction) for r in range(1, tune.rounds + 1)]
-    serial = overhead_s + sum(n * e * epoch_s for n, e in zip(sizes, epochs, strict=True))
-    parallel = sum(math.ceil(n / trial_parallelism) * (overhead_s + e * epoch_s)
-                   for n, e in zip(sizes, epochs, strict=True)) + 2 * overhead_s * tune.rounds  # plan/select tasks
+    one_task = overhead_s + sum(n * e * epoch_s for n, e in zip(sizes, epochs, strict=True))
+    graph = overhead_s + sum(overhead_s + math.ceil(n / trial_parallelism) * e * epoch_s + overhead_s
+                             for n, e in zip(sizes, epochs, strict=True))
     return {"sizes": sizes, "epochs": epochs, "trial_epochs": sum(n * e for n, e in zip(sizes, epochs, strict=True)),
-            "serial_s": serial, "parallel_s": parallel}
+            "serial_s": one_task, "parallel_s": graph}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     width = config.cluster.trial_parallelism
     print(f"{config.name}: {photos:,} training photos; trial_parallelism {width}, parallelism "
           f"{config.cluster.parallelism}; a task starts in {args.task_overhead_s:.0f} s (assumed)")
-    print("configuration      | rounds (trials x epochs) | trial-epochs | epoch s | serial min | parallel min | x")
+    print("configuration      | rounds (trials x epochs) | trial-epochs | epoch s | one task min | tasks min | x")
     print("---|---|---|---|---|---|---")
     for model in config.models:
         on_features = model.weights == "imagenet" and model.architecture.startswith("efficientnet-lite")
@@ -75,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         s = schedule(model.tune, width, epoch_s, args.task_overhead_s)
         rounds = " then ".join(f"{n} x {e}" for n, e in zip(s["sizes"], s["epochs"], strict=True))
         print(f"{model.model_name:18} | {rounds:24} | {s['trial_epochs']:12} | {epoch_s:7.1f} | "
-              f"{s['serial_s'] / 60:10.1f} | {s['parallel_s'] / 60:12.1f} | {s['serial_s'] / s['parallel_s']:.1f}")
+              f"{s['serial_s'] / 60:12.1f} | {s['parallel_s'] / 60:9.1f} | {s['serial_s'] / s['parallel_s']:.1f}")
     return 0
 
 

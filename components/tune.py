@@ -10,9 +10,10 @@ from components.image import IMAGE
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def plan_trials(model_config: dict, seed: int, tasks: int, plan: Output[Artifact]) -> list:
     """Sample round 1's trials with keras-tuner (seeded), dealt to at most ``tasks`` trial tasks."""
-    from mushroom import console, stages
+    from mushroom import console, image_identity, stages
 
     console.setup_stage_logging("tune", model_config.get("model_name"))
+    image_identity.record_image(plan)
     return stages.tune_plan(model_config, seed, plan.path, tasks=tasks)
 
 
@@ -21,9 +22,10 @@ def train_trials(dataset: Input[Dataset], splits: Input[Dataset], shards: Input[
                  trials: list, seed: int, results: Output[Artifact], metrics: Output[Metrics]):
     """Train this task's trials for their round's epochs, one after the other; each one's score is
     its best validation accuracy."""
-    from mushroom import console, stages
+    from mushroom import console, image_identity, stages
 
     console.setup_stage_logging("tune", model_config.get("model_name"))
+    image_identity.record_image(results)
     for key, value in stages.tune_trials(dataset.path, splits.path, model_config, trials, seed, results.path,
                                          shards_dir=shards.path).items():
         metrics.log_metric(key, value)
@@ -35,9 +37,10 @@ def select_trials(results: Input[list[Artifact]], previous: Input[Artifact], mod
     """Rank a round's trials: the best fraction continue (successive halving); the best so far is written
     as the hyperparameters train reads. Returns the next round's trials dealt to at most ``tasks``
     tasks (none after the last round)."""
-    from mushroom import console, stages
+    from mushroom import console, image_identity, stages
 
     console.setup_stage_logging("tune", model_config.get("model_name"))
+    image_identity.record_image(hyperparameters)
     next_trials, shown = stages.tune_select([r.path for r in results], previous.path, model_config,
                                             hyperparameters.path, tasks=tasks)
     for key, value in shown.items():

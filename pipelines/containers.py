@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mushroom.stages import IMAGE_ENV
+from mushroom.image_identity import IMAGE_ENV
 
 
 @dataclass(frozen=True)

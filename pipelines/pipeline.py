@@ -27,6 +27,7 @@ from components import (
 from components.image import project_images
 from mushroom.cluster import DEFAULT_GPU_TOLERATIONS, ClusterConfig, ImagesConfig, vertex_problems
 from mushroom.config import ConfigError, RunConfig
+from mushroom.image_identity import image_environment
 from mushroom.runtime import ACCELERATOR_ENV, ACCELERATORS_ENV
 
 PIPELINE_NAME = "quantized-mushroom"
@@ -49,11 +50,15 @@ TUNE_TASKS = {"tune-plan": "compare", "tune-trials": "tune", "tune-select": "com
 def _schedule_common(task: dsl.PipelineTask, stage: str, cluster: ClusterConfig, images: ImagesConfig) -> None:
     """What both targets read: display name, image, retries, caching; on a stage that requests
     accelerators, the count and ``accelerator`` as environment, which the stage checks against
-    the GPUs TensorFlow sees before any work (:func:`mushroom.runtime.check_accelerators`).
+    the GPUs TensorFlow sees before any work (:func:`mushroom.runtime.check_accelerators`); the
+    image's reference (and digest where pinned by one) as environment, which each task records
+    in its outputs (:mod:`mushroom.image_identity`).
 
     ``stage`` is a stage of :data:`mushroom.stage_names.STAGES` or a task of :data:`TUNE_TASKS`."""
     schedule = cluster.stages.of(TUNE_TASKS.get(stage, stage))
     task.set_display_name(stage).set_container_image(images.for_stage(schedule))
+    for name, value in image_environment(images.for_stage(schedule)).items():
+        task.set_env_variable(name, value)
     if schedule.accelerator_count:
         task.set_env_variable(ACCELERATORS_ENV, str(schedule.accelerator_count))
         task.set_env_variable(ACCELERATOR_ENV, schedule.accelerator)
@@ -158,7 +163,7 @@ def _compose(schedule, dataset_config, model_configs, split_config, seed, publis
                              job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
                              created=dsl.PIPELINE_JOB_CREATE_TIME_UTC_PLACEHOLDER, gate=publish_gate)
     schedule(publish, "publish")
-    return publish.output
+    return publish.outputs["Output"]
 
 
 _DESCRIPTION = "Train, int8-quantize and evaluate a mushroom classifier."

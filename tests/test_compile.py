@@ -109,7 +109,7 @@ def test_stage_order_and_typed_artifacts(spec):
     assert {k: v["artifactType"]["schemaTitle"] for k, v in ev_out.items()} == {
         "evaluation": "system.Artifact", "calibrated_bundle": "system.Model", "metrics": "system.Metrics",
         "confusion": "system.ClassificationMetrics", "edibility_roc": "system.ClassificationMetrics",
-        "report": "system.HTML", "summary": "system.Markdown"}
+        "report": "system.HTML", "summary": "system.Markdown", "wandb": "system.Artifact"}
     assert comps["comp-compare-models"]["outputDefinitions"]["artifacts"]["report"]["artifactType"][
         "schemaTitle"] == "system.HTML"
     # compare consumes the collected evaluations of the loop
@@ -208,10 +208,12 @@ def test_committed_yaml_runs_each_stage_in_the_image_of_its_role(name):
 @pytest.mark.parametrize("name", ["paper", "demo", "paper.vertex", "demo.vertex"])
 def test_committed_yaml_tells_gpu_stages_how_many_gpus_they_asked_for(name):
     """The stage checks MUSHROOM_ACCELERATORS against the GPUs TensorFlow sees before any work
-    (mushroom.runtime.check_accelerators); CPU stages carry neither variable."""
+    (mushroom.runtime.check_accelerators); CPU stages carry neither variable. Every stage is told
+    the image it runs in (MUSHROOM_IMAGE_REF, recorded in its outputs; tags here, so no digest)."""
     for executor in _committed(name)[0]["deploymentSpec"]["executors"].values():
         container = executor["container"]
         env = {e["name"]: e["value"] for e in container.get("env", [])}
+        assert env.pop("MUSHROOM_IMAGE_REF") == container["image"] and "MUSHROOM_IMAGE_DIGEST" not in env
         accelerator = container.get("resources", {}).get("accelerator")
         if accelerator:
             assert env == {"MUSHROOM_ACCELERATORS": accelerator["resourceCount"],

@@ -97,7 +97,7 @@ def test_task_owners_groups_files_by_task_folder(tmp_path):
 
 
 def test_image_identity_environment_names_what_the_stages_read():
-    from mushroom.stages import IMAGE_ENV
+    from mushroom.image_identity import IMAGE_ENV
 
     identity = containers.ImageIdentity("reg/img:1", "sha256:" + "a" * 64, None, "10001:10001", 1)
     assert identity.environment() == {IMAGE_ENV["reference"]: "reg/img:1", IMAGE_ENV["id"]: "sha256:" + "a" * 64}
@@ -237,10 +237,11 @@ def test_base_image_script_names_the_packages_debootstrap_cannot_resolve():
 def test_quantize_records_the_image_it_ran_in(trained_run, tmp_path, monkeypatch):
     from mushroom import stages, variants
     from mushroom.bundle import read_bundle
+    from mushroom.image_identity import IMAGE_ENV
     from tests.helpers import TINY_MODEL
 
     assert "image" not in read_bundle(trained_run["bundle"]).metadata["provenance"]  # no runner said
-    for key, var in stages.IMAGE_ENV.items():
+    for key, var in IMAGE_ENV.items():
         monkeypatch.setenv(var, {"reference": "reg/img:1", "id": "sha256:" + "b" * 64}.get(key, ""))
     config = {**TINY_MODEL, "quantize": {"variants": [variants.REFERENCE, variants.FULL_INTEGER],
                                          "representative_samples": 16}}

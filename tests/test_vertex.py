@@ -41,7 +41,13 @@ def test_vertex_flavour_is_one_document_with_vertex_accelerators_and_limits(path
     assert len(docs) == 1 and "platforms" not in docs[0]
     config = load_config(CONFIGS / path.name.replace(".vertex", ""))
     executors = docs[0]["deploymentSpec"]["executors"]
-    stage_of = {name: name.removeprefix("exec-").split("-")[0] for name in executors}
+    from pipelines.pipeline import TUNE_TASKS
+
+    tune_tasks = {"plan-trials": "tune-plan", "train-trials": "tune-trials", "select-trials": "tune-select"}
+    stage_of = {}  # the stage whose schedule an executor has: the tune stage's tasks by TUNE_TASKS
+    for name in executors:
+        component = name.removeprefix("exec-").removesuffix("-2")  # -2: the second round's tasks
+        stage_of[name] = TUNE_TASKS[tune_tasks[component]] if component in tune_tasks else component.split("-")[0]
     gpu_stages = set()
     for name, executor in executors.items():
         schedule = config.cluster.stages.of(stage_of[name])

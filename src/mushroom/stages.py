@@ -12,7 +12,6 @@ lives in the modules it calls (fitting in :mod:`mushroom.calibrate`, measuring i
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import time
 from contextlib import ExitStack, contextmanager
@@ -24,6 +23,7 @@ import numpy as np
 from mushroom import backbones
 from mushroom.config import DatasetConfig, SplitConfig, parse_model_config
 from mushroom.fileio import read_json, write_json_atomic, write_text_atomic
+from mushroom.image_identity import running_image
 from mushroom.manifest import SPLIT_NAMES, read_dataset_catalog, read_manifest, write_splits
 
 if TYPE_CHECKING:
@@ -34,9 +34,6 @@ log = logging.getLogger("mushroom")
 
 HYPERPARAMETERS = "hyperparameters.json"
 KERAS_MODEL = "model.keras"
-# Set by a runner that knows the container image a stage runs in (pipelines/containers.py);
-# the quantize stage records it in the bundle's metadata.json as provenance.image.
-IMAGE_ENV = {"reference": "MUSHROOM_IMAGE_REF", "id": "MUSHROOM_IMAGE_ID", "digest": "MUSHROOM_IMAGE_DIGEST"}
 
 
 @contextmanager
@@ -457,7 +454,7 @@ def quantize(dataset_dir, splits_dir, model_dir, model_config: dict[str, Any], s
             latency=LatencySetup(runs=config.evaluate.latency_runs, rounds=config.evaluate.latency_rounds),
             recipe=[rule.model_dump() for rule in q.recipe])
         extra = {"representative_samples": int(len(picked)), "choice_reason": report["reason"]}
-        image = {key: os.environ[var] for key, var in IMAGE_ENV.items() if os.environ.get(var)}
+        image = running_image()
         dataset_config = read_json(Path(dataset_dir) / "dataset.json").get("config")
         run_config = {"seed": seed, "dataset": dataset_config, "model": config.model_dump(mode="json")}
         extra["provenance"] = build_provenance(

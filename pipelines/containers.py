@@ -188,5 +188,7 @@ def docker_runner(identity: ImageIdentity, mounts: list[str]):
 
     return local.DockerRunner(
         mounts=[Mount(target=path, source=path, type="bind") for path in mounts],
-        environment=identity.environment(),
+        # The compiled pipeline names its own image (a tag, maybe a digest) in the same variables;
+        # the local image's identity replaces every one of them (an empty value counts as unset).
+        environment={**dict.fromkeys(IMAGE_ENV.values(), ""), **identity.environment()},
     )

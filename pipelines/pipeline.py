@@ -36,6 +36,8 @@ PIPELINE_NAME = "quantized-mushroom"
 RUN_AS_USER = 10001  # the image's non-root user
 SETTINGS_CONFIG_MAP = "mushroom-settings"  # manifests/base/runner; optional keys per overlay
 SETTINGS_ENV = {key: key for key in ("STORAGE_EMULATOR_HOST", "GOOGLE_CLOUD_PROJECT", "WANDB_MODE")}
+# The W&B key, where the cluster has one: a task's offline runs are then synced when it ends.
+WANDB_SECRET, WANDB_SECRET_ENV = "wandb", {"api_key": "WANDB_API_KEY"}
 SCRATCH_PATH = "/tmp"  # the stages' temporary files (keras-tuner trials, SavedModel export, publish staging)
 
 
@@ -92,6 +94,7 @@ def _schedule_kfp(task: dsl.PipelineTask, stage: str, cluster: ClusterConfig, im
         kubernetes.set_timeout(task, schedule.timeout_s)
     kubernetes.set_security_context(task, run_as_user=RUN_AS_USER, run_as_group=RUN_AS_USER, run_as_non_root=True)
     kubernetes.use_config_map_as_env(task, SETTINGS_CONFIG_MAP, SETTINGS_ENV, optional=True)
+    kubernetes.use_secret_as_env(task, WANDB_SECRET, WANDB_SECRET_ENV, optional=True)
 
 
 def _schedule_vertex(task: dsl.PipelineTask, stage: str, cluster: ClusterConfig, images: ImagesConfig) -> None:

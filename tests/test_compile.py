@@ -151,6 +151,9 @@ def test_every_task_runs_as_non_root_with_cluster_settings(spec, platform):
         (env,) = executor["configMapAsEnv"]
         assert env["configMapName"] == "mushroom-settings" and env["optional"] is True
         assert {"configMapKey": "STORAGE_EMULATOR_HOST", "envVar": "STORAGE_EMULATOR_HOST"} in env["keyToEnv"]
+        (secret,) = executor["secretAsEnv"]  # the W&B key where the cluster has one
+        assert secret["secretName"] == "wandb" and secret["optional"] is True
+        assert secret["keyToEnv"] == [{"secretKey": "api_key", "envVar": "WANDB_API_KEY"}]
 
 
 def test_retries_with_backoff_and_caching(spec):

@@ -75,6 +75,31 @@ if recorded.get("id") != image_id or recorded.get("reference") != reference:
     sys.exit(f"error: the bundle records {recorded}, the run used {reference} {image_id}")
 EOF
 
+step "What the tasks kept: the image each ran in, and the W&B runs of train and evaluate"
+"$py" - "$out/pipeline_root" "$image" "$image_id" <<'EOF'
+import json, sys
+from pathlib import Path
+root, reference, image_id = Path(sys.argv[1]), *sys.argv[2:]
+run = max((p for p in root.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
+wrong, tasks = [], 0
+for output in sorted(run.rglob("executor_output.json")):
+    task = str(output.parent.relative_to(run))
+    artifacts = json.loads(output.read_text()).get("artifacts", {})
+    images = [a.get("metadata", {}).get("image") for outs in artifacts.values() for a in outs.get("artifacts", [])]
+    images = [i for i in images if i]
+    tasks += 1
+    if not images or any(i.get("id") != image_id or i.get("reference") != reference for i in images):
+        wrong.append(f"{task}: {images}")
+runs = sorted(run.glob("**/wandb/wandb/offline-run-*"))
+print(f"{tasks} tasks recorded image {reference} ({image_id[:19]}...) in their outputs")
+for folder in runs:
+    print(f"  W&B offline run kept: {folder.relative_to(run)} ({sum(1 for f in folder.rglob('*') if f.is_file())} files)")
+if wrong:
+    sys.exit("error: tasks that did not record the image they ran in:\n  " + "\n  ".join(wrong))
+if not any("train-classifier" in str(f) for f in runs) or not any("evaluate-model" in str(f) for f in runs):
+    sys.exit("error: train and evaluate kept no W&B offline run among their outputs")
+EOF
+
 step "Summary"
 "$py" -m pipelines.runlog --require-docker "$out/run.log"
 size="$(docker image inspect --format '{{.Size}}' "$image")"

@@ -6,7 +6,8 @@
 console (:class:`RunConsole`). This module's command reads a full log back:
 
 kfp.local logs ``HH:MM:SS.mmm - INFO - Executing task 'NAME'`` and ``... Task 'NAME' finished
-with status SUCCESS``; its DockerRunner prints ``Found image 'REF'`` (or ``Pulling image``) for
+with status SUCCESS`` (``... Task NAME cache hit (key=...)`` for a task its cache served, which does
+not run); its DockerRunner prints ``Found image 'REF'`` (or ``Pulling image``) for
 each task it starts, and each stage logs ``STAGE: finished in N.Ns`` from inside.
 Tasks of one name that overlap (ParallelFor) are paired first in, first out, so their
 individual times may be swapped; their sum is exact. A task whose end the log lacks is
@@ -22,6 +23,7 @@ import re
 import shutil
 import sys
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +35,7 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _STAMP = r"(\d\d):(\d\d):(\d\d)\.(\d{3})"
 _START = re.compile(_STAMP + r" - INFO - Executing task '([^']+)'")
 _END = re.compile(_STAMP + r" - \w+ - Task '([^']+)' finished with status (\w+)")
+_CACHED = re.compile(_STAMP + r" - INFO - Task (\S+) cache hit")
 _IMAGE = re.compile(r"^\s*(?:Found image|Pulling image) '([^']+)'")
 # mushroom's own log format (a stage's lines carry "[STAGE CONFIGURATION] "), or the KFP executor's.
 _STAGE = re.compile(r"(?: mushroom| INFO\]): (?:\[([^\]]+)\] )?(.+?): finished in ([0-9.]+)s$")
@@ -44,6 +47,7 @@ class RunLog:
 
     tasks: list[tuple[str, float | None, str]] = field(default_factory=list)  # (task, seconds, status)
     started: int = 0  # "Executing task" lines
+    cached: list[str] = field(default_factory=list)  # tasks kfp.local's cache served (not run)
     docker_images: list[str] = field(default_factory=list)  # one per task DockerRunner started
     stages: list[tuple[str, float]] = field(default_factory=list)  # (stage, seconds inside the task)
 
@@ -77,6 +81,8 @@ def parse_run_log(lines) -> RunLog:
                 open_tasks.setdefault(m.group(5), []).append(now)
             elif open_tasks.get(m.group(5)):
                 result.tasks.append((m.group(5), now - open_tasks[m.group(5)].pop(0), m.group(6)))
+        elif m := _CACHED.search(line):
+            result.cached.append(m.group(5))
         elif m := _IMAGE.search(line):
             result.docker_images.append(m.group(1))
         elif m := _STAGE.search(line):
@@ -93,6 +99,8 @@ def format_run_log(log: RunLog) -> str:
         lines.append(f"  {name:<22} {' + '.join('?' if t is None else f'{t:.0f}s' for t in times)}")
     statuses = sorted({status for _, _, status in log.tasks})
     lines.append(f"  {log.started} tasks started, status {', '.join(statuses) or 'none'}")
+    if log.cached:
+        lines.append(f"  {len(log.cached)} from the cache, not run: {', '.join(log.cached)}")
     if log.docker_images:
         lines.append(f"DockerRunner started {len(log.docker_images)} task containers, image(s): "
                      f"{', '.join(sorted(set(log.docker_images)))}")
@@ -252,6 +260,10 @@ class RunConsole:
                 self._show(line, self._errors if err else self.console)
             if self._log:
                 self._log.flush()
+
+    def stage_line(self, tag: str, text: str) -> None:
+        """Show a line about a stage as the stages' own lines look (``HH:MM:SS  TAG  text``); log it too."""
+        self.say(f"{time.strftime('%H:%M:%S')}  {tag:<{self._width}}  {text}")
 
     def failures(self) -> list[tuple[str | None, str | None, list[str]]]:
         """``(task, configuration, last lines)`` of every task that failed, noise left out."""

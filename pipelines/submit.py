@@ -48,7 +48,9 @@ class Submission:
     run_name: str
     experiment: str
     pipeline_root: str | None
-    enable_caching: bool
+    # False: no task of the run uses or feeds the cache. None: each task as compiled, i.e. its
+    # stage's cluster.stages.<stage>.caching (True would turn caching on for every task, publish too).
+    enable_caching: bool | None
     service_account: str | None
     arguments: dict[str, Any] = field(default_factory=dict)
     images: dict[str, str] = field(default_factory=dict)  # stage -> the image it runs
@@ -121,7 +123,7 @@ def plan_submission(args: argparse.Namespace) -> Submission:
         run_name=args.run_name or f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}",
         experiment=args.experiment or config.name,
         pipeline_root=args.pipeline_root,
-        enable_caching=not args.no_cache,
+        enable_caching=False if args.no_cache else None,
         service_account=service_account,
         arguments=arguments,
         images=images,
@@ -220,6 +222,8 @@ def submit(submission: Submission, package: Path, wait_s: int | None = None) -> 
         return wait_for(lambda: job.state.name, VERTEX_FINAL_STATES, wait_s, POLL_S["vertex"])
     import kfp
 
+    if submission.enable_caching is False:
+        turn_caching_off(package)
     client = kfp.Client(host=submission.target)
     result = client.create_run_from_pipeline_package(
         str(package), arguments=submission.arguments, run_name=submission.run_name,
@@ -231,6 +235,23 @@ def submit(submission: Submission, package: Path, wait_s: int | None = None) -> 
         return None
     return wait_for(lambda: str(client.get_run(result.run_id).state).upper(), KFP_FINAL_STATES, wait_s,
                     POLL_S["kfp"])
+
+
+def turn_caching_off(package: Path) -> None:
+    """Turn caching off for every task of a compiled KFP package, in every DAG (in place).
+
+    ``kfp.Client``'s ``enable_caching=False`` (kfp 2.17) reaches only the tasks of the root DAG;
+    the tasks inside the per-model loop (tune, train, quantize, evaluate) keep their compiled
+    ``enableCache``. aiplatform's ``PipelineJob`` changes every DAG's tasks, as this does.
+    """
+    import yaml
+
+    documents = list(yaml.safe_load_all(package.read_text(encoding="utf-8")))
+    spec = documents[0]  # the pipeline spec; a platform spec (Kubernetes settings) may follow
+    for component in [spec["root"], *spec.get("components", {}).values()]:
+        for task in component.get("dag", {}).get("tasks", {}).values():
+            task["cachingOptions"] = {"enableCache": False}
+    package.write_text(yaml.safe_dump_all(documents, sort_keys=False), encoding="utf-8")
 
 
 def _submitted(submission: Submission, where: str) -> None:
@@ -256,7 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"the account the run's steps act as. KFP: a Kubernetes service account name "
                              f"(default: {KUBERNETES_SERVICE_ACCOUNT}); Vertex: a Google service-account email "
                              f"(default: {GOOGLE_SERVICE_ACCOUNT.format(project='PROJECT')})")
-    parser.add_argument("--no-cache", action="store_true", help="disable caching for every task of this run")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="turn caching off for every task of this run (default: each stage's "
+                             "cluster.stages.<stage>.caching; docs/caching.md)")
     parser.add_argument("--wait", type=_positive_seconds, metavar="SECONDS",
                         help="wait at most SECONDS for the run to finish (exit 1 unless it succeeds; when SECONDS "
                              "pass first, one line says so and the run goes on)")

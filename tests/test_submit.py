@@ -153,3 +153,73 @@ def test_wait_needs_a_positive_number_of_seconds(capsys):
     with pytest.raises(SystemExit) as stop:
         submit_module.main([DEMO, "--host", "http://h", "--wait", "0"])
     assert stop.value.code == 2 and "--wait: 0: give the seconds to wait, more than 0" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- --no-cache
+
+
+@pytest.mark.parametrize("no_cache", [False, True])
+def test_vertex_no_cache_turns_every_task_off_and_without_it_each_stage_keeps_its_caching(no_cache, tmp_path,
+                                                                                         monkeypatch):
+    from google.auth.credentials import AnonymousCredentials
+
+    from pipelines.compile import compile_pipeline
+    from pipelines.vertex import create_request
+
+    monkeypatch.delenv("MUSHROOM_IMAGE", raising=False)
+    monkeypatch.delenv("MUSHROOM_GPU_IMAGE", raising=False)
+    submission = submit_module.plan_submission(
+        submit_module.build_parser().parse_args(_vertex_args(*(["--no-cache"] if no_cache else []))))
+    assert submission.enable_caching is (False if no_cache else None)  # None: as compiled
+    package = compile_pipeline(DEMO, tmp_path / "demo.vertex.yaml", target="vertex")
+    job = submit_module.vertex_job(submission, package, credentials=AnonymousCredentials())
+    sent = create_request(job, service_account=submission.service_account, network=None)["pipeline_job"]
+    caching = {name: task.get("cachingOptions", {}).get("enableCache", False)
+               for component in [sent["pipelineSpec"]["root"], *sent["pipelineSpec"]["components"].values()]
+               for name, task in component.get("dag", {}).get("tasks", {}).items() if "componentRef" in task
+               and not name.startswith("for-loop")}
+    assert {"acquire-dataset", "train-classifier", "evaluate-model", "publish-bundle"} <= set(caching)
+    if no_cache:
+        assert not any(caching.values())
+    else:  # demo.yaml leaves cluster.stages.*.caching at the defaults: publish off, the others on
+        assert {name for name, on in caching.items() if not on} == {"publish-bundle"}
+
+
+def test_kfp_no_cache_turns_every_task_off_and_without_it_each_stage_keeps_its_caching(tmp_path, monkeypatch, capsys):
+    import kfp
+    import yaml
+
+    from pipelines.compile import compile_pipeline
+
+    monkeypatch.delenv("MUSHROOM_IMAGE", raising=False)
+    monkeypatch.delenv("MUSHROOM_GPU_IMAGE", raising=False)
+    sent = []
+
+    class Client:  # stands in for the KFP API: keeps what a run would be created from
+        def __init__(self, host):
+            self.host = host
+
+        def create_run_from_pipeline_package(self, package, **kwargs):
+            spec = next(yaml.safe_load_all(Path(package).read_text()))
+            caching = {name: task.get("cachingOptions", {}).get("enableCache", False)
+                       for component in [spec["root"], *spec["components"].values()]
+                       for name, task in component.get("dag", {}).get("tasks", {}).items()}
+            sent.append((kwargs["enable_caching"], caching))
+            return SimpleNamespace(run_id="run-1")
+
+    monkeypatch.setattr(kfp, "Client", Client)
+    for extra in ([], ["--no-cache"]):
+        args = submit_module.build_parser().parse_args(
+            [DEMO, "--host", "http://kfp.example:8080", "--publish-destination", "gs://b/published", *extra])
+        package = compile_pipeline(DEMO, tmp_path / f"demo{len(extra)}.yaml")
+        submit_module.submit(submit_module.plan_submission(args), package)
+    assert capsys.readouterr().out.count("submitted ") == 2
+    (as_compiled, compiled_caching), (no_cache, caching_off) = sent
+    # kfp.Client: None keeps each task's compiled option (demo.yaml: publish off, the others on).
+    assert as_compiled is None
+    assert {"train-classifier", "evaluate-model", "publish-bundle"} <= set(compiled_caching)
+    assert {name for name, on in compiled_caching.items() if not on and not name.startswith("for-loop")} == {
+        "publish-bundle"}
+    # --no-cache: every task of every DAG, also inside the per-model loop, which kfp.Client's own
+    # enable_caching=False would leave as compiled.
+    assert no_cache is False and caching_off.keys() == compiled_caching.keys() and not any(caching_off.values())

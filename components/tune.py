@@ -1,5 +1,10 @@
 """The tune stage as tasks: plan the trials, train them in up to ``trial_parallelism`` tasks at
-once, select after each round."""
+once, select after each round.
+
+A trial task's loop item carries its model configuration beside its trials (``{"model_config":
+..., "trials": [...]}``): kfp 2.17's local runner resolves an outer loop's item inside a nested
+loop to the inner loop's item, so the trial task reads nothing from the outer loop.
+"""
 
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Metrics, Output
@@ -14,20 +19,22 @@ def plan_trials(model_config: dict, seed: int, tasks: int, plan: Output[Artifact
 
     console.setup_stage_logging("tune", model_config.get("model_name"))
     image_identity.record_image(plan)
-    return stages.tune_plan(model_config, seed, plan.path, tasks=tasks)
+    return [{"model_config": model_config, "trials": share}
+            for share in stages.tune_plan(model_config, seed, plan.path, tasks=tasks)]
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def train_trials(dataset: Input[Dataset], splits: Input[Dataset], shards: Input[Dataset], model_config: dict,
-                 trials: list, seed: int, results: Output[Artifact], metrics: Output[Metrics]):
-    """Train this task's trials for their round's epochs, one after the other; each one's score is
-    its best validation accuracy."""
+def train_trials(dataset: Input[Dataset], splits: Input[Dataset], shards: Input[Dataset], share: dict, seed: int,
+                 results: Output[Artifact], metrics: Output[Metrics]):
+    """Train this task's share of a round (``share``: its model configuration and trials) for the
+    round's epochs, one after the other; each one's score is its best validation accuracy."""
     from mushroom import console, image_identity, stages
 
+    model_config = share["model_config"]
     console.setup_stage_logging("tune", model_config.get("model_name"))
     image_identity.record_image(results)
-    for key, value in stages.tune_trials(dataset.path, splits.path, model_config, trials, seed, results.path,
-                                         shards_dir=shards.path).items():
+    for key, value in stages.tune_trials(dataset.path, splits.path, model_config, share["trials"], seed,
+                                         results.path, shards_dir=shards.path).items():
         metrics.log_metric(key, value)
 
 
@@ -45,4 +52,4 @@ def select_trials(results: Input[list[Artifact]], previous: Input[Artifact], mod
                                             hyperparameters.path, tasks=tasks)
     for key, value in shown.items():
         metrics.log_metric(key, value)
-    return next_trials
+    return [{"model_config": model_config, "trials": share} for share in next_trials]

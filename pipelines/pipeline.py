@@ -120,8 +120,8 @@ def _tune(schedule, dataset, splits, shards, config, seed, rounds: int, trial_pa
     shares, previous = plan.outputs["Output"], plan.outputs["plan"]
     for round_number in range(1, rounds + 1):
         with dsl.ParallelFor(shares, parallelism=trial_parallelism, name=f"round-{round_number}-trials") as share:
-            task = train_trials(dataset=dataset, splits=splits, shards=shards, model_config=config, trials=share,
-                                seed=seed)
+            # The share carries its model configuration: nothing is read from the outer loop (components.tune).
+            task = train_trials(dataset=dataset, splits=splits, shards=shards, share=share, seed=seed)
             schedule(task, "tune-trials")
         select = select_trials(results=dsl.Collected(task.outputs["results"]), previous=previous,
                                model_config=config, tasks=trial_parallelism)

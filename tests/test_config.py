@@ -172,9 +172,12 @@ def test_unknown_accelerator_names_the_field_and_the_allowed():
      "stages.tune.accelerator_count 1 is more than node.accelerators 0"),
     (lambda c: c["node"].update(ephemeral_storage="2Gi"),
      "stages.tune.scratch_size 4Gi is more than node.ephemeral_storage 2Gi"),
-    (lambda c: c.update(parallelism=3),
+    (lambda c: c.update(parallelism=3, trial_parallelism=1),
      "with fit: run, the run's peak cpu (3000m: parallelism 3"),
-    (lambda c: c.update(parallelism=2),  # the requests fit, but with no memory headroom
+    (lambda c: c.update(parallelism=1, trial_parallelism=3),  # three tune trial tasks of 1 CPU / 2304Mi
+     "with fit: run, the run's peak cpu (3000m: parallelism 1 x the largest loop stage (tune: trial_parallelism 3 "
+     "x its requests), or the largest other stage) is more than node.cpu 4 - node.reserved_cpu 1800m = 2200m"),
+    (lambda c: c.update(parallelism=2, trial_parallelism=1),  # the requests fit, but with no memory headroom
      "with fit: run, the run's peak memory (5120Mi: parallelism 2 x the largest loop stage, or the largest other "
      "stage) is more than 4608Mi, what node.memory_headroom 0.1 leaves of node.memory 7680Mi - "
      "node.reserved_memory 2560Mi = 5120Mi"),
@@ -184,10 +187,16 @@ def test_a_config_that_cannot_fit_its_node_is_refused(mutate, expected):
     assert "cluster: does not fit its node: " in message and expected in message
 
 
-def test_fit_stage_checks_each_stage_alone():
+def test_fit_stage_checks_each_stage_alone_and_the_tasks_in_flight_against_the_pool():
     data = _demo()
     data["cluster"].update(parallelism=4, fit="stage")
-    assert parse_config(data).cluster.parallelism == 4  # 4 x 2560Mi would not fit one node; each stage does
+    data["cluster"]["node"]["count"] = 4  # a pool of 4 demo nodes, each holding 2 tasks of any loop stage
+    assert parse_config(data).cluster.parallelism == 4  # 4 x 2560Mi would not fit one node; the pool does
+    data["cluster"]["node"]["count"] = 3
+    message = _error_for(lambda d: d.update(cluster=data["cluster"]))
+    assert ("trial_parallelism 2 x parallelism 4 = 8 tune trials at once, but node.count 3 node(s) hold 6 "
+            "(2 a node by stages.tune's requests)") in message
+    assert "parallelism 4: 4 quantize tasks" not in message  # 4 fit on 3 nodes of 2
 
 
 def test_images_are_pinned_and_the_gpu_image_is_derived():

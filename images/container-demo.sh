@@ -54,7 +54,8 @@ echo "image $image id $image_id, user $(docker run --rm "$image" id -u):$(docker
 
 step "Run $config with kfp.local.DockerRunner (log: $out/run.log)"
 run_started=$SECONDS
-"$py" -m pipelines.run "$config" --runner docker --image "$image" --output "$out" --log "$out/run.log"
+# --no-cache: every stage runs in the image just built (a rerun would otherwise serve them all).
+"$py" -m pipelines.run "$config" --runner docker --image "$image" --output "$out" --log "$out/run.log" --no-cache
 run_seconds=$((SECONDS - run_started))
 
 step "Identify on the host with the published bundle"

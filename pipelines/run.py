@@ -114,13 +114,20 @@ def set_code_id(pipeline_spec, code_id: str) -> None:
     environment its executor sets, but not the code a subprocess stage imports from this Python,
     nor which image a tag stands for today. With the variable set to the package's digest or the
     image's id, a changed package or a rebuilt image makes every stage a cache miss.
+
+    A subprocess stage runs in no image: the image variables the compiled pipeline sets
+    (:mod:`mushroom.image_identity`) are dropped, so its outputs do not claim one; the Docker
+    runner sets them to the local image's (:func:`pipelines.containers.docker_runner`).
     """
     from google.protobuf import json_format
 
+    from mushroom.image_identity import IMAGE_ENV
+
+    dropped = {CODE_ID_ENV} | (set(IMAGE_ENV.values()) if code_id.startswith("python ") else set())
     spec = json_format.MessageToDict(pipeline_spec.deployment_spec)
     for executor in spec["executors"].values():
         if "container" in executor:
-            env = [e for e in executor["container"].get("env", []) if e.get("name") != CODE_ID_ENV]
+            env = [e for e in executor["container"].get("env", []) if e.get("name") not in dropped]
             executor["container"]["env"] = [*env, {"name": CODE_ID_ENV, "value": code_id}]
     pipeline_spec.deployment_spec.Clear()
     pipeline_spec.deployment_spec.update(spec)

@@ -159,6 +159,18 @@ def test_the_code_id_is_in_every_task_environment():
         assert [e for e in env if e["name"] == run.CODE_ID_ENV] == [{"name": run.CODE_ID_ENV,
                                                                       "value": "image sha256:def"}]
         assert len(env) > 1  # the pipeline's own variables stay
+        assert "MUSHROOM_IMAGE_REF" in {e["name"] for e in env}  # the Docker runner replaces it
+
+
+def test_a_subprocess_stage_claims_no_image():
+    """The compiled pipeline tells each task its image; a stage run as a subprocess of this Python ran in none."""
+    from mushroom.image_identity import IMAGE_ENV
+
+    pipeline = probe_pipeline(cluster_config())
+    run.set_code_id(pipeline.pipeline_spec, "python sha256:1")
+    for executor in pipeline.pipeline_spec.deployment_spec["executors"].values():
+        names = {dict(e)["name"] for e in executor["container"]["env"]}
+        assert run.CODE_ID_ENV in names and not names & set(IMAGE_ENV.values())
 
 
 # --------------------------------------------------------------------------- what a person sees

@@ -187,11 +187,11 @@ GPU_IMAGE = "ghcr.io/quantized-mushroom/mushroom:0.1.0-gpu"
 EXECUTORS = ["exec-acquire-dataset", "exec-split-dataset", "exec-prepare-shards", "exec-plan-trials",
              "exec-train-trials", "exec-select-trials", "exec-train-classifier",
              "exec-quantize-to-bundle", "exec-evaluate-model", "exec-compare-models", "exec-publish-bundle"]
-SECOND_ROUND = ["exec-train-trials-2", "exec-select-trials-2"]  # paper.yaml: tune.rounds 2
+SECOND_ROUND = ["exec-train-trials-2", "exec-select-trials-2"]  # tune.rounds 2 in both
 PAPER_GPU = ("exec-train-trials", "exec-train-trials-2", "exec-train-classifier")
 EXPECTED_IMAGES = {
     "paper": {e: GPU_IMAGE if e in PAPER_GPU else CPU_IMAGE for e in EXECUTORS + SECOND_ROUND},
-    "demo": dict.fromkeys(EXECUTORS, CPU_IMAGE),  # accelerator_count 0 everywhere: CPU TensorFlow
+    "demo": dict.fromkeys(EXECUTORS + SECOND_ROUND, CPU_IMAGE),  # accelerator_count 0 everywhere: CPU TensorFlow
 }
 
 

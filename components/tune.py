@@ -24,17 +24,21 @@ def plan_trials(model_config: dict, seed: int, tasks: int, plan: Output[Artifact
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def train_trials(dataset: Input[Dataset], splits: Input[Dataset], shards: Input[Dataset], share: dict, seed: int,
-                 results: Output[Artifact], metrics: Output[Metrics]):
+def train_trials(dataset: Input[Dataset], splits: Input[Dataset], share: dict, seed: int,
+                 results: Output[Artifact], metrics: Output[Metrics], shards: Input[Dataset] = None,
+                 shards_uri: str = ""):
     """Train this task's share of a round (``share``: its model configuration and trials) for the
-    round's epochs, one after the other; each one's score is its best validation accuracy."""
+    round's epochs, one after the other; each one's score is its best validation accuracy.
+    ``shards``/``shards_uri``: the prepare stage's shards, downloaded or read straight from their
+    location (``cluster.shards``)."""
     from mushroom import console, image_identity, stages
 
     model_config = share["model_config"]
     console.setup_stage_logging("tune", model_config.get("model_name"))
     image_identity.record_image(results)
     for key, value in stages.tune_trials(dataset.path, splits.path, model_config, share["trials"], seed,
-                                         results.path, shards_dir=shards.path).items():
+                                         results.path,
+                                         shards_dir=shards.path if shards is not None else shards_uri).items():
         metrics.log_metric(key, value)
 
 

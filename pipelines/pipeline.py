@@ -110,7 +110,7 @@ def _schedule_vertex(task: dsl.PipelineTask, stage: str, cluster: ClusterConfig,
         task.set_accelerator_type(cluster.vertex.accelerator_type).set_accelerator_limit(schedule.accelerator_count)
 
 
-def _tune(schedule, dataset, splits, shards, config, seed, rounds: int, trial_parallelism: int):
+def _tune(schedule, dataset, splits, shards: dict, config, seed, rounds: int, trial_parallelism: int):
     """The tune stage as tasks: plan, then per round a nested loop of up to ``trial_parallelism``
     trial tasks (each trains its share of the round's trials) and a selection that reads the
     round's results (``rounds`` is compiled in; every configuration has it). Returns the last
@@ -121,7 +121,7 @@ def _tune(schedule, dataset, splits, shards, config, seed, rounds: int, trial_pa
     for round_number in range(1, rounds + 1):
         with dsl.ParallelFor(shares, parallelism=trial_parallelism, name=f"round-{round_number}-trials") as share:
             # The share carries its model configuration: nothing is read from the outer loop (components.tune).
-            task = train_trials(dataset=dataset, splits=splits, shards=shards, share=share, seed=seed)
+            task = train_trials(dataset=dataset, splits=splits, share=share, seed=seed, **shards)
             schedule(task, "tune-trials")
         select = select_trials(results=dsl.Collected(task.outputs["results"]), previous=previous,
                                model_config=config, tasks=trial_parallelism)
@@ -131,7 +131,7 @@ def _tune(schedule, dataset, splits, shards, config, seed, rounds: int, trial_pa
 
 
 def _compose(schedule, dataset_config, model_configs, split_config, seed, publish_destination, publish_gate,
-             parallelism: int, rounds: int = 1, trial_parallelism: int = 1) -> str:
+             parallelism: int, rounds: int = 1, trial_parallelism: int = 1, shards_access: str = "stream") -> str:
     """The run's DAG, the same for every target; ``schedule(task, stage)`` applies the target's settings."""
     acquire = acquire_dataset(dataset_config=dataset_config, seed=seed)
     schedule(acquire, "acquire")
@@ -142,20 +142,23 @@ def _compose(schedule, dataset_config, model_configs, split_config, seed, publis
     # evaluate read these.
     prepare = prepare_shards(dataset=dataset, splits=splits, model_configs=model_configs, seed=seed)
     schedule(prepare, "prepare")
-    shards = prepare.outputs["shards"]
+    # Streamed: the later tasks get the shards' location and read their size and splits from it;
+    # downloaded: the artifact, which KFP's launcher copies whole into each task (cluster.shards).
+    shards = {"shards_uri": prepare.outputs["Output"]} if shards_access == "stream" else \
+        {"shards": prepare.outputs["shards"]}
 
     # The loop body is mushroom.stage_names.LOOP_STAGES (the node-fit arithmetic counts on it); tune
     # is itself a nested loop of up to `trial_parallelism` trial tasks per round.
     with dsl.ParallelFor(model_configs, parallelism=parallelism, name="per-model") as config:
         tune = _tune(schedule, dataset, splits, shards, config, seed, rounds, trial_parallelism)
-        train = train_classifier(dataset=dataset, splits=splits, shards=shards,
-                                 hyperparameters=tune.outputs["hyperparameters"], model_config=config, seed=seed)
+        train = train_classifier(dataset=dataset, splits=splits, hyperparameters=tune.outputs["hyperparameters"],
+                                 model_config=config, seed=seed, **shards)
         schedule(train, "train")
-        quantize = quantize_to_bundle(dataset=dataset, splits=splits, shards=shards, model=train.outputs["model"],
-                                      model_config=config, seed=seed)
+        quantize = quantize_to_bundle(dataset=dataset, splits=splits, model=train.outputs["model"],
+                                      model_config=config, seed=seed, **shards)
         schedule(quantize, "quantize")
-        evaluate = evaluate_model(dataset=dataset, splits=splits, shards=shards, model=train.outputs["model"],
-                                  bundle=quantize.outputs["bundle"])
+        evaluate = evaluate_model(dataset=dataset, splits=splits, model=train.outputs["model"],
+                                  bundle=quantize.outputs["bundle"], **shards)
         schedule(evaluate, "evaluate")
 
     compare = compare_models(evaluations=dsl.Collected(evaluate.outputs["evaluation"]),
@@ -211,7 +214,7 @@ def build_pipeline(cluster: ClusterConfig | None = None, images: ImagesConfig | 
         ) -> str:
             return _compose(lambda task, stage: _schedule_vertex(task, stage, cluster, images), dataset_config,
                             model_configs, split_config, seed, publish_destination, publish_gate, cluster.parallelism,
-                            tune_rounds, cluster.trial_parallelism)
+                            tune_rounds, cluster.trial_parallelism, cluster.shards)
 
         return mushroom_pipeline_vertex
 
@@ -230,7 +233,7 @@ def build_pipeline(cluster: ClusterConfig | None = None, images: ImagesConfig | 
             _schedule_kfp(task, stage, cluster, images, gpu_node_selector, gpu_tolerations)
 
         return _compose(schedule, dataset_config, model_configs, split_config, seed, publish_destination,
-                        publish_gate, cluster.parallelism, tune_rounds, cluster.trial_parallelism)
+                        publish_gate, cluster.parallelism, tune_rounds, cluster.trial_parallelism, cluster.shards)
 
     return mushroom_pipeline
 

@@ -83,16 +83,17 @@ def test_stage_order_and_typed_artifacts(spec):
     assert set(root) == {"acquire-dataset", "split-dataset", "prepare-shards", loop_name, "compare-models",
                          "publish-bundle"}
     comps = spec["components"]
-    # prepare decodes once for the whole loop: tune, train, quantize and evaluate read its shards
+    # prepare decodes once for the whole loop: tune, train, quantize and evaluate read its shards,
+    # streamed from the location prepare returns (paper.yaml: cluster.shards stream), no artifact download
     assert root["prepare-shards"]["inputs"]["parameters"]["model_configs"] == {
         "componentInputParameter": "model_configs"}
     loop_tasks = spec["components"][root[loop_name]["componentRef"]["name"]]["dag"]["tasks"]
     trial_tasks = spec["components"][loop_tasks["for-loop-2"]["componentRef"]["name"]]["dag"]["tasks"]
-    assert trial_tasks["train-trials"]["inputs"]["artifacts"]["shards"] == {
-        "componentInputArtifact": "pipelinechannel--prepare-shards-shards"}
-    for task in ("train-classifier", "quantize-to-bundle", "evaluate-model"):
-        shards = loop_tasks[task]["inputs"]["artifacts"]["shards"]
-        assert shards == {"componentInputArtifact": "pipelinechannel--prepare-shards-shards"}, shards
+    for task in (trial_tasks["train-trials"], *(loop_tasks[t] for t in ("train-classifier", "quantize-to-bundle",
+                                                                        "evaluate-model"))):
+        assert task["inputs"]["parameters"]["shards_uri"] == {
+            "componentInputParameter": "pipelinechannel--prepare-shards-Output"}, task["taskInfo"]
+        assert "shards" not in task["inputs"]["artifacts"]
     acquire = comps["comp-acquire-dataset"]["outputDefinitions"]["artifacts"]
     assert acquire["dataset"]["artifactType"]["schemaTitle"] == "system.Dataset"
     assert acquire["metrics"]["artifactType"]["schemaTitle"] == "system.Metrics"
@@ -269,6 +270,18 @@ def test_committed_demo_yaml_fits_one_4_cpu_8_gb_node_with_kubeflow_pipelines():
     # At least 10% of the memory the other pods leave stays unrequested (cluster.node.memory_headroom).
     assert peak["memory"] <= 0.9 * (DEMO_NODE["memory"] - OTHER_PODS["memory"])
     assert width == 1
+
+
+def test_committed_demo_yaml_downloads_the_shards_from_its_minio_root():
+    """demo.yaml (kind, minikube: a minio:// pipeline root, which the stages cannot stream) gives
+    the later tasks the shards artifact (cluster.shards: download)."""
+    spec = _committed("demo")[0]
+    _, loop = _loop(spec)
+    body = spec["components"][loop["componentRef"]["name"]]["dag"]["tasks"]
+    for task in ("train-classifier", "quantize-to-bundle", "evaluate-model"):
+        assert body[task]["inputs"]["artifacts"]["shards"] == {
+            "componentInputArtifact": "pipelinechannel--prepare-shards-shards"}
+        assert "shards_uri" not in body[task]["inputs"].get("parameters", {})
 
 
 def test_committed_paper_yaml_stays_gpu_sized():

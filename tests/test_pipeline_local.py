@@ -40,7 +40,7 @@ def _tiny_config(tmp_path: Path) -> Path:
         **base,
         "image_size": 32,
         "batch_size": 16,
-        "tune": {**base["tune"], "max_trials": 1, "epochs": 1},
+        "tune": {**base["tune"], "max_trials": 2, "epochs": 1, "rounds": 2},  # 2 trials, then the better one
         "train": {**base["train"], "head_epochs": 1, "fine_tune_epochs": 1},
         "quantize": {"representative_samples": 10},
     }
@@ -165,8 +165,14 @@ def test_one_progress_line_per_epoch_and_trial(local_run):
         epochs = [text for stage, n, text in shown if (stage, n) == ("train", name) and text.startswith("epoch ")]
         assert [e.split(":")[0] for e in epochs] == ["epoch 1/2 (phase 1)", "epoch 2/2 (phase 2)"]
         assert len(epochs) == len(history["loss"])
-        trials = [text for stage, n, text in shown if (stage, n) == ("tune", name) and "epoch" in text]
-        assert [t.split(":")[0] for t in trials] == ["trial 1 (round 1), epoch 1/1"]  # one trial task
+        trials = sorted(text.split(":")[0] for stage, n, text in shown if (stage, n) == ("tune", name)
+                        and "epoch" in text)
+        # Round 1: both trials (two tasks at once); round 2: the better one with twice the epochs.
+        assert trials[:2] == ["trial 1 (round 1), epoch 1/1", "trial 2 (round 1), epoch 1/1"]
+        assert len(trials) == 4 and {t.split(" (")[0] for t in trials[2:]} in ({"trial 1"}, {"trial 2"})
+        assert [t.split("), ")[1] for t in trials[2:]] == ["epoch 1/2", "epoch 2/2"]
+        chosen = read_json(folder / "select-trials-2" / "hyperparameters" / "hyperparameters.json")
+        assert chosen == read_json(folder / "train-classifier" / "model" / "hyperparameters.json")
 
 
 @pytest.mark.slow

@@ -302,6 +302,11 @@ class ClusterConfig(Strict):
     parallelism: int = Field(1, ge=1, description="model configurations in flight at once")
     trial_parallelism: int = Field(1, ge=1, description="tune trial tasks in flight at once in each configuration "
                                                         "(1: one after the other)")
+    shards: Literal["stream", "download"] = Field(
+        "stream", description="how tune, train, quantize and evaluate get the prepare stage's shards: stream: read "
+                              "the files of their size and splits straight from the pipeline root (gs://, or a "
+                              "local folder); download: as an input artifact, which KFP's launcher copies whole "
+                              "(a minio:// pipeline root, as on kind and minikube, cannot be streamed)")
     accelerator_type: str = Field("nvidia.com/gpu", description="the Kubernetes resource GPU stages request "
                                                                 "(KFP); Vertex AI: vertex.accelerator_type")
     vertex: VertexConfig = VertexConfig()

@@ -138,23 +138,31 @@ def _rows_digest(shards_dir: str | Path, split: str) -> str:
     return read_json(Path(shards_dir) / SHARDS_MANIFEST)["splits"][split]["rows_sha256"]
 
 
-def load_features(shards_dir: str | Path, config: ModelConfig, seed: int, split: str) -> np.ndarray | None:
-    """The cached features of ``split`` (``(views, n, dim)``), checksum verified; None if not prepared.
+def load_features(shards, config: ModelConfig, seed: int, split: str) -> np.ndarray | None:
+    """The cached features of ``split`` (``(views, n, dim)``), checksum verified as they are read;
+    None if not prepared.
+
+    Args:
+        shards: A :class:`mushroom.shards.ShardSource` (its reads are counted with the stage's),
+            or a local folder or ``gs://`` URI.
 
     Raises:
         ShardError: The file is damaged or was computed for another split table (names it).
     """
-    from mushroom.shards import ShardError
+    from mushroom.shards import ShardError, ShardSource
 
-    folder = _folder(shards_dir, config, seed)
-    if not (folder / MANIFEST_NAME).is_file():
+    source = shards if isinstance(shards, ShardSource) else ShardSource(shards)
+    folder = f"{FEATURES_FOLDER}/{cache_key(config, seed)}"
+    if not source.exists(f"{folder}/{MANIFEST_NAME}"):
         return None
-    entry = read_json(folder / MANIFEST_NAME)["splits"][split]
-    path = folder / entry["file"]
-    if not path.is_file() or _sha256(path) != entry["sha256"]:
-        raise ShardError(f"{path}: missing or checksum mismatch; rerun the prepare stage")
-    if entry["rows_sha256"] != _rows_digest(shards_dir, split):
-        raise ShardError(f"{path}: computed for another {split!r} split table; rerun the prepare stage")
+    entry = source.read_json(f"{folder}/{MANIFEST_NAME}")["splits"][split]
+    name = f"{folder}/{entry['file']}"
+    try:
+        path = source.fetch(name, entry["sha256"])
+    except ShardError:
+        raise ShardError(f"{source.uri(name)}: missing or checksum mismatch; rerun the prepare stage") from None
+    if entry["rows_sha256"] != source.manifest["splits"][split]["rows_sha256"]:
+        raise ShardError(f"{source.uri(name)}: computed for another {split!r} split table; rerun the prepare stage")
     return np.load(path)
 
 

@@ -37,9 +37,10 @@ KERAS_MODEL = "model.keras"
 
 
 @contextmanager
-def _timed(stage: str):
+def _timed(stage: str, started: bool = True):
     start = time.monotonic()
-    log.info("%s: started", stage)
+    if started:
+        log.info("%s: started", stage)
     yield
     log.info("%s: finished in %.1fs", stage, time.monotonic() - start)
 
@@ -131,27 +132,31 @@ def prepare(dataset_dir, splits_dir, model_configs: list[dict[str, Any]], out_di
 
 
 @contextmanager
-def _shards(dataset_dir, splits_dir, image_size: int, shards_dir):
-    """The prepared shards; without a prepare stage (a stage run by itself), shards of
+def _shards(dataset_dir, splits_dir, image_size: int, shards_dir, stage: str):
+    """The prepared shards (a local folder, or the ``gs://`` URI of the prepare stage's artifact)
+    as a :class:`mushroom.shards.ShardSource`, which reads only what the stage opens and logs
+    how much on the way out; without a prepare stage (a stage run by itself), shards of
     ``image_size`` prepared now in a temporary folder."""
     import tempfile
 
-    from mushroom.shards import prepare_shards
+    from mushroom.shards import ShardSource, prepare_shards
 
-    if shards_dir is not None:
-        yield Path(shards_dir)
-        return
-    with tempfile.TemporaryDirectory(prefix="mushroom-shards-") as tmp:
-        prepare_shards(dataset_dir, splits_dir, tmp, [image_size])
-        yield Path(tmp)
+    with ExitStack() as stack:
+        if shards_dir is None:
+            shards_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="mushroom-shards-"))
+            prepare_shards(dataset_dir, splits_dir, shards_dir, [image_size])
+        source = stack.enter_context(ShardSource(shards_dir))
+        yield source
+        source.log_summary(stage)
 
 
-def _open_shards(shards_dir: Path, splits_dir, names, image_size: int) -> list:
+def _open_shards(shards, splits_dir, names, image_size: int) -> list:
     """The shards of each split in ``names`` at ``image_size``, checked against the split table
-    (same photos, same order): a mismatch stops the stage here, before any work."""
+    (same photos, same order): a mismatch stops the stage here, before any work. Each file's
+    checksum is checked in the pass that first reads it."""
     from mushroom.shards import open_split
 
-    return [open_split(shards_dir, name, image_size, splits_dir=splits_dir) for name in names]
+    return [open_split(shards, name, image_size, splits_dir=splits_dir, verify="on_read") for name in names]
 
 
 def _splits_with_shards(dataset_dir, splits_dir, shards_dir: Path, names, image_size: int) -> list:
@@ -182,20 +187,25 @@ def _pixels(shard_splits: list, image_size: int) -> np.ndarray:
     return images
 
 
-def _head_data(shards_dir: Path, splits_dir, config, seed: int, runtime, train, val) -> tuple | None:
+def _head_data(shards, splits_dir, config, seed: int, runtime, train, val, quiet: bool = False) -> tuple | None:
     """The head phase's datasets of cached features, or None where it reads pixels. Without
     features from the prepare stage (a stage run by itself), they are computed here."""
     from mushroom.features import feature_datasets, load_features, prepare_features, uses_cached_features
+    from mushroom.shards import ShardError, ShardSource
 
     if not uses_cached_features(config):
         return None
-    train_features = load_features(shards_dir, config, seed, "train")
+    shards = shards if isinstance(shards, ShardSource) else ShardSource(shards)
+    train_features = load_features(shards, config, seed, "train")
     if train_features is None:
+        if shards.remote:
+            raise ShardError(f"{shards}: no cached features of {config.model_name}; the prepare stage computes them")
         log.info("no cached features of %s beside the shards: computing them now", config.model_name)
-        prepare_features(shards_dir, splits_dir, config, seed)
-        train_features = load_features(shards_dir, config, seed, "train")
-    val_features = load_features(shards_dir, config, seed, "val")
-    log.info("head phase on cached features: %d train photos x %d views, %d val photos, %d features",
+        prepare_features(shards.location, splits_dir, config, seed)
+        train_features = load_features(shards, config, seed, "train")
+    val_features = load_features(shards, config, seed, "val")
+    log.log(logging.DEBUG if quiet else logging.INFO,
+            "head phase on cached features: %d train photos x %d views, %d val photos, %d features",
              train_features.shape[1], train_features.shape[0], val_features.shape[1], train_features.shape[2])
     return feature_datasets(train_features, train.labels, val_features, val.labels, train.num_classes,
                             runtime.global_batch(config.batch_size), seed)
@@ -235,7 +245,7 @@ def tune_plan(model_config: dict[str, Any], seed: int, out_dir: str | Path, task
 
     config = parse_model_config(model_config)
     t = config.tune
-    with _timed(f"tune {config.model_name}: plan"), tempfile.TemporaryDirectory(prefix="mushroom-plan-") as work:
+    with tempfile.TemporaryDirectory(prefix="mushroom-plan-") as work:
         trials = first_round(sample_trials(config, seed, work), t.epochs)
     sizes = round_sizes(t.max_trials, t.rounds, t.halving_fraction)
     dealt = deal(trials, tasks)
@@ -250,20 +260,19 @@ def tune_plan(model_config: dict[str, Any], seed: int, out_dir: str | Path, task
     return [[trial.to_dict() for trial in share] for share in dealt]
 
 
-def _tune_one(dataset_dir, splits_dir, config, spec, seed: int, shards_dir, work: Path):
+def _tune_one(splits_dir, config, spec, seed: int, shards, work: Path):
     """Train one trial on datasets built for it (the data is the run's; the seed of its model is its own)."""
     from mushroom.runtime import resolve_runtime
     from mushroom.training import train_trial
 
     runtime = resolve_runtime(config.train, seed)
     _seed_everything(spec.seed(seed))
-    with _shards(dataset_dir, splits_dir, config.image_size, shards_dir) as shards:
-        train, val, train_ds, val_ds, _ = _training_data(shards, splits_dir, config, seed, runtime)
-        head_data = _head_data(shards, splits_dir, config, seed, runtime, train, val)
-        if head_data is not None:
-            train_ds, val_ds = head_data
-        return train_trial(config, train.num_classes, spec, train_ds, val_ds, work, seed, runtime, train.labels,
-                           None if head_data is None else int(train_ds.element_spec[0].shape[-1]))
+    train, val, train_ds, val_ds, _ = _training_data(shards, splits_dir, config, seed, runtime)
+    head_data = _head_data(shards, splits_dir, config, seed, runtime, train, val, quiet=True)  # once a trial
+    if head_data is not None:
+        train_ds, val_ds = head_data
+    return train_trial(config, train.num_classes, spec, train_ds, val_ds, work, seed, runtime, train.labels,
+                       None if head_data is None else int(train_ds.element_spec[0].shape[-1]))
 
 
 def tune_trials(dataset_dir, splits_dir, model_config: dict[str, Any], trials: list[dict[str, Any]], seed: int,
@@ -284,15 +293,17 @@ def tune_trials(dataset_dir, splits_dir, model_config: dict[str, Any], trials: l
         raise ValueError(f"tune {config.model_name}: a trial task was given no trials")
     resolve_runtime(config.train, seed)  # an impossible setting stops here, before any work
     results = []
-    with _timed(f"tune {config.model_name}: round {specs[0].round}, trials {[s.number for s in specs]}"), \
-            tempfile.TemporaryDirectory(prefix="mushroom-tuner-") as work:
+    with _timed(f"tune {config.model_name}: round {specs[0].round}, trials {[s.number for s in specs]}",
+                started=False), \
+            tempfile.TemporaryDirectory(prefix="mushroom-tuner-") as work, \
+            _shards(dataset_dir, splits_dir, config.image_size, shards_dir, f"tune {config.model_name}") as shards:
         for spec in specs:
-            results.append(_tune_one(dataset_dir, splits_dir, config, spec, seed, shards_dir, Path(work)))
+            results.append(_tune_one(splits_dir, config, spec, seed, shards, Path(work)))
     write_json_atomic(Path(out_dir) / TRIAL_RESULTS, [r.to_dict() for r in results])
     scores = [r.score for r in results if r.finished]
     return {"round": specs[0].round, "trials": len(results), "finished": len(scores),
             "best_score": max(scores) if scores else float("nan"),
-            "seconds": round(sum(r.seconds for r in results), 1)}
+            "seconds": round(sum(r.seconds for r in results), 1), **shards.metrics()}
 
 
 def tune_select(result_dirs: list, previous_dir: str | Path, model_config: dict[str, Any], out_dir: str | Path,
@@ -382,7 +393,7 @@ def train(dataset_dir, splits_dir, hyperparameters_dir, model_config: dict[str, 
     with _timed(f"train {config.model_name}"):
         runtime = resolve_runtime(config.train, seed)  # an impossible setting stops here, before any work
         _seed_everything(seed)
-        with _shards(dataset_dir, splits_dir, config.image_size, shards_dir) as shards:
+        with _shards(dataset_dir, splits_dir, config.image_size, shards_dir, f"train {config.model_name}") as shards:
             train_split, val_split, train_ds, val_ds, steps = _training_data(shards, splits_dir, config, seed,
                                                                              runtime)
             log.info("train: %d train photos, %d classes, %s", len(train_split), train_split.num_classes, hp)
@@ -400,6 +411,7 @@ def train(dataset_dir, splits_dir, hyperparameters_dir, model_config: dict[str, 
         "val_accuracy": max(history["val_accuracy"]),
         "epochs": len(history["loss"]),
         "month_prior_species": float(sum(prior.fitted)),
+        **shards.metrics(),
     }
 
 
@@ -438,7 +450,8 @@ def quantize(dataset_dir, splits_dir, model_dir, model_config: dict[str, Any], s
     q = config.quantize
     out_dir = Path(out_dir)
     with _timed(f"quantize {config.model_name}"):
-        with _shards(dataset_dir, splits_dir, config.image_size, shards_dir) as shards:
+        with _shards(dataset_dir, splits_dir, config.image_size, shards_dir,
+                     f"quantize {config.model_name}") as shards:
             (train_split, train_shards), (val, val_shards) = _splits_with_shards(
                 dataset_dir, splits_dir, shards, ("train", "val"), config.image_size)
             picked = representative_indices(train_split.labels, q.representative_samples, seed,
@@ -467,7 +480,7 @@ def quantize(dataset_dir, splits_dir, model_dir, model_config: dict[str, Any], s
         write_json_atomic(out_dir / QUANTIZATION_REPORT, report)
         write_text_atomic(out_dir / "quantization_report.md", format_report(report))
         log.info("quantize: wrote bundle %s", out_dir)
-    return headline_metrics(report)
+    return {**headline_metrics(report), **shards.metrics()}
 
 
 def _copy_month_prior(model_dir, bundle_dir, catalog) -> None:
@@ -535,7 +548,7 @@ def evaluate(dataset_dir, splits_dir, model_dir, bundle_dir, out_dir: str | Path
             else float(target_dangerous_as_edible)
         if not 0.0 <= target < 1.0:
             raise ValueError(f"target_dangerous_as_edible must be in [0, 1), got {target}")
-        shards = stack.enter_context(_shards(dataset_dir, splits_dir, bundle.image_size, shards_dir))
+        shards = stack.enter_context(_shards(dataset_dir, splits_dir, bundle.image_size, shards_dir, "evaluate"))
         (train_split, train_shards), (val, val_shards), (test, test_shards) = _splits_with_shards(
             dataset_dir, splits_dir, shards, ("train", "val", "test"), bundle.image_size)
         if test.catalog.taxon_ids != bundle.catalog.taxon_ids:

@@ -35,7 +35,8 @@ FORMAT = "%(asctime)s %(levelname)s %(name)s: [%(stage_tag)s] %(message)s"
 
 # Loggers whose INFO lines are detail (per-file uploads, per-variant timings): full log only.
 DETAIL_LOGGERS = ("mushroom.storage", "mushroom.evaluate", "mushroom.report", "mushroom.tflite",
-                  "mushroom.tracking", "mushroom.calibration", "mushroom.latency", "mushroom.shards.reads")
+                  "mushroom.tracking", "mushroom.calibration", "mushroom.latency", "mushroom.shards.reads",
+                  "mushroom.trials")
 
 _LINE = re.compile(r"^(?P<date>\d{4}-\d\d-\d\d) (?P<time>\d\d:\d\d:\d\d)(?:[,.]\d+)? (?P<level>[A-Z]+) "
                    r"(?P<logger>mushroom(?:\.[\w.]+)?): \[(?P<tag>[^\]]+)\] (?P<message>.*)$")

@@ -37,10 +37,9 @@ KERAS_MODEL = "model.keras"
 
 
 @contextmanager
-def _timed(stage: str, started: bool = True):
+def _timed(stage: str):
     start = time.monotonic()
-    if started:
-        log.info("%s: started", stage)
+    log.info("%s: started", stage)
     yield
     log.info("%s: finished in %.1fs", stage, time.monotonic() - start)
 
@@ -293,12 +292,14 @@ def tune_trials(dataset_dir, splits_dir, model_config: dict[str, Any], trials: l
         raise ValueError(f"tune {config.model_name}: a trial task was given no trials")
     resolve_runtime(config.train, seed)  # an impossible setting stops here, before any work
     results = []
-    with _timed(f"tune {config.model_name}: round {specs[0].round}, trials {[s.number for s in specs]}",
-                started=False), \
-            tempfile.TemporaryDirectory(prefix="mushroom-tuner-") as work, \
+    start = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="mushroom-tuner-") as work, \
             _shards(dataset_dir, splits_dir, config.image_size, shards_dir, f"tune {config.model_name}") as shards:
         for spec in specs:
             results.append(_tune_one(splits_dir, config, spec, seed, shards, Path(work)))
+    # The full log only: the round's select line gives each trial's score.
+    logging.getLogger("mushroom.trials").info("tune %s: round %d, trials %s: finished in %.1fs", config.model_name,
+                                              specs[0].round, [s.number for s in specs], time.monotonic() - start)
     write_json_atomic(Path(out_dir) / TRIAL_RESULTS, [r.to_dict() for r in results])
     scores = [r.score for r in results if r.finished]
     return {"round": specs[0].round, "trials": len(results), "finished": len(scores),

@@ -23,6 +23,8 @@ from mushroom.runtime import TrainingRuntime, as_float32, resolve_runtime
 from mushroom.trials import FAILED, FINISHED, Trial, TrialResult
 
 log = logging.getLogger(__name__)
+# Each trial's hyperparameters and result: the full log (the select stage's line names every score).
+trial_log = logging.getLogger("mushroom.trials")
 
 
 @dataclass(frozen=True)
@@ -234,7 +236,7 @@ def train_trial(
         return _new_model(config, num_classes, chosen, runtime)
 
     prefix = f"{trial.name}, "
-    log.info("%shyperparameters: %s, %d epochs, on %s", prefix,
+    trial_log.info("%shyperparameters: %s, %d epochs, on %s", prefix,
              ", ".join(f"{k} {v:.3g}" for k, v in trial.hyperparameters.items()), trial.epochs, runtime.describe())
     tuner = kt.RandomSearch(build, objective="val_accuracy", max_trials=1, seed=trial.seed(seed),
                             hyperparameters=fixed, tune_new_entries=False, directory=str(work_dir),
@@ -257,7 +259,7 @@ def train_trial(
     result = TrialResult(trial=trial, status=status, score=score, seconds=time.monotonic() - start,
                          error=None if status == FINISHED else "no finite validation accuracy (diverged?)",
                          epochs_run=len(history.get("val_accuracy", [])), history=history)
-    log.info("%s%s: validation accuracy %s in %.0fs", prefix, status,
+    trial_log.info("%s%s: validation accuracy %s in %.0fs", prefix, status,
              "n/a" if score is None else f"{score:.3f}", result.seconds)
     return result
 

@@ -36,7 +36,7 @@ def run_labels(config_name: str) -> dict[str, str]:
 
 
 def pipeline_job(*, package: Path, project: str, region: str, display_name: str, pipeline_root: str,
-                 arguments: dict[str, Any], enable_caching: bool, labels: dict[str, str], credentials=None):
+                 arguments: dict[str, Any], enable_caching: bool | None, labels: dict[str, str], credentials=None):
     """aiplatform's ``PipelineJob`` for a compiled Vertex-flavour package (no network).
 
     Args:
@@ -46,7 +46,8 @@ def pipeline_job(*, package: Path, project: str, region: str, display_name: str,
         display_name: The run's display name.
         pipeline_root: ``gs://`` prefix for the run's artifacts.
         arguments: Pipeline parameter values.
-        enable_caching: False turns caching off for every task of the run.
+        enable_caching: False turns caching off for every task of the run; None leaves each task's
+            compiled caching option (``cluster.stages.<stage>.caching``).
         labels: Vertex AI labels.
         credentials: Google credentials; default: the environment's (application default).
     """

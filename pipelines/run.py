@@ -41,6 +41,7 @@ RUNNERS = ("subprocess", "docker")
 CACHE_FOLDER = "cache"  # OUTPUT/cache: kfp.local's cache entries, one JSON file per finished task
 # Set on every task of a local run: what code the stage runs, so that kfp.local's cache key covers it.
 CODE_ID_ENV = "MUSHROOM_CODE_ID"
+PYTHON_CODE = "python "  # how python_code_id's ids begin: stages run as subprocesses of this Python, in no image
 # Artifacts whose content is their metadata: kfp's executor writes no file at their URI.
 METADATA_ONLY_ARTIFACTS = ("system.Metrics", "system.ClassificationMetrics", "system.SlicedClassificationMetrics")
 
@@ -104,7 +105,7 @@ def python_code_id(package_dir: str | Path | None = None) -> str:
         digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     for name in sorted(f"{d.metadata['Name']}=={d.version}" for d in importlib.metadata.distributions()):
         digest.update(name.encode() + b"\0")
-    return f"python sha256:{digest.hexdigest()}"
+    return f"{PYTHON_CODE}sha256:{digest.hexdigest()}"
 
 
 def set_code_id(pipeline_spec, code_id: str) -> None:
@@ -123,7 +124,7 @@ def set_code_id(pipeline_spec, code_id: str) -> None:
 
     from mushroom.image_identity import IMAGE_ENV
 
-    dropped = {CODE_ID_ENV} | (set(IMAGE_ENV.values()) if code_id.startswith("python ") else set())
+    dropped = {CODE_ID_ENV} | (set(IMAGE_ENV.values()) if code_id.startswith(PYTHON_CODE) else set())
     spec = json_format.MessageToDict(pipeline_spec.deployment_spec)
     for executor in spec["executors"].values():
         if "container" in executor:

@@ -20,13 +20,12 @@ from mushroom.trials import (
     round_sizes,
     select,
 )
+from tests.helpers import TINY_MODEL
 
-TINY = {
+TINY = {  # the tests' tiny MobileNetV3 from scratch, at 32 px, with a two-round search
+    **TINY_MODEL,
     "model_name": "tiny",
-    "architecture": "mobilenetv3-large",
     "image_size": 32,
-    "weights": "none",
-    "batch_size": 16,
     "tune": {"max_trials": 3, "epochs": 1, "rounds": 2, "halving_fraction": 0.5,
              "learning_rate": [0.001, 0.01], "dropout": [0.0, 0.3], "label_smoothing": [0.0, 0.1]},
     "train": {"head_epochs": 1, "fine_tune_epochs": 0, "patience": 1},

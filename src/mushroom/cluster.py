@@ -389,15 +389,20 @@ def peak_requests(cluster: ClusterConfig) -> dict[str, int]:
     return {key: max(p[key] for p in phases) for key in phases[0]}
 
 
-def tasks_per_node(cluster: ClusterConfig, stage: str) -> int:
-    """How many tasks of ``stage`` one node holds by their requests (CPU, memory, accelerators,
-    scratch where ``node.ephemeral_storage`` is given)."""
-    node, need = cluster.node, stage_requests(cluster.stages.of(stage))
+def node_free(node: NodeConfig) -> dict[str, int]:
+    """What a node leaves the run, in the units of :func:`stage_requests`: CPU and memory beside
+    its other pods, accelerators, and scratch where ``node.ephemeral_storage`` is given."""
     free = {"cpu": cpu_millis(node.cpu) - cpu_millis(node.reserved_cpu),
             "memory": memory_bytes(node.memory) - memory_bytes(node.reserved_memory),
             "accelerators": node.accelerators}
     if node.ephemeral_storage is not None:
         free["scratch"] = memory_bytes(node.ephemeral_storage)
+    return free
+
+
+def tasks_per_node(cluster: ClusterConfig, stage: str) -> int:
+    """How many tasks of ``stage`` one node holds by their requests (:func:`node_free`)."""
+    free, need = node_free(cluster.node), stage_requests(cluster.stages.of(stage))
     return min((free[key] // need[key] for key in free if need[key] > 0), default=0)
 
 
@@ -408,11 +413,7 @@ def _shown(key: str, value: int) -> str:
 def fit_problems(cluster: ClusterConfig) -> list[str]:
     """Why ``cluster``'s stages cannot be scheduled on ``cluster.node`` (see :attr:`ClusterConfig.fit`)."""
     node = cluster.node
-    free = {"cpu": cpu_millis(node.cpu) - cpu_millis(node.reserved_cpu),
-            "memory": memory_bytes(node.memory) - memory_bytes(node.reserved_memory),
-            "accelerators": node.accelerators}
-    if node.ephemeral_storage is not None:
-        free["scratch"] = memory_bytes(node.ephemeral_storage)
+    free = node_free(node)
     free_text = {"cpu": f"node.cpu {node.cpu} - node.reserved_cpu {node.reserved_cpu} = {_shown('cpu', free['cpu'])}",
                  "memory": f"node.memory {node.memory} - node.reserved_memory {node.reserved_memory} = "
                            f"{_shown('memory', free['memory'])}",
